@@ -1,0 +1,119 @@
+"""Datasets: builtin tasks, files, bad rows, and the seeded, resumable prompt order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agpo_operator.api.models import DatasetSpec
+from agpo_trainer.data import DataError, PromptSampler, arithmetic_rows, load_examples
+
+
+def spec(**source: object) -> DatasetSpec:
+    return DatasetSpec.model_validate({"source": source, "promptTemplate": "{prompt}="})
+
+
+@pytest.mark.parametrize("operands", [2, 3, 5])
+def test_arithmetic_rows_have_single_digit_answers_that_are_right(operands: int) -> None:
+    rows = arithmetic_rows(300, seed=1, operands=operands)
+    assert len(rows) == 300
+    for row in rows:
+        assert row["prompt"].count("+") + row["prompt"].count("-") == operands - 1
+        assert eval(row["prompt"]) == int(row["answer"])
+        assert 0 <= int(row["answer"]) <= 9
+
+
+def test_arithmetic_rows_are_seeded() -> None:
+    assert arithmetic_rows(50, seed=3) == arithmetic_rows(50, seed=3)
+    assert arithmetic_rows(50, seed=3) != arithmetic_rows(50, seed=4)
+
+
+def test_builtin_source_applies_the_template() -> None:
+    examples = load_examples(spec(builtin={"size": 5, "seed": 0}))
+    assert len(examples) == 5
+    assert all(e.prompt.endswith("=") for e in examples)
+    assert [e.index for e in examples] == list(range(5))
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_jsonl_file(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"prompt": "1+1", "answer": 2}, {"prompt": "2+2", "answer": "4"}]
+    )
+    examples = load_examples(spec(file={"path": str(path)}))
+    assert [(e.prompt, e.answer) for e in examples] == [("1+1=", "2"), ("2+2=", "4")]
+
+
+def test_relative_path_is_resolved_against_the_job_file_directory(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "d.jsonl", [{"prompt": "1+1", "answer": 2}])
+    assert len(load_examples(spec(file={"path": "d.jsonl"}), base_dir=tmp_path)) == 1
+
+
+def test_parquet_file(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"question": ["3-1", "4+4"], "answer": ["2", "8"]}), path)
+    ds = DatasetSpec.model_validate(
+        {"source": {"file": {"path": str(path), "format": "parquet"}}, "promptField": "question"}
+    )
+    assert [e.answer for e in load_examples(ds)] == ["2", "8"]
+
+
+def test_bad_row_is_fatal_by_default_and_named(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"prompt": "1+1", "answer": 2}, {"prompt": "2+2"}, {"prompt": "  ", "answer": 1}],
+    )
+    with pytest.raises(DataError) as info:
+        load_examples(spec(file={"path": str(path)}))
+    message = str(info.value)
+    assert "row 2 has no field 'answer'" in message and "badRows: skip" in message
+    assert "\n" not in message
+
+
+def test_bad_rows_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"prompt": "1+1", "answer": 2}, {"prompt": "2+2"}, {"prompt": "  ", "answer": 1}],
+    )
+    ds = DatasetSpec.model_validate({"source": {"file": {"path": str(path)}}, "badRows": "skip"})
+    examples = load_examples(ds)
+    assert [e.prompt for e in examples] == ["1+1"]
+    assert "row 2 has no field 'answer'" in caplog.text
+    assert "row 3 has an empty 'prompt'" in caplog.text
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"dataset file .*nope.jsonl does not exist"):
+        load_examples(spec(file={"path": str(tmp_path / "nope.jsonl")}))
+
+
+def test_unreadable_file_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text("{not json\n")
+    with pytest.raises(DataError, match="cannot read"):
+        load_examples(spec(file={"path": str(path)}))
+
+
+def test_sampler_order_is_seeded_and_resumable() -> None:
+    examples = load_examples(spec(builtin={"size": 7}))
+    a = PromptSampler(examples, seed=5)
+    first = [e.index for e in a.take(10)]  # wraps into a second epoch
+    assert sorted(first[:7]) == list(range(7))
+    state = a.state_dict()
+    rest = [e.index for e in a.take(9)]
+
+    b = PromptSampler(examples, seed=5)
+    assert [e.index for e in b.take(10)] == first
+    c = PromptSampler(examples, seed=5)
+    c.load_state_dict(state)
+    assert [e.index for e in c.take(9)] == rest
+    assert [e.index for e in PromptSampler(examples, seed=6).take(10)] != first

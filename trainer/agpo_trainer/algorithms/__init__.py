@@ -1,0 +1,56 @@
+"""AGPO/GRPO algorithm core: advantage estimators, policy losses, aggregations (pure torch).
+
+See ``docs/algorithm.md`` for the formulas, the zero-variance rule and the spec mapping.
+"""
+
+from agpo_trainer.algorithms.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    ZERO_VARIANCE_MODES,
+    AdvantageOptions,
+    apply_zero_variance,
+    compute_advantages,
+    compute_advantages_and_mask,
+    get_advantage_estimator,
+    register_advantage_estimator,
+    zero_variance_mask,
+)
+from agpo_trainer.algorithms.losses import (
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+    PolicyLossOutput,
+    aggregate_loss,
+    compute_policy_loss,
+    entropy_from_logits,
+    get_loss_aggregation,
+    get_policy_loss,
+    kl_k3,
+    register_loss_aggregation,
+    register_policy_loss,
+    token_logprobs,
+)
+from agpo_trainer.algorithms.registry import Registry
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
+    "POLICY_LOSSES",
+    "ZERO_VARIANCE_MODES",
+    "AdvantageOptions",
+    "PolicyLossOutput",
+    "Registry",
+    "aggregate_loss",
+    "apply_zero_variance",
+    "compute_advantages",
+    "compute_advantages_and_mask",
+    "compute_policy_loss",
+    "entropy_from_logits",
+    "get_advantage_estimator",
+    "get_loss_aggregation",
+    "get_policy_loss",
+    "kl_k3",
+    "register_advantage_estimator",
+    "register_loss_aggregation",
+    "register_policy_loss",
+    "token_logprobs",
+    "zero_variance_mask",
+]

@@ -1,0 +1,423 @@
+"""Policy losses, loss aggregations, KL and entropy (verl ``core_algos`` style, split by topic).
+
+Shapes: ``B`` sequences (completions) by ``T`` response tokens (right-padded), ``V`` vocabulary.
+``response_mask[B, T]`` is 1/True on real response tokens. Computation runs in at least float32
+(float64 is kept, so ``torch.autograd.gradcheck`` works); the returned loss is a float32 (or
+float64) scalar whose gradient flows back into the caller's (e.g. bfloat16) log-probs.
+
+Per-token loss of the default ``ppo_clip`` (PPO, arXiv 1707.06347, with DAPO's decoupled
+"clip-higher" ranges, arXiv 2503.14476)::
+
+    rho_t  = exp(logp_t - old_logp_t)                     # vs the rollout policy
+    loss_t = -min(rho_t * A, clip(rho_t, 1 - clip_low, 1 + clip_high) * A)
+           + kl_coef * k3_t                                # optional, k3 KL to a reference
+    k3_t   = exp(ref_t - logp_t) - (ref_t - logp_t) - 1    # (Schulman's k3; log-ratio +-20 as verl)
+
+Aggregations (spec ``algorithm.lossAggregation``, verl ``loss_agg_mode`` names):
+
+* ``token-mean``: sum of token losses / number of tokens (DAPO token-level loss; AGPO's
+  authors' code uses it).
+* ``seq-mean-token-mean``: mean over sequences of each sequence's token mean (original GRPO).
+* ``seq-mean-token-sum-norm``: mean over sequences of ``sum_t loss_t / max_tokens`` (Dr. GRPO,
+  arXiv 2503.20783; TRL divides by ``max_completion_length``; ``max_tokens=None`` uses ``T``).
+
+``sample_mask[B]`` (False = the completion's group is excluded, e.g. zero-variance groups under
+``zeroVariance: mask|resample``) removes those rows from the numerator *and* the denominator.
+If nothing is left the loss is an exact 0 that still has a graph (``backward()`` gives zero
+gradients instead of NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from agpo_trainer.algorithms.advantages import compute_dtype
+from agpo_trainer.algorithms.registry import Registry
+
+_LOG_RATIO_CLAMP = 20.0  # verl clamps log-ratios to +-20 before exp() to avoid inf
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def token_logprobs(logits: Tensor, token_ids: Tensor) -> Tensor:
+    """Log-probability of each chosen token: ``log_softmax(logits)[b, t, token_ids[b, t]]``.
+
+    Computed as ``logit[id] - logsumexp(logits)`` so the full ``[B, T, V]`` log-softmax is never
+    kept for backward (only ``logsumexp``'s own buffers), in float32 (float64 kept).
+
+    Args:
+        logits: ``Tensor[B, T, V]`` (any float dtype).
+        token_ids: ``LongTensor[B, T]``.
+
+    Returns:
+        ``Tensor[B, T]`` in float32 (or float64): ratios need the precision bf16 lacks.
+    """
+    if logits.dim() != 3 or token_ids.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits [B, T, V] and token_ids [B, T], got {tuple(logits.shape)} "
+            f"and {tuple(token_ids.shape)}"
+        )
+    logits = logits.to(compute_dtype(logits.dtype))
+    chosen = logits.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the categorical given by ``logits``: ``logsumexp(z) - sum softmax(z) * z``.
+
+    Args:
+        logits: ``Tensor[..., V]``.
+
+    Returns:
+        ``Tensor[...]`` in float32 (or float64).
+    """
+    logits = logits.to(compute_dtype(logits.dtype))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+
+
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k3 estimator of KL(pi || ref) per token: ``exp(d) - d - 1`` with ``d = ref - logp``.
+
+    Unbiased and always >= 0 (J. Schulman, "Approximating KL divergence"; GRPO/DeepSeek-R1 use
+    it). ``d`` is clamped to +-20 like verl so a far-off token cannot give ``inf``.
+    Shapes: ``[B, T]`` in and out.
+    """
+    return _k3(ref_logprobs - logprobs)
+
+
+def _k3(ref_minus_logp: Tensor) -> Tensor:
+    """k3 from the log-ratio ``d = ref - logp`` (clamped to +-20): ``exp(d) - d - 1``."""
+    d = ref_minus_logp.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    return torch.exp(d) - d - 1.0
+
+
+# ----------------------------------------------------------------------------- policy losses
+
+
+@dataclass(frozen=True)
+class PolicyLossOutput:
+    """What a policy loss function returns; every tensor is ``[B, T]``."""
+
+    per_token_loss: Tensor
+    ratio: Tensor
+    clipped_low: Tensor  # Bool: the lower clip bound was the active term
+    clipped_high: Tensor  # Bool: the upper clip bound was the active term
+
+
+# fn(log_ratio[B,T], advantages[B,1], token_mask[B,T], clip_low, clip_high) -> PolicyLossOutput
+PolicyLossFn = Callable[[Tensor, Tensor, Tensor, float, float], PolicyLossOutput]
+
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    """Decorator: register ``fn(log_ratio, advantages, token_mask, clip_low, clip_high)``.
+
+    ``log_ratio = logp - old_logp`` and ``token_mask`` are ``[B, T]``, ``advantages`` ``[B, 1]``;
+    the function returns a :class:`PolicyLossOutput`.
+    """
+    return POLICY_LOSSES.register(name)
+
+
+def get_policy_loss(name: str) -> PolicyLossFn:
+    """Return the policy loss registered as ``name`` (ValueError listing valid names)."""
+    return POLICY_LOSSES.get(name)
+
+
+def _clipped_surrogate(
+    ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float
+) -> PolicyLossOutput:
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
+    # -min(rho*A, clip(rho)*A) == max(-rho*A, -clip(rho)*A)
+    loss = -torch.minimum(unclipped, clipped)
+    # Clip "active" = the clipped branch won and cut the gradient (TRL's clip_ratio/low|high).
+    clipped_low = (ratio < 1.0 - clip_low) & (advantages < 0)
+    clipped_high = (ratio > 1.0 + clip_high) & (advantages > 0)
+    return PolicyLossOutput(loss, ratio, clipped_low, clipped_high)
+
+
+@register_policy_loss("ppo_clip")
+def ppo_clip_loss(
+    log_ratio: Tensor, advantages: Tensor, token_mask: Tensor, clip_low: float, clip_high: float
+) -> PolicyLossOutput:
+    """Token-level clipped surrogate (PPO; DAPO clip-higher, arXiv 2503.14476).
+
+    ``rho_t = exp(logp_t - old_logp_t)``, ``loss_t = -min(rho_t A, clip(rho_t, 1-low, 1+high) A)``.
+    """
+    ratio = torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
+    return _clipped_surrogate(ratio, advantages, clip_low, clip_high)
+
+
+@register_policy_loss("gspo")
+def gspo_loss(
+    log_ratio: Tensor, advantages: Tensor, token_mask: Tensor, clip_low: float, clip_high: float
+) -> PolicyLossOutput:
+    """Sequence-level importance ratio (GSPO, arXiv 2507.18071; TRL
+    ``importance_sampling_level="sequence"``).
+
+    ``s_i = exp(mean_t(logp - old_logp))`` over the sequence's response tokens, used for every
+    token of the sequence (token-level form ``sg[s_i] * exp(logp_t - sg[logp_t])`` so each token
+    carries its own gradient). GSPO's clip ranges are much smaller (3e-4 / 4e-4).
+    """
+    n_tokens = token_mask.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    seq_log_ratio = (log_ratio * token_mask).sum(dim=-1, keepdim=True) / n_tokens
+    combined = seq_log_ratio.detach() + log_ratio - log_ratio.detach()
+    ratio = torch.exp(combined.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
+    return _clipped_surrogate(ratio, advantages, clip_low, clip_high)
+
+
+# ----------------------------------------------------------------------------- aggregations
+
+# fn(per_token_loss[B,T], token_mask[B,T] float, seq_mask[B] float, max_tokens) -> scalar
+AggregationFn = Callable[[Tensor, Tensor, Tensor, int | None], Tensor]
+
+LOSS_AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation")
+
+
+def register_loss_aggregation(name: str) -> Callable[[AggregationFn], AggregationFn]:
+    """Decorator: register ``fn(per_token_loss, token_mask, seq_mask, max_tokens) -> scalar``.
+
+    ``token_mask[B, T]`` (float) already excludes masked samples; ``seq_mask[B]`` (float) is 1
+    for sequences that count in a per-sequence denominator (included and non-empty).
+    """
+    return LOSS_AGGREGATIONS.register(name)
+
+
+def get_loss_aggregation(name: str) -> AggregationFn:
+    """Return the aggregation registered as ``name`` (ValueError listing valid names)."""
+    return LOSS_AGGREGATIONS.get(name)
+
+
+@register_loss_aggregation("token-mean")
+def token_mean(
+    per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
+) -> Tensor:
+    """``sum_{b,t} m_bt l_bt / sum_{b,t} m_bt`` (DAPO token-level loss). Shapes ``[B, T]``."""
+    # clamp(min=1): with every token masked the numerator is an exact 0 (graph kept), not 0/0.
+    return (per_token_loss * token_mask).sum() / token_mask.sum().clamp(min=1.0)
+
+
+@register_loss_aggregation("seq-mean-token-mean")
+def seq_mean_token_mean(
+    per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
+) -> Tensor:
+    """``mean_b [sum_t m_bt l_bt / sum_t m_bt]`` over counted sequences (GRPO, 2402.03300)."""
+    seq_loss = (per_token_loss * token_mask).sum(dim=-1) / token_mask.sum(dim=-1).clamp(min=1.0)
+    return (seq_loss * seq_mask).sum() / seq_mask.sum().clamp(min=1.0)
+
+
+@register_loss_aggregation("seq-mean-token-sum-norm")
+def seq_mean_token_sum_norm(
+    per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
+) -> Tensor:
+    """``mean_b [sum_t m_bt l_bt / max_tokens]`` (Dr. GRPO, arXiv 2503.20783).
+
+    A constant divisor removes GRPO's length bias (long wrong answers penalised less per token).
+    ``max_tokens=None`` uses the padded width ``T`` like verl; pass the generation limit
+    (``maxTokens``) to match TRL's ``max_completion_length``.
+    """
+    norm = float(per_token_loss.shape[-1] if max_tokens is None else max_tokens)
+    seq_loss = (per_token_loss * token_mask).sum(dim=-1) / norm
+    return (seq_loss * seq_mask).sum() / seq_mask.sum().clamp(min=1.0)
+
+
+def aggregate_loss(
+    per_token_loss: Tensor,
+    response_mask: Tensor,
+    aggregation: str = "token-mean",
+    *,
+    sample_mask: Tensor | None = None,
+    max_tokens: int | None = None,
+) -> Tensor:
+    """Reduce ``per_token_loss[B, T]`` to a scalar with a registered aggregation.
+
+    ``sample_mask[B]`` (Bool, False = excluded) removes rows from numerator and denominator.
+    """
+    fn = get_loss_aggregation(aggregation)
+    token_mask, seq_mask = _masks(response_mask, sample_mask, per_token_loss.dtype)
+    return fn(per_token_loss, token_mask, seq_mask, max_tokens)
+
+
+def _masks(
+    response_mask: Tensor, sample_mask: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Token mask ``[B, T]`` with excluded samples zeroed, and the per-sequence mask ``[B]``."""
+    token_mask = response_mask.to(dtype)
+    if sample_mask is not None:
+        token_mask = token_mask * sample_mask.to(dtype).unsqueeze(-1)
+    seq_mask = (token_mask.sum(dim=-1) > 0).to(dtype)
+    return token_mask, seq_mask
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def _check_shapes(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    ref_logprobs: Tensor | None,
+    sample_mask: Tensor | None,
+    logits: Tensor | None,
+) -> None:
+    if logprobs.dim() != 2:
+        raise ValueError(f"logprobs must be [B, T], got {tuple(logprobs.shape)}")
+    b, t = logprobs.shape
+    for name, x in (("old_logprobs", old_logprobs), ("response_mask", response_mask)):
+        if x.shape != logprobs.shape:
+            raise ValueError(f"{name} must be [B, T]={b, t}, got {tuple(x.shape)}")
+    if ref_logprobs is not None and ref_logprobs.shape != logprobs.shape:
+        raise ValueError(f"ref_logprobs must be [B, T]={b, t}, got {tuple(ref_logprobs.shape)}")
+    if advantages.shape != (b,):
+        raise ValueError(f"advantages must be [B]=({b},), got {tuple(advantages.shape)}")
+    if sample_mask is not None and sample_mask.shape != (b,):
+        raise ValueError(f"sample_mask must be Bool[B]=({b},), got {tuple(sample_mask.shape)}")
+    if logits is not None and (logits.dim() != 3 or logits.shape[:2] != logprobs.shape):
+        raise ValueError(f"logits must be [B, T, V] with B, T={b, t}, got {tuple(logits.shape)}")
+
+
+def _masked_mean(x: Tensor, mask: Tensor, count: Tensor) -> Tensor:
+    """Mean of ``x`` over the True entries of the bool ``mask`` (``count`` of them); 0 if none."""
+    if x.dtype == torch.bool:
+        total = (x & mask).sum()
+    else:
+        total = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum()
+    return total / count.clamp(min=1)
+
+
+def _masked_extreme(x: Tensor, mask: Tensor, largest: bool) -> Tensor:
+    """Max (or min) of ``x`` over the True entries of ``mask``; 0 if none."""
+    fill = torch.tensor(-math.inf if largest else math.inf, dtype=x.dtype, device=x.device)
+    value = torch.where(mask, x, fill)
+    out = value.amax() if largest else value.amin()
+    return torch.where(torch.isinf(out), torch.zeros_like(out), out)
+
+
+def _to_floats(values: dict[str, Tensor]) -> dict[str, float]:
+    """Detached python floats with a single device sync (one ``tolist`` instead of one each)."""
+    if not values:
+        return {}
+    stacked = torch.stack([v.detach().to(torch.float64).reshape(()) for v in values.values()])
+    return dict(zip(values, stacked.tolist(), strict=True))
+
+
+def compute_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    aggregation: str = "token-mean",
+    sample_mask: Tensor | None = None,
+    max_tokens: int | None = None,
+    logits: Tensor | None = None,
+    loss_type: str = "ppo_clip",
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped policy-gradient loss with optional k3 KL, masked groups and aggregation.
+
+    Args:
+        logprobs: ``Tensor[B, T]`` log-probs of the response tokens under the current policy
+            (requires grad).
+        old_logprobs: ``Tensor[B, T]`` log-probs from the rollout policy (no grad is taken).
+        advantages: ``Tensor[B]``, one per sequence (from ``compute_advantages``; no grad).
+        response_mask: ``[B, T]`` bool/0-1, True on response tokens.
+        clip_low / clip_high: ``epsilon_low`` / ``epsilon_high`` (DAPO clip-higher 0.2 / 0.28;
+            spec ``algorithm.clip.low|high``).
+        ref_logprobs: ``Tensor[B, T]`` reference-policy log-probs for the KL term / metric.
+        kl_coef: ``beta`` (spec ``algorithm.klCoefficient``); ``> 0`` requires ``ref_logprobs``.
+        aggregation: ``token-mean`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum-norm``.
+        sample_mask: ``Bool[B]``; False rows (excluded groups) leave numerator and denominator.
+        max_tokens: constant divisor of ``seq-mean-token-sum-norm`` (default ``T``).
+        logits: ``Tensor[B, T, V]``, only for the entropy metric (no gradient through it).
+        loss_type: registered policy loss (``ppo_clip`` default, ``gspo``).
+
+    Returns:
+        ``(loss, metrics)``: ``loss`` a scalar (float32/float64) with a graph to ``logprobs``;
+        ``metrics`` python floats computed over the included response tokens:
+        ``loss``, ``policy_loss``, ``kl`` (when ``ref_logprobs`` given), ``entropy`` (when
+        ``logits`` given), ``clip_ratio/low_mean``, ``clip_ratio/high_mean``,
+        ``clip_ratio/region_mean``, ``ratio/mean``, ``ratio/min``, ``ratio/max``,
+        ``num_tokens``, ``frac_samples_masked``.
+    """
+    _check_shapes(
+        logprobs, old_logprobs, advantages, response_mask, ref_logprobs, sample_mask, logits
+    )
+    if clip_low < 0 or clip_high < 0 or clip_low >= 1:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    if kl_coef > 0 and ref_logprobs is None:
+        raise ValueError("kl_coef > 0 needs ref_logprobs (reference-policy log-probs)")
+    if max_tokens is not None and max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    loss_fn = get_policy_loss(loss_type)
+    agg_fn = get_loss_aggregation(aggregation)
+
+    dtype = compute_dtype(logprobs.dtype)
+    logp = logprobs.to(dtype)
+    old = old_logprobs.detach().to(dtype)
+    adv = advantages.detach().to(dtype).unsqueeze(-1)
+    token_mask, seq_mask = _masks(response_mask, sample_mask, dtype)
+
+    # Padding positions may hold -inf/NaN log-probs (-inf - -inf = NaN); zero the log-ratio
+    # there before any arithmetic so 0 * NaN never reaches the masked sums or the gradient.
+    # where() hands the replaced entries an exact zero gradient.
+    valid = response_mask.bool()
+    zero = torch.zeros((), dtype=dtype, device=logp.device)
+    log_ratio = torch.where(valid, logp - old, zero)
+
+    out = loss_fn(log_ratio, adv, token_mask, clip_low, clip_high)
+    policy_loss = agg_fn(out.per_token_loss, token_mask, seq_mask, max_tokens)
+
+    kl: Tensor | None = None
+    kl_loss: Tensor | None = None
+    if ref_logprobs is not None:
+        kl = _k3(torch.where(valid, ref_logprobs.detach().to(dtype) - logp, zero))
+    if kl is not None and kl_coef > 0:
+        # Per-token KL in the loss (GRPO). Every aggregation is linear, so
+        # agg(pg + beta * kl) == agg(pg) + beta * agg(kl).
+        kl_loss = agg_fn(kl, token_mask, seq_mask, max_tokens)
+        loss = policy_loss + kl_coef * kl_loss
+    else:
+        loss = policy_loss
+
+    with torch.no_grad():
+        counted = token_mask > 0
+        count = counted.sum()
+        values: dict[str, Tensor] = {
+            "loss": loss,
+            "policy_loss": policy_loss,
+            "clip_ratio/low_mean": _masked_mean(out.clipped_low, counted, count),
+            "clip_ratio/high_mean": _masked_mean(out.clipped_high, counted, count),
+            "clip_ratio/region_mean": _masked_mean(
+                out.clipped_low | out.clipped_high, counted, count
+            ),
+            "ratio/mean": _masked_mean(out.ratio, counted, count),
+            "ratio/min": _masked_extreme(out.ratio, counted, largest=False),
+            "ratio/max": _masked_extreme(out.ratio, counted, largest=True),
+            "num_tokens": count,
+        }
+        if sample_mask is not None and sample_mask.numel() > 0:
+            values["frac_samples_masked"] = (~sample_mask.bool()).float().mean()
+        if kl is not None:
+            values["kl"] = _masked_mean(kl, counted, count)
+        if kl_loss is not None:
+            values["kl_loss"] = kl_loss
+        if logits is not None:
+            values["entropy"] = _masked_mean(entropy_from_logits(logits.detach()), counted, count)
+        metrics = _to_floats(values)
+    metrics.setdefault("frac_samples_masked", 0.0)
+    return loss, metrics

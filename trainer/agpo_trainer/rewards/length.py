@@ -1,0 +1,222 @@
+"""Length rewards: AGPO's brevity bonus, Kimi k1.5's length penalty, DAPO's overlong penalty.
+
+All take ``lengths[N]`` (completion lengths in tokens, int or float) and, where the rule is
+group-relative, ``correct Bool[N]`` and ``group_size`` (group ``g`` is ``[g*G:(g+1)*G]``).
+They are vectorised over a ``view(-1, G)``, computed in float64 (float32 on devices without
+float64) so the ``1e-6`` of the AGPO denominator is not rounded away, and returned as ``dtype``
+(float32 by default) on the device of ``lengths``.
+
+Spec ``algorithm.lengthReward.type`` -> function: ``agpo`` -> :func:`agpo_length_reward`,
+``kimi`` -> :func:`kimi_length_reward`, ``overlong`` -> :func:`overlong_penalty`, ``none`` ->
+zeros; :func:`compute_length_reward` dispatches through the ``LENGTH_REWARDS`` registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from agpo_trainer.algorithms.advantages import group_view
+from agpo_trainer.algorithms.registry import Registry
+
+_AGPO_EPS = 1e-6  # AGPO authors' code: 1 - (L - Lmin) / (Lmax - Lmin + 1e-6)
+
+
+def _work_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _grouped(lengths: Tensor, correct: Tensor | None, group_size: int) -> tuple[Tensor, Tensor]:
+    """``lengths`` and ``correct`` as ``[num_groups, G]`` (float64 lengths, bool correct)."""
+    grouped_len = group_view(lengths, group_size, name="lengths").to(_work_dtype(lengths.device))
+    if correct is None:
+        return grouped_len, torch.zeros_like(grouped_len, dtype=torch.bool)
+    if correct.shape != lengths.shape:
+        raise ValueError(
+            f"correct {tuple(correct.shape)} must have the shape of lengths {tuple(lengths.shape)}"
+        )
+    return grouped_len, correct.to(device=lengths.device, dtype=torch.bool).view(-1, group_size)
+
+
+def agpo_length_reward(
+    lengths: Tensor,
+    correct: Tensor,
+    group_size: int,
+    coef: float = 0.1,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """AGPO length reward (arXiv 2503.15952; the first author's ColossalAI ``feat/agpo`` code).
+
+    For each *correct* completion in a group with mixed outcomes::
+
+        r_i = coef * (1 - (L_i - L_min) / (L_max - L_min + 1e-6))
+
+    with ``L_min``/``L_max`` over the correct completions of the group. The shortest correct
+    answer gets ``coef``, the longest about 0; a lone correct answer (or ties) gets the full
+    ``coef``. Incorrect answers and homogeneous (all-correct / all-wrong) groups get 0, so the
+    bonus never creates variance in a group that had none.
+
+    Args:
+        lengths: ``Tensor[N]`` completion lengths in tokens.
+        correct: ``Bool[N]`` (accuracy > 0.5).
+        group_size: ``G``.
+        coef: bonus scale (spec ``algorithm.lengthReward.coefficient``, 0.1 in the paper).
+
+    Returns:
+        ``Tensor[N]`` of ``dtype``.
+    """
+    grouped_len, grouped_ok = _grouped(lengths, correct, group_size)
+    inf = torch.tensor(float("inf"), dtype=grouped_len.dtype, device=grouped_len.device)
+    l_min = torch.where(grouped_ok, grouped_len, inf).amin(dim=-1, keepdim=True)
+    l_max = torch.where(grouped_ok, grouped_len, -inf).amax(dim=-1, keepdim=True)
+    mixed = grouped_ok.any(dim=-1, keepdim=True) & ~grouped_ok.all(dim=-1, keepdim=True)
+    eligible = grouped_ok & mixed
+    # Non-eligible entries may hold inf - inf = NaN here; where() discards them.
+    bonus = coef * (1.0 - (grouped_len - l_min) / (l_max - l_min + _AGPO_EPS))
+    out = torch.where(eligible, bonus, torch.zeros_like(bonus))
+    return out.reshape(-1).to(dtype)
+
+
+def kimi_length_reward(
+    lengths: Tensor,
+    correct: Tensor,
+    group_size: int,
+    coef: float = 1.0,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Kimi k1.5 length penalty (arXiv 2501.12599, section 2.3.3).
+
+    ``lambda_i = 0.5 - (L_i - L_min) / (L_max - L_min)`` with min/max over *all* completions of
+    the group; reward ``coef * lambda_i`` for correct answers and ``coef * min(0, lambda_i)``
+    for incorrect ones (short wrong answers are not rewarded). 0 for the whole group when all
+    lengths are equal. The paper states the raw ``lambda`` (``coef = 1``).
+
+    Args / Returns: as :func:`agpo_length_reward`.
+    """
+    grouped_len, grouped_ok = _grouped(lengths, correct, group_size)
+    l_min = grouped_len.amin(dim=-1, keepdim=True)
+    l_max = grouped_len.amax(dim=-1, keepdim=True)
+    spread = l_max - l_min
+    equal = spread == 0
+    lam = 0.5 - (grouped_len - l_min) / torch.where(equal, torch.ones_like(spread), spread)
+    reward = torch.where(grouped_ok, lam, lam.clamp(max=0.0))
+    out = torch.where(equal, torch.zeros_like(reward), coef * reward)
+    return out.reshape(-1).to(dtype)
+
+
+def overlong_penalty(
+    lengths: Tensor,
+    max_tokens: int,
+    buffer_tokens: int,
+    *,
+    coef: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """DAPO soft overlong punishment (arXiv 2503.14476, eq. 13), per completion.
+
+    ``0`` if ``L <= max_tokens - buffer_tokens``; ``((max_tokens - buffer_tokens) - L) /
+    buffer_tokens`` (linear from 0 down to -1) up to ``max_tokens``; ``-1`` beyond. With
+    ``buffer_tokens == 0`` it is a hard ``-1`` above ``max_tokens``. Scaled by ``coef``.
+
+    Args:
+        lengths: ``Tensor[N]`` lengths in tokens.
+        max_tokens: ``L_max`` (spec ``lengthReward.maxTokens``; usually the generation limit).
+        buffer_tokens: ``L_cache`` (spec ``lengthReward.bufferTokens``), ``0 <= buffer <= max``.
+
+    Returns:
+        ``Tensor[N]`` of ``dtype`` in ``[-coef, 0]``.
+    """
+    if max_tokens is None or max_tokens <= 0:
+        raise ValueError(f"overlong penalty needs max_tokens > 0, got {max_tokens!r}")
+    if buffer_tokens is None or not 0 <= buffer_tokens <= max_tokens:
+        raise ValueError(
+            f"overlong penalty needs 0 <= buffer_tokens <= max_tokens ({max_tokens}), "
+            f"got {buffer_tokens!r}"
+        )
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must be 1-D [N], got shape {tuple(lengths.shape)}")
+    length = lengths.to(_work_dtype(lengths.device))
+    if buffer_tokens == 0:
+        penalty = torch.where(length > max_tokens, -1.0, 0.0).to(length.dtype)
+    else:
+        penalty = (((max_tokens - buffer_tokens) - length) / buffer_tokens).clamp(-1.0, 0.0)
+    return (coef * penalty).to(dtype)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+# fn(lengths[N], correct Bool[N], group_size, coef, max_tokens, buffer_tokens) -> Tensor[N]
+LengthRewardFn = Callable[[Tensor, Tensor, int, float, int | None, int | None], Tensor]
+
+LENGTH_REWARDS: Registry[LengthRewardFn] = Registry("length reward")
+
+
+@LENGTH_REWARDS.register("none")
+def _none(
+    lengths: Tensor,
+    correct: Tensor,
+    group_size: int,
+    coef: float,
+    max_tokens: int | None,
+    buffer_tokens: int | None,
+) -> Tensor:
+    return torch.zeros(lengths.shape, dtype=torch.float32, device=lengths.device)
+
+
+@LENGTH_REWARDS.register("agpo")
+def _agpo(
+    lengths: Tensor,
+    correct: Tensor,
+    group_size: int,
+    coef: float,
+    max_tokens: int | None,
+    buffer_tokens: int | None,
+) -> Tensor:
+    return agpo_length_reward(lengths, correct, group_size, coef)
+
+
+@LENGTH_REWARDS.register("kimi")
+def _kimi(
+    lengths: Tensor,
+    correct: Tensor,
+    group_size: int,
+    coef: float,
+    max_tokens: int | None,
+    buffer_tokens: int | None,
+) -> Tensor:
+    return kimi_length_reward(lengths, correct, group_size, coef)
+
+
+@LENGTH_REWARDS.register("overlong")
+def _overlong(
+    lengths: Tensor,
+    correct: Tensor,
+    group_size: int,
+    coef: float,
+    max_tokens: int | None,
+    buffer_tokens: int | None,
+) -> Tensor:
+    if max_tokens is None or buffer_tokens is None:
+        raise ValueError("lengthReward.type 'overlong' needs maxTokens and bufferTokens")
+    return overlong_penalty(lengths, max_tokens, buffer_tokens, coef=coef)
+
+
+def compute_length_reward(
+    kind: str,
+    lengths: Tensor,
+    correct: Tensor,
+    group_size: int,
+    *,
+    coef: float = 0.1,
+    max_tokens: int | None = None,
+    buffer_tokens: int | None = None,
+) -> Tensor:
+    """Spec ``algorithm.lengthReward`` -> ``Tensor[N]`` float32 (``none|agpo|kimi|overlong``).
+
+    ``coef`` scales every type (for ``overlong`` it multiplies DAPO's ``[-1, 0]`` penalty).
+    """
+    return LENGTH_REWARDS.get(kind)(lengths, correct, group_size, coef, max_tokens, buffer_tokens)
