@@ -162,6 +162,19 @@ BAD_CASES: list[BadCase] = [
         "spec.algorithm.lengthReward.bufferTokens",
     ),
     BadCase(
+        "format warmup on a file dataset",
+        {
+            "spec.training.formatWarmupSteps": 10,
+            "spec.dataset.source": {"file": {"path": "/data/train.jsonl"}},
+        },
+        "spec.training.formatWarmupSteps",
+    ),
+    BadCase(
+        "six operands",
+        {"spec.dataset.source": {"builtin": {"operands": 6}}},
+        "spec.dataset.source.builtin.operands",
+    ),
+    BadCase(
         "warmup longer than training",
         {"spec.training": {"steps": 5, "warmupSteps": 6}},
         "spec.training.warmupSteps",

@@ -151,6 +151,9 @@ class BuiltinSource(ApiModel):
         description="arithmetic: multi-step integer expressions with single-digit results.",
     )
     size: PositiveInt = Field(default=2000, description="Number of generated problems.")
+    operands: int = Field(
+        default=2, ge=2, le=5, description="Numbers per expression (3+ = multi-step)."
+    )
     seed: int = Field(default=0, description="Generator seed.")
 
 
@@ -387,6 +390,12 @@ class TrainingSpec(ApiModel):
     temperature: float = Field(default=1.0, gt=0, le=2, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling.")
     seed: int = Field(default=0, description="Seed for data order, sampling and init.")
+    format_warmup_steps: NonNegativeInt = Field(
+        default=0,
+        description="Supervised steps before RL that teach a fresh model the builtin task's "
+        "answer format (a digit, then end of text) with random answers, so that RL alone "
+        "teaches the arithmetic; 0 = off. Only for dataset.source.builtin.",
+    )
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
     resume: bool = Field(default=True, description="Resume from the newest complete checkpoint.")
 
@@ -547,6 +556,13 @@ class AGPOJobSpec(ApiModel):
                 s.rollout.weight_sync.backend != "nccl"
                 or (s.trainer.gpus_per_node > 0 and s.rollout.gpus_per_replica > 0)
             ),
+        ),
+        Rule(
+            "training.formatWarmupSteps",
+            "self.training.formatWarmupSteps == 0 || has(self.dataset.source.builtin)",
+            "training.formatWarmupSteps needs dataset.source.builtin (it teaches that task's "
+            "answer format); set it to 0 for other datasets",
+            lambda s: s.training.format_warmup_steps == 0 or s.dataset.source.builtin is not None,
         ),
         Rule(
             "algorithm.lengthReward.bufferTokens",

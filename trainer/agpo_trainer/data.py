@@ -1,0 +1,165 @@
+"""Prompts with verifiable answers: builtin tasks, JSONL/Parquet files, ``datasets`` paths.
+
+Rows become :class:`Example` (prompt text + reference answer). A bad row (missing field, empty
+prompt) is reported with its row number; ``dataset.badRows`` decides whether it stops the job
+or is skipped with a warning, never silently. :class:`PromptSampler` gives a seeded,
+reproducible order whose cursor is saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agpo_operator.api.models import BuiltinSource, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The dataset cannot be used; the message names the file, row and field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt: its index in the dataset, the formatted prompt, and the reference answer."""
+
+    index: int
+    prompt: str
+    answer: str
+
+
+# --------------------------------------------------------------------------- builtin tasks
+def arithmetic_rows(size: int, seed: int, operands: int = 2) -> list[dict[str, str]]:
+    """Integer expressions such as ``3+4-2`` whose value is a single digit (0-9).
+
+    Single-digit results keep the answer space small enough that a fresh policy is sometimes
+    right, so RL has a signal from the first step; more operands make it multi-step.
+    """
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < size:
+        nums = [rng.randint(0, 9) for _ in range(operands)]
+        ops = [rng.choice("+-") for _ in range(operands - 1)]
+        expr = str(nums[0]) + "".join(f"{op}{n}" for op, n in zip(ops, nums[1:], strict=True))
+        value = nums[0] + sum(n if op == "+" else -n for op, n in zip(ops, nums[1:], strict=True))
+        if 0 <= value <= 9:
+            rows.append({"prompt": expr, "answer": str(value)})
+    return rows
+
+
+BUILTIN_TASKS: dict[str, Callable[[BuiltinSource], list[dict[str, str]]]] = {
+    "arithmetic": lambda src: arithmetic_rows(src.size, src.seed, src.operands),
+}
+
+
+# --------------------------------------------------------------------------- loading
+def _load_rows(spec: DatasetSpec, base_dir: Path | None) -> tuple[list[dict[str, Any]], str, int]:
+    """Raw rows, a name for messages, and the number of the first row (1 for files)."""
+    src = spec.source
+    if src.builtin is not None:
+        return BUILTIN_TASKS[src.builtin.task](src.builtin), f"builtin:{src.builtin.task}", 0
+    import datasets  # heavy; only for file and hf sources
+
+    datasets.disable_progress_bars()
+    if src.file is not None:
+        rel = src.file.path if src.file.path is not None else src.file.sub_path
+        path = Path(rel or "")
+        if src.file.pvc is not None:
+            path = Path("/data") / path  # the operator mounts the dataset PVC at /data
+        elif not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise DataError(f"dataset file {path} does not exist (spec.dataset.source.file)")
+        builder = "json" if src.file.format == "jsonl" else "parquet"
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as err:  # datasets raises many types; all mean "unreadable file"
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(f"cannot read {path} as {src.file.format}: {first}") from None
+        return list(ds), str(path), 1
+    assert src.hf is not None
+    try:
+        ds = datasets.load_dataset(src.hf.name, src.hf.config, split=src.hf.split)
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"cannot load dataset {src.hf.name!r}: {first}") from None
+    return list(ds), src.hf.name, 0
+
+
+def row_problem(row: Any, prompt_field: str, answer_field: str) -> str | None:
+    """Why a row cannot be used, or None when it is fine."""
+    if not isinstance(row, dict):
+        return "is not a mapping"
+    for name in (prompt_field, answer_field):
+        if row.get(name) is None:
+            return f"has no field {name!r}"
+    if not str(row[prompt_field]).strip():
+        return f"has an empty {prompt_field!r}"
+    return None
+
+
+def load_examples(spec: DatasetSpec, base_dir: Path | None = None) -> list[Example]:
+    """The dataset as examples; raises :class:`DataError` on a bad row when badRows is fail."""
+    rows, name, first = _load_rows(spec, base_dir)
+    examples, skipped = [], 0
+    for i, row in enumerate(rows):
+        problem = row_problem(row, spec.prompt_field, spec.answer_field)
+        if problem is not None:
+            where = f"{name}: row {i + first} {problem}"
+            if spec.bad_rows == "fail":
+                raise DataError(f"{where} (fix the row or set spec.dataset.badRows: skip)")
+            log.warning("skipping %s", where)
+            skipped += 1
+            continue
+        prompt = spec.prompt_template.format(prompt=str(row[spec.prompt_field]))
+        examples.append(Example(len(examples), prompt, str(row[spec.answer_field]).strip()))
+    if not examples:
+        raise DataError(f"{name}: no usable rows ({skipped} skipped)")
+    return examples
+
+
+class PromptSampler:
+    """Seeded epochs over the examples; ``state_dict`` is the cursor saved in checkpoints."""
+
+    def __init__(self, examples: list[Example], seed: int) -> None:
+        self.examples = examples
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[Example]:
+        """The next ``n`` examples, wrapping into a new shuffled epoch when needed."""
+        out = []
+        while len(out) < n:
+            if self.position >= len(self._order):
+                self.epoch += 1
+                self.position = 0
+                self._order = self._permutation(self.epoch)
+            out.append(self.examples[self._order[self.position]])
+            self.position += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed = state["seed"]
+        self.epoch = state["epoch"]
+        self.position = state["position"]
+        self._order = self._permutation(self.epoch)
+
+
+def indices(examples: Iterable[Example]) -> list[int]:
+    """The dataset indices of examples (for logs and reproducibility checks)."""
+    return [e.index for e in examples]

@@ -1,0 +1,140 @@
+"""The trainer's Prometheus metrics and its JSON ``/status``, served by rank 0 on one port.
+
+Names follow Prometheus practice: one prefix (``agpo_``), base units (seconds, tokens),
+``_total`` for counters, no colons (reserved for recording rules). ``/status`` is what the
+operator polls to fill ``status.step``, ``status.rewardMean``, ...
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+@dataclass
+class TrainerMetrics:
+    """Every metric the trainer exports, in its own registry (no global state)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.steps = Counter("agpo_train_steps", "Optimizer steps taken.", registry=r)
+        self.policy_version = Gauge(
+            "agpo_policy_version", "Version of the policy weights.", registry=r
+        )
+        self.served_version = Gauge(
+            "agpo_served_policy_version", "Policy version the rollout servers report.", registry=r
+        )
+        self.total_steps = Gauge("agpo_total_steps", "Steps the job will take.", registry=r)
+        self.reward_mean = Gauge("agpo_reward_mean", "Mean total reward of the step.", registry=r)
+        self.reward_std = Gauge(
+            "agpo_reward_std", "Std of the total reward of the step.", registry=r
+        )
+        self.accuracy = Gauge("agpo_accuracy", "Fraction of correct completions.", registry=r)
+        self.reward_component = Gauge(
+            "agpo_reward_component_mean", "Mean of each reward term.", ["reward"], registry=r
+        )
+        self.zero_variance = Gauge(
+            "agpo_zero_variance_group_ratio",
+            "Fraction of groups whose rewards are all equal.",
+            registry=r,
+        )
+        self.tokens_mean = Gauge(
+            "agpo_completion_tokens_mean",
+            "Mean completion (reasoning) length in tokens.",
+            registry=r,
+        )
+        self.tokens_hist = Histogram(
+            "agpo_completion_tokens",
+            "Completion lengths in tokens.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.clipped_ratio = Gauge(
+            "agpo_completion_clipped_ratio",
+            "Fraction of completions cut at maxCompletionTokens.",
+            registry=r,
+        )
+        self.loss = Gauge("agpo_loss", "Policy loss of the step.", registry=r)
+        self.kl = Gauge("agpo_kl", "Mean k3 KL to the reference policy.", registry=r)
+        self.entropy = Gauge("agpo_entropy", "Mean token entropy of the policy.", registry=r)
+        self.clip_ratio = Gauge(
+            "agpo_clip_ratio", "Fraction of tokens whose ratio was clipped.", registry=r
+        )
+        self.grad_norm = Gauge("agpo_grad_norm", "Gradient norm before clipping.", registry=r)
+        self.learning_rate = Gauge("agpo_learning_rate", "Current learning rate.", registry=r)
+        self.step_duration = Histogram(
+            "agpo_step_duration_seconds", "Wall time of a whole step.", registry=r
+        )
+        self.rollout_duration = Histogram(
+            "agpo_rollout_duration_seconds", "Wall time of generation per step.", registry=r
+        )
+        self.weight_sync_duration = Histogram(
+            "agpo_weight_sync_duration_seconds", "Wall time of pushing weights to vLLM.", registry=r
+        )
+        self.rollout_tokens = Counter(
+            "agpo_rollout_tokens", "Completion tokens generated.", registry=r
+        )
+        self.resampled_prompts = Counter(
+            "agpo_resampled_prompts", "Extra prompts drawn by zeroVariance: resample.", registry=r
+        )
+        self.skipped_prompts = Counter(
+            "agpo_skipped_prompts", "Prompts skipped for exceeding maxPromptTokens.", registry=r
+        )
+
+
+class StatusBoard:
+    """The latest values the operator reads from ``/status`` (thread-safe)."""
+
+    def __init__(self, **initial: Any) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, Any] = dict(initial)
+
+    def update(self, **values: Any) -> None:
+        with self._lock:
+            self._data.update(values)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._data)
+
+
+def serve(
+    metrics: TrainerMetrics, board: StatusBoard, port: int, host: str = "0.0.0.0"
+) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` (Prometheus text) and ``/status`` (JSON) in a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                body, ctype = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+            elif path == "/status":
+                body, ctype = json.dumps(board.snapshot()).encode(), "application/json"
+            elif path in ("/healthz", "/health"):
+                body, ctype = b"ok", "text/plain"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes every few seconds would flood the trainer log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
