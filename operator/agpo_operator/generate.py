@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from agpo_operator.api.crd import crd_yaml
+from agpo_operator.api.docs import api_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,6 +184,7 @@ def manifests_role_yaml() -> str:
 GENERATED: dict[str, Callable[[], str]] = {
     "manifests/crd/agpo.dev_agpojobs.yaml": crd_yaml,
     "charts/agpo-operator/crds/agpo.dev_agpojobs.yaml": crd_yaml,
+    "docs/api.md": api_markdown,
 }
 
 #: Generated from ``agpo_operator.rbac``; guarded so the CRD copies still work without it.

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT_SAMPLE
 
 from agpo_trainer.rollout.server import free_port
+
+from conftest import ROOT_SAMPLE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -245,17 +245,49 @@ class Trainer:
         """The unwrapped model (DDP keeps it in ``.module``)."""
         return getattr(self.model, "module", self.model)
 
-    def full_state_dict(self) -> dict[str, Tensor]:
-        """Full (unsharded) weights; with FSDP every rank must call this together."""
-        if self.spec.trainer.strategy == "fsdp" and self.rt.world_size > 1:
+    @property
+    def sharded(self) -> bool:
+        return self.spec.trainer.strategy == "fsdp" and self.rt.world_size > 1
+
+    def gather_weights(self) -> dict[str, Tensor] | None:
+        """Full weights of a sharded (FSDP) model, a collective every rank must join; None
+        when the local module already holds them all (single process, DDP)."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(self.model, options=opts)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The full optimizer state (gathered on rank 0 under FSDP; a collective then)."""
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+
+    def load_full_state(self, weights: dict[str, Tensor], optimizer: dict[str, Any]) -> None:
+        """Load full (unsharded) weights and optimizer state, sharding them under FSDP."""
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
-                get_model_state_dict,
+                set_model_state_dict,
+                set_optimizer_state_dict,
             )
 
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_model_state_dict(self.model, options=opts)
-        return self.module.state_dict()
+            opts = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.model, weights, options=opts)
+            set_optimizer_state_dict(self.model, self.optimizer, optimizer, options=opts)
+            return
+        missing, _ = self.module.load_state_dict(weights, strict=False)
+        if any(not k.endswith("lm_head.weight") for k in missing):  # tied embeddings are fine
+            raise RuntimeError(f"checkpoint lacks weights: {missing[:3]}")
+        self.optimizer.load_state_dict(optimizer)
 
     def _reward_terms(self) -> list[tuple[str, float]]:
         return [(r.name or r.function or "", r.weight) for r in self.spec.algorithm.rewards]
@@ -270,10 +302,7 @@ class Trainer:
         weights = {}
         for f in sorted(ckpt.glob("*.safetensors")):
             weights.update(load_file(str(f)))
-        missing, _ = self.module.load_state_dict(weights, strict=False)
-        if any(not k.endswith("lm_head.weight") for k in missing):  # tied embeddings are fine
-            raise RuntimeError(f"checkpoint {ckpt} lacks weights: {missing[:3]}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_full_state(weights, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
@@ -353,8 +382,11 @@ class Trainer:
         )
         self.syncer.init()
 
-    def push_weights(self, state: dict[str, Tensor] | None = None) -> float:
-        seconds = float(self.syncer.push(self.module, self.policy_version))
+    def push_weights(self, weights: dict[str, Tensor] | None = None) -> float:
+        """Rank 0: send the policy (``weights`` when gathered from shards) to every server."""
+        seconds = float(
+            self.syncer.push(self.module if weights is None else weights, self.policy_version)
+        )
         self.metrics.weight_sync_duration.observe(seconds)
         self.metrics.served_version.set(self.policy_version)
         return seconds
@@ -567,10 +599,11 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def run(self) -> None:
         spec = self.spec
+        weights = self.gather_weights()
         if self.is_main:
             self.connect()
             self.board.update(phase="Running", policyVersion=self.policy_version)
-            self.push_weights()  # the servers start from the trainer's weights (also on resume)
+            self.push_weights(weights)  # servers start from the trainer's weights (resume too)
         every_sync = spec.rollout.weight_sync.every_steps
         ck = spec.training.checkpoint
         while self.step < self.total_steps:
@@ -583,8 +616,10 @@ class Trainer:
             self.step += 1
             self.policy_version += 1
             sync_s = 0.0
-            if self.is_main and (self.step % every_sync == 0 or self.step == self.total_steps):
-                sync_s = self.push_weights()
+            if self.step % every_sync == 0 or self.step == self.total_steps:
+                weights = self.gather_weights()
+                if self.is_main:
+                    sync_s = self.push_weights(weights)
             if self.step % ck.every_steps == 0 or self.step == self.total_steps:
                 self.save()
             if self.is_main:
@@ -597,10 +632,11 @@ class Trainer:
 
     def save(self) -> None:
         # With FSDP every rank takes part in gathering; rank 0 writes.
-        full = self.full_state_dict() if self.spec.trainer.strategy == "fsdp" else None
+        full = self.gather_weights()
+        optimizer = self.optimizer_state()
         if self.is_main:
             state = {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": self.scheduler.state_dict(),
                 "sampler": self.sampler.state_dict(),
                 "rng": rng_state(),
