@@ -92,3 +92,27 @@ def test_training_updates_served_weights_and_exports_metrics(
     assert 0 <= float(versions[0]["value"][1]) <= 4
     hist = prom_query(prom, "max_over_time(agpo_weight_sync_duration_seconds_count[10m])")
     assert float(hist[0]["value"][1]) >= 1
+
+
+def test_other_algorithm_options_run_end_to_end(
+    tmp_path: Path, vllm_server: VLLMServer, start_trainer: Any
+) -> None:
+    """Dr. GRPO + DAPO-style resampling + a KL penalty (with its reference model)."""
+    job = job_file(
+        tmp_path,
+        algorithm__advantage="dr_grpo",
+        algorithm__zeroVariance="resample",
+        algorithm__maxResampleRounds=2,
+        algorithm__klCoefficient=0.05,
+        algorithm__lossAggregation="seq-mean-token-sum-norm",
+        algorithm__lengthReward={"type": "overlong", "bufferTokens": 4},
+        training__steps=3,
+    )
+    run = start_trainer(job, [vllm_server.url], vllm_server.token, tmp_path / "run")
+    assert run.wait() == 0, run.text()[-3000:]
+    steps = run.steps()
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all(0 <= s["resampleRounds"] <= 2 and len(s["prompts"]) == 8 for s in steps)
+    # the reference model is the initial policy: KL is 0 before the first update, then > 0
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert steps[-1]["kl"] > 0

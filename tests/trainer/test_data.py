@@ -117,3 +117,23 @@ def test_sampler_order_is_seeded_and_resumable() -> None:
     c.load_state_dict(state)
     assert [e.index for e in c.take(9)] == rest
     assert [e.index for e in PromptSampler(examples, seed=6).take(10)] != first
+
+
+def test_hf_source_loads_a_local_dataset_directory(tmp_path: Path) -> None:
+    """`source.hf.name` may be a local directory (no hub needed): datasets finds the files."""
+    (tmp_path / "ds").mkdir()
+    write_jsonl(tmp_path / "ds" / "train.jsonl", [{"q": "5-3", "a": "2"}, {"q": "1+2", "a": "3"}])
+    ds = DatasetSpec.model_validate(
+        {
+            "source": {"hf": {"name": str(tmp_path / "ds"), "split": "train"}},
+            "promptField": "q",
+            "answerField": "a",
+        }
+    )
+    assert [(e.prompt, e.answer) for e in load_examples(ds)] == [("5-3", "2"), ("1+2", "3")]
+
+
+def test_hf_source_that_cannot_load_is_a_data_error(tmp_path: Path) -> None:
+    ds = DatasetSpec.model_validate({"source": {"hf": {"name": str(tmp_path / "missing")}}})
+    with pytest.raises(DataError, match="cannot load dataset"):
+        load_examples(ds)

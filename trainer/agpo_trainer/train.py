@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -204,12 +205,7 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model.tokenizer or model_dir)
         dtype = DTYPES[spec.model.dtype]
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device)
-        self.ref_model = None
-        if spec.algorithm.kl_coefficient > 0:  # a reference model only when the KL term is on
-            self.ref_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(
-                self.device
-            )
-            self.ref_model.eval().requires_grad_(False)
+        self.ref_model: nn.Module | None = None
         self.model = self._wrap(model)
         t = spec.training
         self.optimizer = torch.optim.AdamW(
@@ -224,6 +220,29 @@ class Trainer:
         resumed = self._maybe_resume()
         if not resumed and t.format_warmup_steps:
             self.format_warmup(t.format_warmup_steps)
+        if spec.algorithm.kl_coefficient > 0:  # a reference model only when the KL term is on
+            self.ref_model = self._reference_model(resumed)
+
+    def _reference_model(self, resumed: bool) -> nn.Module:
+        """The frozen initial RL policy (after any format warm-up) for the KL term.
+
+        It is saved once next to the checkpoints, so a resumed run keeps the same reference.
+        """
+        from transformers import AutoModelForCausalLM
+
+        path = self.rt.checkpoint_dir / "reference"
+        weights = self.gather_weights()  # a collective under FSDP: every rank joins
+        if not (resumed and (path / "config.json").is_file()):
+            if self.is_main:
+                tmp = path.with_name(".tmp-reference")
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.module.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+                shutil.rmtree(path, ignore_errors=True)
+                tmp.rename(path)
+            barrier()
+        dtype = DTYPES[self.spec.model.dtype]
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device)
+        return ref.eval().requires_grad_(False)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.rt.world_size == 1:
@@ -427,9 +446,7 @@ class Trainer:
         if algo.zero_variance == "resample":
             # DAPO dynamic sampling: keep groups with variance first, then fill with the rest
             # (which the loss masks), so the batch always has promptsPerStep groups.
-            varied = _groups_with_variance(rewards, g)
-            order = varied + [i for i in range(len(examples)) if i not in set(varied)]
-            order = sorted(order[:want])
+            order = select_groups(rewards, g, want)
             examples = [examples[i] for i in order]
             completions = [completions[i * g + j] for i in order for j in range(g)]
             idx = torch.tensor([i * g + j for i in order for j in range(g)])
@@ -683,8 +700,10 @@ class Trainer:
             "accuracy": s["accuracy"],
             "completionTokensMean": s["completion_tokens_mean"],
             "zeroVarianceFraction": s["zero_variance_fraction"],
+            "resampleRounds": s["resample_rounds"],
             "loss": m.get("loss", 0.0),
             "ratioMean": m.get("ratio/mean", 1.0),
+            "kl": m.get("kl", 0.0),
             "clipRatio": m.get("clip_ratio/low_mean", 0.0) + m.get("clip_ratio/high_mean", 0.0),
             "gradNorm": m["grad_norm"],
             "stepSeconds": step_s,
@@ -703,6 +722,18 @@ def _groups_with_variance(rewards: Tensor, g: int) -> list[int]:
     grouped = rewards.view(-1, g)
     spread = grouped.max(dim=1).values - grouped.min(dim=1).values
     return [i for i, v in enumerate(spread.tolist()) if v > 1e-6]
+
+
+def select_groups(rewards: Tensor, group_size: int, want: int) -> list[int]:
+    """DAPO dynamic sampling's choice of ``want`` groups out of everything drawn.
+
+    Groups with reward variance come first (in draw order), then zero-variance groups fill
+    the batch; the indices are returned sorted, so the batch keeps the draw order.
+    """
+    varied = _groups_with_variance(rewards, group_size)
+    taken = set(varied)
+    rest = [i for i in range(rewards.numel() // group_size) if i not in taken]
+    return sorted((varied + rest)[:want])
 
 
 def pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
