@@ -59,7 +59,9 @@ def _table(cls: type[ApiModel]) -> str:
         else:
             shown = f"`{default}`"
         desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| `{field.alias or name}` | {_type_name(props.get(field.alias or name, {}), field.annotation)} | {shown} | {desc} |")
+        lines.append(
+            f"| `{field.alias or name}` | {_type_name(props.get(field.alias or name, {}), field.annotation)} | {shown} | {desc} |"
+        )
     if cls.rules:
         lines += ["", "Rules:", ""]
         lines += [f"- `{r.field or '(object)'}`: {r.message}" for r in cls.rules]
