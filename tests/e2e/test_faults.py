@@ -118,8 +118,28 @@ def test_vllm_server_dying_mid_run_stops_everything(tmp_path: Path, cache_dir: P
     assert alive == [], f"orphans: {[p.cmdline()[:4] for p in alive]}"
 
 
+def alive(family: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in family:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_every_process(tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 130), (signal.SIGKILL, -signal.SIGKILL)],
+    ids=["ctrl-c", "sigterm", "sigkill"],
+)
+def test_stopping_agpo_run_stops_every_process(
+    tmp_path: Path, cache_dir: Path, sig: int, code: int
+) -> None:
+    """Ctrl-C and SIGTERM unwind the launcher; even SIGKILL leaves no orphans, because every
+    child is told to exit when its parent dies (PR_SET_PDEATHSIG)."""
     port = free_port()
     job = job_file(tmp_path, training__steps=200)
     proc = subprocess.Popen(
@@ -130,16 +150,17 @@ def test_ctrl_c_stops_every_process(tmp_path: Path, cache_dir: Path) -> None:
     try:
         wait_for(
             lambda: any(
-                "torch.distributed.run" in " ".join(p.cmdline()) for p in descendants(proc.pid)
+                "torch.distributed.run" in " ".join(p.cmdline())
+                for p in alive(descendants(proc.pid))
             ),
             300,
             "torchrun to start",
         )
         family = descendants(proc.pid)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         proc.communicate(timeout=120)
+        # (a SIGKILLed launcher's children get SIGTERM from the kernel and stop on their own)
+        wait_for(lambda: not alive(family), 90, "every child process to exit")
     finally:
         kill_group(proc)
-    assert proc.returncode == 130
-    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert alive == [], f"orphans: {[p.cmdline()[:4] for p in alive]}"
+    assert proc.returncode == code

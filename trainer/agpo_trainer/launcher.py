@@ -116,6 +116,9 @@ def run_local(job: AGPOJob, *, steps: int | None, workdir: Path | None, source: 
     from rich.console import Console
 
     console = Console(stderr=True)
+    # A supervisor's SIGTERM (or a plain `kill`) must unwind like Ctrl-C, so the servers and
+    # torchrun are stopped instead of left behind as orphans.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return _run(job, steps=steps, workdir=workdir, source=source, console=console)
     except LaunchError as err:
@@ -125,6 +128,12 @@ def run_local(job: AGPOJob, *, steps: int | None, workdir: Path | None, source: 
     except KeyboardInterrupt:
         console.print("agpo run: interrupted; every process stopped")
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(
@@ -133,7 +142,12 @@ def _run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agpo_trainer.models import resolve_model_path
-    from agpo_trainer.rollout.server import ServerStartError, VLLMServer, free_port
+    from agpo_trainer.rollout.server import (
+        ServerStartError,
+        VLLMServer,
+        die_with_parent,
+        free_port,
+    )
 
     spec = job.spec
     preflight(job, source.resolve().parent)
@@ -185,7 +199,7 @@ def _run(
             trainer = subprocess.Popen(
                 trainer_command(source.resolve(), spec.trainer.procs_per_node),
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
         stack.callback(_stop, trainer)
 

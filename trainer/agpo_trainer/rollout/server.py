@@ -130,6 +130,19 @@ def build_server_env(
     return env
 
 
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux).
+
+    A child in its own session does not see the parent's terminal signals; without this a
+    killed launcher would leave vLLM servers or torchrun running.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -215,6 +228,7 @@ class VLLMServer:
                 # Own session = own process group: stop() signals the API server, the
                 # engine core and every worker it spawned, leaving no orphans.
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         return self
 
