@@ -229,6 +229,8 @@ def _run(
                         ),
                     )
                 time.sleep(POLL_S)
+            if code == 0:  # the last step may finish between two polls
+                progress.update(task, completed=total)
         if code != 0:
             raise LaunchError(
                 f"trainer failed (exit {code}): {_error_line(trainer_log)} (log: {trainer_log})"
