@@ -41,8 +41,9 @@ def error_lines(stderr: str) -> list[str]:
         ({"dataset__source": {"file": {"path": "rows.jsonl"}}}, "row 2 has no field 'answer'"),
         ({"algorithm__rewards": [{"function": "no_such_module:score"}]}, "no_such_module"),
         ({"algorithm__rewards": [{"function": "my_rewards:nope"}]}, "nope"),
+        ({"training__checkpoint": {"pvc": "ckpts"}}, "spec.training.checkpoint.pvc"),
     ],
-    ids=["missing-dataset", "malformed-row", "reward-module-missing", "reward-attr-missing"],
+    ids=["missing-dataset", "malformed-row", "reward-module-missing", "reward-attr-missing", "pvc"],
 )
 def test_agpo_run_bad_input_fails_fast_with_one_line(
     tmp_path: Path, cache_dir: Path, overrides: dict[str, Any], expected: str

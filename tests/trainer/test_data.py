@@ -137,3 +137,18 @@ def test_hf_source_that_cannot_load_is_a_data_error(tmp_path: Path) -> None:
     ds = DatasetSpec.model_validate({"source": {"hf": {"name": str(tmp_path / "missing")}}})
     with pytest.raises(DataError, match="cannot load dataset"):
         load_examples(ds)
+
+
+def test_model_location_follows_the_spec(tmp_path: Path) -> None:
+    from agpo_operator.api.models import ModelSpec
+    from agpo_trainer.models import model_location
+
+    pvc = ModelSpec.model_validate(
+        {"name": "Qwen/Qwen2.5-Math-1.5B", "source": {"pvc": "models", "subPath": "q"}}
+    )
+    assert model_location(pvc, tmp_path) == "/models/q"
+    local = ModelSpec.model_validate({"name": "x", "source": {"path": "/data/m"}})
+    assert model_location(local, tmp_path) == "/data/m"
+    assert model_location(ModelSpec.model_validate({"name": "org/model"}), tmp_path) == "org/model"
+    built = model_location(ModelSpec.model_validate({"name": "builtin:tiny"}), tmp_path)
+    assert (Path(built) / "config.json").is_file()

@@ -101,6 +101,25 @@ def preflight(job: AGPOJob, base_dir: Path) -> None:
     from agpo_trainer.rewards.base import RewardFunctionError
     from agpo_trainer.rewards.scoring import get_reward_function
 
+    spec = job.spec
+    pvcs = [
+        (where, claim)
+        for where, claim in (
+            ("spec.model.source.pvc", spec.model.source and spec.model.source.pvc),
+            (
+                "spec.dataset.source.file.pvc",
+                spec.dataset.source.file and spec.dataset.source.file.pvc,
+            ),
+            ("spec.training.checkpoint.pvc", spec.training.checkpoint.pvc),
+        )
+        if claim
+    ]
+    if pvcs:
+        where, claim = pvcs[0]
+        raise LaunchError(
+            f"{where}: agpo run cannot mount PersistentVolumeClaim {claim!r} on this machine; "
+            "use a local path instead (e.g. source.path / file.path) or run it in a cluster"
+        )
     # Custom reward modules may sit next to the job file (the trainer gets it on PYTHONPATH).
     sys.path.insert(0, str(base_dir))
     try:
@@ -141,7 +160,7 @@ def _run(
 ) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agpo_trainer.models import resolve_model_path
+    from agpo_trainer.models import model_location
     from agpo_trainer.rollout.server import (
         ServerStartError,
         VLLMServer,
@@ -157,7 +176,7 @@ def _run(
     logs.mkdir(parents=True, exist_ok=True)
     cache = Path(os.environ.get("AGPO_CACHE_DIR", Path.home() / ".cache" / "agpo"))
     os.environ["AGPO_CACHE_DIR"] = str(cache)
-    model_dir = resolve_model_path(spec.model.name, cache)
+    model_dir = model_location(spec.model, cache)
     token = secrets.token_urlsafe(24)  # per run; only the trainer and the servers know it
     total = min(spec.training.steps, steps) if steps else spec.training.steps
 

@@ -184,7 +184,7 @@ class Trainer:
     def setup(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from agpo_trainer.models import resolve_model_path
+        from agpo_trainer.models import model_location
         from agpo_trainer.rewards.scoring import get_reward_function
 
         spec = self.spec
@@ -198,13 +198,16 @@ class Trainer:
         self.sampler = PromptSampler(self.examples, seed)
 
         if self.is_main:
-            model_dir = resolve_model_path(spec.model.name, self.rt.cache_dir)
+            model_location(spec.model, self.rt.cache_dir)  # rank 0 builds builtin models once
         barrier()
-        model_dir = resolve_model_path(spec.model.name, self.rt.cache_dir)
+        model_dir = model_location(spec.model, self.rt.cache_dir)
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model.tokenizer or model_dir)
         dtype = DTYPES[spec.model.dtype]
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device)
+        kwargs = {"revision": spec.model.revision} if spec.model.revision else {}
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kwargs).to(
+            self.device
+        )
         self.ref_model: nn.Module | None = None
         self.model = self._wrap(model)
         t = spec.training

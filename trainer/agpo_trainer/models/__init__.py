@@ -7,27 +7,22 @@ pod's init container) does not import the module twice.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from agpo_trainer.models.tiny import (
-        BUILTIN_TINY,
-        TinyModelSpec,
-        build_tiny_model,
-        build_tokenizer,
-        resolve_model_path,
-    )
+_HOMES = {
+    "BUILTIN_TINY": "tiny",
+    "TinyModelSpec": "tiny",
+    "build_tiny_model": "tiny",
+    "build_tokenizer": "tiny",
+    "resolve_model_path": "tiny",
+    "MODELS_MOUNT": "location",
+    "model_location": "location",
+}
 
-__all__ = [
-    "BUILTIN_TINY",
-    "TinyModelSpec",
-    "build_tiny_model",
-    "build_tokenizer",
-    "resolve_model_path",
-]
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(import_module("agpo_trainer.models.tiny"), name)
+    if name in _HOMES:
+        return getattr(import_module(f"agpo_trainer.models.{_HOMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
