@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from conftest import MINIMAL
+from agpo_testlib import MINIMAL
 
 _DELETE = object()
 

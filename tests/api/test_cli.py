@@ -12,8 +12,8 @@ import yaml
 
 from agpo_operator.api.crd import crd_yaml
 
+from agpo_testlib import ROOT, SAMPLES
 from cases import apply
-from conftest import ROOT, SAMPLES
 
 
 def agpo(*args: str) -> subprocess.CompletedProcess[str]:

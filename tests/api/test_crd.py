@@ -19,8 +19,8 @@ import yaml
 from agpo_operator.api.crd import crd, crd_yaml
 from agpo_operator.generate import GENERATED, drifted
 
+from agpo_testlib import ROOT, SAMPLES
 from cases import BAD_CASES, BadCase, apply
-from conftest import ROOT, SAMPLES
 
 SCHEMA = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 # CEL keywords that Kubernetes exposes escaped as __keyword__ (apiextensions CEL docs).

@@ -13,8 +13,8 @@ from agpo_operator.api import AGPOJob, InvalidJobError, parse_job
 from agpo_operator.api.base import ApiModel
 from agpo_operator.api.models import AGPOJobSpec
 
+from agpo_testlib import SAMPLES
 from cases import BAD_CASES, CPU, BadCase, apply
-from conftest import SAMPLES
 
 
 def test_minimal_spec_gets_sensible_defaults(minimal_job: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import pytest
+
 from chartlib import CHART, ROOT
 
 DASHBOARD = CHART / "dashboards" / "agpo.json"

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from chartlib import DOCKER, ROOT, hadolint_binary
 
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import CHART, MANIFESTS, ROOT, one, render_objects
 
 from agpo_operator import generate
+
+from chartlib import CHART, MANIFESTS, ROOT, one, render_objects
 
 
 def rbac_rules() -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from chartlib import MANIFESTS, chart_crds, key, kustomize, render_objects
 
 pytest.importorskip("helm_python", reason="helm-python-sdk is not installed")

@@ -16,7 +16,7 @@ import requests
 
 from agpo_trainer.rollout.server import free_port
 
-from conftest import job_file, kill_group, wait_for
+from e2e_support import job_file, kill_group, wait_for
 
 pytestmark = [pytest.mark.e2e]
 

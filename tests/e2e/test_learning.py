@@ -12,7 +12,7 @@ import pytest
 
 from agpo_trainer.rollout.server import free_port
 
-from conftest import ROOT_SAMPLE
+from e2e_support import ROOT_SAMPLE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

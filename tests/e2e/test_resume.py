@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from agpo_trainer.checkpoint import STATE_FILE, latest_checkpoint
 from agpo_trainer.rollout.server import VLLMServer
 
-from conftest import job_file
+from e2e_support import job_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from agpo_trainer.models import resolve_model_path
 from agpo_trainer.rollout.client import RolloutClient
 from agpo_trainer.rollout.server import VLLMServer
 
-from conftest import job_file, prom_query
+from e2e_support import job_file, prom_query
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

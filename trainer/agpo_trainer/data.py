@@ -9,6 +9,7 @@ reproducible order whose cursor is saved in checkpoints.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ def _load_rows(spec: DatasetSpec, base_dir: Path | None) -> tuple[list[dict[str,
         rel = src.file.path if src.file.path is not None else src.file.sub_path
         path = Path(rel or "")
         if src.file.pvc is not None:
-            path = Path("/data") / path  # the operator mounts the dataset PVC at /data
+            # The operator mounts the dataset PVC at /data and says so in AGPO_DATASET_PATH.
+            path = Path(os.environ.get("AGPO_DATASET_PATH") or Path("/data") / path)
         elif not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         if not path.is_file():

@@ -200,7 +200,8 @@ class Trainer:
         if self.is_main:
             model_location(spec.model, self.rt.cache_dir)  # rank 0 builds builtin models once
         barrier()
-        model_dir = model_location(spec.model, self.rt.cache_dir)
+        # In pods the operator says where it mounted the weights (AGPO_MODEL_PATH).
+        model_dir = os.environ.get("AGPO_MODEL_PATH") or model_location(spec.model, self.rt.cache_dir)
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model.tokenizer or model_dir)
         dtype = DTYPES[spec.model.dtype]

@@ -593,6 +593,7 @@ CONDITION_TYPES = (
     "Suspended",
     "Succeeded",
     "Failed",
+    "SpecChangeRefused",
 )
 
 

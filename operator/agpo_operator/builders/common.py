@@ -1,0 +1,286 @@
+"""What every child object shares: names, labels, owner references, pod hardening, paths.
+
+Pure functions of an :class:`~agpo_operator.api.AGPOJob` and :class:`BuildOptions`; no I/O,
+no kopf. The names here are the contract with the trainer and rollout images (see
+``docs/operator.md``): change them only together with those images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agpo_operator.api import API_VERSION, KIND, AGPOJob
+
+Obj = dict[str, Any]
+
+# Label keys and values.
+JOB_LABEL = "agpo.dev/job"
+ROLE_LABEL = "agpo.dev/role"
+ATTEMPT_LABEL = "agpo.dev/attempt"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+MANAGED_BY = "agpo-operator"
+PART_OF = "agpo"
+
+# Fixed ports and paths (the contract with the images).
+ROLLOUT_PORT = 8000
+RENDEZVOUS_PORT = 29500
+JOB_FILE_DIR = "/etc/agpo"
+JOB_FILE = f"{JOB_FILE_DIR}/job.yaml"
+JOB_FILE_KEY = "job.yaml"
+MODELS_DIR = "/models"
+TINY_MODEL_DIR = "/model"
+CHECKPOINTS_DIR = "/checkpoints"
+DATA_DIR = "/data"
+TOKEN_KEY = "token"
+TOKEN_MIDDLEWARE = "agpo_trainer.vllm_plugin.auth.TokenAuthMiddleware"
+TINY_MODEL = "builtin:tiny"
+RUN_AS_USER = 1000
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Operator-wide settings that shape children (from :class:`agpo_operator.config.Config`)."""
+
+    trainer_image: str = "ghcr.io/agpo-dev/agpo-trainer:latest"
+    rollout_image: str = "ghcr.io/agpo-dev/agpo-rollout:latest"
+    image_pull_policy: str | None = None
+    operator_namespace: str = "agpo-system"
+    monitoring_namespace: str | None = None
+    ephemeral_ports: tuple[int, int] | None = (32768, 60999)
+
+
+# --------------------------------------------------------------------------- names
+@dataclass(frozen=True)
+class Names:
+    """Every child's name, derived from the job's name (at most 40 characters)."""
+
+    job: str
+    namespace: str
+
+    @property
+    def spec_configmap(self) -> str:
+        return f"{self.job}-spec"
+
+    @property
+    def token_secret(self) -> str:
+        return f"{self.job}-rollout-token"
+
+    @property
+    def service_account(self) -> str:
+        return f"{self.job}-workload"
+
+    @property
+    def rollout(self) -> str:
+        return f"{self.job}-rollout"
+
+    @property
+    def trainer(self) -> str:
+        return f"{self.job}-trainer"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.job}-trainer-metrics"
+
+    @property
+    def master_host(self) -> str:
+        """Rank 0's stable DNS name (Indexed Job hostname + the headless Service subdomain)."""
+        return f"{self.trainer}-0.{self.trainer}"
+
+    def rollout_url(self, index: int) -> str:
+        return f"http://{self.rollout}-{index}.{self.rollout}.{self.namespace}.svc:{ROLLOUT_PORT}"
+
+
+def names(job: AGPOJob, namespace: str) -> Names:
+    if not job.metadata.name:
+        raise ValueError("the job has no metadata.name")
+    return Names(job=job.metadata.name, namespace=namespace)
+
+
+# --------------------------------------------------------------------------- metadata
+def selector_labels(job: str, role: str) -> dict[str, str]:
+    """The labels that select one role's pods of one job (Services, NetworkPolicies)."""
+    return {JOB_LABEL: job, ROLE_LABEL: role}
+
+
+def labels(job: str, role: str) -> dict[str, str]:
+    """Every child's labels: the recommended ``app.kubernetes.io/*`` set plus ours."""
+    return {
+        "app.kubernetes.io/name": PART_OF,
+        "app.kubernetes.io/instance": job,
+        "app.kubernetes.io/component": role,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        **selector_labels(job, role),
+    }
+
+
+def metadata(n: Names, name: str, role: str, **extra_labels: str) -> Obj:
+    return {
+        "name": name,
+        "namespace": n.namespace,
+        "labels": {**labels(n.job, role), **extra_labels},
+    }
+
+
+def owner_reference(job_name: str, uid: str) -> Obj:
+    """The controller reference that makes the AGPOJob own (and garbage-collect) a child."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job_name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def adopt(obj: Obj, job_name: str, uid: str) -> Obj:
+    """A copy of ``obj`` owned by the job (what ``kopf.adopt`` does, without kopf)."""
+    meta = {**obj["metadata"], "ownerReferences": [owner_reference(job_name, uid)]}
+    return {**obj, "metadata": meta}
+
+
+# --------------------------------------------------------------------------- pods
+def pod_security_context() -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> Obj:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def env_value(name: str, value: str | int) -> Obj:
+    return {"name": name, "value": str(value)}
+
+
+def env_secret(name: str, secret: str, key: str) -> Obj:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def merge_env(ours: list[Obj], user: list[Obj], reserved: frozenset[str]) -> list[Obj]:
+    """Our variables, then the user's; a user variable replaces ours unless it is reserved.
+
+    Reserved names carry the contract with the images and the security token: a job cannot
+    override them (such entries are dropped).
+    """
+    user_by_name = {e["name"]: e for e in user if e["name"] not in reserved}
+    merged = [user_by_name.pop(e["name"], e) for e in ours]
+    return merged + [e for e in user if e["name"] in user_by_name]
+
+
+def resources(spec_resources: Any, gpus: int) -> Obj:
+    """Pod resources from the spec, with ``nvidia.com/gpu`` set from the GPU count."""
+    out: Obj = spec_resources.to_dict() if spec_resources is not None else {}
+    limits = dict(out.get("limits", {}))
+    requests = dict(out.get("requests", {}))
+    limits.pop("nvidia.com/gpu", None)
+    requests.pop("nvidia.com/gpu", None)
+    if gpus > 0:
+        limits["nvidia.com/gpu"] = str(gpus)
+        requests["nvidia.com/gpu"] = str(gpus)
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def scheduling(job: AGPOJob, node_selector: dict[str, str], tolerations: list[Any]) -> Obj:
+    """Scheduler, priority, node selector, tolerations and pull secrets of a pod spec."""
+    rp = job.spec.run_policy
+    out: Obj = {}
+    if rp.scheduler_name:
+        out["schedulerName"] = rp.scheduler_name
+    if rp.priority_class_name:
+        out["priorityClassName"] = rp.priority_class_name
+    if node_selector:
+        out["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        out["tolerations"] = [t.to_dict() for t in tolerations]
+    if job.spec.image_pull_secrets:
+        out["imagePullSecrets"] = [s.to_dict() for s in job.spec.image_pull_secrets]
+    return out
+
+
+def workload_labels(job: AGPOJob, n: Names, role: str) -> dict[str, str]:
+    """Labels of a workload object (StatefulSet, Job): the child labels plus the Kueue queue."""
+    out = labels(n.job, role)
+    if job.spec.run_policy.queue_name:
+        out[QUEUE_LABEL] = job.spec.run_policy.queue_name
+    return out
+
+
+def shm_volume() -> Obj:
+    """A RAM-backed /dev/shm: the container runtime's 64 MiB default breaks NCCL."""
+    return {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+
+
+def job_file_volume(n: Names) -> Obj:
+    return {
+        "name": "job-spec",
+        "configMap": {
+            "name": n.spec_configmap,
+            "items": [{"key": JOB_FILE_KEY, "path": JOB_FILE_KEY}],
+        },
+    }
+
+
+def common_mounts() -> list[Obj]:
+    return [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "job-spec", "mountPath": JOB_FILE_DIR, "readOnly": True},
+    ]
+
+
+# --------------------------------------------------------------------------- model and data
+def model_path(job: AGPOJob) -> str:
+    """Where the policy's weights are inside rollout and trainer pods (or the hub id)."""
+    model = job.spec.model
+    if model.source is not None and model.source.pvc:
+        sub = (model.source.sub_path or "").strip("/")
+        return f"{MODELS_DIR}/{sub}" if sub else MODELS_DIR
+    if model.source is not None and model.source.path:
+        return model.source.path
+    if model.name == TINY_MODEL:
+        return TINY_MODEL_DIR
+    return model.name
+
+
+def downloads_model(job: AGPOJob) -> bool:
+    """True when the weights come from the Hugging Face hub (vLLM downloads them)."""
+    return job.spec.model.source is None and job.spec.model.name != TINY_MODEL
+
+
+def model_volumes(job: AGPOJob) -> tuple[list[Obj], list[Obj]]:
+    """(volumes, mounts) that bring the model's PVC into a pod, if it lives on one."""
+    source = job.spec.model.source
+    if source is None or not source.pvc:
+        return [], []
+    volume = {"name": "model", "persistentVolumeClaim": {"claimName": source.pvc, "readOnly": True}}
+    return [volume], [{"name": "model", "mountPath": MODELS_DIR, "readOnly": True}]
+
+
+def hf_token_env(job: AGPOJob) -> list[Obj]:
+    ref = job.spec.model.hf_token_secret_ref
+    return [env_secret("HF_TOKEN", ref.name, ref.key)] if ref is not None else []
+
+
+def image(spec_image: str | None, default: str) -> str:
+    return spec_image or default
+
+
+def container_image_fields(spec_image: str | None, default: str, options: BuildOptions) -> Obj:
+    out: Obj = {"image": image(spec_image, default)}
+    if options.image_pull_policy:
+        out["imagePullPolicy"] = options.image_pull_policy
+    return out

@@ -1,0 +1,177 @@
+"""Rollout: ``replicas`` individually addressable vLLM OpenAI servers (StatefulSet + headless
+Service), so the trainer can push weights to every replica by name
+(``<job>-rollout-<i>.<job>-rollout.<ns>.svc:8000``)."""
+
+from __future__ import annotations
+
+from agpo_operator.api import AGPOJob
+from agpo_operator.builders.common import (
+    JOB_FILE,
+    ROLLOUT_PORT,
+    TINY_MODEL,
+    TINY_MODEL_DIR,
+    TOKEN_KEY,
+    BuildOptions,
+    Names,
+    Obj,
+    common_mounts,
+    container_image_fields,
+    container_security_context,
+    downloads_model,
+    env_secret,
+    env_value,
+    hf_token_env,
+    job_file_volume,
+    merge_env,
+    metadata,
+    model_path,
+    model_volumes,
+    pod_security_context,
+    resources,
+    scheduling,
+    selector_labels,
+    shm_volume,
+    workload_labels,
+)
+
+# Variables a job's env cannot override (contract and security).
+RESERVED_ENV = frozenset(
+    {"VLLM_SERVER_DEV_MODE", "AGPO_ROLLOUT_TOKEN", "AGPO_JOB_FILE", "HF_TOKEN"}
+)
+
+
+def vllm_command(job: AGPOJob) -> list[str]:
+    """The vLLM OpenAI server command line (the contract in docs/operator.md).
+
+    The same pure function as ``agpo run`` uses (one source of truth for the flags), so pods
+    get what the local runs and the tests exercise: processed log-probs (after temperature,
+    what the importance ratio needs), the weight-transfer backend, the token middleware.
+    """
+    from agpo_trainer.rollout.server import build_server_command  # pure; no torch
+
+    model, rollout = job.spec.model, job.spec.rollout
+    extra: list[str] = []
+    if model.revision and downloads_model(job):
+        extra += ["--revision", model.revision]
+    if model.tokenizer:
+        extra += ["--tokenizer", model.tokenizer]
+    return build_server_command(
+        model_path(job),
+        port=ROLLOUT_PORT,
+        host="0.0.0.0",
+        python="python",
+        served_model_name=model.name,
+        dtype=model.dtype,
+        max_model_len=rollout.max_model_len,
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
+        enforce_eager=rollout.gpus_per_replica == 0,
+        weight_transfer_backend=rollout.weight_sync.backend,
+        auth=True,
+        seed=job.spec.training.seed,
+        tensor_parallel_size=rollout.tensor_parallel_size,
+        extra_args=[*extra, *rollout.extra_args],
+    )
+
+
+def rollout_env(job: AGPOJob, n: Names) -> list[Obj]:
+    ours = [
+        env_value("VLLM_SERVER_DEV_MODE", 1),
+        env_secret("AGPO_ROLLOUT_TOKEN", n.token_secret, TOKEN_KEY),
+        env_value("AGPO_JOB_FILE", JOB_FILE),
+        *hf_token_env(job),
+    ]
+    if job.spec.rollout.gpus_per_replica == 0:
+        ours.append(env_value("VLLM_CPU_KVCACHE_SPACE", 1))  # GiB of KV cache on CPU
+    if job.spec.metrics.pod_monitor:
+        # vLLM's own /metrics (throughput, queue) for the PodMonitor; read-only, and the
+        # NetworkPolicy admits only the monitoring namespace to it.
+        ours.append(env_value("AGPO_AUTH_ALLOW_METRICS", 1))
+    user = [e.to_dict() for e in job.spec.rollout.env]
+    return merge_env(ours, user, RESERVED_ENV)
+
+
+def _tiny_model_init(job: AGPOJob, options: BuildOptions) -> Obj:
+    """Builds ``builtin:tiny`` into the shared emptyDir (the trainer builds the same model)."""
+    return {
+        "name": "build-model",
+        **container_image_fields(job.spec.rollout.image, options.rollout_image, options),
+        "command": ["python", "-m", "agpo_trainer.models.tiny", TINY_MODEL_DIR],
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "model", "mountPath": TINY_MODEL_DIR}],
+    }
+
+
+def rollout_pod_spec(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
+    rollout = job.spec.rollout
+    volumes, mounts = model_volumes(job)
+    init: list[Obj] = []
+    if job.spec.model.name == TINY_MODEL and job.spec.model.source is None:
+        volumes = [{"name": "model", "emptyDir": {}}]
+        mounts = [{"name": "model", "mountPath": TINY_MODEL_DIR, "readOnly": True}]
+        init = [_tiny_model_init(job, options)]
+    container: Obj = {
+        "name": "vllm",
+        **container_image_fields(rollout.image, options.rollout_image, options),
+        "command": vllm_command(job),
+        "env": rollout_env(job, n),
+        "ports": [{"name": "http", "containerPort": ROLLOUT_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": resources(rollout.resources, rollout.gpus_per_replica),
+        "securityContext": container_security_context(),
+        "volumeMounts": [*common_mounts(), *mounts],
+    }
+    spec: Obj = {
+        "serviceAccountName": n.service_account,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        **scheduling(job, rollout.node_selector, rollout.tolerations),
+    }
+    if init:
+        spec["initContainers"] = init
+    spec["containers"] = [container]
+    spec["volumes"] = [shm_volume(), job_file_volume(n), *volumes]
+    return spec
+
+
+def build_rollout_service(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
+    """Headless Service giving every vLLM pod a stable DNS name."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(n, n.rollout, "rollout"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(n.job, "rollout"),
+            "ports": [
+                {"name": "http", "port": ROLLOUT_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_rollout_statefulset(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
+    """The vLLM servers; pods start in parallel (each takes minutes to load a model)."""
+    select = selector_labels(n.job, "rollout")
+    meta = metadata(n, n.rollout, "rollout")
+    meta["labels"] = workload_labels(job, n, "rollout")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta,
+        "spec": {
+            "serviceName": n.rollout,
+            "replicas": job.spec.rollout.replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": select},
+            "template": {
+                "metadata": {"labels": metadata(n, n.rollout, "rollout")["labels"]},
+                "spec": rollout_pod_spec(job, n, options),
+            },
+        },
+    }

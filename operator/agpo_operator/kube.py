@@ -1,0 +1,232 @@
+"""I/O helpers: a small JSON client for the Kubernetes API, and the operator's login.
+
+The official ``kubernetes`` client does the HTTP (its in-cluster configuration refreshes
+projected service-account tokens); we use it untyped -- plain dicts in, plain dicts out -- so
+the pure builders' output is sent as is. Its calls block, so they run in a bounded thread pool.
+Every verb used here must be granted in :mod:`agpo_operator.rbac`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+
+Obj = dict[str, Any]
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind lives in the API: plural name and whether it is namespaced."""
+
+    plural: str
+    namespaced: bool = True
+
+
+# (apiVersion, kind) -> location; every kind the operator reads or writes.
+KINDS: dict[tuple[str, str], Kind] = {
+    ("v1", "ConfigMap"): Kind("configmaps"),
+    ("v1", "Secret"): Kind("secrets"),
+    ("v1", "Service"): Kind("services"),
+    ("v1", "ServiceAccount"): Kind("serviceaccounts"),
+    ("v1", "Pod"): Kind("pods"),
+    ("v1", "Event"): Kind("events"),
+    ("apps/v1", "StatefulSet"): Kind("statefulsets"),
+    ("batch/v1", "Job"): Kind("jobs"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): Kind("networkpolicies"),
+    ("monitoring.coreos.com/v1", "PodMonitor"): Kind("podmonitors"),
+    ("agpo.dev/v1alpha1", "AGPOJob"): Kind("agpojobs"),
+}
+
+
+class ApiError(Exception):
+    """A Kubernetes API call failed; ``status`` is the HTTP status (0: no response)."""
+
+    def __init__(self, status: int, reason: str, message: str = "") -> None:
+        self.status, self.reason, self.message = status, reason, message
+        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
+
+
+def path(
+    api_version: str,
+    kind: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """The REST path of a collection or an object (``/api/v1/namespaces/ns/pods/name``)."""
+    info = KINDS[(api_version, kind)]
+    root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    parts = [root]
+    if info.namespaced and namespace:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(info.plural)
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+def matches(labels: Mapping[str, str] | None, selector: Mapping[str, str]) -> bool:
+    return all((labels or {}).get(k) == v for k, v in selector.items())
+
+
+class Kube:
+    """Async create/get/list/patch/delete of plain-dict objects."""
+
+    def __init__(self, configuration: kubernetes.client.Configuration, *, workers: int = 16,
+                 timeout: float = 30.0) -> None:  # fmt: skip
+        configuration.connection_pool_maxsize = max(workers, 1)
+        self._api = kubernetes.client.ApiClient(configuration)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        self._timeout = (5.0, timeout)
+
+    def retire(self) -> None:
+        """Stop taking calls; those queued or running finish."""
+        self._pool.shutdown(wait=False)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._api.close)
+
+    # ------------------------------------------------------------------ raw calls
+    def _call(self, method: str, url: str, body: Any = None, content_type: str | None = None,
+              query: list[tuple[str, str]] | None = None) -> Any:  # fmt: skip
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        request = self._api.param_serialize(
+            method, url, query_params=query, header_params=headers, body=body,
+            auth_settings=["BearerToken"],
+        )  # fmt: skip
+        try:
+            response = self._api.call_api(*request, _request_timeout=self._timeout)
+            response.read()  # type: ignore[no-untyped-call]
+        except Exception as err:  # connection refused, timeouts, TLS: no HTTP status
+            raise ApiError(0, type(err).__name__, str(err)) from err
+        data = response.data or b""
+        if not 200 <= response.status < 300:
+            try:
+                status = json.loads(data)
+                reason, message = status.get("reason", ""), status.get("message", "")
+            except (ValueError, AttributeError):
+                reason, message = response.reason or "", data[:200].decode(errors="replace")
+            raise ApiError(response.status, reason, message)
+        return json.loads(data) if data else None
+
+    async def request(self, method: str, url: str, body: Any = None,
+                      content_type: str | None = None,
+                      query: list[tuple[str, str]] | None = None) -> Any:  # fmt: skip
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, lambda: self._call(method, url, body, content_type, query)
+        )
+
+    # ------------------------------------------------------------------ verbs
+    async def create(self, obj: Obj) -> Obj:
+        """POST an object; raises ApiError (409 when it exists)."""
+        meta = obj["metadata"]
+        url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        created: Obj = await self.request("POST", url, obj)
+        return created
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            obj: Obj = await self.request("GET", path(api_version, kind, namespace, name))
+            return obj
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def list(self, api_version: str, kind: str, namespace: str,
+                   labels: Mapping[str, str]) -> list[Obj]:  # fmt: skip
+        """Objects whose labels match (filtered here too, should a server ignore the selector)."""
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        result = await self.request(
+            "GET", path(api_version, kind, namespace), query=[("labelSelector", selector)]
+        )
+        items: list[Obj] = (result or {}).get("items", [])
+        return [i for i in items if matches(i.get("metadata", {}).get("labels"), labels)]
+
+    async def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Any,
+                    *, subresource: str | None = None,
+                    content_type: str = MERGE_PATCH) -> Obj | None:  # fmt: skip
+        """PATCH an object; None when it is gone."""
+        try:
+            url = path(api_version, kind, namespace, name, subresource)
+            obj: Obj = await self.request("PATCH", url, patch, content_type)
+            return obj
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str, *,
+                     propagation: str = "Foreground") -> bool:  # fmt: skip
+        """DELETE an object (its dependents first, by default); False when it was gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        try:
+            await self.request("DELETE", path(api_version, kind, namespace, name), body)
+            return True
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+
+    async def api_groups(self) -> set[str]:
+        """Names of the API groups the server serves (``GET /apis``; never a 404)."""
+        result = await self.request("GET", "/apis")
+        return {g.get("name", "") for g in (result or {}).get("groups", [])}
+
+
+# ---------------------------------------------------------------------- login
+def load_configuration() -> kubernetes.client.Configuration:
+    """In-cluster service account if there is one, else ``$KUBECONFIG`` / ``~/.kube/config``.
+
+    ``$KUBECONFIG`` is read now, not when the kubernetes package was imported.
+    """
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        config_file = os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.path.expanduser(config_file),
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    return configuration
+
+
+def connection_info(configuration: kubernetes.client.Configuration) -> Any:
+    """kopf's ConnectionInfo for the same server and credentials (as kopf.login_via_client)."""
+    import kopf
+
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, header or None)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )

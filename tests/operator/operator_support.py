@@ -1,0 +1,388 @@
+"""Fixtures for the operator tests: an emulated API server, the real kopf operator, a fake kubelet.
+
+The operator runs unmodified (``kopf.operator`` with the handlers of ``agpo_operator``) and
+talks HTTP to :class:`kube_emulator.Cluster` through a kubeconfig file -- no client class is
+patched. The tests act as the user (creating AGPOJobs) and as the controllers and kubelet
+(creating pods for the StatefulSet and the Job, patching pod phases), then wait -- by polling
+with a timeout, never by sleeping -- for the status, the events and the children to follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import kmock
+import kopf
+import pytest
+import pytest_asyncio
+import yaml
+from kube_emulator import Cluster, Served
+
+import agpo_operator  # noqa: F401
+from agpo_operator import handlers  # noqa: F401
+from agpo_operator.rbac import allows, rbac_rules
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "manifests" / "samples"
+NS = "ml"
+AGPOJOBS = kmock.resource("agpo.dev", "v1alpha1", "agpojobs")
+RESOURCES = {
+    "pods": kmock.resource("", "v1", "pods"),
+    "configmaps": kmock.resource("", "v1", "configmaps"),
+    "secrets": kmock.resource("", "v1", "secrets"),
+    "services": kmock.resource("", "v1", "services"),
+    "serviceaccounts": kmock.resource("", "v1", "serviceaccounts"),
+    "events": kmock.resource("", "v1", "events"),
+    "statefulsets": kmock.resource("apps", "v1", "statefulsets"),
+    "jobs": kmock.resource("batch", "v1", "jobs"),
+    "networkpolicies": kmock.resource("networking.k8s.io", "v1", "networkpolicies"),
+    "podmonitors": kmock.resource("monitoring.coreos.com", "v1", "podmonitors"),
+    "agpojobs": AGPOJOBS,
+}
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
+
+
+# ---------------------------------------------------------------------- waiting
+async def eventually(
+    check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Poll ``check`` (sync or async) until it returns a truthy value; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if isinstance(last, Awaitable):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or check}; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+# ---------------------------------------------------------------------- the cluster
+class World:
+    """The emulated cluster with user, controller and kubelet actions over HTTP."""
+
+    def __init__(self, cluster: Cluster, progress: dict[tuple[str, str], Any]) -> None:
+        self.cluster = cluster
+        self.progress = progress  # what the fake trainer /status serves, by (ns, job)
+
+    # -- reading the emulator's state
+    def get(self, plural: str, name: str, namespace: str = NS) -> dict[str, Any] | None:
+        key = (RESOURCES[plural], namespace, name)
+        objects = self.cluster.objects
+        if key not in objects or objects[key].deleted:
+            return None
+        return copy.deepcopy(objects[key].raw)
+
+    def all(self, plural: str, namespace: str = NS) -> list[dict[str, Any]]:
+        out = []
+        for (resource, ns, _), obj in self.cluster.objects.items():
+            if resource == RESOURCES[plural] and ns == namespace and not obj.deleted:
+                out.append(copy.deepcopy(obj.raw))
+        return out
+
+    def status(self, name: str, namespace: str = NS) -> dict[str, Any]:
+        return (self.get("agpojobs", name, namespace) or {}).get("status") or {}
+
+    def condition(self, name: str, ctype: str, namespace: str = NS) -> dict[str, Any]:
+        for cond in self.status(name, namespace).get("conditions") or []:
+            if cond["type"] == ctype:
+                return dict(cond)
+        return {}
+
+    def events(self, name: str, namespace: str = NS) -> list[dict[str, Any]]:
+        return [
+            e for e in self.all("events", namespace)
+            if e.get("involvedObject", {}).get("name") == name
+            and e.get("involvedObject", {}).get("kind") == "AGPOJob"
+        ]  # fmt: skip
+
+    def reasons(self, name: str, namespace: str = NS) -> list[str]:
+        return [e["reason"] for e in self.events(name, namespace)]
+
+    # -- the request log
+    def operator_requests(self) -> list[Served]:
+        return [s for s in self.cluster.served if s.user_agent.startswith(OPERATOR_AGENTS)]
+
+    def creates(self, plural: str, name: str | None = None) -> list[Served]:
+        return [
+            s for s in self.operator_requests()
+            if s.request.method.value == "POST" and s.request.resource == RESOURCES[plural]
+            and (name is None or (s.request.data or {}).get("metadata", {}).get("name") == name)
+        ]  # fmt: skip
+
+    def deletes(self, plural: str, name: str | None = None) -> list[Served]:
+        return [
+            s for s in self.operator_requests()
+            if s.request.method.value == "DELETE" and s.request.resource == RESOURCES[plural]
+            and (name is None or s.request.name == name)
+        ]  # fmt: skip
+
+    def errors(self) -> list[str]:
+        return [str(s) for s in self.cluster.served if s.status >= 400]
+
+    def forbidden(self) -> list[str]:
+        """Operator requests the RBAC rules of agpo_operator.rbac would not allow."""
+        rules = rbac_rules()
+        out = []
+        for s in self.operator_requests():
+            req = s.request
+            if req.resource is None or req.resource.plural is None:
+                continue  # discovery (/api, /apis, /version): allowed to every account
+            verb = _verb(req)
+            resource = req.resource.plural + (f"/{req.subresource}" if req.subresource else "")
+            if not allows(rules, req.resource.group or "", resource, verb):
+                out.append(f"{verb} {req.resource.group}/{resource}")
+        return sorted(set(out))
+
+    # -- the user
+    async def http(
+        self, method: str, path: str, body: Any = None, content_type: str | None = None
+    ) -> Any:
+        headers = {"Content-Type": content_type} if content_type else {}
+        data = json.dumps(body) if body is not None else None
+        async with self.cluster.request(method, path, data=data, headers=headers) as response:
+            text = await response.text()
+            assert response.status < 300, f"{method} {path}: {response.status} {text}"
+            return json.loads(text) if text else None
+
+    async def create_job(self, manifest: dict[str, Any], namespace: str = NS) -> dict[str, Any]:
+        return await self.http(  # type: ignore[no-any-return]
+            "POST", f"/apis/agpo.dev/v1alpha1/namespaces/{namespace}/agpojobs", manifest
+        )
+
+    async def patch_job(self, name: str, patch: dict[str, Any], namespace: str = NS) -> Any:
+        return await self.http(
+            "PATCH", f"/apis/agpo.dev/v1alpha1/namespaces/{namespace}/agpojobs/{name}", patch,
+            "application/merge-patch+json",
+        )  # fmt: skip
+
+    async def delete_job(self, name: str, namespace: str = NS) -> Any:
+        return await self.http(
+            "DELETE", f"/apis/agpo.dev/v1alpha1/namespaces/{namespace}/agpojobs/{name}"
+        )
+
+    # -- the StatefulSet/Job controllers and the kubelet
+    async def start_rollout(self, job: str, ready: bool = True, namespace: str = NS) -> list[str]:
+        """Create the StatefulSet's pods (as its controller does) and run them."""
+        sts = self.get("statefulsets", f"{job}-rollout", namespace)
+        assert sts is not None, "no rollout StatefulSet"
+        names = []
+        for i in range(sts["spec"]["replicas"]):
+            name = f"{job}-rollout-{i}"
+            await self._create_pod(sts, name, {}, namespace)
+            await self.set_pod(name, "Running", ready=ready, namespace=namespace)
+            names.append(name)
+        return names
+
+    async def start_trainer(
+        self, job: str, phase: str = "Running", namespace: str = NS
+    ) -> list[str]:
+        """Create the Indexed Job's pods (as the Job controller does) in ``phase``."""
+        tj = self.get("jobs", f"{job}-trainer", namespace)
+        assert tj is not None, "no trainer Job"
+        names = []
+        for i in range(tj["spec"]["completions"]):
+            name = f"{job}-trainer-{i}-{tj['metadata']['uid'][:5]}"
+            index = {"batch.kubernetes.io/job-completion-index": str(i)}
+            await self._create_pod(tj, name, index, namespace)
+            await self.set_pod(name, phase, namespace=namespace)
+            names.append(name)
+        return names
+
+    async def _create_pod(
+        self, owner: dict[str, Any], name: str, index: dict[str, str], namespace: str
+    ) -> None:
+        template = owner["spec"]["template"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "labels": {**template["metadata"]["labels"], **index},
+                "annotations": index,
+                "ownerReferences": [{
+                    "apiVersion": owner["apiVersion"], "kind": owner["kind"],
+                    "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+                    "controller": True, "blockOwnerDeletion": True,
+                }],
+            },
+            "spec": template["spec"],
+        }  # fmt: skip
+        await self.http("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    async def set_pod(self, name: str, phase: str, *, ready: bool | None = None,
+                      exit_code: int | None = None, restarts: int = 0,
+                      namespace: str = NS) -> None:  # fmt: skip
+        status: dict[str, Any] = {"phase": phase}
+        if ready is not None:
+            status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+        state: dict[str, Any] = {"running": {}} if phase == "Running" else {}
+        if exit_code is not None:
+            state = {
+                "terminated": {
+                    "exitCode": exit_code,
+                    "reason": "Error" if exit_code else "Completed",
+                }
+            }
+        status["containerStatuses"] = [{"name": "main", "restartCount": restarts, "state": state}]
+        await self.http(
+            "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": status},
+            "application/merge-patch+json",
+        )  # fmt: skip
+
+    def pods(self, job: str, role: str, namespace: str = NS) -> list[str]:
+        return sorted(
+            p["metadata"]["name"] for p in self.all("pods", namespace)
+            if p["metadata"]["labels"].get("agpo.dev/job") == job
+            and p["metadata"]["labels"].get("agpo.dev/role") == role
+        )  # fmt: skip
+
+    def set_progress(self, job: str, namespace: str = NS, **values: Any) -> None:
+        self.progress[(namespace, job)] = values
+
+
+def _verb(req: kmock.Request) -> str:
+    method = req.method.value
+    if method == "GET":
+        if req.params.get("watch") == "true":
+            return "watch"
+        return "get" if req.name else "list"
+    return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
+
+
+def sample(file: str = "tiny-cpu", **changes: Any) -> dict[str, Any]:
+    """A sample manifest (a fresh dict), renamed and with ``spec`` parts (a__b=...) replaced."""
+    manifest = yaml.safe_load((SAMPLES / f"{file}.yaml").read_text())
+    manifest["metadata"].pop("namespace", None)
+    if "name" in changes:
+        manifest["metadata"]["name"] = changes.pop("name")
+    for path, value in changes.items():
+        node = manifest["spec"]
+        *parents, leaf = path.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return manifest
+
+
+# ---------------------------------------------------------------------- fixtures
+@pytest_asyncio.fixture()
+async def trainer_status() -> AsyncIterator[tuple[str, dict[tuple[str, str], Any]]]:
+    """A stand-in for rank 0's ``/status``: serves ``progress[(ns, job)]`` as JSON."""
+    progress: dict[tuple[str, str], Any] = {}
+
+    async def handle(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        key = (request.match_info["ns"], request.match_info["job"])
+        if key not in progress:
+            return aiohttp.web.Response(status=503)
+        return aiohttp.web.json_response(progress[key])
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/{ns}/{job}/status", handle)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/{{namespace}}/{{job}}/status", progress
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture()
+async def world(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    trainer_status: tuple[str, dict[tuple[str, str], Any]],
+) -> AsyncIterator[World]:  # fmt: skip
+    """The emulator, a kubeconfig pointing at it, and the operator's test configuration."""
+    url, progress = trainer_status
+    async with Cluster() as cluster, kmock.Server(cluster) as server:
+        with warnings.catch_warnings():  # kmock uses a deprecated importlib.resources call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            cluster.resources.load_bundled()
+        cluster.resources[AGPOJOBS] = kmock.ResourceInfo(
+            kind="AGPOJob", singular="agpojob", namespaced=True, subresources={"status"},
+            verbs={"get", "list", "watch", "create", "patch", "delete"},
+        )  # fmt: skip
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": str(server.url).rstrip("/")}}],
+            "users": [{"name": "tester", "user": {"token": "test-token"}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+        }))  # fmt: skip
+        for name, value in {
+            "KUBECONFIG": str(kubeconfig),
+            "AGPO_METRICS_PORT": "0",
+            "AGPO_TRAINER_STATUS_URL": url,
+            "AGPO_STATUS_POLL_SECONDS": "0.1",
+            "AGPO_RESYNC_SECONDS": "1",
+            "AGPO_TRAINER_IMAGE": "trainer:test",
+            "AGPO_ROLLOUT_IMAGE": "rollout:test",
+        }.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield World(cluster, progress)
+
+
+class Operator:
+    """The real kopf operator with agpo's handlers, in its own thread and event loop.
+
+    Its own loop because kopf, when it stops, cancels every task created while it ran -- in a
+    shared loop that includes the emulator's connection handlers. Restartable.
+    """
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.memo: kopf.Memo | None = None
+
+    async def start(self) -> Operator:
+        ready = threading.Event()
+        self.memo = kopf.Memo()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self._run, args=(ready,), name="operator", daemon=True
+        )
+        self.thread.start()
+        if not await asyncio.to_thread(ready.wait, 10):
+            pytest.fail("the operator did not start in 10 s")
+        return self
+
+    def _run(self, ready: threading.Event) -> None:
+        assert self.loop is not None
+        asyncio.set_event_loop(self.loop)
+        operator = kopf.operator(
+            clusterwide=True, standalone=True, memo=self.memo, ready_flag=ready
+        )
+        self.task = self.loop.create_task(operator)
+        with contextlib.suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self.task)
+        self.loop.close()
+
+    async def stop(self) -> None:
+        if self.thread is None or self.loop is None or self.task is None:
+            return
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        await asyncio.to_thread(self.thread.join, 15)
+        self.thread = self.loop = self.task = None
+
+
+@pytest_asyncio.fixture()
+async def operator(world: World) -> AsyncIterator[Operator]:
+    op = await Operator().start()
+    yield op
+    await op.stop()

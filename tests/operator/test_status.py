@@ -1,0 +1,343 @@
+"""The state machine (agpo_operator.status.decide) as a pure function: observation -> decision."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from agpo_operator.api import AGPOJobSpec, parse_job
+from agpo_operator.status import (
+    Act,
+    Action,
+    Decision,
+    Observation,
+    PodView,
+    decide,
+    effective_spec,
+    immutable_changes,
+)
+
+from operator_support import sample
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def spec(**changes: Any) -> AGPOJobSpec:
+    manifest = sample(**changes)
+    manifest["metadata"] = {"name": "j"}
+    return parse_job(manifest).spec
+
+
+def created(s: AGPOJobSpec | None = None, at: dt.datetime = T0, **status: Any) -> dict[str, Any]:
+    """The status right after the children were created."""
+    d = decide(Observation("j", "ns", 1, at, {}, s or spec()))
+    return {**d.status, **status}
+
+
+def sts(uid: str = "sts-uid") -> dict[str, Any]:
+    return {"metadata": {"name": "j-rollout", "uid": uid}}
+
+
+def tj(attempt: int = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "j-trainer",
+            "uid": "job-uid",
+            "labels": {"agpo.dev/attempt": str(attempt)},
+        },
+        **extra,
+    }
+
+
+def observe(status: dict[str, Any], s: AGPOJobSpec | None = None, *, now: dt.datetime = T0,
+            generation: int = 1, **children: Any) -> Observation:  # fmt: skip
+    base = {"statefulset": sts(), "trainer_job": tj(int(status.get("restarts") or 0))}
+    base.update(children)
+    return Observation("j", "ns", generation, now, status, s or spec(), **base)
+
+
+def running_pods() -> dict[str, Any]:
+    return {
+        "rollout_pods": (PodView("j-rollout-0", "Running", ready=True),),
+        "trainer_pods": (PodView("j-trainer-0-x", "Running", index=0),),
+    }
+
+
+def cond(d: Decision, ctype: str) -> dict[str, Any]:
+    return next(c for c in d.status["conditions"] if c["type"] == ctype)
+
+
+def acts(d: Decision) -> list[Act]:
+    return [a.act for a in d.actions]
+
+
+def test_first_decision_creates_everything_and_initialises_every_condition() -> None:
+    d = decide(Observation("j", "ns", 1, T0, {}, spec()))
+    assert d.actions == [
+        Action(Act.CREATE_STATIC),
+        Action(Act.CREATE_ROLLOUT),
+        Action(Act.CREATE_TRAINER, 0),
+    ]
+    assert d.status["phase"] == "Pending" and d.status["restarts"] == 0
+    assert d.status["startTime"] == "2026-01-01T12:00:00Z"
+    assert [c["type"] for c in d.status["conditions"]] == [
+        "Created", "RolloutReady", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
+    ]  # fmt: skip
+    assert cond(d, "Created")["status"] == "True"
+    assert all(c["observedGeneration"] == 1 for c in d.status["conditions"])
+    assert [e.reason for e in d.events] == ["ChildrenCreated"]
+    assert d.counters == [("created", "")]
+
+
+def test_invalid_spec_fails_once_and_creates_nothing() -> None:
+    obs = Observation("j", "ns", 1, T0, {}, None, problems=("spec.training.warmupSteps: too big",))
+    d = decide(obs)
+    assert d.actions == [] and d.status["phase"] == "Failed"
+    assert cond(d, "Failed")["reason"] == "InvalidSpec"
+    assert "spec.training.warmupSteps" in cond(d, "Failed")["message"]
+    assert cond(d, "Created")["status"] == "False"
+    assert d.counters == [("failed", "InvalidSpec")] and [e.type for e in d.events] == ["Warning"]
+    again = decide(dataclasses.replace(obs, status=d.status, now=T0 + dt.timedelta(seconds=5)))
+    assert again.counters == [] and again.events == [] and again.status == d.status
+
+
+def test_a_corrected_spec_starts_the_job() -> None:
+    failed = decide(Observation("j", "ns", 1, T0, {}, None, problems=("x",))).status
+    d = decide(Observation("j", "ns", 2, T0, failed, spec()))
+    assert Act.CREATE_STATIC in acts(d) and d.status["phase"] == "Pending"
+    assert cond(d, "Failed")["status"] == "False" and cond(d, "Failed")["reason"] == "SpecCorrected"
+
+
+def test_phases_follow_the_pods() -> None:
+    status = created()
+    d = decide(observe(status))
+    assert d.status["phase"] == "Pending" and d.actions == []
+    d = decide(observe(status, rollout_pods=(PodView("j-rollout-0", "Running", ready=False),)))
+    assert d.status["phase"] == "Initializing" and cond(d, "RolloutReady")["status"] == "False"
+    d = decide(observe(status, **running_pods()))
+    assert d.status["phase"] == "Running"
+    assert cond(d, "RolloutReady")["status"] == cond(d, "Running")["status"] == "True"
+    assert {e.reason for e in d.events} == {"AllReplicasReady", "TrainerRunning"}
+    later = decide(observe(d.status, now=T0 + dt.timedelta(minutes=1), **running_pods()))
+    assert later.events == [] and later.status["conditions"] == d.status["conditions"]
+
+
+def test_progress_is_copied_with_the_right_types() -> None:
+    progress = {"step": 5, "totalSteps": 30, "rewardMean": 1, "zeroVarianceFraction": 0.25,
+                "completionTokensMean": 12.5, "policyVersion": 5, "phase": "x", "junk": [1]}  # fmt: skip
+    d = decide(dataclasses.replace(observe(created(), **running_pods()), progress=progress))
+    assert d.status["step"] == 5 and d.status["rewardMean"] == 1.0
+    assert isinstance(d.status["rewardMean"], float)
+    assert "junk" not in d.status and d.status["message"] == "training: step 5/30"
+
+
+def test_a_failed_trainer_pod_restarts_the_group_and_counts_once() -> None:
+    status = decide(observe(created(), **running_pods())).status
+    pods = {
+        "rollout_pods": (PodView("j-rollout-0", "Running", ready=True),),
+        "trainer_pods": (
+            PodView(
+                "j-trainer-0-x", "Failed", index=0, problem="container trainer exited with code 1"
+            ),
+        ),
+    }
+    d = decide(observe(status, **pods))
+    assert d.status["phase"] == "Restarting" and d.status["restarts"] == 1
+    assert cond(d, "Restarting")["reason"] == "TrainerPodFailed"
+    assert (
+        "rank 0" in cond(d, "Restarting")["message"]
+        and "code 1" in cond(d, "Restarting")["message"]
+    )
+    assert acts(d) == [Act.DELETE_TRAINER] and d.counters == [("restarted", "TrainerPodFailed")]
+    # The old Job (attempt 0) is still listed: deleted again, nothing counted twice.
+    again = decide(observe(d.status, trainer_job=tj(0), **pods))
+    assert (
+        acts(again) == [Act.DELETE_TRAINER]
+        and again.counters == []
+        and again.status["restarts"] == 1
+    )
+    # Gone: the next attempt is created.
+    nxt = decide(observe(d.status, trainer_job=None))
+    assert nxt.actions == [Action(Act.CREATE_TRAINER, 1)]
+    # Its pods run: Running again, Restarting -> False (Recovered).
+    ok = decide(observe(d.status, trainer_job=tj(1), **running_pods()))
+    assert ok.status["phase"] == "Running" and cond(ok, "Restarting")["reason"] == "Recovered"
+
+
+def test_a_restarted_vllm_server_restarts_the_group_and_is_replaced() -> None:
+    status = decide(observe(created(), **running_pods())).status
+    broken = {
+        "rollout_pods": (PodView("j-rollout-0", "Running", ready=True, restarts=1),),
+        "trainer_pods": (PodView("j-trainer-0-x", "Running", index=0),),
+    }
+    d = decide(observe(status, **broken))
+    assert cond(d, "Restarting")["reason"] == "RolloutPodFailed" and d.status["restarts"] == 1
+    assert d.actions == [Action(Act.DELETE_TRAINER), Action(Act.DELETE_PODS, ("j-rollout-0",))]
+    # Seen again while restarting: replaced, not counted again.
+    again = decide(observe(d.status, trainer_job=tj(1), **broken))
+    assert again.status["restarts"] == 1 and again.actions == [
+        Action(Act.DELETE_PODS, ("j-rollout-0",))
+    ]
+
+
+def test_the_backoff_limit_turns_a_failure_into_failed() -> None:
+    s = spec(runPolicy__backoffLimit=0)
+    status = decide(observe(created(s), s, **running_pods())).status
+    failed = {"trainer_pods": (PodView("j-trainer-0-x", "Failed", index=0),),
+              "rollout_pods": (PodView("j-rollout-0", "Running", ready=True),)}  # fmt: skip
+    d = decide(observe(status, s, **failed))
+    assert d.status["phase"] == "Failed" and cond(d, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert cond(d, "Running")["status"] == "False" and d.status["completionTime"]
+    assert d.counters == [("failed", "BackoffLimitExceeded")]
+    assert acts(d) == [Act.DELETE_ROLLOUT, Act.SUSPEND_TRAINER]  # cleanPodPolicy Running
+
+
+def test_a_failed_trainer_job_is_a_failure_too() -> None:
+    status = created()
+    failed_job = tj(
+        0,
+        status={"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]},
+    )
+    d = decide(observe(status, trainer_job=failed_job))
+    assert cond(d, "Restarting")["reason"] == "TrainerJobFailed"
+
+
+def test_success_needs_every_index() -> None:
+    s = spec(trainer={"nodes": 2, "procsPerNode": 1, "gpusPerNode": 0})
+    status = created(s)
+    one = (PodView("a", "Succeeded", index=0), PodView("b", "Running", index=1))
+    assert decide(observe(status, s, trainer_pods=one)).status["phase"] != "Succeeded"
+    both = (PodView("a", "Succeeded", index=0), PodView("b", "Succeeded", index=1))
+    d = decide(observe(status, s, trainer_pods=both))
+    assert (
+        d.status["phase"] == "Succeeded" and cond(d, "Succeeded")["reason"] == "TrainingSucceeded"
+    )
+    assert d.counters == [("succeeded", "")]
+
+
+@pytest.mark.parametrize(
+    ("policy", "job_done", "expected"),
+    [
+        ("All", False, [Act.DELETE_ROLLOUT, Act.DELETE_TRAINER]),
+        ("Running", False, [Act.DELETE_ROLLOUT, Act.SUSPEND_TRAINER]),
+        ("Running", True, [Act.DELETE_ROLLOUT]),
+        ("None", False, []),
+    ],
+)
+def test_clean_pod_policy(policy: str, job_done: bool, expected: list[Act]) -> None:
+    s = spec(runPolicy__cleanPodPolicy=policy)
+    job = (
+        tj(0, status={"conditions": [{"type": "Complete", "status": "True"}]})
+        if job_done
+        else tj(0)
+    )
+    d = decide(observe(created(s), s, trainer_job=job,
+                       trainer_pods=(PodView("a", "Succeeded", index=0),)))  # fmt: skip
+    assert d.status["phase"] == "Succeeded" and acts(d) == expected
+    # Once the workloads are gone there is nothing left to clean.
+    assert decide(observe(d.status, s, statefulset=None, trainer_job=None)).actions == []
+
+
+def test_deadline() -> None:
+    s = spec(runPolicy__activeDeadlineSeconds=60)
+    status = created(s)
+    early = decide(observe(status, s, now=T0 + dt.timedelta(seconds=30), **running_pods()))
+    assert early.status["phase"] == "Running" and early.requeue_after == pytest.approx(30)
+    late = decide(observe(status, s, now=T0 + dt.timedelta(seconds=60), **running_pods()))
+    assert late.status["phase"] == "Failed" and cond(late, "Failed")["reason"] == "DeadlineExceeded"
+    assert Act.DELETE_ROLLOUT in acts(late)
+
+
+def test_ttl_after_finishing() -> None:
+    s = spec(runPolicy__ttlSecondsAfterFinished=100)
+    done = decide(observe(created(s), s, trainer_pods=(PodView("a", "Succeeded", index=0),))).status
+    wait = decide(
+        observe(done, s, now=T0 + dt.timedelta(seconds=40), statefulset=None, trainer_job=None)
+    )
+    assert wait.actions == [] and wait.requeue_after == pytest.approx(60)
+    due = decide(
+        observe(done, s, now=T0 + dt.timedelta(seconds=100), statefulset=None, trainer_job=None)
+    )
+    assert due.actions == [Action(Act.DELETE_JOB)] and due.events[0].reason == "TTLExpired"
+
+
+def test_suspend_and_resume() -> None:
+    status = decide(observe(created(), **running_pods())).status
+    s = spec(runPolicy__suspend=True)
+    d = decide(observe(status, s, generation=2, **running_pods()))
+    assert d.status["phase"] == "Suspended" and acts(d) == [Act.DELETE_ROLLOUT, Act.DELETE_TRAINER]
+    assert cond(d, "Suspended")["status"] == "True" and cond(d, "Running")["status"] == "False"
+    gone = decide(observe(d.status, s, generation=2, statefulset=None, trainer_job=None))
+    assert gone.actions == [] and gone.events == []
+    later = T0 + dt.timedelta(hours=1)
+    r = decide(
+        observe(gone.status, spec(), now=later, generation=3, statefulset=None, trainer_job=None)
+    )
+    assert r.actions == [Action(Act.CREATE_ROLLOUT), Action(Act.CREATE_TRAINER, 0)]
+    assert (
+        cond(r, "Suspended")["reason"] == "Resumed"
+        and r.status["startTime"] == "2026-01-01T13:00:00Z"
+    )
+    assert r.status["restarts"] == 0
+
+
+def test_created_suspended_makes_only_the_static_children() -> None:
+    d = decide(Observation("j", "ns", 1, T0, {}, spec(runPolicy__suspend=True)))
+    assert acts(d) == [Act.CREATE_STATIC] and d.status["phase"] == "Suspended"
+
+
+def test_refused_changes_set_and_clear_a_condition() -> None:
+    status = created()
+    refused = dataclasses.replace(
+        observe(status, generation=2), refused=("spec.trainer.nodes cannot change",)
+    )
+    d = decide(refused)
+    c = cond(d, "SpecChangeRefused")
+    assert (
+        c["status"] == "True"
+        and c["reason"] == "ImmutableField"
+        and "spec.trainer.nodes" in c["message"]
+    )
+    assert d.status["observedGeneration"] == 2 and [e.type for e in d.events] == ["Warning"]
+    ok = decide(observe(d.status, generation=3))
+    assert cond(ok, "SpecChangeRefused")["reason"] == "SpecAccepted"
+
+
+def test_conditions_keep_their_transition_time_while_unchanged() -> None:
+    first = decide(observe(created(), **running_pods()))
+    t = cond(first, "Running")["lastTransitionTime"]
+    second = decide(observe(first.status, now=T0 + dt.timedelta(minutes=5), **running_pods()))
+    assert cond(second, "Running")["lastTransitionTime"] == t
+
+
+def test_immutable_changes_and_the_effective_spec() -> None:
+    applied = spec()
+    wanted = spec(trainer={"nodes": 2, "procsPerNode": 1, "gpusPerNode": 0},
+                  runPolicy={"backoffLimit": 7, "suspend": True})  # fmt: skip
+    changes = immutable_changes(applied, wanted)
+    assert any(c.startswith("spec.trainer.nodes") for c in changes)
+    assert not any("runPolicy" in c for c in changes)
+    eff = effective_spec(applied, wanted)
+    assert eff.trainer.nodes == applied.trainer.nodes
+    assert eff.run_policy.backoff_limit == 7 and eff.run_policy.suspend is True
+    assert immutable_changes(applied, spec(runPolicy__activeDeadlineSeconds=5)) == []
+
+
+def test_pod_view_reads_phase_readiness_index_and_exit() -> None:
+    raw = {
+        "metadata": {"name": "p", "annotations": {"batch.kubernetes.io/job-completion-index": "3"}},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "vllm", "restartCount": 2,
+                                   "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                                   "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}],
+        },
+    }  # fmt: skip
+    v = PodView.of(raw)
+    assert (v.name, v.phase, v.ready, v.index, v.restarts) == ("p", "Running", True, 3, 2)
+    assert v.problem == "container vllm exited with code 137 (OOMKilled)"
+    assert v.waiting == "CrashLoopBackOff: back-off"
