@@ -50,7 +50,7 @@ class Config:
     """``AGPO_IMAGE_PULL_POLICY``: Always, IfNotPresent or Never; unset = Kubernetes' default."""
     health_port: int = 8080
     """``AGPO_HEALTH_PORT``: liveness endpoint ``/healthz`` (kopf's probe server); 0 = off."""
-    metrics_port: int = 8081
+    metrics_port: int = 9090  # the chart and manifests expose this port
     """``AGPO_METRICS_PORT``: Prometheus ``/metrics`` of the operator; 0 = off."""
     peering: str = ""
     """``AGPO_PEERING``: kopf peering object name; empty = standalone (one replica, Recreate)."""
