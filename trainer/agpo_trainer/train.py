@@ -201,7 +201,9 @@ class Trainer:
             model_location(spec.model, self.rt.cache_dir)  # rank 0 builds builtin models once
         barrier()
         # In pods the operator says where it mounted the weights (AGPO_MODEL_PATH).
-        model_dir = os.environ.get("AGPO_MODEL_PATH") or model_location(spec.model, self.rt.cache_dir)
+        model_dir = os.environ.get("AGPO_MODEL_PATH") or model_location(
+            spec.model, self.rt.cache_dir
+        )
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model.tokenizer or model_dir)
         dtype = DTYPES[spec.model.dtype]

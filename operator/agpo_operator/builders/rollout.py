@@ -55,7 +55,7 @@ def vllm_command(job: AGPOJob) -> list[str]:
         extra += ["--revision", model.revision]
     if model.tokenizer:
         extra += ["--tokenizer", model.tokenizer]
-    return build_server_command(
+    cmd: list[str] = build_server_command(
         model_path(job),
         port=ROLLOUT_PORT,
         host="0.0.0.0",
@@ -71,6 +71,7 @@ def vllm_command(job: AGPOJob) -> list[str]:
         tensor_parallel_size=rollout.tensor_parallel_size,
         extra_args=[*extra, *rollout.extra_args],
     )
+    return cmd
 
 
 def rollout_env(job: AGPOJob, n: Names) -> list[Obj]:
