@@ -186,6 +186,7 @@ BAD_CASES: list[BadCase] = [
     ),
     BadCase("temperature 0", {"spec.training.temperature": 0}, "spec.training.temperature"),
     BadCase("topP above 1", {"spec.training.topP": 1.5}, "spec.training.topP"),
+    BadCase("unknown builtin model", {"spec.model.name": "builtin:tiny@3"}, "spec.model.name"),
     BadCase("bad dtype", {"spec.model.dtype": "fp8"}, "spec.model.dtype"),
     BadCase(
         "negative backoffLimit", {"spec.runPolicy.backoffLimit": -1}, "spec.runPolicy.backoffLimit"

@@ -157,3 +157,27 @@ def test_policies_select_exactly_the_job_pods() -> None:
     trainer_ports = {p["port"] for p in by_name["a-trainer"]["ingress"][0]["ports"]}
     assert trainer_ports == {29500, 29600, 32768}
     assert by_name["a-trainer"]["ingress"][1]["ports"] == [{"protocol": "TCP", "port": 9400}]
+
+
+def test_nccl_weight_sync_admits_one_store_port_per_rollout_replica() -> None:
+    """vLLM's nccl engine gives replica i the rendezvous port weightSync.port + i."""
+    manifest = sample("qwen-math-gpu", name="gpu", rollout__replicas=3)
+    found = [
+        o for o in build_children(parse_job(manifest), NS, NO_RANGE) if o["kind"] == "NetworkPolicy"
+    ]
+    trainer = next(
+        p for p in found if p["spec"]["podSelector"]["matchLabels"]["agpo.dev/role"] == "trainer"
+    )
+    rollout_pod = pod("gpu", "rollout")
+    for port in (29600, 29601, 29602):
+        assert admits([trainer], pod("gpu", "trainer"), rollout_pod, port), port
+    assert not admits([trainer], pod("gpu", "trainer"), rollout_pod, 29603)
+
+
+def test_a_job_cannot_switch_off_the_rollout_token_check() -> None:
+    manifest = sample(rollout__env=[{"name": "AGPO_ROLLOUT_AUTH", "value": "disabled"}])
+    sts = next(
+        o for o in build_children(parse_job(manifest), NS, DEFAULT) if o["kind"] == "StatefulSet"
+    )
+    env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "AGPO_ROLLOUT_AUTH" not in {e["name"] for e in env}

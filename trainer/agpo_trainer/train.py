@@ -281,7 +281,9 @@ class Trainer:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        # NCCL weight sync broadcasts from GPU memory; gloo and checkpoints take CPU tensors.
+        on_gpu = self.device.type == "cuda" and self.spec.rollout.weight_sync.backend == "nccl"
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=not on_gpu)
         return get_model_state_dict(self.model, options=opts)
 
     def optimizer_state(self) -> dict[str, Any]:

@@ -141,6 +141,15 @@ class ModelSpec(ApiModel):
         default=None, description="Secret key holding a Hugging Face token (HF_TOKEN)."
     )
 
+    rules = (
+        Rule(
+            "name",
+            "!self.name.startsWith('builtin:') || self.name == 'builtin:tiny'",
+            "the only builtin model is builtin:tiny",
+            lambda s: not s.name.startswith("builtin:") or s.name == "builtin:tiny",
+        ),
+    )
+
 
 # --------------------------------------------------------------------------- dataset
 class BuiltinSource(ApiModel):

@@ -36,7 +36,14 @@ from agpo_operator.builders.common import (
 
 # Variables a job's env cannot override (contract and security).
 RESERVED_ENV = frozenset(
-    {"VLLM_SERVER_DEV_MODE", "AGPO_ROLLOUT_TOKEN", "AGPO_JOB_FILE", "HF_TOKEN"}
+    {
+        "VLLM_SERVER_DEV_MODE",
+        "AGPO_ROLLOUT_TOKEN",
+        "AGPO_ROLLOUT_AUTH",  # a job must not be able to switch the token check off
+        "AGPO_AUTH_ALLOW_METRICS",
+        "AGPO_JOB_FILE",
+        "HF_TOKEN",
+    }
 )
 
 

@@ -126,6 +126,11 @@ def build_trainer_network_policy(job: AGPOJob, n: Names, options: BuildOptions) 
     the monitoring namespace, if configured.
     """
     sync_port = job.spec.rollout.weight_sync.port
+    # nccl: one rendezvous store per rollout replica, on sync_port + i (docs/weight-sync.md);
+    # gloo: one store for all of them.
+    sync = job.spec.rollout.weight_sync
+    last_sync_port = sync_port + job.spec.rollout.replicas - 1 if sync.backend == "nccl" else None
+    sync_ports = _tcp(sync_port, last_sync_port) if last_sync_port != sync_port else _tcp(sync_port)
     metrics_port = job.spec.metrics.port
     metrics_from = [_namespace_peer(options.operator_namespace)]
     if options.monitoring_namespace and options.monitoring_namespace != options.operator_namespace:
@@ -140,7 +145,7 @@ def build_trainer_network_policy(job: AGPOJob, n: Names, options: BuildOptions) 
             "ingress": [
                 {
                     "from": [_job_pods(n)],
-                    "ports": [_tcp(RENDEZVOUS_PORT), _tcp(sync_port), *_ephemeral(options)],
+                    "ports": [_tcp(RENDEZVOUS_PORT), sync_ports, *_ephemeral(options)],
                 },
                 {"from": metrics_from, "ports": [_tcp(metrics_port)]},
             ],
