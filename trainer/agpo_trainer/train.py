@@ -425,12 +425,11 @@ class Trainer:
         g = algo.group_size
         want = t.prompts_per_step
         examples: list[Example] = []
-        prompts: list[list[int]] = []
         completions: list[Any] = []
         start = time.perf_counter()
         rounds = 0
         while True:
-            fresh = self._draw(want, prompts, examples)
+            fresh = self._draw(want, examples)
             new = self.client.generate(
                 fresh,
                 n=g,
@@ -497,7 +496,7 @@ class Trainer:
             stats=stats,
         )
 
-    def _draw(self, n: int, prompts: list[list[int]], examples: list[Example]) -> list[list[int]]:
+    def _draw(self, n: int, examples: list[Example]) -> list[list[int]]:
         """The next ``n`` usable prompts (too-long ones skipped and counted)."""
         fresh: list[list[int]] = []
         limit = self.spec.training.max_prompt_tokens
@@ -509,7 +508,6 @@ class Trainer:
                     continue
                 fresh.append(ids)
                 examples.append(e)
-        prompts.extend(fresh)
         return fresh
 
     def _score(
