@@ -10,6 +10,8 @@ vLLM server. Rank 0 alone logs, checkpoints and serves metrics.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
@@ -564,7 +566,7 @@ class Trainer:
             ctx = (
                 self.model.no_sync()
                 if (k < len(chunks) - 1 and hasattr(self.model, "no_sync"))
-                else _null()
+                else contextlib.nullcontext()
             )
             with ctx:
                 logits = self.model(input_ids=ids, attention_mask=attn).logits
@@ -720,7 +722,7 @@ class Trainer:
             "prompts": batch.example_indices,
         }
         self.board.update(**record)
-        log.info("step %s", _json(record))
+        log.info("step %s", json.dumps(record))  # "prompts" last: long
 
 
 # --------------------------------------------------------------------------- helpers
@@ -753,14 +755,6 @@ def pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tenso
     return ids.to(device), attn.to(device)
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -781,11 +775,3 @@ def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, 
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return dict(zip(keys, t.tolist(), strict=True))
-
-
-def _json(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(
-        {k: v for k, v in record.items() if k != "prompts"} | {"prompts": record["prompts"]}
-    )
