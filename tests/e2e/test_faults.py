@@ -88,7 +88,8 @@ def test_vllm_server_dying_mid_run_stops_everything(tmp_path: Path, cache_dir: P
     proc = subprocess.Popen(
         [sys.executable, "-m", "agpo_operator.cli", "run", str(job), "--workdir", str(tmp_path / "run")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "AGPO_METRICS_PORT": str(port), "AGPO_ROLLOUT_TIMEOUT": "10"},
+        # no short rollout timeout: the launcher itself must notice the dead server at once
+        env={**os.environ, "AGPO_METRICS_PORT": str(port)},
         start_new_session=True,
     )  # fmt: skip
     try:
