@@ -42,7 +42,7 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/agpo_operator/api
+	$(VENV)/bin/mypy api/agpo_api
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
-    from agpo_operator.api import load_job
+    from agpo_api import load_job
     from agpo_trainer.rollout.server import free_port
 
     job_file = args.job.resolve()
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: the job has only {job.spec.training.steps} steps; --steps caps at that")
     workdir = Path(tempfile.mkdtemp(prefix="agpo-bench-trainer-"))
     cmd = [
-        sys.executable, "-m", "agpo_operator.cli", "run", str(job_file),
+        sys.executable, "-m", "agpo_cli", "run", str(job_file),
         "--steps", str(args.steps), "--workdir", str(workdir),
     ]  # fmt: skip
     env = {**os.environ, "AGPO_METRICS_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}

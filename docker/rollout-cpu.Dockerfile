@@ -7,7 +7,10 @@
 FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md* ./
+COPY api ./api
+COPY cli ./cli
 COPY operator ./operator
+COPY rollout ./rollout
 COPY trainer ./trainer
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

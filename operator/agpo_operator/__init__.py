@@ -2,7 +2,7 @@
 
 ``kopf run -m agpo_operator`` imports this package with kopf already loaded; only then are the
 kopf handlers registered. Everyone else (the ``agpo`` CLI, the trainer image, which has no
-kopf) imports ``agpo_operator.api`` and the pure builders without pulling kopf in.
+kopf) imports ``agpo_api`` and the pure builders without pulling kopf in.
 """
 
 import sys

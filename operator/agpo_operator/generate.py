@@ -5,7 +5,7 @@ with ``--check``, which fails when a checked-in copy drifts from its source.
 
 Sources and their copies:
 
-- the AGPOJob CRD (``agpo_operator.api.crd.crd_yaml``, from the API models) ->
+- the AGPOJob CRD (``agpo_api.crd.crd_yaml``, from the API models) ->
   ``manifests/crd/`` and the chart's ``crds/``;
 - the operator's RBAC rules (``agpo_operator.rbac.rbac_rules()``) ->
   ``manifests/rbac/role.yaml`` (ServiceAccount, ClusterRole, ClusterRoleBinding, kubebuilder
@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from agpo_operator.api.crd import crd_yaml
-from agpo_operator.api.docs import api_markdown
+from agpo_api.crd import crd_yaml
+from agpo_api.docs import api_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from agpo_operator.api import GROUP, PLURAL, VERSION
+from agpo_api import GROUP, PLURAL, VERSION
 from agpo_operator.builders.common import JOB_LABEL, MANAGED_BY
 from agpo_operator.runtime import Runtime
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agpo_operator.api import GROUP, PLURAL
+from agpo_api import GROUP, PLURAL
 
 NAME = "agpo-operator"
 

@@ -26,9 +26,15 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import yaml
 
+from agpo_api import API_VERSION, KIND, AGPOJob, AGPOJobSpec, InvalidJobError, parse_job
+from agpo_api.layout import (
+    JOB_FILE_KEY,
+)
 from agpo_operator import builders, metrics
-from agpo_operator.api import API_VERSION, KIND, AGPOJob, AGPOJobSpec, InvalidJobError, parse_job
-from agpo_operator.builders.common import JOB_FILE_KEY, JOB_LABEL, Names
+from agpo_operator.builders.common import (
+    JOB_LABEL,
+    Names,
+)
 from agpo_operator.builders.monitoring import PODMONITOR_API_GROUP
 from agpo_operator.kube import ApiError, Obj
 from agpo_operator.status import (

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import yaml
 
-from agpo_operator.api import AGPOJob
+from agpo_api import AGPOJob
 from agpo_operator.builders import BuildOptions, Obj, build_children
 
 DEFAULT_NAMESPACE = "default"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from agpo_operator.api import AGPOJobSpec
+from agpo_api import AGPOJobSpec
 from agpo_operator.builders.common import ATTEMPT_LABEL, COMPLETION_INDEX
 
 Obj = dict[str, Any]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agpo_operator.api.crd import crd_yaml
+from agpo_api.crd import crd_yaml
 
 from agpo_testlib import ROOT, SAMPLES
 from cases import apply
@@ -18,7 +18,7 @@ from cases import apply
 
 def agpo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agpo_operator.cli", *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "agpo_cli", *args], capture_output=True, text=True, cwd=ROOT
     )
 
 

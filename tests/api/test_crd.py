@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from agpo_operator.api.crd import crd, crd_yaml
+from agpo_api.crd import crd, crd_yaml
 from agpo_operator.generate import GENERATED, drifted
 
 from agpo_testlib import ROOT, SAMPLES
@@ -171,7 +171,7 @@ def test_schema_accepts_the_samples(path: Any) -> None:
 def test_schema_accepts_the_minimal_job_and_defaults_like_the_model(
     minimal_job: dict[str, Any],
 ) -> None:
-    from agpo_operator.api import parse_job
+    from agpo_api import parse_job
 
     assert api_server_errors(minimal_job) == []
     defaulted = apply_defaults(copy.deepcopy(minimal_job), SCHEMA)

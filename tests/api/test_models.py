@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from agpo_operator.api import AGPOJob, InvalidJobError, parse_job
-from agpo_operator.api.base import ApiModel
-from agpo_operator.api.models import AGPOJobSpec
+from agpo_api import AGPOJob, InvalidJobError, parse_job
+from agpo_api.base import ApiModel
+from agpo_api.models import AGPOJobSpec
 
 from agpo_testlib import SAMPLES
 from cases import BAD_CASES, CPU, BadCase, apply
@@ -117,7 +117,7 @@ def test_wrong_api_version_and_kind(minimal_job: dict[str, Any]) -> None:
 
 def test_api_imports_neither_torch_nor_kopf() -> None:
     code = (
-        "import sys, agpo_operator.api, agpo_operator.api.crd, agpo_operator.cli; "
+        "import sys, agpo_api, agpo_api.crd, agpo_cli.main; "
         "print(sorted(m for m in ('torch', 'kopf', 'kubernetes') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -25,7 +25,7 @@ def agpo_run(
     job: Path, workdir: Path, *, timeout: float = 240, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agpo_operator.cli", "run", str(job), "--workdir", str(workdir)],
+        [sys.executable, "-m", "agpo_cli", "run", str(job), "--workdir", str(workdir)],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
     )  # fmt: skip
 
@@ -86,7 +86,7 @@ def test_vllm_server_dying_mid_run_stops_everything(tmp_path: Path, cache_dir: P
     port = free_port()
     job = job_file(tmp_path, training__steps=200)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agpo_operator.cli", "run", str(job), "--workdir", str(tmp_path / "run")],
+        [sys.executable, "-m", "agpo_cli", "run", str(job), "--workdir", str(tmp_path / "run")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # no short rollout timeout: the launcher itself must notice the dead server at once
         env={**os.environ, "AGPO_METRICS_PORT": str(port)},
@@ -145,7 +145,7 @@ def test_stopping_agpo_run_stops_every_process(
     port = free_port()
     job = job_file(tmp_path, training__steps=200)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agpo_operator.cli", "run", str(job), "--workdir", str(tmp_path / "run")],
+        [sys.executable, "-m", "agpo_cli", "run", str(job), "--workdir", str(tmp_path / "run")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "AGPO_METRICS_PORT": str(port)}, start_new_session=True,
     )  # fmt: skip

@@ -24,7 +24,7 @@ def test_accuracy_rises_on_builtin_arithmetic(tmp_path: Path, cache_dir: Path) -
     whatever is above that comes from the RL updates.
     """
     out = subprocess.run(
-        [sys.executable, "-m", "agpo_operator.cli", "run", str(ROOT_SAMPLE), "--steps", "60",
+        [sys.executable, "-m", "agpo_cli", "run", str(ROOT_SAMPLE), "--steps", "60",
          "--workdir", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "AGPO_METRICS_PORT": str(free_port())},

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agpo_operator.api import AGPOJob, parse_job
+from agpo_api import AGPOJob, parse_job
 from agpo_operator.builders import BuildOptions, adopt, build_children
 from agpo_operator.builders.common import merge_env
 
@@ -99,7 +99,7 @@ def test_rollout_runs_the_vllm_server_contract() -> None:
         "--logprobs-mode", "processed_logprobs", "--seed", "0",
         "--served-model-name", "Qwen/Qwen2.5-Math-1.5B",
         "--weight-transfer-config", '{"backend": "nccl"}',
-        "--middleware", "agpo_trainer.vllm_plugin.auth.TokenAuthMiddleware",
+        "--middleware", "agpo_rollout.auth.TokenAuthMiddleware",
     ]  # fmt: skip
     assert c["image"] == "ghcr.io/agpo-dev/agpo-rollout:0.1.0"  # the spec's image wins
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]

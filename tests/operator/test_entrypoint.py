@@ -23,6 +23,4 @@ def test_kopf_run_module_registers_handlers() -> None:
 
 
 def test_importing_the_package_alone_pulls_in_no_kopf() -> None:
-    assert (
-        run("import sys, agpo_operator, agpo_operator.api; print('kopf' in sys.modules)") == "False"
-    )
+    assert run("import sys, agpo_operator, agpo_api; print('kopf' in sys.modules)") == "False"

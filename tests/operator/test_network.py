@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agpo_operator.api import parse_job
+from agpo_api import parse_job
 from agpo_operator.builders import BuildOptions, build_children
 
 from operator_support import sample

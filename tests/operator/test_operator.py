@@ -43,7 +43,7 @@ def counter(name: str, **labels: str) -> float:
 
 
 def expected_children(name: str, **changes: object) -> list[tuple[str, str]]:
-    from agpo_operator.api import parse_job
+    from agpo_api import parse_job
 
     job = parse_job({**sample(name=name, **changes), "metadata": {"name": name}})
     objs = build_children(job, NS, Config.from_env().build_options())

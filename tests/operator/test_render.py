@@ -11,9 +11,9 @@ import pytest
 import yaml
 from packaging.version import Version
 
-from agpo_operator.api import load_job
+from agpo_api import load_job
+from agpo_cli.main import main
 from agpo_operator.builders import build_children
-from agpo_operator.cli import main
 from agpo_operator.config import Config
 from agpo_operator.render import render_yaml
 

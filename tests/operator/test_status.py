@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agpo_operator.api import AGPOJobSpec, parse_job
+from agpo_api import AGPOJobSpec, parse_job
 from agpo_operator.status import (
     Act,
     Action,

@@ -20,6 +20,16 @@ import requests
 torch = pytest.importorskip("torch", reason="needs torch")
 transformers = pytest.importorskip("transformers", reason="needs transformers")
 
+from agpo_rollout.auth import (  # noqa: E402
+    AuthConfig,
+    AuthConfigError,
+    TokenAuthMiddleware,
+)
+from agpo_rollout.gloo_common import (  # noqa: E402
+    pack_weights,
+    plan_buckets,
+    unpack_bucket,
+)
 from agpo_trainer.rollout.client import (  # noqa: E402
     Completion,
     RolloutClient,
@@ -37,16 +47,6 @@ from agpo_trainer.rollout.weight_sync import (  # noqa: E402
     HTTPWeightSyncClient,
     WeightSyncer,
     WeightSyncError,
-)
-from agpo_trainer.vllm_plugin.auth import (  # noqa: E402
-    AuthConfig,
-    AuthConfigError,
-    TokenAuthMiddleware,
-)
-from agpo_trainer.vllm_plugin.gloo_common import (  # noqa: E402
-    pack_weights,
-    plan_buckets,
-    unpack_bucket,
 )
 
 Cluster = Any  # the session fixture's type lives in conftest.py
@@ -114,7 +114,7 @@ def test_build_server_command_is_pure_and_has_the_rl_flags() -> None:
     flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
     assert flags["--model"] == "/models/m" and flags["--port"] == "8001"
     assert json.loads(cmd[cmd.index("--weight-transfer-config") + 1]) == {"backend": "gloo"}
-    assert cmd[cmd.index("--middleware") + 1] == "agpo_trainer.vllm_plugin.auth.TokenAuthMiddleware"
+    assert cmd[cmd.index("--middleware") + 1] == "agpo_rollout.auth.TokenAuthMiddleware"
     assert "--enforce-eager" in cmd
     env = build_server_env(token="t0k")
     assert env["VLLM_SERVER_DEV_MODE"] == "1" and env["AGPO_ROLLOUT_TOKEN"] == "t0k"
@@ -162,14 +162,14 @@ def test_plugin_entry_point_registers_gloo_on_both_factories_idempotently() -> N
         WeightTransferTrainerFactory,
     )
 
-    import agpo_trainer.vllm_plugin as plugin
-    from agpo_trainer.vllm_plugin.gloo_engine import (
+    import agpo_rollout as plugin
+    from agpo_rollout.gloo_engine import (
         GlooTrainerWeightTransferEngine,
         GlooWeightTransferEngine,
     )
 
     values = [ep.value for ep in entry_points(group="vllm.general_plugins")]
-    assert "agpo_trainer.vllm_plugin:register" in values  # pip install -e . done?
+    assert "agpo_rollout:register" in values  # pip install -e . done?
     plugin.register()
     plugin.register()
     plugin._registered = False  # as if a second copy of the plugin loaded
@@ -208,7 +208,7 @@ def test_auth_middleware_refuses_to_start_without_token_inside_vllm_app() -> Non
         allowed_headers=["*"],
         api_key=None,
         enable_request_id_headers=False,
-        middleware=["agpo_trainer.vllm_plugin.auth.TokenAuthMiddleware"],
+        middleware=["agpo_rollout.auth.TokenAuthMiddleware"],
     )
     saved = {k: os.environ.pop(k, None) for k in ("AGPO_ROLLOUT_TOKEN", "AGPO_ROLLOUT_AUTH")}
     try:
@@ -398,7 +398,7 @@ def test_vllm_trainer_factory_api_drives_the_gloo_backend(cluster: Cluster) -> N
     """vLLM's own trainer-side API (`WeightTransferTrainerFactory`) finds our backend."""
     from vllm.distributed.weight_transfer import ModuleSource, WeightTransferTrainerFactory
 
-    from agpo_trainer.vllm_plugin.gloo_engine import GlooTrainerInitInfo
+    from agpo_rollout.gloo_engine import GlooTrainerInitInfo
 
     server = cluster.replica_a()
     # The plugin was loaded inside the server's worker process, via the entry point.

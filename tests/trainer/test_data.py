@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agpo_operator.api.models import DatasetSpec
+from agpo_api.models import DatasetSpec
 from agpo_trainer.data import DataError, PromptSampler, arithmetic_rows, load_examples
 
 
@@ -140,7 +140,7 @@ def test_hf_source_that_cannot_load_is_a_data_error(tmp_path: Path) -> None:
 
 
 def test_model_location_follows_the_spec(tmp_path: Path) -> None:
-    from agpo_operator.api.models import ModelSpec
+    from agpo_api.models import ModelSpec
     from agpo_trainer.models import model_location
 
     pvc = ModelSpec.model_validate(

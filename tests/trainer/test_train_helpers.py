@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from agpo_operator.api.models import AGPOJobSpec
+from agpo_api.models import AGPOJobSpec
 from agpo_trainer.train import Batch, lr_lambda, pad, select_groups
 
 

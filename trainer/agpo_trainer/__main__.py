@@ -35,7 +35,7 @@ def _init_distributed() -> None:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     """User mistakes and faults that deserve one line, not a traceback."""
-    from agpo_operator.api import InvalidJobError
+    from agpo_api import InvalidJobError
     from agpo_trainer.data import DataError
     from agpo_trainer.rewards.base import RewardFunctionError
     from agpo_trainer.rollout.client import RolloutError
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     known = _known_errors()
     try:
-        from agpo_operator.api import load_job
+        from agpo_api import load_job
         from agpo_trainer.train import Runtime, Trainer
 
         job = load_job(args.job)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agpo_operator.api.models import BuiltinSource, DatasetSpec
+from agpo_api.models import BuiltinSource, DatasetSpec
 
 log = logging.getLogger(__name__)
 

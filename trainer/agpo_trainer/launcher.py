@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from agpo_operator.api.models import AGPOJob
+from agpo_api.models import AGPOJob
 
 EXIT_OK, EXIT_FAILED = 0, 1
 POLL_S = 0.5

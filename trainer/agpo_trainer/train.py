@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from agpo_operator.api.models import AGPOJob, AGPOJobSpec
+from agpo_api.models import AGPOJob, AGPOJobSpec
 from agpo_trainer.algorithms import compute_advantages_and_mask, compute_policy_loss, token_logprobs
 from agpo_trainer.checkpoint import (
     CheckpointMeta,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agpo_operator.api import AGPOJob
+from agpo_api import AGPOJob
 from agpo_operator.builders.common import BuildOptions, Names, Obj, adopt, names
 from agpo_operator.builders.config import build_spec_configmap
 from agpo_operator.builders.monitoring import build_metrics_service, build_pod_monitor

@@ -1,6 +1,6 @@
 """What every child object shares: names, labels, owner references, pod hardening, paths.
 
-Pure functions of an :class:`~agpo_operator.api.AGPOJob` and :class:`BuildOptions`; no I/O,
+Pure functions of an :class:`~agpo_api.AGPOJob` and :class:`BuildOptions`; no I/O,
 no kopf. The names here are the contract with the trainer and rollout images (see
 ``docs/operator.md``): change them only together with those images.
 """
@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agpo_operator.api import API_VERSION, KIND, AGPOJob
+from agpo_api import API_VERSION, KIND, AGPOJob
+from agpo_api.layout import (
+    JOB_FILE_DIR,
+    JOB_FILE_KEY,
+    MODELS_DIR,
+    ROLLOUT_PORT,
+    TINY_MODEL,
+    TINY_MODEL_DIR,
+)
 
 Obj = dict[str, Any]
 
@@ -23,19 +31,6 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 MANAGED_BY = "agpo-operator"
 PART_OF = "agpo"
 
-# Fixed ports and paths (the contract with the images).
-ROLLOUT_PORT = 8000
-RENDEZVOUS_PORT = 29500
-JOB_FILE_DIR = "/etc/agpo"
-JOB_FILE = f"{JOB_FILE_DIR}/job.yaml"
-JOB_FILE_KEY = "job.yaml"
-MODELS_DIR = "/models"
-TINY_MODEL_DIR = "/model"
-CHECKPOINTS_DIR = "/checkpoints"
-DATA_DIR = "/data"
-TOKEN_KEY = "token"
-TOKEN_MIDDLEWARE = "agpo_trainer.vllm_plugin.auth.TokenAuthMiddleware"
-TINY_MODEL = "builtin:tiny"
 RUN_AS_USER = 1000
 
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import yaml
 
-from agpo_operator.api import API_VERSION, KIND, AGPOJob
-from agpo_operator.builders.common import JOB_FILE_KEY, BuildOptions, Names, Obj, metadata
+from agpo_api import API_VERSION, KIND, AGPOJob
+from agpo_api.layout import (
+    JOB_FILE_KEY,
+)
+from agpo_operator.builders.common import (
+    BuildOptions,
+    Names,
+    Obj,
+    metadata,
+)
 
 # libyaml's emitter when present: the pure-Python one costs ~20 ms per job.
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

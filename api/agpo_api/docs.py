@@ -6,14 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agpo_operator.api.base import ApiModel
-from agpo_operator.api.crd import _field_default, _model_classes, model_schema
-from agpo_operator.api.models import AGPOJobSpec, AGPOJobStatus
+from agpo_api.base import ApiModel
+from agpo_api.crd import _field_default, _model_classes, model_schema
+from agpo_api.models import AGPOJobSpec, AGPOJobStatus
 
 INTRO = """\
 # AGPOJob API reference (`agpo.dev/v1alpha1`)
 
-Generated from `operator/agpo_operator/api/models.py` by `make generate`; do not edit.
+Generated from `api/agpo_api/models.py` by `make generate`; do not edit.
 Field names are as written in YAML. A field without a default is optional unless marked
 **required**. Cross-field rules are enforced by `agpo validate`, by the operator, and by the
 API server (CEL rules in the CRD).

@@ -18,7 +18,7 @@ Command = Callable[[argparse.Namespace], int]
 
 def cmd_crd(args: argparse.Namespace) -> int:
     """Print the AGPOJob CRD generated from the API models."""
-    from agpo_operator.api.crd import crd_yaml
+    from agpo_api.crd import crd_yaml
 
     sys.stdout.write(crd_yaml())
     return EXIT_OK
@@ -26,7 +26,7 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate AGPOJob YAML files; one line per problem."""
-    from agpo_operator.api import validate_files
+    from agpo_api import validate_files
 
     lines = validate_files(args.files)
     for line in lines:
@@ -39,7 +39,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Print the Kubernetes objects the operator would create for a job."""
-    from agpo_operator.api import InvalidJobError, load_jobs
+    from agpo_api import InvalidJobError, load_jobs
     from agpo_operator.render import render_yaml
 
     try:
@@ -54,7 +54,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job on this machine: vLLM server(s) + torchrun, with live progress."""
-    from agpo_operator.api import InvalidJobError, load_job
+    from agpo_api import InvalidJobError, load_job
 
     try:
         job = load_job(args.file)

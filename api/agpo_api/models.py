@@ -1,6 +1,6 @@
 """The AGPOJob API (``agpo.dev/v1alpha1``) as typed models: the one source of truth.
 
-The CRD schema (:mod:`agpo_operator.api.crd`), ``agpo validate``, the operator and the trainer
+The CRD schema (:mod:`agpo_api.crd`), ``agpo validate``, the operator and the trainer
 all use these models. Field names in YAML are the camelCase aliases; Python uses snake_case.
 A minimal spec needs only ``model`` and ``dataset``; every default below is what a user gets.
 """
@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from agpo_operator.api.base import (
+from agpo_api.base import (
     CALLABLE_PATTERN,
     DNS1123_LABEL,
     ApiModel,

@@ -3,7 +3,7 @@
 Imports neither torch nor kopf, so the CLI, the operator and the trainer can all use it.
 """
 
-from agpo_operator.api.models import (
+from agpo_api.models import (
     API_VERSION,
     GROUP,
     KIND,
@@ -14,7 +14,7 @@ from agpo_operator.api.models import (
     AGPOJobStatus,
     Condition,
 )
-from agpo_operator.api.validation import (
+from agpo_api.validation import (
     InvalidJobError,
     Problem,
     load_job,

@@ -4,7 +4,7 @@ vLLM calls `register()` in every process it starts (API server, engine core, wor
 through the `vllm.general_plugins` entry point declared in pyproject.toml:
 
     [project.entry-points."vllm.general_plugins"]
-    agpo = "agpo_trainer.vllm_plugin:register"
+    agpo = "agpo_rollout:register"
 
 so a server started with `--weight-transfer-config '{"backend": "gloo"}'` finds the
 backend wherever the engine is built. Importing this package is cheap (no torch, no vLLM);
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 # (e.g. a shared-volume `file` backend) is one more entry here.
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "gloo": (
-        "agpo_trainer.vllm_plugin.gloo_engine",
+        "agpo_rollout.gloo_engine",
         "GlooWeightTransferEngine",
         "GlooTrainerWeightTransferEngine",
     ),

@@ -7,7 +7,7 @@ replace the served weights or run methods on the workers. This middleware closes
 paths except `/health` (kubelet probes carry no token) and, when
 `AGPO_AUTH_ALLOW_METRICS=1`, `/metrics` (for a Prometheus scrape without a secret).
 
-Load it with `--middleware agpo_trainer.vllm_plugin.auth.TokenAuthMiddleware`.
+Load it with `--middleware agpo_rollout.auth.TokenAuthMiddleware`.
 
 Configuration (environment of the vLLM process):
 - `AGPO_ROLLOUT_TOKEN`: the shared secret; requests need `Authorization: Bearer <token>`.

@@ -11,8 +11,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from agpo_operator.api.base import CALLABLE_PATTERN, DNS1123_LABEL, DNS1123_SUBDOMAIN, QUANTITY
-from agpo_operator.api.models import API_VERSION, KIND, AGPOJob
+from agpo_api.base import CALLABLE_PATTERN, DNS1123_LABEL, DNS1123_SUBDOMAIN, QUANTITY
+from agpo_api.models import API_VERSION, KIND, AGPOJob
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ checkpoint-format weights over a gloo process group (TCP), so the native RL endp
 `/finish_weight_update`) work on CPU servers too. Modelled on vLLM's
 `nccl_engine.NCCLWeightTransferEngine`; wire format in `gloo_common`.
 
-Loaded lazily by `WeightTransferEngineFactory` (registered in `agpo_trainer.vllm_plugin`),
+Loaded lazily by `WeightTransferEngineFactory` (registered in `agpo_rollout`),
 so vLLM processes that do not use it never import it.
 """
 
@@ -29,7 +29,7 @@ from vllm.distributed.weight_transfer.base import (
 )
 from vllm.logger import init_logger
 
-from agpo_trainer.vllm_plugin.gloo_common import (
+from agpo_rollout.gloo_common import (
     DEFAULT_BUCKET_BYTES,
     DEFAULT_TIMEOUT_S,
     Bucket,

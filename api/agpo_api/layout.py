@@ -1,0 +1,33 @@
+"""Ports and paths that two components must agree on (the operator's pod specs, the trainer,
+the vLLM servers, ``agpo run``)."""
+
+from __future__ import annotations
+
+#: vLLM's OpenAI server in rollout pods (and the default of local servers).
+ROLLOUT_PORT = 8000
+#: torchrun's rendezvous (Kubeflow's PET_MASTER_PORT default).
+RENDEZVOUS_PORT = 29500
+#: The weight-transfer rendezvous the trainer hosts when the spec names none.
+WEIGHT_SYNC_PORT = 29600
+
+#: The resolved AGPOJob, mounted from the job's ConfigMap into every pod.
+JOB_FILE_DIR = "/etc/agpo"
+JOB_FILE_KEY = "job.yaml"
+JOB_FILE = f"{JOB_FILE_DIR}/{JOB_FILE_KEY}"
+#: Model weights from a PVC (``spec.model.source.pvc``).
+MODELS_DIR = "/models"
+#: ``builtin:tiny``, built by an init container into an emptyDir.
+TINY_MODEL_DIR = "/model"
+#: Checkpoints (``spec.training.checkpoint``): a PVC or an emptyDir.
+CHECKPOINTS_DIR = "/checkpoints"
+#: A dataset file from a PVC (``spec.dataset.source.file.pvc``).
+DATA_DIR = "/data"
+
+#: The key of the rollout token in the job's Secret.
+TOKEN_KEY = "token"
+#: The builtin model's name in ``spec.model.name``.
+TINY_MODEL = "builtin:tiny"
+
+#: Paths of the trainer's rank-0 HTTP server.
+STATUS_PATH = "/status"
+METRICS_PATH = "/metrics"

@@ -1,0 +1,78 @@
+"""The trainer's progress report: what rank 0 serves as JSON at ``/status``.
+
+One schema for its three readers: the operator copies part of it into the CR status
+(:data:`CR_STATUS_FIELDS`), ``agpo run`` shows it in the progress bar, tests read it. The
+trainer writes it from its typed step statistics; the wire names are camelCase, like the CR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+
+class TrainerProgress(BaseModel):
+    """Rank 0's latest state; every field is optional (a trainer that has not finished a step
+    serves only ``phase``, ``step`` and ``totalSteps``)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    phase: str | None = None  # Initializing | Running | Succeeded
+    step: int | None = None
+    total_steps: int | None = None
+    policy_version: int | None = None
+    reward_mean: float | None = None
+    accuracy: float | None = None
+    completion_tokens_mean: float | None = None
+    zero_variance_fraction: float | None = None
+    resample_rounds: float | None = None
+    loss: float | None = None
+    ratio_mean: float | None = None
+    kl: float | None = None
+    clip_ratio: float | None = None
+    grad_norm: float | None = None
+    step_seconds: float | None = None
+    rollout_seconds: float | None = None
+    reward_seconds: float | None = None
+    train_seconds: float | None = None
+    weight_sync_seconds: float | None = None
+    prompts: list[int] | None = None  # dataset indices of the step's prompts, in order
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object served (camelCase, unset fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+#: The fields the operator copies into ``AGPOJob.status`` (same camelCase names there).
+CR_STATUS_FIELDS = (
+    "step",
+    "total_steps",
+    "reward_mean",
+    "completion_tokens_mean",
+    "zero_variance_fraction",
+    "policy_version",
+)
+
+
+def wire_name(field: str) -> str:
+    """The camelCase name of a :class:`TrainerProgress` field."""
+    return to_camel(field)
+
+
+def cr_status_values(data: Mapping[str, Any] | None) -> dict[str, int | float]:
+    """The :data:`CR_STATUS_FIELDS` present and well-typed in a served ``/status`` object,
+    by their wire names; a malformed field is skipped, not fatal (the trainer may be older)."""
+    out: dict[str, int | float] = {}
+    for name in CR_STATUS_FIELDS:
+        value = (data or {}).get(wire_name(name))
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        try:
+            parsed = TrainerProgress.model_validate({name: value})
+        except ValidationError:
+            continue
+        out[wire_name(name)] = getattr(parsed, name)
+    return out
