@@ -23,6 +23,7 @@ from agpo_api.base import (
     cel_count_set,
     exactly_one,
 )
+from agpo_api.vocabulary import Phase
 
 GROUP = "agpo.dev"
 VERSION = "v1alpha1"
@@ -591,21 +592,6 @@ class AGPOJobSpec(ApiModel):
 
 
 # --------------------------------------------------------------------------- status
-Phase = Literal[
-    "Pending", "Initializing", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
-]
-CONDITION_TYPES = (
-    "Created",
-    "RolloutReady",
-    "Running",
-    "Restarting",
-    "Suspended",
-    "Succeeded",
-    "Failed",
-    "SpecChangeRefused",
-)
-
-
 class Condition(ApiModel):
     """A metav1.Condition."""
 
@@ -622,7 +608,8 @@ class Condition(ApiModel):
 class AGPOJobStatus(ApiModel):
     """What the operator observed; written only by the operator."""
 
-    phase: Phase | None = None
+    # The enum of agpo_api.vocabulary (one list for all); not strict: YAML gives plain strings.
+    phase: Annotated[Phase | None, Field(strict=False)] = None
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

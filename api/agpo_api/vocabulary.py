@@ -14,9 +14,10 @@ from enum import StrEnum
 FINALIZER = "agpo.dev/operator"
 
 
+# ``status.phase``: Pending -> Initializing -> Running -> Succeeded | Failed, with Restarting
+# (the trainer group restarts from its newest checkpoint) and Suspended. (A comment, not a
+# docstring: pydantic would copy a docstring into the CRD's schema.)
 class Phase(StrEnum):
-    """``status.phase``: Pending -> Initializing -> Running -> Succeeded | Failed, with
-    Restarting (the trainer group restarts from its newest checkpoint) and Suspended."""
 
     PENDING = "Pending"
     INITIALIZING = "Initializing"
