@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from agpo_api.crd import crd
 from agpo_api.env import AUTH_ENV, EnvError, EnvVar, TrainerSettings
 from agpo_api.progress import CR_STATUS_FIELDS, TrainerProgress, cr_status_values, wire_name
-from agpo_api.vocabulary import ConditionType, Phase
 from agpo_api.vllm_server import AUTH_MIDDLEWARE, build_server_env, server_env
+from agpo_api.vocabulary import ConditionType, Phase
 
 texts = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/:._-", min_size=1, max_size=20)
 
