@@ -6,7 +6,12 @@ registry, so a process that also runs the trainer (``agpo run``) never mixes the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from agpo_api.vocabulary import Phase
+from agpo_operator.actions import Outcome
 
 PREFIX = "agpo_operator"
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -37,18 +42,18 @@ RECONCILE_SECONDS = Histogram(
 RECONCILE_ERRORS = Counter(
     f"{PREFIX}_reconcile_errors", "Reconciliations that raised an error.", registry=REGISTRY
 )
-PHASES = ("Pending", "Initializing", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+PHASES = tuple(phase.value for phase in Phase)
 
-# Outcome name (from agpo_operator.status.Decision.counters) -> how to count it.
-_OUTCOMES = {
-    "created": lambda reason: JOBS_CREATED.inc(),
-    "succeeded": lambda reason: JOBS_SUCCEEDED.inc(),
-    "failed": lambda reason: JOBS_FAILED.labels(reason=reason or "Unknown").inc(),
-    "restarted": lambda reason: JOBS_RESTARTED.inc(),
+# Outcome (from agpo_operator.actions.Decision.counters) -> how to count it.
+_OUTCOMES: dict[Outcome, Callable[[str], None]] = {
+    Outcome.CREATED: lambda reason: JOBS_CREATED.inc(),
+    Outcome.SUCCEEDED: lambda reason: JOBS_SUCCEEDED.inc(),
+    Outcome.FAILED: lambda reason: JOBS_FAILED.labels(reason=reason or "Unknown").inc(),
+    Outcome.RESTARTED: lambda reason: JOBS_RESTARTED.inc(),
 }
 
 
-def count(outcome: str, reason: str = "") -> None:
+def count(outcome: Outcome, reason: str = "") -> None:
     """Count one job outcome (``created``, ``succeeded``, ``failed``, ``restarted``)."""
     _OUTCOMES[outcome](reason)
 

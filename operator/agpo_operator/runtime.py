@@ -1,4 +1,4 @@
-"""The operator's process-wide state: configuration, API client, one reconciler per job.
+"""The operator's process-wide state: configuration, API client, one loop per job.
 
 Created by the startup handler and kept in kopf's ``memo`` (``memo.agpo``), so the handlers in
 :mod:`agpo_operator.handlers` stay one-line delegates.
@@ -14,11 +14,12 @@ from typing import Any
 import aiohttp
 import kopf
 
+from agpo_api.vocabulary import FINALIZER
 from agpo_operator import kube, metrics
+from agpo_operator.actions import Event
 from agpo_operator.builders import BuildOptions
 from agpo_operator.config import Config
-from agpo_operator.reconciler import FINALIZER, JobReconciler
-from agpo_operator.status import Event
+from agpo_operator.loop import JobLoop
 
 API_GROUP_CACHE_SECONDS = 300.0
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -47,7 +48,7 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.options: BuildOptions = config.build_options()
-        self.reconcilers: dict[tuple[str, str], JobReconciler] = {}
+        self.reconcilers: dict[tuple[str, str], JobLoop] = {}
         self.phases = metrics.PhaseTracker()
         self._kube: kube.Kube | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -106,12 +107,12 @@ class Runtime:
         """The daemon of one AGPOJob: runs until kopf stops it (deletion, shutdown, pausing)."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
-        reconciler = JobReconciler(self, *key)
-        self.reconcilers[key] = reconciler
+        loop = JobLoop(self, *key)
+        self.reconcilers[key] = loop
         try:
-            await reconciler.run(body, stopped, logger)
+            await loop.run(body, stopped, logger)
         finally:
-            if self.reconcilers.get(key) is reconciler:
+            if self.reconcilers.get(key) is loop:
                 del self.reconcilers[key]
                 self.phases.forget(key)
 
@@ -119,27 +120,19 @@ class Runtime:
         """A watch event of an AGPOJob: wake its loop when the spec, the finalizer or the
         deletion changed (not for its own status writes)."""
         meta = body.get("metadata", {})
-        reconciler = self.reconcilers.get((meta.get("namespace"), meta.get("name")))
-        if reconciler is None:
-            return
-        seen = (
-            meta.get("generation"),
-            FINALIZER in (meta.get("finalizers") or []),
-            meta.get("deletionTimestamp"),
-        )
-        if seen != reconciler.seen:
-            reconciler.seen = seen
-            reconciler.wake()
+        loop = self.reconcilers.get((meta.get("namespace"), meta.get("name")))
+        if loop is not None:
+            loop.notice(meta)
 
     def wake(self, namespace: str | None, job: str | None) -> None:
         """A watch event of a child (pod, Job): wake the owning job's loop."""
-        reconciler = self.reconcilers.get((namespace or "", job or ""))
-        if reconciler is not None:
-            reconciler.wake()
+        loop = self.reconcilers.get((namespace or "", job or ""))
+        if loop is not None:
+            loop.wake()
 
     def probe(self) -> int:
         """For the liveness endpoint: how many jobs this process reconciles."""
         return len(self.reconcilers)
 
     def post_event(self, body: Mapping[str, Any], event: Event) -> None:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
+        kopf.event(body, type=event.type.value, reason=event.reason.value, message=event.message)  # type: ignore[arg-type]

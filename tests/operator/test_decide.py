@@ -1,4 +1,4 @@
-"""The state machine (agpo_operator.status.decide) as a pure function: observation -> decision."""
+"""The state machine (agpo_operator.decide.decide) as a pure function: observation -> decision."""
 
 from __future__ import annotations
 
@@ -9,16 +9,20 @@ from typing import Any
 import pytest
 
 from agpo_api import AGPOJobSpec, parse_job
-from agpo_operator.status import (
-    Act,
+from agpo_operator.actions import (
     Action,
+    CreateRollout,
+    CreateStatic,
+    CreateTrainer,
     Decision,
-    Observation,
-    PodView,
-    decide,
-    effective_spec,
-    immutable_changes,
+    DeleteJob,
+    DeletePods,
+    DeleteRollout,
+    DeleteTrainer,
+    SuspendTrainer,
 )
+from agpo_operator.decide import decide
+from agpo_operator.observe import Observation, PodView
 
 from operator_support import sample
 
@@ -70,16 +74,16 @@ def cond(d: Decision, ctype: str) -> dict[str, Any]:
     return next(c for c in d.status["conditions"] if c["type"] == ctype)
 
 
-def acts(d: Decision) -> list[Act]:
-    return [a.act for a in d.actions]
+def acts(d: Decision) -> list[type[Action]]:
+    return [type(a) for a in d.actions]
 
 
 def test_first_decision_creates_everything_and_initialises_every_condition() -> None:
     d = decide(Observation("j", "ns", 1, T0, {}, spec()))
     assert d.actions == [
-        Action(Act.CREATE_STATIC),
-        Action(Act.CREATE_ROLLOUT),
-        Action(Act.CREATE_TRAINER, 0),
+        CreateStatic(),
+        CreateRollout(),
+        CreateTrainer(0),
     ]
     assert d.status["phase"] == "Pending" and d.status["restarts"] == 0
     assert d.status["startTime"] == "2026-01-01T12:00:00Z"
@@ -107,7 +111,7 @@ def test_invalid_spec_fails_once_and_creates_nothing() -> None:
 def test_a_corrected_spec_starts_the_job() -> None:
     failed = decide(Observation("j", "ns", 1, T0, {}, None, problems=("x",))).status
     d = decide(Observation("j", "ns", 2, T0, failed, spec()))
-    assert Act.CREATE_STATIC in acts(d) and d.status["phase"] == "Pending"
+    assert CreateStatic in acts(d) and d.status["phase"] == "Pending"
     assert cond(d, "Failed")["status"] == "False" and cond(d, "Failed")["reason"] == "SpecCorrected"
 
 
@@ -151,17 +155,13 @@ def test_a_failed_trainer_pod_restarts_the_group_and_counts_once() -> None:
         "rank 0" in cond(d, "Restarting")["message"]
         and "code 1" in cond(d, "Restarting")["message"]
     )
-    assert acts(d) == [Act.DELETE_TRAINER] and d.counters == [("restarted", "TrainerPodFailed")]
+    assert acts(d) == [DeleteTrainer] and d.counters == [("restarted", "TrainerPodFailed")]
     # The old Job (attempt 0) is still listed: deleted again, nothing counted twice.
     again = decide(observe(d.status, trainer_job=tj(0), **pods))
-    assert (
-        acts(again) == [Act.DELETE_TRAINER]
-        and again.counters == []
-        and again.status["restarts"] == 1
-    )
+    assert acts(again) == [DeleteTrainer] and again.counters == [] and again.status["restarts"] == 1
     # Gone: the next attempt is created.
     nxt = decide(observe(d.status, trainer_job=None))
-    assert nxt.actions == [Action(Act.CREATE_TRAINER, 1)]
+    assert nxt.actions == [CreateTrainer(1)]
     # Its pods run: Running again, Restarting -> False (Recovered).
     ok = decide(observe(d.status, trainer_job=tj(1), **running_pods()))
     assert ok.status["phase"] == "Running" and cond(ok, "Restarting")["reason"] == "Recovered"
@@ -175,12 +175,10 @@ def test_a_restarted_vllm_server_restarts_the_group_and_is_replaced() -> None:
     }
     d = decide(observe(status, **broken))
     assert cond(d, "Restarting")["reason"] == "RolloutPodFailed" and d.status["restarts"] == 1
-    assert d.actions == [Action(Act.DELETE_TRAINER), Action(Act.DELETE_PODS, ("j-rollout-0",))]
+    assert d.actions == [DeleteTrainer(), DeletePods(("j-rollout-0",))]
     # Seen again while restarting: replaced, not counted again.
     again = decide(observe(d.status, trainer_job=tj(1), **broken))
-    assert again.status["restarts"] == 1 and again.actions == [
-        Action(Act.DELETE_PODS, ("j-rollout-0",))
-    ]
+    assert again.status["restarts"] == 1 and again.actions == [DeletePods(("j-rollout-0",))]
 
 
 def test_the_backoff_limit_turns_a_failure_into_failed() -> None:
@@ -192,7 +190,7 @@ def test_the_backoff_limit_turns_a_failure_into_failed() -> None:
     assert d.status["phase"] == "Failed" and cond(d, "Failed")["reason"] == "BackoffLimitExceeded"
     assert cond(d, "Running")["status"] == "False" and d.status["completionTime"]
     assert d.counters == [("failed", "BackoffLimitExceeded")]
-    assert acts(d) == [Act.DELETE_ROLLOUT, Act.SUSPEND_TRAINER]  # cleanPodPolicy Running
+    assert acts(d) == [DeleteRollout, SuspendTrainer]  # cleanPodPolicy Running
 
 
 def test_a_failed_trainer_job_is_a_failure_too() -> None:
@@ -221,13 +219,13 @@ def test_success_needs_every_index() -> None:
 @pytest.mark.parametrize(
     ("policy", "job_done", "expected"),
     [
-        ("All", False, [Act.DELETE_ROLLOUT, Act.DELETE_TRAINER]),
-        ("Running", False, [Act.DELETE_ROLLOUT, Act.SUSPEND_TRAINER]),
-        ("Running", True, [Act.DELETE_ROLLOUT]),
+        ("All", False, [DeleteRollout, DeleteTrainer]),
+        ("Running", False, [DeleteRollout, SuspendTrainer]),
+        ("Running", True, [DeleteRollout]),
         ("None", False, []),
     ],
 )
-def test_clean_pod_policy(policy: str, job_done: bool, expected: list[Act]) -> None:
+def test_clean_pod_policy(policy: str, job_done: bool, expected: list[type[Action]]) -> None:
     s = spec(runPolicy__cleanPodPolicy=policy)
     job = (
         tj(0, status={"conditions": [{"type": "Complete", "status": "True"}]})
@@ -248,7 +246,7 @@ def test_deadline() -> None:
     assert early.status["phase"] == "Running" and early.requeue_after == pytest.approx(30)
     late = decide(observe(status, s, now=T0 + dt.timedelta(seconds=60), **running_pods()))
     assert late.status["phase"] == "Failed" and cond(late, "Failed")["reason"] == "DeadlineExceeded"
-    assert Act.DELETE_ROLLOUT in acts(late)
+    assert DeleteRollout in acts(late)
 
 
 def test_ttl_after_finishing() -> None:
@@ -261,14 +259,14 @@ def test_ttl_after_finishing() -> None:
     due = decide(
         observe(done, s, now=T0 + dt.timedelta(seconds=100), statefulset=None, trainer_job=None)
     )
-    assert due.actions == [Action(Act.DELETE_JOB)] and due.events[0].reason == "TTLExpired"
+    assert due.actions == [DeleteJob()] and due.events[0].reason == "TTLExpired"
 
 
 def test_suspend_and_resume() -> None:
     status = decide(observe(created(), **running_pods())).status
     s = spec(runPolicy__suspend=True)
     d = decide(observe(status, s, generation=2, **running_pods()))
-    assert d.status["phase"] == "Suspended" and acts(d) == [Act.DELETE_ROLLOUT, Act.DELETE_TRAINER]
+    assert d.status["phase"] == "Suspended" and acts(d) == [DeleteRollout, DeleteTrainer]
     assert cond(d, "Suspended")["status"] == "True" and cond(d, "Running")["status"] == "False"
     gone = decide(observe(d.status, s, generation=2, statefulset=None, trainer_job=None))
     assert gone.actions == [] and gone.events == []
@@ -276,7 +274,7 @@ def test_suspend_and_resume() -> None:
     r = decide(
         observe(gone.status, spec(), now=later, generation=3, statefulset=None, trainer_job=None)
     )
-    assert r.actions == [Action(Act.CREATE_ROLLOUT), Action(Act.CREATE_TRAINER, 0)]
+    assert r.actions == [CreateRollout(), CreateTrainer(0)]
     assert (
         cond(r, "Suspended")["reason"] == "Resumed"
         and r.status["startTime"] == "2026-01-01T13:00:00Z"
@@ -286,7 +284,7 @@ def test_suspend_and_resume() -> None:
 
 def test_created_suspended_makes_only_the_static_children() -> None:
     d = decide(Observation("j", "ns", 1, T0, {}, spec(runPolicy__suspend=True)))
-    assert acts(d) == [Act.CREATE_STATIC] and d.status["phase"] == "Suspended"
+    assert acts(d) == [CreateStatic] and d.status["phase"] == "Suspended"
 
 
 def test_refused_changes_set_and_clear_a_condition() -> None:
@@ -311,33 +309,3 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     t = cond(first, "Running")["lastTransitionTime"]
     second = decide(observe(first.status, now=T0 + dt.timedelta(minutes=5), **running_pods()))
     assert cond(second, "Running")["lastTransitionTime"] == t
-
-
-def test_immutable_changes_and_the_effective_spec() -> None:
-    applied = spec()
-    wanted = spec(trainer={"nodes": 2, "procsPerNode": 1, "gpusPerNode": 0},
-                  runPolicy={"backoffLimit": 7, "suspend": True})  # fmt: skip
-    changes = immutable_changes(applied, wanted)
-    assert any(c.startswith("spec.trainer.nodes") for c in changes)
-    assert not any("runPolicy" in c for c in changes)
-    eff = effective_spec(applied, wanted)
-    assert eff.trainer.nodes == applied.trainer.nodes
-    assert eff.run_policy.backoff_limit == 7 and eff.run_policy.suspend is True
-    assert immutable_changes(applied, spec(runPolicy__activeDeadlineSeconds=5)) == []
-
-
-def test_pod_view_reads_phase_readiness_index_and_exit() -> None:
-    raw = {
-        "metadata": {"name": "p", "annotations": {"batch.kubernetes.io/job-completion-index": "3"}},
-        "status": {
-            "phase": "Running",
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "containerStatuses": [{"name": "vllm", "restartCount": 2,
-                                   "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
-                                   "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}],
-        },
-    }  # fmt: skip
-    v = PodView.of(raw)
-    assert (v.name, v.phase, v.ready, v.index, v.restarts) == ("p", "Running", True, 3, 2)
-    assert v.problem == "container vllm exited with code 137 (OOMKilled)"
-    assert v.waiting == "CrashLoopBackOff: back-off"

@@ -1,0 +1,234 @@
+"""Observe: what one job's decision looks at, read from the API and the trainer.
+
+Pure parsing (:class:`PodView`, :func:`owned_by`, :func:`children_of`, :func:`parse_body`)
+and the async reads built on it (:func:`read_children`, :func:`load_applied`,
+:func:`fetch_progress`). :class:`Observation` is the input of
+:func:`agpo_operator.decide.decide`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+import yaml
+
+from agpo_api import API_VERSION, KIND, AGPOJob, AGPOJobSpec, InvalidJobError, parse_job
+from agpo_api.layout import JOB_FILE_KEY
+from agpo_api.vocabulary import Reason
+from agpo_operator.builders.common import COMPLETION_INDEX, JOB_LABEL, Names
+from agpo_operator.kube import Kube, Obj
+
+
+class PodPhase(StrEnum):
+    """Kubernetes' ``pod.status.phase`` (not the AGPOJob's :class:`~agpo_api.vocabulary.Phase`)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class JobCondition(StrEnum):
+    """The batch/v1 Job condition types the decisions read."""
+
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+
+
+# Waiting reasons of a container that is merely starting (not worth reporting).
+_BENIGN_WAITING = {"ContainerCreating", "PodInitializing"}
+
+
+# --------------------------------------------------------------------------- pods
+@dataclass(frozen=True)
+class PodView:
+    """What the decisions need to know of one pod."""
+
+    name: str
+    phase: str
+    ready: bool = False
+    index: int | None = None
+    restarts: int = 0
+    deleting: bool = False
+    problem: str = ""
+    waiting: str = ""
+
+    @classmethod
+    def of(cls, pod: Mapping[str, Any]) -> PodView:
+        meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
+        raw_index = (meta.get("annotations") or {}).get(COMPLETION_INDEX) or (
+            meta.get("labels") or {}
+        ).get(COMPLETION_INDEX)
+        containers = status.get("containerStatuses") or []
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        return cls(
+            name=meta.get("name", ""),
+            phase=status.get("phase") or PodPhase.PENDING.value,
+            ready=ready,
+            index=int(str(raw_index)) if str(raw_index or "").isdigit() else None,
+            restarts=sum(int(c.get("restartCount") or 0) for c in containers),
+            deleting=bool(meta.get("deletionTimestamp")),
+            problem=_termination(containers) or status.get("reason") or "",
+            waiting=_waiting(status, containers),
+        )
+
+
+def _termination(containers: Iterable[Mapping[str, Any]]) -> str:
+    for c in containers:
+        for state in (c.get("state") or {}, c.get("lastState") or {}):
+            term = state.get("terminated")
+            if term and term.get("exitCode", 0) != 0:
+                reason = f" ({term['reason']})" if term.get("reason") else ""
+                return f"container {c.get('name', '?')} exited with code {term['exitCode']}{reason}"
+    return ""
+
+
+def _waiting(status: Mapping[str, Any], containers: Iterable[Mapping[str, Any]]) -> str:
+    for c in containers:
+        waiting = (c.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in _BENIGN_WAITING:
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".rstrip(": ")
+    return ""
+
+
+def rank0_running(trainer: Iterable[PodView]) -> bool:
+    """Rank 0 runs: its ``/status`` can be polled."""
+    return any(p.index == 0 and p.phase == PodPhase.RUNNING for p in trainer)
+
+
+# --------------------------------------------------------------------------- objects
+def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Whether ``obj``'s controller is the object with ``uid``."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return uid is not None and any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def job_condition(job: Mapping[str, Any] | None, ctype: JobCondition) -> Mapping[str, Any] | None:
+    """A batch/v1 Job's condition of ``ctype`` when it is True."""
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype and cond.get("status") == "True":
+            return cond  # type: ignore[no-any-return]
+    return None
+
+
+def deleting(obj: Mapping[str, Any] | None) -> bool:
+    return bool(obj and obj.get("metadata", {}).get("deletionTimestamp"))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything :func:`~agpo_operator.decide.decide` looks at, gathered by the job's loop."""
+
+    name: str
+    namespace: str
+    generation: int
+    now: dt.datetime
+    status: Mapping[str, Any]
+    spec: AGPOJobSpec | None
+    problems: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+    refused_reason: Reason = Reason.IMMUTABLE_FIELD
+    statefulset: Mapping[str, Any] | None = None
+    trainer_job: Mapping[str, Any] | None = None
+    rollout_pods: tuple[PodView, ...] = ()
+    trainer_pods: tuple[PodView, ...] = ()
+    progress: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Children:
+    """The job's workload objects and their pods (as :class:`PodView`)."""
+
+    statefulset: Obj | None = None
+    trainer_job: Obj | None = None
+    rollout_pods: tuple[PodView, ...] = ()
+    trainer_pods: tuple[PodView, ...] = ()
+
+
+def children_of(names: Names, stss: list[Obj], jobs: list[Obj], pods: list[Obj]) -> Children:
+    """This job's StatefulSet and trainer Job among the listed ones, and the pods each owns."""
+    sts = next((s for s in stss if s["metadata"]["name"] == names.rollout), None)
+    tj = next((j for j in jobs if j["metadata"]["name"] == names.trainer), None)
+    sts_uid = (sts or {}).get("metadata", {}).get("uid")
+    tj_uid = (tj or {}).get("metadata", {}).get("uid")
+    return Children(
+        statefulset=sts,
+        trainer_job=tj,
+        rollout_pods=tuple(PodView.of(p) for p in pods if owned_by(p, sts_uid)),
+        trainer_pods=tuple(PodView.of(p) for p in pods if owned_by(p, tj_uid)),
+    )
+
+
+def parse_body(
+    body: Mapping[str, Any], name: str, namespace: str
+) -> tuple[AGPOJob | None, tuple[str, ...]]:
+    """The job as the model reads it, or the model's problems with its spec."""
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body.get("spec") or {},
+    }
+    try:
+        return parse_job(doc), ()
+    except InvalidJobError as err:
+        return None, tuple(str(p) for p in err.problems)
+
+
+def parse_applied(cm: Mapping[str, Any] | None) -> AGPOJobSpec | None:
+    """The spec the children were built from, stored in the job's ConfigMap."""
+    if cm is None:
+        return None
+    try:
+        return parse_job(yaml.safe_load(cm["data"][JOB_FILE_KEY])).spec
+    except (InvalidJobError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
+# --------------------------------------------------------------------------- reads
+async def read_children(kube: Kube, names: Names) -> Children:
+    """Three LISTs by the job's label, every pass.
+
+    Not a ``@kopf.index``: an index is filled from watch events, so a pass right after the
+    operator created a child could miss it and create it again; the decisions are level-based
+    and need to read their own writes. An index would also need a StatefulSet watch (more
+    RBAC) and a kopf-side copy of every pod. The lists are filtered client-side as well (see
+    :meth:`Kube.list`).
+    """
+    select = {JOB_LABEL: names.job}
+    stss, jobs, pods = await asyncio.gather(
+        kube.list("apps/v1", "StatefulSet", names.namespace, select),
+        kube.list("batch/v1", "Job", names.namespace, select),
+        kube.list("v1", "Pod", names.namespace, select),
+    )
+    return children_of(names, stss, jobs, pods)
+
+
+async def load_applied(kube: Kube, names: Names) -> AGPOJobSpec | None:
+    cm = await kube.get("v1", "ConfigMap", names.namespace, names.spec_configmap)
+    return parse_applied(cm)
+
+
+async def fetch_progress(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    """Rank 0's JSON ``/status``; None when it does not answer (yet) or answers no object."""
+    try:
+        async with session.get(url) as response:
+            if response.status == 200:
+                data = await response.json(content_type=None)
+                if isinstance(data, dict):
+                    return data
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        pass  # the trainer may not serve yet
+    return None
