@@ -30,7 +30,6 @@ It is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -137,20 +136,9 @@ def offline_worker(config_path: Path, result_path: Path) -> None:
     )
 
 
-def _stop_group(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL, the child's process group (it runs in its own session)."""
-    from agpo_trainer.rollout.server import _wait_group_gone
-
-    pgid = proc.pid
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    _wait_group_gone(pgid, grace_s)
-
-
 def run_offline(cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    from agpo_trainer.rollout.server import stop_process_group
+
     config_path = tmp / "offline.json"
     result_path = tmp / "offline-result.json"
     log_path = tmp / "offline.log"
@@ -165,7 +153,7 @@ def run_offline(cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
     try:
         code = proc.wait(timeout=cfg["timeout_s"])
     finally:
-        _stop_group(proc)
+        stop_process_group(proc)
     if code != 0 or not result_path.exists():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"offline worker failed (exit {code}); log {log_path}:\n{tail}")

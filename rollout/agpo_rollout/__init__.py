@@ -9,6 +9,11 @@ through the `vllm.general_plugins` entry point declared in pyproject.toml:
 so a server started with `--weight-transfer-config '{"backend": "gloo"}'` finds the
 backend wherever the engine is built. Importing this package is cheap (no torch, no vLLM);
 the engines are registered by module path and imported only when selected.
+
+Modules: `wire` (bucket format and update_info schema) and `gloo` (process groups), both
+torch only and shared with the trainer side; `engine` (the vLLM worker engine); `auth` (the
+token middleware). Only the worker side is registered: the trainer drives servers with
+`agpo_trainer.rollout.weight_sync.WeightSyncer`, not through vLLM's trainer factory.
 """
 
 from __future__ import annotations
@@ -18,14 +23,10 @@ import threading
 
 logger = logging.getLogger(__name__)
 
-# name -> (module, worker-side engine class, trainer-side engine class). A new backend
-# (e.g. a shared-volume `file` backend) is one more entry here.
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "gloo": (
-        "agpo_rollout.gloo_engine",
-        "GlooWeightTransferEngine",
-        "GlooTrainerWeightTransferEngine",
-    ),
+# name -> (module, worker-side engine class). A new backend (e.g. a shared-volume `file`
+# backend) is one more entry here.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "gloo": ("agpo_rollout.engine", "GlooWeightTransferEngine"),
 }
 
 _lock = threading.Lock()
@@ -33,10 +34,10 @@ _registered = False
 
 
 def register() -> None:
-    """Register our backends on vLLM's worker and trainer factories. Idempotent.
+    """Register our backends on vLLM's worker-side engine factory. Idempotent.
 
     vLLM warns that general plugins may run several times per process, and the
-    factories raise on a duplicate name, so we guard twice: a process-wide flag, and a
+    factory raises on a duplicate name, so we guard twice: a process-wide flag, and a
     check of the registry in case another copy of this module (or a user) registered
     the name already.
     """
@@ -46,11 +47,8 @@ def register() -> None:
             return
         from vllm.distributed.weight_transfer import factory
 
-        trainer_factory = getattr(factory, "WeightTransferTrainerFactory", None)
-        for name, (module, worker_cls, trainer_cls) in BACKENDS.items():
+        for name, (module, worker_cls) in BACKENDS.items():
             _register_one(factory.WeightTransferEngineFactory, name, module, worker_cls)
-            if trainer_factory is not None:
-                _register_one(trainer_factory, name, module, trainer_cls)
         _registered = True
 
 

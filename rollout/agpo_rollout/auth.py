@@ -30,12 +30,15 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agpo_api.env import AUTH_DISABLED as DISABLED
+from agpo_api.env import EnvVar
+
 logger = logging.getLogger(__name__)
 
-TOKEN_ENV = "AGPO_ROLLOUT_TOKEN"
-MODE_ENV = "AGPO_ROLLOUT_AUTH"
-ALLOW_METRICS_ENV = "AGPO_AUTH_ALLOW_METRICS"
-DISABLED = "disabled"
+# The names live in the contract: the operator writes them into rollout pods.
+TOKEN_ENV = EnvVar.ROLLOUT_TOKEN.value
+MODE_ENV = EnvVar.ROLLOUT_AUTH.value
+ALLOW_METRICS_ENV = EnvVar.AUTH_ALLOW_METRICS.value
 
 ALWAYS_OPEN_PATHS = frozenset({"/health"})
 METRICS_PATH = "/metrics"
@@ -138,11 +141,6 @@ class TokenAuthMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def check_env(env: Mapping[str, str] | None = None) -> AuthConfig:
-    """Validate the auth environment before starting a server (raises AuthConfigError)."""
-    return AuthConfig.from_env(env)
-
-
 __all__ = [
     "ALLOW_METRICS_ENV",
     "MODE_ENV",
@@ -150,5 +148,4 @@ __all__ = [
     "AuthConfig",
     "AuthConfigError",
     "TokenAuthMiddleware",
-    "check_env",
 ]

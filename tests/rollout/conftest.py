@@ -3,6 +3,10 @@
 Two servers (replicas "a" and "b") start once per session, concurrently, because a vLLM
 start costs ~40-50 s here. Replica b is the one tests may kill; `Cluster.replica_b()`
 restarts it if an earlier test did, so test order never matters.
+
+Nothing here imports torch at import time: the pure tests (test_http, test_client,
+test_auth, test_server) run where torch is not installed; the fixtures that need torch or
+transformers skip without them.
 """
 
 from __future__ import annotations
@@ -12,14 +16,12 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="the rollout tests need torch")
-transformers = pytest.importorskip("transformers", reason="the rollout tests need transformers")
-
-from agpo_trainer.models import build_tiny_model  # noqa: E402
+if TYPE_CHECKING:
+    import torch
 
 SERVER_START_TIMEOUT_S = 300.0
 REPLICAS = ("a", "b")
@@ -42,6 +44,10 @@ def measurements() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch", reason="the rollout tests need torch")
+    pytest.importorskip("transformers", reason="the rollout tests need transformers")
+    from agpo_trainer.models import build_tiny_model
+
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
@@ -133,6 +139,9 @@ class Cluster:
 
 
 def load_reference(model_dir: Path) -> torch.nn.Module:
+    import torch
+    import transformers
+
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return model.eval()
 

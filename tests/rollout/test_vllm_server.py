@@ -1,16 +1,15 @@
 """Rollout side against real vLLM servers (CPU): generation, weight sync, auth, failures.
 
 The e2e tests share two session-scoped servers (see conftest.py). Reference values come
-from transformers running the same weights the server is known to serve.
+from transformers running the same weights the server is known to serve. The tests
+without a server are in test_http, test_client, test_auth, test_server (no torch) and
+test_weight_sync.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +19,16 @@ import requests
 torch = pytest.importorskip("torch", reason="needs torch")
 transformers = pytest.importorskip("transformers", reason="needs transformers")
 
-from agpo_rollout.auth import (  # noqa: E402
-    AuthConfig,
-    AuthConfigError,
-    TokenAuthMiddleware,
-)
-from agpo_rollout.gloo_common import (  # noqa: E402
-    pack_weights,
-    plan_buckets,
-    unpack_bucket,
-)
 from agpo_trainer.rollout.client import (  # noqa: E402
     Completion,
     RolloutClient,
     RolloutError,
-    build_completion_request,
 )
-from agpo_trainer.rollout.server import (  # noqa: E402
-    VLLMServer,
-    build_server_command,
-    build_server_env,
-    free_port,
-    process_group_members,
-)
+from agpo_trainer.rollout.server import VLLMServer, process_group_members  # noqa: E402
 from agpo_trainer.rollout.weight_sync import (  # noqa: E402
-    HTTPWeightSyncClient,
-    WeightSyncer,
+    GlooTransport,
+    Server,
+    ServerCalls,
     WeightSyncError,
 )
 
@@ -101,159 +84,6 @@ def max_logprob_error(
         ref = reference_logprobs(model, c.prompt_token_ids, c.token_ids, temperature)
         worst = max(worst, float((ref - torch.tensor(c.logprobs)).abs().max()))
     return worst
-
-
-# --- fast tests: pure builders and pieces (no server) -------------------------------
-
-
-def test_build_server_command_is_pure_and_has_the_rl_flags() -> None:
-    kwargs: dict[str, Any] = {"port": 8001, "dtype": "float32", "enforce_eager": True}
-    cmd = build_server_command("/models/m", **kwargs)
-    assert cmd == build_server_command("/models/m", **kwargs)
-    assert cmd[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
-    flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
-    assert flags["--model"] == "/models/m" and flags["--port"] == "8001"
-    assert json.loads(cmd[cmd.index("--weight-transfer-config") + 1]) == {"backend": "gloo"}
-    assert cmd[cmd.index("--middleware") + 1] == "agpo_rollout.auth.TokenAuthMiddleware"
-    assert "--enforce-eager" in cmd
-    env = build_server_env(token="t0k")
-    assert env["VLLM_SERVER_DEV_MODE"] == "1" and env["AGPO_ROLLOUT_TOKEN"] == "t0k"
-    assert "AGPO_ROLLOUT_AUTH" not in env
-    assert build_server_env(token=None)["AGPO_ROLLOUT_AUTH"] == "disabled"
-
-
-def test_completion_request_asks_for_token_ids_and_sampled_logprobs() -> None:
-    body = build_completion_request(
-        [1, 2, 3], n=4, max_tokens=8, temperature=0.7, top_p=0.9, seed=11
-    )
-    assert body["prompt"] == [1, 2, 3] and body["n"] == 4 and body["seed"] == 11
-    assert body["logprobs"] == 0 and body["return_token_ids"] is True
-
-
-def test_pack_unpack_round_trip_across_dtypes_and_buckets() -> None:
-    gen = torch.Generator().manual_seed(0)
-    named = [
-        ("module.a.weight", torch.randn(3, 4, generator=gen)),
-        ("b.bias", torch.randn(5, generator=gen).to(torch.bfloat16)),
-        ("_orig_mod.c.weight", torch.randn(2, 2, 2, generator=gen)),
-        ("d", torch.randn(7, generator=gen).to(torch.bfloat16)),
-    ]
-    packed = pack_weights(named, max_bucket_bytes=40)
-    # float32 first (first seen), each bucket <= 40 bytes unless one tensor is bigger
-    assert [b.dtype for b in packed.buckets] == ["float32", "float32", "bfloat16"]
-    got = {
-        n: t.clone()
-        for b, buf in zip(packed.buckets, packed.buffers, strict=True)
-        for n, t in unpack_bucket(buf, b)
-    }
-    assert set(got) == {"a.weight", "b.bias", "c.weight", "d"}  # wrapper prefixes dropped
-    for name, tensor in named:
-        short = name.removeprefix("module.").removeprefix("_orig_mod.")
-        assert got[short].dtype == tensor.dtype and torch.equal(got[short], tensor)
-    assert plan_buckets([("x", torch.float32, [10])], 1)[0].names == ["x"]
-
-
-def test_plugin_entry_point_registers_gloo_on_both_factories_idempotently() -> None:
-    pytest.importorskip("vllm", reason="needs vllm")
-    from importlib.metadata import entry_points
-
-    from vllm.distributed.weight_transfer.factory import (
-        WeightTransferEngineFactory,
-        WeightTransferTrainerFactory,
-    )
-
-    import agpo_rollout as plugin
-    from agpo_rollout.gloo_engine import (
-        GlooTrainerWeightTransferEngine,
-        GlooWeightTransferEngine,
-    )
-
-    values = [ep.value for ep in entry_points(group="vllm.general_plugins")]
-    assert "agpo_rollout:register" in values  # pip install -e . done?
-    plugin.register()
-    plugin.register()
-    plugin._registered = False  # as if a second copy of the plugin loaded
-    plugin.register()
-    assert WeightTransferEngineFactory._registry["gloo"]() is GlooWeightTransferEngine
-    assert WeightTransferTrainerFactory._registry["gloo"]() is GlooTrainerWeightTransferEngine
-
-
-def _asgi_status(middleware: TokenAuthMiddleware, path: str, headers: list[Any]) -> int:
-    import asyncio
-
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
-    asyncio.run(middleware(scope, receive, send))
-    return int(sent[0]["status"])
-
-
-def test_auth_middleware_refuses_to_start_without_token_inside_vllm_app() -> None:
-    """The real vLLM wiring (`--middleware`) instantiates our class; with no token and no
-    explicit opt-out that raises, so the server does not start."""
-    pytest.importorskip("vllm", reason="needs vllm")
-    from fastapi import FastAPI
-    from vllm.entrypoints.serve.middleware.register import init_entrypoints_middleware
-
-    args = Namespace(
-        allowed_origins=["*"],
-        allow_credentials=False,
-        allowed_methods=["*"],
-        allowed_headers=["*"],
-        api_key=None,
-        enable_request_id_headers=False,
-        middleware=["agpo_rollout.auth.TokenAuthMiddleware"],
-    )
-    saved = {k: os.environ.pop(k, None) for k in ("AGPO_ROLLOUT_TOKEN", "AGPO_ROLLOUT_AUTH")}
-    try:
-        app = FastAPI()
-        init_entrypoints_middleware(args, app, ())
-        with pytest.raises(AuthConfigError, match="AGPO_ROLLOUT_TOKEN"):
-            app.build_middleware_stack()
-    finally:
-        os.environ.update({k: v for k, v in saved.items() if v is not None})
-
-    async def ok(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    opened = TokenAuthMiddleware(ok, AuthConfig.from_env({"AGPO_ROLLOUT_AUTH": "disabled"}))
-    assert _asgi_status(opened, "/update_weights", []) == 200
-    env = {"AGPO_ROLLOUT_TOKEN": "s3cret", "AGPO_AUTH_ALLOW_METRICS": "1"}
-    guarded = TokenAuthMiddleware(ok, AuthConfig.from_env(env))
-    assert _asgi_status(guarded, "/metrics", []) == 200
-    assert _asgi_status(guarded, "/health/../update_weights", []) == 401
-    assert _asgi_status(guarded, "/pause", [(b"authorization", b"Bearer s3cre")]) == 401
-    assert _asgi_status(guarded, "/pause", [(b"authorization", b"bearer s3cret")]) == 200
-    with pytest.raises(AuthConfigError, match="must be 'token' or 'disabled'"):
-        AuthConfig.from_env({"AGPO_ROLLOUT_AUTH": "off"})
-
-
-def test_client_unreachable_server_fails_within_timeout() -> None:
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    client = RolloutClient([url], timeout_s=2.0)
-    start = time.monotonic()
-    with pytest.raises(RolloutError) as info:
-        client.generate([[1, 2, 3]], n=2, max_tokens=4)
-    elapsed = time.monotonic() - start
-    assert 1.0 < elapsed < 5.0  # retried with backoff, then gave up on time
-    message = str(info.value)
-    assert url in message and "\n" not in message and "Connection refused" in message
-
-
-def test_weight_syncer_init_fails_fast_on_dead_server() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    syncer = WeightSyncer([url], master_address="127.0.0.1", master_port=0, ready_timeout_s=2)
-    start = time.monotonic()
-    with pytest.raises(WeightSyncError, match=url):
-        syncer.init()
-    assert time.monotonic() - start < 5.0
 
 
 # --- e2e: real vLLM servers -----------------------------------------------------------
@@ -394,12 +224,9 @@ def _completions_served(url: str, token: str) -> float:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_vllm_trainer_factory_api_drives_the_gloo_backend(cluster: Cluster) -> None:
-    """vLLM's own trainer-side API (`WeightTransferTrainerFactory`) finds our backend."""
-    from vllm.distributed.weight_transfer import ModuleSource, WeightTransferTrainerFactory
-
-    from agpo_rollout.gloo_engine import GlooTrainerInitInfo
-
+def test_the_gloo_transport_alone_drives_the_plugin_engine_in_the_server(cluster: Cluster) -> None:
+    """The trainer-side transport, without the orchestrator, against the plugin's worker
+    engine (loaded in the server's worker process via the entry point): the push is served."""
     server = cluster.replica_a()
     # The plugin was loaded inside the server's worker process, via the entry point.
     assert "Creating weight transfer engine: GlooWeightTransferEngine" in (
@@ -407,25 +234,18 @@ def test_vllm_trainer_factory_api_drives_the_gloo_backend(cluster: Cluster) -> N
     )
     cluster.drop_syncer()  # this test re-initialises replica a's group itself
     model = perturbed(cluster.reference(), seed=20)
-    init_info = GlooTrainerInitInfo(
-        master_address="127.0.0.1",
-        master_port=0,
-        world_size=2,
-        group_name="factory-test",
-        rank=0,
-    )
-    engine = WeightTransferTrainerFactory.trainer_init(
-        init_info,
-        client=HTTPWeightSyncClient(server.url, cluster.token),
-        source=ModuleSource(model),
-    )
+    calls = ServerCalls(cluster.token, 60.0, prefix="weight sync (gloo)")
+    transport = GlooTransport(calls, master_address="127.0.0.1", master_port=0, timeout_s=60)
+    target = Server(server.url, index=0, workers=1)
+    transport.listen()
+    transport.init(target, "transport-test")
     good = {"Authorization": f"Bearer {cluster.token}"}
     try:
         requests.post(f"{server.url}/pause", headers=good, timeout=30).raise_for_status()
-        engine.send_weights(weight_version="20")
+        transport.send(target, transport.prepare(model), "20")
         requests.post(f"{server.url}/resume", headers=good, timeout=30).raise_for_status()
     finally:
-        engine.shutdown()
+        transport.close()
     cluster.served[server.url] = model
     info = requests.get(f"{server.url}/weight_info", headers=good, timeout=10).json()
     assert info == {"weight_version": "20"}

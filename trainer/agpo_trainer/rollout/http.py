@@ -3,6 +3,11 @@
 Deadlines, not attempt counts, bound every call: a caller states how long it may wait in
 total, and retries (only for transient failures: connection refused/reset, 502/503/504)
 back off exponentially inside that budget. Errors are one line and name the URL.
+
+Retries are tenacity's (`stop_before_delay` + `wait_exponential`), not urllib3's `Retry`:
+urllib3 counts attempts and has no total-time budget, its final error is a nested
+`MaxRetryError` to untangle, and it would retry inside the session, out of sight of the
+per-attempt timeout that shrinks with the remaining deadline here.
 """
 
 from __future__ import annotations
@@ -15,6 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential,
+)
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -40,8 +55,13 @@ class RetryPolicy:
     max_delay_s: float = 4.0
     retry: bool = True
 
-    def delay(self, attempt: int) -> float:
-        return float(min(self.max_delay_s, self.base_delay_s * (2**attempt)))
+    def stop(self, timeout_s: float) -> stop_base:
+        # stop_before_delay, not stop_after_delay: never sleep past the deadline only to
+        # make an attempt with no time left.
+        return stop_before_delay(timeout_s) if self.retry else stop_after_attempt(1)
+
+    def wait(self) -> wait_base:
+        return wait_exponential(multiplier=self.base_delay_s, max=self.max_delay_s)
 
 
 NO_RETRY = RetryPolicy(retry=False)
@@ -77,6 +97,53 @@ def _connection_reason(exc: requests.ConnectionError) -> str:
     return f"connection failed: {_short(text, 160)}"
 
 
+class _Transient(Exception):
+    """A failure worth another attempt; `reason` ends the final error message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _attempt(
+    method: str,
+    url: str,
+    *,
+    token: str | None,
+    json: Any,
+    params: Mapping[str, Any] | None,
+    deadline: float,
+    connect_timeout_s: float,
+    started: float,
+    timeout_s: float,
+) -> requests.Response:
+    """One request with what is left of the deadline; raises `_Transient` to retry."""
+    remaining = deadline - time.monotonic()
+    try:
+        response = _session().request(
+            method,
+            url,
+            json=json,
+            params=params,
+            headers=auth_headers(token),
+            timeout=(min(connect_timeout_s, max(remaining, 0.1)), max(remaining, 0.1)),
+        )
+    except requests.ConnectionError as exc:  # ConnectTimeout included: retried too
+        raise _Transient(_connection_reason(exc)) from None
+    except requests.Timeout:  # a read timeout: the server took the request, do not resend
+        raise HttpCallError(
+            f"{method} {url} timed out after {time.monotonic() - started:.1f}s "
+            f"(limit {timeout_s:.0f}s)",
+            url=url,
+        ) from None
+    if response.ok:
+        return response
+    reason = f"HTTP {response.status_code}: {_short(response.text)}"
+    if response.status_code in RETRY_STATUSES:
+        raise _Transient(reason)
+    raise HttpCallError(f"{method} {url} failed: {reason}", url=url, status=response.status_code)
+
+
 def call(
     method: str,
     url: str,
@@ -89,43 +156,30 @@ def call(
     connect_timeout_s: float = 5.0,
 ) -> requests.Response:
     """One HTTP call with a total deadline; returns the 2xx response or raises."""
-    deadline = time.monotonic() + timeout_s
-    attempt = 0
-    start = time.monotonic()
-    while True:
-        remaining = deadline - time.monotonic()
-        reason: str
-        try:
-            response = _session().request(
-                method,
-                url,
-                json=json,
-                params=params,
-                headers=auth_headers(token),
-                timeout=(min(connect_timeout_s, max(remaining, 0.1)), max(remaining, 0.1)),
-            )
-        except requests.ConnectionError as exc:
-            reason = _connection_reason(exc)
-        except requests.Timeout:
-            raise HttpCallError(
-                f"{method} {url} timed out after {time.monotonic() - start:.1f}s "
-                f"(limit {timeout_s:.0f}s)",
-                url=url,
-            ) from None
-        else:
-            if response.ok:
-                return response
-            reason = f"HTTP {response.status_code}: {_short(response.text)}"
-            if response.status_code not in RETRY_STATUSES:
-                raise HttpCallError(
-                    f"{method} {url} failed: {reason}", url=url, status=response.status_code
-                )
-        attempt += 1
-        delay = policy.delay(attempt - 1)
-        if not policy.retry or time.monotonic() + delay >= deadline:
-            raise HttpCallError(
-                f"{method} {url} failed after {attempt} attempt(s) in "
-                f"{time.monotonic() - start:.1f}s (limit {timeout_s:.0f}s): {reason}",
-                url=url,
-            )
-        time.sleep(delay)
+    started = time.monotonic()
+    retrying = Retrying(
+        retry=retry_if_exception_type(_Transient),
+        stop=policy.stop(timeout_s),
+        wait=policy.wait(),
+    )
+    try:
+        return retrying(
+            _attempt,
+            method,
+            url,
+            token=token,
+            json=json,
+            params=params,
+            deadline=started + timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            started=started,
+            timeout_s=timeout_s,
+        )
+    except RetryError as err:
+        last = err.last_attempt
+        reason = last.exception().reason  # type: ignore[union-attr]
+        raise HttpCallError(
+            f"{method} {url} failed after {last.attempt_number} attempt(s) in "
+            f"{time.monotonic() - started:.1f}s (limit {timeout_s:.0f}s): {reason}",
+            url=url,
+        ) from None

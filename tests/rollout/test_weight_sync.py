@@ -1,0 +1,221 @@
+"""Weight sync without vLLM servers: the wire format, the plugin's registration, the
+"HTTP while in the collective" step, and a whole push into a stand-in server that joins
+the gloo group like the plugin's worker engine does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="needs torch")
+
+from agpo_rollout.gloo import broadcast_buffer, join_gloo_group  # noqa: E402
+from agpo_rollout.wire import pack_weights, parse_buckets, plan_buckets, unpack_bucket  # noqa: E402
+from agpo_trainer.rollout.server import free_port  # noqa: E402
+from agpo_trainer.rollout.weight_sync import (  # noqa: E402
+    WeightSyncer,
+    WeightSyncError,
+    during_http,
+)
+
+
+def test_pack_unpack_round_trip_across_dtypes_and_buckets() -> None:
+    gen = torch.Generator().manual_seed(0)
+    named = [
+        ("module.a.weight", torch.randn(3, 4, generator=gen)),
+        ("b.bias", torch.randn(5, generator=gen).to(torch.bfloat16)),
+        ("_orig_mod.c.weight", torch.randn(2, 2, 2, generator=gen)),
+        ("d", torch.randn(7, generator=gen).to(torch.bfloat16)),
+    ]
+    packed = pack_weights(named, max_bucket_bytes=40)
+    # float32 first (first seen), each bucket <= 40 bytes unless one tensor is bigger
+    assert [b.dtype for b in packed.buckets] == ["float32", "float32", "bfloat16"]
+    got = {
+        n: t.clone()
+        for b, buf in zip(packed.buckets, packed.buffers, strict=True)
+        for n, t in unpack_bucket(buf, b)
+    }
+    assert set(got) == {"a.weight", "b.bias", "c.weight", "d"}  # wrapper prefixes dropped
+    for name, tensor in named:
+        short = name.removeprefix("module.").removeprefix("_orig_mod.")
+        assert got[short].dtype == tensor.dtype and torch.equal(got[short], tensor)
+    assert plan_buckets([("x", torch.float32, [10])], 1)[0].names == ["x"]
+
+
+def test_plugin_entry_point_registers_gloo_on_the_engine_factory_idempotently() -> None:
+    pytest.importorskip("vllm", reason="needs vllm")
+    from importlib.metadata import entry_points
+
+    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+    import agpo_rollout as plugin
+    from agpo_rollout.engine import GlooWeightTransferEngine
+
+    values = [ep.value for ep in entry_points(group="vllm.general_plugins")]
+    assert "agpo_rollout:register" in values  # pip install -e . done?
+    plugin.register()
+    plugin.register()
+    plugin._registered = False  # as if a second copy of the plugin loaded
+    plugin.register()
+    assert WeightTransferEngineFactory._registry["gloo"]() is GlooWeightTransferEngine
+
+
+def test_weight_syncer_init_fails_fast_on_dead_server() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    syncer = WeightSyncer([url], master_address="127.0.0.1", master_port=0, ready_timeout_s=2)
+    start = time.monotonic()
+    with pytest.raises(WeightSyncError, match=url):
+        syncer.init()
+    assert time.monotonic() - start < 5.0
+
+
+def test_during_http_prefers_the_http_error_and_returns_the_collective_result() -> None:
+    def fails(message: str) -> Any:
+        raise RuntimeError(message)
+
+    def late_failure() -> None:
+        time.sleep(5)
+
+    assert during_http(lambda: None, lambda: 7, timeout_s=5, failure=ValueError) == 7
+    http_done = threading.Event()
+
+    def collective_after_http() -> None:
+        http_done.wait(5)
+        time.sleep(0.05)  # let the future record its exception
+        fails("collective broke")
+
+    def http_fails() -> None:
+        http_done.set()
+        fails("server said why")
+
+    with pytest.raises(RuntimeError, match="server said why"):
+        during_http(http_fails, collective_after_http, timeout_s=5, failure=ValueError)
+    with pytest.raises(ValueError, match="collective broke"):
+        during_http(
+            late_failure, lambda: fails("collective broke"), timeout_s=5, failure=ValueError
+        )
+
+
+# --- a stand-in server: vLLM's RL endpoints over the plugin's wire format ---------------
+
+
+class FakeServer(ThreadingHTTPServer):
+    def __init__(self, *, fail_update: bool = False) -> None:
+        super().__init__(("127.0.0.1", 0), FakeHandler)
+        self.fail_update = fail_update
+        self.calls: list[str] = []
+        self.group: Any = None
+        self.timeout_s = 30.0
+        self.version: str | None = None
+        self.weights: dict[str, torch.Tensor] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FakeHandler(BaseHTTPRequestHandler):
+    server: FakeServer
+
+    def _answer(self, status: int = 200, body: Any = None) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.server.calls.append(f"GET {self.path}")
+        if self.path == "/get_world_size":
+            self._answer(body={"world_size": 1})
+        else:
+            self._answer(body={"weight_version": self.server.version})
+
+    def do_POST(self) -> None:
+        s = self.server
+        s.calls.append(f"POST {self.path}")
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else {}
+        if self.path == "/init_weight_transfer_engine":
+            info = body["init_info"]
+            s.timeout_s = info["timeout_s"]
+            s.group = join_gloo_group(
+                info["master_address"],
+                info["master_port"],
+                info["group_name"],
+                info["rank_offset"],
+                info["world_size"],
+                info["timeout_s"],
+            )
+        elif self.path == "/update_weights":
+            if s.fail_update:
+                return self._answer(400, {"error": "bad update_info"})
+            for bucket in parse_buckets(body["update_info"]["buckets"]):
+                buffer = torch.empty(bucket.nbytes, dtype=torch.uint8)
+                broadcast_buffer(s.group, buffer, timeout_s=s.timeout_s)
+                s.weights.update({n: t.clone() for n, t in unpack_bucket(buffer, bucket)})
+        elif self.path == "/finish_weight_update":
+            s.version = body["weight_version"]
+        self._answer()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(server: FakeServer) -> Iterator[FakeServer]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    yield from _serve(FakeServer())
+
+
+@pytest.fixture
+def refusing() -> Iterator[FakeServer]:
+    yield from _serve(FakeServer(fail_update=True))
+
+
+def test_a_push_runs_the_rl_round_trip_in_order_over_gloo(fake: FakeServer) -> None:
+    state = {"module.w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.bfloat16)}
+    with WeightSyncer([fake.url], master_address="127.0.0.1", master_port=0, timeout_s=30) as s:
+        s.init()
+        s.push(state, version=3)
+        assert s.weight_versions() == {fake.url: "3"}
+        assert s.last.bytes == 6 * 4 + 2 * 2
+    assert fake.calls == [
+        "GET /get_world_size",
+        "POST /init_weight_transfer_engine",
+        "POST /pause?mode=wait",
+        "POST /start_weight_update",
+        "POST /update_weights",
+        "POST /finish_weight_update",
+        "POST /resume",
+        "GET /weight_info",
+        "GET /weight_info",
+    ]
+    assert set(fake.weights) == {"w", "b"}
+    assert torch.equal(fake.weights["w"], state["module.w"])
+    assert torch.equal(fake.weights["b"], state["b"])
+
+
+def test_a_refused_update_surfaces_the_server_error(refusing: FakeServer) -> None:
+    syncer = WeightSyncer([refusing.url], master_address="127.0.0.1", master_port=0, timeout_s=3)
+    syncer.init()
+    with pytest.raises(WeightSyncError, match=r"update_weights failed: HTTP 400"):
+        syncer.push({"w": torch.zeros(4)}, version=1)
+    assert not syncer._initialized  # the group is in an unknown state: init again
+    syncer.close()
