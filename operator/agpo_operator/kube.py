@@ -4,6 +4,17 @@ The official ``kubernetes`` client does the HTTP (its in-cluster configuration r
 projected service-account tokens); we use it untyped -- plain dicts in, plain dicts out -- so
 the pure builders' output is sent as is. Its calls block, so they run in a bounded thread pool.
 Every verb used here must be granted in :mod:`agpo_operator.rbac`.
+
+Why a path table and not the client's typed APIs (``CoreV1Api``, ``AppsV1Api``,
+``BatchV1Api``, ``CustomObjectsApi``) or ``kubernetes.dynamic``: the typed APIs have one
+method per kind and verb (``create_namespaced_stateful_set``...), so the one generic
+create/get/list/patch/delete over eleven kinds would become a dispatch table of method names
+anyway, and they deserialise answers into model objects (plain dicts need
+``_preload_content=False`` and our own JSON parsing on every call); the CR and the PodMonitor
+would still go through ``CustomObjectsApi``. ``kubernetes.dynamic`` reads the server's
+discovery documents before the first call, which costs discovery requests (and their RBAC)
+at every login, and is itself a path table built at run time. One ``path()`` for every kind,
+with the merge-patch content type chosen here, stays smaller than either.
 """
 
 from __future__ import annotations
@@ -13,7 +24,6 @@ import json
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import kubernetes.client
@@ -22,30 +32,20 @@ import kubernetes.config
 Obj = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 
-
-@dataclass(frozen=True)
-class Kind:
-    """Where a kind lives in the API: plural name and whether it is namespaced."""
-
-    plural: str
-    namespaced: bool = True
-
-
-# (apiVersion, kind) -> location; every kind the operator reads or writes.
-KINDS: dict[tuple[str, str], Kind] = {
-    ("v1", "ConfigMap"): Kind("configmaps"),
-    ("v1", "Secret"): Kind("secrets"),
-    ("v1", "Service"): Kind("services"),
-    ("v1", "ServiceAccount"): Kind("serviceaccounts"),
-    ("v1", "Pod"): Kind("pods"),
-    ("v1", "Event"): Kind("events"),
-    ("apps/v1", "StatefulSet"): Kind("statefulsets"),
-    ("batch/v1", "Job"): Kind("jobs"),
-    ("networking.k8s.io/v1", "NetworkPolicy"): Kind("networkpolicies"),
-    ("monitoring.coreos.com/v1", "PodMonitor"): Kind("podmonitors"),
-    ("agpo.dev/v1alpha1", "AGPOJob"): Kind("agpojobs"),
+# (apiVersion, kind) -> plural; every kind the operator reads or writes (all namespaced).
+KINDS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Service"): "services",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
+    ("apps/v1", "StatefulSet"): "statefulsets",
+    ("batch/v1", "Job"): "jobs",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
+    ("agpo.dev/v1alpha1", "AGPOJob"): "agpojobs",
 }
 
 
@@ -65,12 +65,11 @@ def path(
     subresource: str | None = None,
 ) -> str:
     """The REST path of a collection or an object (``/api/v1/namespaces/ns/pods/name``)."""
-    info = KINDS[(api_version, kind)]
     root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     parts = [root]
-    if info.namespaced and namespace:
+    if namespace:
         parts.append(f"namespaces/{namespace}")
-    parts.append(info.plural)
+    parts.append(KINDS[(api_version, kind)])
     if name:
         parts.append(name)
     if subresource:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agpo_api import API_VERSION, KIND, AGPOJob
+from agpo_api.env import EnvVar
 from agpo_api.layout import (
     JOB_FILE_DIR,
     JOB_FILE_KEY,
@@ -158,12 +159,13 @@ def container_security_context() -> Obj:
     }
 
 
+# str(name): an EnvVar member becomes its plain value (the YAML dumper takes only plain str).
 def env_value(name: str, value: str | int) -> Obj:
-    return {"name": name, "value": str(value)}
+    return {"name": str(name), "value": str(value)}
 
 
 def env_secret(name: str, secret: str, key: str) -> Obj:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+    return {"name": str(name), "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
 def merge_env(ours: list[Obj], user: list[Obj], reserved: frozenset[str]) -> list[Obj]:
@@ -267,7 +269,7 @@ def model_volumes(job: AGPOJob) -> tuple[list[Obj], list[Obj]]:
 
 def hf_token_env(job: AGPOJob) -> list[Obj]:
     ref = job.spec.model.hf_token_secret_ref
-    return [env_secret("HF_TOKEN", ref.name, ref.key)] if ref is not None else []
+    return [env_secret(EnvVar.HF_TOKEN, ref.name, ref.key)] if ref is not None else []
 
 
 def image(spec_image: str | None, default: str) -> str:

@@ -5,6 +5,7 @@ Service), so the trainer can push weights to every replica by name
 from __future__ import annotations
 
 from agpo_api import AGPOJob
+from agpo_api.env import AUTH_ENV, EnvVar
 from agpo_api.layout import (
     JOB_FILE,
     ROLLOUT_PORT,
@@ -12,7 +13,7 @@ from agpo_api.layout import (
     TINY_MODEL_DIR,
     TOKEN_KEY,
 )
-from agpo_api.vllm_server import job_server_command
+from agpo_api.vllm_server import job_server_command, server_env
 from agpo_operator.builders.common import (
     BuildOptions,
     Names,
@@ -37,16 +38,11 @@ from agpo_operator.builders.common import (
     workload_labels,
 )
 
-# Variables a job's env cannot override (contract and security).
+# Variables a job's env cannot override: the contract with the image, and the token check
+# (AUTH_ENV: a job must not be able to switch it off). VLLM_CPU_KVCACHE_SPACE stays open.
 RESERVED_ENV = frozenset(
-    {
-        "VLLM_SERVER_DEV_MODE",
-        "AGPO_ROLLOUT_TOKEN",
-        "AGPO_ROLLOUT_AUTH",  # a job must not be able to switch the token check off
-        "AGPO_AUTH_ALLOW_METRICS",
-        "AGPO_JOB_FILE",
-        "HF_TOKEN",
-    }
+    {EnvVar.VLLM_DEV_MODE.value, EnvVar.JOB_FILE.value, EnvVar.HF_TOKEN.value}
+    | {name.value for name in AUTH_ENV}
 )
 
 
@@ -63,18 +59,25 @@ def vllm_command(job: AGPOJob) -> list[str]:
 
 
 def rollout_env(job: AGPOJob, n: Names) -> list[Obj]:
-    ours = [
-        env_value("VLLM_SERVER_DEV_MODE", 1),
-        env_secret("AGPO_ROLLOUT_TOKEN", n.token_secret, TOKEN_KEY),
-        env_value("AGPO_JOB_FILE", JOB_FILE),
-        *hf_token_env(job),
+    # The pod monitor reads vLLM's own /metrics (throughput, queue) without the token;
+    # read-only, and the NetworkPolicy admits only the monitoring namespace to it.
+    plain = [
+        env_value(name, value)
+        for name, value in server_env(
+            cpu=job.spec.rollout.gpus_per_replica == 0,
+            cpu_kvcache_gib=1,
+            allow_metrics_without_token=job.spec.metrics.pod_monitor,
+        ).items()
     ]
-    if job.spec.rollout.gpus_per_replica == 0:
-        ours.append(env_value("VLLM_CPU_KVCACHE_SPACE", 1))  # GiB of KV cache on CPU
-    if job.spec.metrics.pod_monitor:
-        # vLLM's own /metrics (throughput, queue) for the PodMonitor; read-only, and the
-        # NetworkPolicy admits only the monitoring namespace to it.
-        ours.append(env_value("AGPO_AUTH_ALLOW_METRICS", 1))
+    # VLLM_SERVER_DEV_MODE has always come first and the optional CPU/metrics variables
+    # last, with the token, job file and HF token between: kept so rendered pods do not change.
+    ours = [
+        *plain[:1],
+        env_secret(EnvVar.ROLLOUT_TOKEN, n.token_secret, TOKEN_KEY),
+        env_value(EnvVar.JOB_FILE, JOB_FILE),
+        *hf_token_env(job),
+        *plain[1:],
+    ]
     user = [e.to_dict() for e in job.spec.rollout.env]
     return merge_env(ours, user, RESERVED_ENV)
 

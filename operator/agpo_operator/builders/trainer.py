@@ -9,7 +9,10 @@ resumes from its newest checkpoint), counted in ``status.restarts``.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from agpo_api import AGPOJob
+from agpo_api.env import EnvVar, TrainerSettings
 from agpo_api.layout import (
     CHECKPOINTS_DIR,
     DATA_DIR,
@@ -44,15 +47,29 @@ from agpo_operator.builders.common import (
     workload_labels,
 )
 
+# The TrainerSettings the operator sets (the others, e.g. AGPO_CRASH_AFTER_STEP or
+# AGPO_MICRO_BATCH_SIZE, are left to the job's env).
+OPERATOR_SETTINGS = (
+    "rollout_urls", "rollout_token", "checkpoint_dir", "weight_sync_host", "weight_sync_port",
+    "metrics_port", "model_path", "dataset_path",
+)  # fmt: skip
+# torchrun's rendezvous, Kubeflow PyTorchJob style (RANK and PET_NODE_RANK: the pod's index).
+TORCHRUN_ENV = (
+    EnvVar.MASTER_ADDR, EnvVar.MASTER_PORT, EnvVar.WORLD_SIZE, EnvVar.RANK,
+    EnvVar.PET_NNODES, EnvVar.PET_NPROC_PER_NODE, EnvVar.PET_NODE_RANK, EnvVar.PET_MASTER_ADDR,
+    EnvVar.PET_MASTER_PORT,
+)  # fmt: skip
+# Variables a job's env cannot override: everything the operator sets but PYTHONUNBUFFERED.
 RESERVED_ENV = frozenset(
     {
-        "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK",
-        "PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
-        "AGPO_JOB_FILE", "AGPO_ROLLOUT_URLS", "AGPO_ROLLOUT_TOKEN", "AGPO_CHECKPOINT_DIR",
-        "AGPO_WEIGHT_SYNC_HOST", "AGPO_WEIGHT_SYNC_PORT", "AGPO_METRICS_PORT",
-        "AGPO_MODEL_PATH", "AGPO_DATASET_PATH", "HF_TOKEN",
+        *(name.value for name in TORCHRUN_ENV),
+        EnvVar.JOB_FILE.value,
+        *(f.metadata["env"].value for f in fields(TrainerSettings) if f.name in OPERATOR_SETTINGS),
+        EnvVar.HF_TOKEN.value,
     }
-)  # fmt: skip
+)
+# Stands for the token in TrainerSettings: pods read it from the job's Secret.
+_FROM_SECRET = "<from the Secret>"
 
 TORCHRUN = [
     "torchrun",
@@ -80,39 +97,57 @@ def dataset_path(job: AGPOJob) -> str | None:
     return f"{DATA_DIR}/{(file.sub_path or '').strip('/')}"
 
 
-def rollout_urls(job: AGPOJob, n: Names) -> str:
-    return ",".join(n.rollout_url(i) for i in range(job.spec.rollout.replicas))
+def torchrun_env(job: AGPOJob, n: Names) -> list[Obj]:
+    trainer = job.spec.trainer
+    node_rank = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}
+    return [
+        env_value(EnvVar.MASTER_ADDR, n.master_host),
+        env_value(EnvVar.MASTER_PORT, RENDEZVOUS_PORT),
+        env_value(EnvVar.WORLD_SIZE, trainer.nodes * trainer.procs_per_node),
+        {"name": EnvVar.RANK.value, "valueFrom": node_rank},
+        env_value(EnvVar.PET_NNODES, trainer.nodes),
+        env_value(EnvVar.PET_NPROC_PER_NODE, trainer.procs_per_node),
+        {"name": EnvVar.PET_NODE_RANK.value, "valueFrom": node_rank},
+        env_value(EnvVar.PET_MASTER_ADDR, n.master_host),
+        env_value(EnvVar.PET_MASTER_PORT, RENDEZVOUS_PORT),
+    ]
+
+
+def trainer_settings(job: AGPOJob, n: Names) -> TrainerSettings:
+    """What the operator tells every trainer pod (the token only as a placeholder)."""
+    custom_model = job.spec.model.name != TINY_MODEL or job.spec.model.source is not None
+    return TrainerSettings(
+        rollout_urls=tuple(n.rollout_url(i) for i in range(job.spec.rollout.replicas)),
+        rollout_token=_FROM_SECRET,
+        checkpoint_dir=checkpoint_dir(job, n),
+        weight_sync_host=f"{n.master_host}.{n.namespace}.svc",
+        weight_sync_port=job.spec.rollout.weight_sync.port,
+        metrics_port=job.spec.metrics.port,
+        model_path=model_path(job) if custom_model else None,
+        dataset_path=dataset_path(job),
+    )
 
 
 def trainer_env(job: AGPOJob, n: Names) -> list[Obj]:
-    trainer = job.spec.trainer
-    node_rank = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}
-    ours: list[Obj] = [
-        env_value("MASTER_ADDR", n.master_host),
-        env_value("MASTER_PORT", RENDEZVOUS_PORT),
-        env_value("WORLD_SIZE", trainer.nodes * trainer.procs_per_node),
-        {"name": "RANK", "valueFrom": node_rank},
-        env_value("PET_NNODES", trainer.nodes),
-        env_value("PET_NPROC_PER_NODE", trainer.procs_per_node),
-        {"name": "PET_NODE_RANK", "valueFrom": node_rank},
-        env_value("PET_MASTER_ADDR", n.master_host),
-        env_value("PET_MASTER_PORT", RENDEZVOUS_PORT),
-        env_value("PYTHONUNBUFFERED", 1),
-        env_value("AGPO_JOB_FILE", JOB_FILE),
-        env_value("AGPO_ROLLOUT_URLS", rollout_urls(job, n)),
-        env_secret("AGPO_ROLLOUT_TOKEN", n.token_secret, TOKEN_KEY),
-        env_value("AGPO_CHECKPOINT_DIR", checkpoint_dir(job, n)),
-        env_value("AGPO_WEIGHT_SYNC_HOST", f"{n.master_host}.{n.namespace}.svc"),
-        env_value("AGPO_WEIGHT_SYNC_PORT", job.spec.rollout.weight_sync.port),
-        env_value("AGPO_METRICS_PORT", job.spec.metrics.port),
-        *hf_token_env(job),
+    token = env_secret(EnvVar.ROLLOUT_TOKEN, n.token_secret, TOKEN_KEY)
+    settings = [
+        token if name == EnvVar.ROLLOUT_TOKEN else env_value(name, value)
+        for name, value in trainer_settings(job, n).to_env().items()
     ]
-    if job.spec.model.name != TINY_MODEL or job.spec.model.source is not None:
-        ours.append(env_value("AGPO_MODEL_PATH", model_path(job)))
-    data = dataset_path(job)
-    if data is not None:
-        ours.append(env_value("AGPO_DATASET_PATH", data))
-    return merge_env(ours, [e.to_dict() for e in trainer.env], RESERVED_ENV)
+    # HF_TOKEN has always come right after AGPO_METRICS_PORT (before the optional model and
+    # dataset paths); it stays there so that rendered pods do not change.
+    split = next(
+        (i for i, e in enumerate(settings) if e["name"] == EnvVar.METRICS_PORT), len(settings) - 1
+    )
+    ours: list[Obj] = [
+        *torchrun_env(job, n),
+        env_value("PYTHONUNBUFFERED", 1),
+        env_value(EnvVar.JOB_FILE, JOB_FILE),
+        *settings[: split + 1],
+        *hf_token_env(job),
+        *settings[split + 1 :],
+    ]
+    return merge_env(ours, [e.to_dict() for e in job.spec.trainer.env], RESERVED_ENV)
 
 
 def _volumes(job: AGPOJob) -> tuple[list[Obj], list[Obj]]:
