@@ -47,7 +47,7 @@ lint-setup: $(LINT_VENV)/.installed
 $(LINT_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(LINT_VENV)
 	$(LINT)/pip install -q --upgrade pip
-	$(LINT)/pip install -q -e '.[lint]'
+	$(LINT)/pip install -q -e '.[lint,operator]'
 	touch $@
 
 # mypy --strict covers the pure modules (pyproject.toml [tool.mypy] lists them).
