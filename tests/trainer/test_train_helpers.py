@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from agpo_api.models import AGPOJobSpec
-from agpo_trainer.train import Batch, lr_lambda, pad, select_groups
+from agpo_trainer.experience import Batch, select_groups
+from agpo_trainer.policy import pad
+from agpo_trainer.schedule import lr_lambda
 
 
 def test_select_groups_prefers_groups_with_variance_and_keeps_draw_order() -> None:

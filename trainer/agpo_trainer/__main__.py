@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+from agpo_api.env import EnvVar
+
 EXIT_FAILED = 1
 
 
@@ -26,10 +28,10 @@ def _init_distributed() -> None:
     import torch
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if int(os.environ.get(EnvVar.WORLD_SIZE, "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(int(os.environ.get(EnvVar.LOCAL_RANK, "0")))
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
 
 
@@ -40,7 +42,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from agpo_trainer.rewards.base import RewardFunctionError
     from agpo_trainer.rollout.client import RolloutError
     from agpo_trainer.rollout.http import HttpCallError
-    from agpo_trainer.train import ConfigError
+    from agpo_trainer.runtime import ConfigError
 
     found: list[type[BaseException]] = [
         InvalidJobError,
@@ -61,9 +63,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agpo-train", description=__doc__.splitlines()[0])
-    parser.add_argument("--job", default=os.environ.get("AGPO_JOB_FILE"), help="AGPOJob YAML")
+    parser.add_argument("--job", default=os.environ.get(EnvVar.JOB_FILE), help="AGPOJob YAML")
     args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = int(os.environ.get(EnvVar.RANK, "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
@@ -74,13 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     known = _known_errors()
     try:
         from agpo_api import load_job
-        from agpo_trainer.train import Runtime, Trainer
+        from agpo_trainer.runtime import Runtime
+        from agpo_trainer.train import train
 
         job = load_job(args.job)
         _init_distributed()
-        trainer = Trainer(job, Runtime.from_env(job))
-        trainer.setup()
-        trainer.run()
+        train(job, Runtime.from_env(job))
     except known as err:
         print(f"agpo-train: error (rank {rank}): {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED

@@ -8,14 +8,23 @@ steps since the newest one. The newest ``keep`` are kept.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from agpo_trainer.distributed import barrier
+
+if TYPE_CHECKING:
+    from agpo_trainer.data import PromptSampler
+    from agpo_trainer.policy import Policy
+
+log = logging.getLogger("agpo_trainer")
 
 _NAME = re.compile(r"^step-(\d{6,})$")
 STATE_FILE = "trainer_state.pt"
@@ -91,3 +100,53 @@ def load_state(path: Path) -> tuple[CheckpointMeta, dict[str, Any]]:
     meta = CheckpointMeta(**json.loads((path / META_FILE).read_text()))
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     return meta, state
+
+
+# --------------------------------------------------------------------------- the trainer's state
+def save_training_state(
+    policy: Policy, sampler: PromptSampler, meta: CheckpointMeta, root: Path, keep: int
+) -> None:
+    """Checkpoint everything a resume needs. Every rank calls it (FSDP gathers collectively);
+    rank 0 writes."""
+    full = policy.gather_weights()
+    optimizer = policy.optimizer_state()
+    if policy.rt.is_main:
+        state = {
+            "optimizer": optimizer,
+            "scheduler": policy.scheduler.state_dict(),
+            "sampler": sampler.state_dict(),
+            "rng": rng_state(),
+        }
+        path = save_checkpoint(
+            root,
+            meta=meta,
+            model=policy.module,
+            weights=full,
+            tokenizer=policy.tokenizer,
+            state=state,
+            keep=keep,
+        )
+        log.info("checkpoint %s", path)
+    barrier()
+
+
+def resume_training_state(
+    policy: Policy, sampler: PromptSampler, root: Path
+) -> CheckpointMeta | None:
+    """Load the newest checkpoint under ``root`` into ``policy`` and ``sampler`` (and the RNGs);
+    its metadata (step, policy version), or None when there is none."""
+    ckpt = latest_checkpoint(root)
+    if ckpt is None:
+        return None
+    from safetensors.torch import load_file
+
+    meta, state = load_state(ckpt)
+    weights = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    policy.load_full_state(weights, state["optimizer"])
+    policy.scheduler.load_state_dict(state["scheduler"])
+    sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    log.info("resumed from %s at step %d (policy version %d)", ckpt, meta.step, meta.policy_version)
+    return meta

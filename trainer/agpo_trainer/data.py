@@ -9,13 +9,13 @@ reproducible order whose cursor is saved in checkpoints.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agpo_api.layout import DATA_DIR
 from agpo_api.models import BuiltinSource, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def arithmetic_rows(size: int, seed: int, operands: int = 2) -> list[dict[str, s
     right, so RL has a signal from the first step; more operands make it multi-step.
     """
     rng = random.Random(seed)
-    rows = []
+    rows: list[dict[str, str]] = []
     while len(rows) < size:
         nums = [rng.randint(0, 9) for _ in range(operands)]
         ops = [rng.choice("+-") for _ in range(operands - 1)]
@@ -59,7 +59,9 @@ BUILTIN_TASKS: dict[str, Callable[[BuiltinSource], list[dict[str, str]]]] = {
 
 
 # --------------------------------------------------------------------------- loading
-def _load_rows(spec: DatasetSpec, base_dir: Path | None) -> tuple[list[dict[str, Any]], str, int]:
+def _load_rows(
+    spec: DatasetSpec, base_dir: Path | None, dataset_path: str | None
+) -> tuple[list[dict[str, Any]], str, int]:
     """Raw rows, a name for messages, and the number of the first row (1 for files)."""
     src = spec.source
     if src.builtin is not None:
@@ -71,8 +73,8 @@ def _load_rows(spec: DatasetSpec, base_dir: Path | None) -> tuple[list[dict[str,
         rel = src.file.path if src.file.path is not None else src.file.sub_path
         path = Path(rel or "")
         if src.file.pvc is not None:
-            # The operator mounts the dataset PVC at /data and says so in AGPO_DATASET_PATH.
-            path = Path(os.environ.get("AGPO_DATASET_PATH") or Path("/data") / path)
+            # The operator mounts the dataset PVC and says where (AGPO_DATASET_PATH).
+            path = Path(dataset_path or Path(DATA_DIR) / path)
         elif not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         if not path.is_file():
@@ -105,10 +107,17 @@ def row_problem(row: Any, prompt_field: str, answer_field: str) -> str | None:
     return None
 
 
-def load_examples(spec: DatasetSpec, base_dir: Path | None = None) -> list[Example]:
-    """The dataset as examples; raises :class:`DataError` on a bad row when badRows is fail."""
-    rows, name, first = _load_rows(spec, base_dir)
-    examples, skipped = [], 0
+def load_examples(
+    spec: DatasetSpec, base_dir: Path | None = None, *, dataset_path: str | None = None
+) -> list[Example]:
+    """The dataset as examples; raises :class:`DataError` on a bad row when badRows is fail.
+
+    ``base_dir`` anchors relative file paths; ``dataset_path`` is where the operator mounted a
+    PVC's file (``TrainerSettings.dataset_path``, i.e. ``AGPO_DATASET_PATH``).
+    """
+    rows, name, first = _load_rows(spec, base_dir, dataset_path)
+    examples: list[Example] = []
+    skipped = 0
     for i, row in enumerate(rows):
         problem = row_problem(row, spec.prompt_field, spec.answer_field)
         if problem is not None:
@@ -142,7 +151,7 @@ class PromptSampler:
 
     def take(self, n: int) -> list[Example]:
         """The next ``n`` examples, wrapping into a new shuffled epoch when needed."""
-        out = []
+        out: list[Example] = []
         while len(out) < n:
             if self.position >= len(self._order):
                 self.epoch += 1

@@ -20,7 +20,10 @@ from typing import Any
 
 import requests
 
+from agpo_api.env import EnvVar, TrainerSettings
+from agpo_api.layout import STATUS_PATH
 from agpo_api.models import AGPOJob
+from agpo_api.progress import TrainerProgress
 
 EXIT_OK, EXIT_FAILED = 0, 1
 POLL_S = 0.5
@@ -42,14 +45,21 @@ def trainer_env(
     *, urls: list[str], token: str, workdir: Path, metrics_port: int, sync_port: int,
     steps: int | None, base_dir: Path,
 ) -> dict[str, str]:  # fmt: skip
-    env = {
-        "AGPO_ROLLOUT_URLS": ",".join(urls),
-        "AGPO_ROLLOUT_TOKEN": token,
-        "AGPO_CHECKPOINT_DIR": str(workdir / "checkpoints"),
-        "AGPO_METRICS_PORT": str(metrics_port),
-        "AGPO_WEIGHT_SYNC_HOST": "127.0.0.1",
-        "AGPO_WEIGHT_SYNC_PORT": str(sync_port),
-        "AGPO_BASE_DIR": str(base_dir),
+    """The trainer's environment: its settings (written by :class:`TrainerSettings`, the one
+    writer the trainer's parser mirrors) plus what Python needs here."""
+    settings = TrainerSettings(
+        rollout_urls=tuple(urls),
+        rollout_token=token,
+        checkpoint_dir=str(workdir / "checkpoints"),
+        weight_sync_host="127.0.0.1",
+        weight_sync_port=sync_port,
+        metrics_port=metrics_port,
+        base_dir=str(base_dir),
+        max_steps=steps,
+    )
+    return {
+        **settings.to_env(),
+        # Custom reward modules may sit next to the job file.
         "PYTHONPATH": os.pathsep.join(
             p for p in (str(base_dir), os.environ.get("PYTHONPATH")) if p
         ),
@@ -57,9 +67,6 @@ def trainer_env(
         # 2 ranks on a 2-core machine next to vLLM: one thread each avoids oversubscription.
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
-    if steps is not None:
-        env["AGPO_MAX_STEPS"] = str(steps)
-    return env
 
 
 def _stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
@@ -88,10 +95,12 @@ def _error_line(log: Path) -> str:
     return found[-1].split("agpo-train: ", 1)[1] if found else (lines[-1] if lines else "")
 
 
-def _status(port: int) -> dict[str, Any] | None:
+def _status(port: int) -> TrainerProgress | None:
+    """The trainer's ``/status``, or None while it is not serving (yet)."""
     try:
-        return dict(requests.get(f"http://127.0.0.1:{port}/status", timeout=1).json())
-    except (requests.RequestException, ValueError):
+        data = requests.get(f"http://127.0.0.1:{port}{STATUS_PATH}", timeout=1).json()
+        return TrainerProgress.model_validate(data)
+    except (requests.RequestException, ValueError):  # pydantic's ValidationError included
         return None
 
 
@@ -174,8 +183,8 @@ def _run(
     workdir = (workdir or Path("runs") / name).resolve()
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    cache = Path(os.environ.get("AGPO_CACHE_DIR", Path.home() / ".cache" / "agpo"))
-    os.environ["AGPO_CACHE_DIR"] = str(cache)
+    cache = Path(os.environ.get(EnvVar.CACHE_DIR, Path.home() / ".cache" / "agpo"))
+    os.environ[EnvVar.CACHE_DIR] = str(cache)
     model_dir = model_location(spec.model, cache)
     token = secrets.token_urlsafe(24)  # per run; only the trainer and the servers know it
     total = min(spec.training.steps, steps) if steps else spec.training.steps
@@ -204,7 +213,7 @@ def _run(
         except ServerStartError as err:
             raise LaunchError(str(err).splitlines()[0] + f" (log: {server.log_path})") from None
 
-        port = int(os.environ.get("AGPO_METRICS_PORT") or spec.metrics.port)
+        port = int(os.environ.get(EnvVar.METRICS_PORT) or spec.metrics.port)
         env = {
             **os.environ,
             **trainer_env(
@@ -236,15 +245,15 @@ def _run(
                         f"log: {dead[0].log_path}"
                     )
                 status = _status(port)
-                if status and status.get("step"):
+                if status and status.step:
                     progress.update(
                         task,
-                        completed=status["step"],
+                        completed=status.step,
                         info=(
-                            f"reward {status.get('rewardMean', 0):.3f}  "
-                            f"acc {status.get('accuracy', 0):.2f}  "
-                            f"tokens {status.get('completionTokensMean', 0):.1f}  "
-                            f"step {status.get('stepSeconds', 0):.2f}s"
+                            f"reward {status.reward_mean or 0:.3f}  "
+                            f"acc {status.accuracy or 0:.2f}  "
+                            f"tokens {status.completion_tokens_mean or 0:.1f}  "
+                            f"step {status.step_seconds or 0:.2f}s"
                         ),
                     )
                 time.sleep(POLL_S)

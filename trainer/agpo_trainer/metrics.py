@@ -1,8 +1,10 @@
 """The trainer's Prometheus metrics and its JSON ``/status``, served by rank 0 on one port.
 
 Names follow Prometheus practice: one prefix (``agpo_``), base units (seconds, tokens),
-``_total`` for counters, no colons (reserved for recording rules). ``/status`` is what the
-operator polls to fill ``status.step``, ``status.rewardMean``, ...
+``_total`` for counters, no colons (reserved for recording rules). Each series' attribute
+has the name of the :mod:`agpo_trainer.stats` field it shows. ``/status`` is what the operator
+polls to fill ``status.step``, ``status.rewardMean``, ... (schema:
+:class:`agpo_api.progress.TrainerProgress`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agpo_api.layout import METRICS_PATH, STATUS_PATH
+from agpo_api.progress import TrainerProgress
+from agpo_trainer.stats import StepStats
 
 TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -43,23 +49,23 @@ class TrainerMetrics:
         self.reward_component = Gauge(
             "agpo_reward_component_mean", "Mean of each reward term.", ["reward"], registry=r
         )
-        self.zero_variance = Gauge(
+        self.zero_variance_fraction = Gauge(
             "agpo_zero_variance_group_ratio",
             "Fraction of groups whose rewards are all equal.",
             registry=r,
         )
-        self.tokens_mean = Gauge(
+        self.completion_tokens_mean = Gauge(
             "agpo_completion_tokens_mean",
             "Mean completion (reasoning) length in tokens.",
             registry=r,
         )
-        self.tokens_hist = Histogram(
+        self.completion_tokens = Histogram(
             "agpo_completion_tokens",
             "Completion lengths in tokens.",
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
-        self.clipped_ratio = Gauge(
+        self.completion_clipped_ratio = Gauge(
             "agpo_completion_clipped_ratio",
             "Fraction of completions cut at maxCompletionTokens.",
             registry=r,
@@ -91,21 +97,48 @@ class TrainerMetrics:
             "agpo_skipped_prompts", "Prompts skipped for exceeding maxPromptTokens.", registry=r
         )
 
+    def record_step(self, s: StepStats) -> None:
+        """Publish a finished step (each series set from the stats field of its name)."""
+        r, u = s.rollout, s.update
+        self.steps.inc()
+        self.policy_version.set(s.policy_version)
+        self.reward_mean.set(r.reward_mean)
+        self.reward_std.set(r.reward_std)
+        self.accuracy.set(r.accuracy)
+        self.zero_variance_fraction.set(r.zero_variance_fraction)
+        self.completion_tokens_mean.set(r.completion_tokens_mean)
+        self.completion_clipped_ratio.set(r.completion_clipped_ratio)
+        self.loss.set(u.loss)
+        self.kl.set(u.kl)
+        self.entropy.set(u.entropy)
+        self.clip_ratio.set(u.clip_ratio)
+        self.grad_norm.set(u.grad_norm)
+        self.learning_rate.set(u.learning_rate)
+        self.step_duration.observe(s.step_seconds)
+        self.rollout_duration.observe(r.rollout_seconds)
+        self.rollout_tokens.inc(r.rollout_tokens)
+        for name, value in r.reward_components.items():
+            self.reward_component.labels(reward=name).set(value)
+
 
 class StatusBoard:
-    """The latest values the operator reads from ``/status`` (thread-safe)."""
+    """The latest :class:`TrainerProgress`, what ``/status`` serves (thread-safe)."""
 
-    def __init__(self, **initial: Any) -> None:
+    def __init__(self, progress: TrainerProgress) -> None:
         self._lock = threading.Lock()
-        self._data: dict[str, Any] = dict(initial)
+        self._progress = progress
 
-    def update(self, **values: Any) -> None:
+    def update(self, progress: TrainerProgress) -> None:
+        """Overwrite the fields ``progress`` sets; the others keep their values."""
         with self._lock:
-            self._data.update(values)
+            self._progress = self._progress.model_copy(
+                update=progress.model_dump(exclude_unset=True)
+            )
 
     def snapshot(self) -> dict[str, Any]:
+        """The wire form: camelCase, unset fields left out."""
         with self._lock:
-            return dict(self._data)
+            return self._progress.to_wire()
 
 
 def serve(
@@ -116,9 +149,9 @@ def serve(
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if path == METRICS_PATH:
                 body, ctype = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
-            elif path == "/status":
+            elif path == STATUS_PATH:
                 body, ctype = json.dumps(board.snapshot()).encode(), "application/json"
             elif path in ("/healthz", "/health"):
                 body, ctype = b"ok", "text/plain"

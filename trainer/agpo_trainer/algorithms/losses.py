@@ -1,4 +1,4 @@
-"""Policy losses, loss aggregations, KL and entropy (verl ``core_algos`` style, split by topic).
+"""Policy losses, KL and entropy (verl ``core_algos`` style, split by topic).
 
 Shapes: ``B`` sequences (completions) by ``T`` response tokens (right-padded), ``V`` vocabulary.
 ``response_mask[B, T]`` is 1/True on real response tokens. Computation runs in at least float32
@@ -13,13 +13,8 @@ Per-token loss of the default ``ppo_clip`` (PPO, arXiv 1707.06347, with DAPO's d
            + kl_coef * k3_t                                # optional, k3 KL to a reference
     k3_t   = exp(ref_t - logp_t) - (ref_t - logp_t) - 1    # (Schulman's k3; log-ratio +-20 as verl)
 
-Aggregations (spec ``algorithm.lossAggregation``, verl ``loss_agg_mode`` names):
-
-* ``token-mean``: sum of token losses / number of tokens (DAPO token-level loss; AGPO's
-  authors' code uses it).
-* ``seq-mean-token-mean``: mean over sequences of each sequence's token mean (original GRPO).
-* ``seq-mean-token-sum-norm``: mean over sequences of ``sum_t loss_t / max_tokens`` (Dr. GRPO,
-  arXiv 2503.20783; TRL divides by ``max_completion_length``; ``max_tokens=None`` uses ``T``).
+The aggregations (``token-mean``, ...) and their global denominators are in
+:mod:`agpo_trainer.algorithms.aggregation`.
 
 ``sample_mask[B]`` (False = the completion's group is excluded, e.g. zero-variance groups under
 ``zeroVariance: mask|resample``) removes those rows from the numerator *and* the denominator.
@@ -37,6 +32,7 @@ import torch
 from torch import Tensor
 
 from agpo_trainer.algorithms.advantages import compute_dtype
+from agpo_trainer.algorithms.aggregation import get_loss_aggregation, masks
 from agpo_trainer.algorithms.registry import Registry
 
 _LOG_RATIO_CLAMP = 20.0  # verl clamps log-ratios to +-20 before exp() to avoid inf
@@ -156,107 +152,6 @@ def ppo_clip_loss(
     return _clipped_surrogate(ratio, advantages, clip_low, clip_high)
 
 
-@register_policy_loss("gspo")
-def gspo_loss(
-    log_ratio: Tensor, advantages: Tensor, token_mask: Tensor, clip_low: float, clip_high: float
-) -> PolicyLossOutput:
-    """Sequence-level importance ratio (GSPO, arXiv 2507.18071; TRL
-    ``importance_sampling_level="sequence"``).
-
-    ``s_i = exp(mean_t(logp - old_logp))`` over the sequence's response tokens, used for every
-    token of the sequence (token-level form ``sg[s_i] * exp(logp_t - sg[logp_t])`` so each token
-    carries its own gradient). GSPO's clip ranges are much smaller (3e-4 / 4e-4).
-    """
-    n_tokens = token_mask.sum(dim=-1, keepdim=True).clamp(min=1.0)
-    seq_log_ratio = (log_ratio * token_mask).sum(dim=-1, keepdim=True) / n_tokens
-    combined = seq_log_ratio.detach() + log_ratio - log_ratio.detach()
-    ratio = torch.exp(combined.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
-    return _clipped_surrogate(ratio, advantages, clip_low, clip_high)
-
-
-# ----------------------------------------------------------------------------- aggregations
-
-# fn(per_token_loss[B,T], token_mask[B,T] float, seq_mask[B] float, max_tokens) -> scalar
-AggregationFn = Callable[[Tensor, Tensor, Tensor, int | None], Tensor]
-
-LOSS_AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation")
-
-
-def register_loss_aggregation(name: str) -> Callable[[AggregationFn], AggregationFn]:
-    """Decorator: register ``fn(per_token_loss, token_mask, seq_mask, max_tokens) -> scalar``.
-
-    ``token_mask[B, T]`` (float) already excludes masked samples; ``seq_mask[B]`` (float) is 1
-    for sequences that count in a per-sequence denominator (included and non-empty).
-    """
-    return LOSS_AGGREGATIONS.register(name)
-
-
-def get_loss_aggregation(name: str) -> AggregationFn:
-    """Return the aggregation registered as ``name`` (ValueError listing valid names)."""
-    return LOSS_AGGREGATIONS.get(name)
-
-
-@register_loss_aggregation("token-mean")
-def token_mean(
-    per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
-) -> Tensor:
-    """``sum_{b,t} m_bt l_bt / sum_{b,t} m_bt`` (DAPO token-level loss). Shapes ``[B, T]``."""
-    # clamp(min=1): with every token masked the numerator is an exact 0 (graph kept), not 0/0.
-    return (per_token_loss * token_mask).sum() / token_mask.sum().clamp(min=1.0)
-
-
-@register_loss_aggregation("seq-mean-token-mean")
-def seq_mean_token_mean(
-    per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
-) -> Tensor:
-    """``mean_b [sum_t m_bt l_bt / sum_t m_bt]`` over counted sequences (GRPO, 2402.03300)."""
-    seq_loss = (per_token_loss * token_mask).sum(dim=-1) / token_mask.sum(dim=-1).clamp(min=1.0)
-    return (seq_loss * seq_mask).sum() / seq_mask.sum().clamp(min=1.0)
-
-
-@register_loss_aggregation("seq-mean-token-sum-norm")
-def seq_mean_token_sum_norm(
-    per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
-) -> Tensor:
-    """``mean_b [sum_t m_bt l_bt / max_tokens]`` (Dr. GRPO, arXiv 2503.20783).
-
-    A constant divisor removes GRPO's length bias (long wrong answers penalised less per token).
-    ``max_tokens=None`` uses the padded width ``T`` like verl; pass the generation limit
-    (``maxTokens``) to match TRL's ``max_completion_length``.
-    """
-    norm = float(per_token_loss.shape[-1] if max_tokens is None else max_tokens)
-    seq_loss = (per_token_loss * token_mask).sum(dim=-1) / norm
-    return (seq_loss * seq_mask).sum() / seq_mask.sum().clamp(min=1.0)
-
-
-def aggregate_loss(
-    per_token_loss: Tensor,
-    response_mask: Tensor,
-    aggregation: str = "token-mean",
-    *,
-    sample_mask: Tensor | None = None,
-    max_tokens: int | None = None,
-) -> Tensor:
-    """Reduce ``per_token_loss[B, T]`` to a scalar with a registered aggregation.
-
-    ``sample_mask[B]`` (Bool, False = excluded) removes rows from numerator and denominator.
-    """
-    fn = get_loss_aggregation(aggregation)
-    token_mask, seq_mask = _masks(response_mask, sample_mask, per_token_loss.dtype)
-    return fn(per_token_loss, token_mask, seq_mask, max_tokens)
-
-
-def _masks(
-    response_mask: Tensor, sample_mask: Tensor | None, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """Token mask ``[B, T]`` with excluded samples zeroed, and the per-sequence mask ``[B]``."""
-    token_mask = response_mask.to(dtype)
-    if sample_mask is not None:
-        token_mask = token_mask * sample_mask.to(dtype).unsqueeze(-1)
-    seq_mask = (token_mask.sum(dim=-1) > 0).to(dtype)
-    return token_mask, seq_mask
-
-
 # ----------------------------------------------------------------------------- the loss
 
 
@@ -342,7 +237,7 @@ def compute_policy_loss(
         sample_mask: ``Bool[B]``; False rows (excluded groups) leave numerator and denominator.
         max_tokens: constant divisor of ``seq-mean-token-sum-norm`` (default ``T``).
         logits: ``Tensor[B, T, V]``, only for the entropy metric (no gradient through it).
-        loss_type: registered policy loss (``ppo_clip`` default, ``gspo``).
+        loss_type: registered policy loss (``ppo_clip``, the only one so far).
 
     Returns:
         ``(loss, metrics)``: ``loss`` a scalar (float32/float64) with a graph to ``logprobs``;
@@ -370,7 +265,7 @@ def compute_policy_loss(
     logp = logprobs.to(dtype)
     old = old_logprobs.detach().to(dtype)
     adv = advantages.detach().to(dtype).unsqueeze(-1)
-    token_mask, seq_mask = _masks(response_mask, sample_mask, dtype)
+    token_mask, seq_mask = masks(response_mask, sample_mask, dtype)
 
     # Padding positions may hold -inf/NaN log-probs (-inf - -inf = NaN); zero the log-ratio
     # there before any arithmetic so 0 * NaN never reaches the masked sums or the gradient.

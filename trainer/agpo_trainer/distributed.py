@@ -1,0 +1,42 @@
+"""The three collectives the training loop uses; each is a no-op without a process group
+(a single process), so the same code runs with and without torchrun."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: T | None, rank: int) -> T:
+    """Rank 0's ``obj`` on every rank (pickled; the other ranks pass None)."""
+    if not is_distributed():
+        assert obj is not None, "a single process must pass the object itself"
+        return obj
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    result: T = box[0]  # type: ignore[assignment]  # rank 0's object, never None
+    return result
+
+
+def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum each value over the ranks (float64, one collective for the whole dict)."""
+    if not is_distributed():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist(), strict=True))

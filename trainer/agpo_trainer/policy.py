@@ -1,0 +1,228 @@
+"""The policy of one rank: the model (DDP/FSDP-wrapped), its tokenizer, optimizer and LR
+schedule; gathering full weights from shards; the frozen reference model of the KL term; and
+the one function that turns a model's logits into the response tokens' log-probs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from agpo_api.models import AGPOJobSpec
+from agpo_trainer.algorithms import token_logprobs
+from agpo_trainer.distributed import barrier
+from agpo_trainer.runtime import Runtime
+from agpo_trainer.schedule import lr_lambda
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- model inputs
+def pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Right-padded ids and attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+    return ids.to(device), attn.to(device)
+
+
+@dataclass(frozen=True)
+class Responses:
+    """Prompt + completion sequences as model inputs, and where their response tokens are."""
+
+    input_ids: Tensor  # [B, L] right-padded prompt + completion
+    attention_mask: Tensor  # [B, L]
+    tokens: Tensor  # [B, T] the completion tokens (0 past each one's end)
+    positions: Tensor  # [B, T] the logit position that predicts each completion token
+    mask: Tensor  # Bool[B, T] True on real completion tokens
+
+    @staticmethod
+    def build(
+        prompts: list[list[int]], completions: list[list[int]], pad_id: int, device: torch.device
+    ) -> Responses:
+        ids, attn = pad([p + c for p, c in zip(prompts, completions, strict=True)], pad_id, device)
+        width = max(len(c) for c in completions)
+        mask = torch.zeros(len(completions), width, dtype=torch.bool, device=device)
+        tokens = torch.zeros(len(completions), width, dtype=torch.long, device=device)
+        positions = torch.zeros(len(completions), width, dtype=torch.long, device=device)
+        for r, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+            n = len(c)
+            mask[r, :n] = True
+            tokens[r, :n] = torch.tensor(c)
+            # logits at position p predict token p + 1
+            positions[r, :n] = torch.arange(len(p) - 1, len(p) - 1 + n)
+            positions[r, n:] = len(p) - 1
+        return Responses(ids, attn, tokens, positions, mask)
+
+
+def response_logprobs(model: nn.Module, x: Responses, temperature: float) -> tuple[Tensor, Tensor]:
+    """Log-probs ``[B, T]`` of the completion tokens under ``model`` (policy or reference),
+    and the tempered logits ``[B, T, V]`` they come from.
+
+    The logits are divided by the sampling temperature because vLLM's processed log-probs
+    (the rollout policy's, in the importance ratio) are taken after it too.
+    """
+    logits = model(input_ids=x.input_ids, attention_mask=x.attention_mask).logits
+    logits = torch.gather(logits, 1, x.positions.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
+    logits = logits.float() / temperature
+    return token_logprobs(logits, x.tokens), logits
+
+
+# --------------------------------------------------------------------------- the policy
+class Policy:
+    """The model being trained on this rank, with what updates it."""
+
+    def __init__(
+        self,
+        spec: AGPOJobSpec,
+        rt: Runtime,
+        *,
+        model_dir: str,
+        tokenizer: Any,
+        model: nn.Module,
+        device: torch.device,
+    ) -> None:
+        self.spec, self.rt, self.model_dir, self.tokenizer = spec, rt, model_dir, tokenizer
+        self.device = device
+        self.model = self._wrap(model)
+        t = spec.training
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(spec))
+        self.ref_model: nn.Module | None = None  # only when the KL term is on
+
+    @staticmethod
+    def load(spec: AGPOJobSpec, rt: Runtime) -> Policy:
+        """Load the model and tokenizer every rank trains (rank 0 builds a builtin one first)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from agpo_trainer.models import model_location
+
+        if rt.is_main:
+            model_location(spec.model, rt.cache_dir)
+        barrier()
+        # In pods the operator says where it mounted the weights (AGPO_MODEL_PATH).
+        model_dir = rt.model_path or model_location(spec.model, rt.cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(spec.model.tokenizer or model_dir)
+        device = torch.device(f"cuda:{rt.local_rank}" if torch.cuda.is_available() else "cpu")
+        kwargs = {"revision": spec.model.revision} if spec.model.revision else {}
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=DTYPES[spec.model.dtype], **kwargs
+        ).to(device)
+        return Policy(
+            spec, rt, model_dir=model_dir, tokenizer=tokenizer, model=model, device=device
+        )
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.rt.world_size == 1:
+            return model
+        if self.spec.trainer.strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in getattr(getattr(model, "model", model), "layers", []):
+                fully_shard(layer)
+            fully_shard(model)
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.rt.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    @property
+    def module(self) -> nn.Module:
+        """The unwrapped model (DDP keeps it in ``.module``)."""
+        unwrapped: nn.Module = getattr(self.model, "module", self.model)
+        return unwrapped
+
+    @property
+    def sharded(self) -> bool:
+        return self.spec.trainer.strategy == "fsdp" and self.rt.world_size > 1
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    @contextlib.contextmanager
+    def no_sync(self, skip: bool) -> Iterator[None]:
+        """DDP without its gradient all-reduce when ``skip`` (every micro-batch but the
+        last accumulates locally; the last one reduces the sum)."""
+        ctx = self.model.no_sync() if skip and hasattr(self.model, "no_sync") else None
+        with ctx or contextlib.nullcontext():
+            yield
+
+    # ----------------------------------------------------------------- full state
+    def gather_weights(self) -> dict[str, Tensor] | None:
+        """Full weights of a sharded (FSDP) model, a collective every rank must join; None
+        when the local module already holds them all (single process, DDP)."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # NCCL weight sync broadcasts from GPU memory; gloo and checkpoints take CPU tensors.
+        on_gpu = self.device.type == "cuda" and self.spec.rollout.weight_sync.backend == "nccl"
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=not on_gpu)
+        return get_model_state_dict(self.model, options=opts)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The full optimizer state (gathered on rank 0 under FSDP; a collective then)."""
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+
+    def load_full_state(self, weights: dict[str, Tensor], optimizer: dict[str, Any]) -> None:
+        """Load full (unsharded) weights and optimizer state, sharding them under FSDP."""
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.model, weights, options=opts)
+            set_optimizer_state_dict(self.model, self.optimizer, optimizer, options=opts)
+            return
+        missing, _ = self.module.load_state_dict(weights, strict=False)
+        if any(not k.endswith("lm_head.weight") for k in missing):  # tied embeddings are fine
+            raise RuntimeError(f"checkpoint lacks weights: {missing[:3]}")
+        self.optimizer.load_state_dict(optimizer)
+
+    # ----------------------------------------------------------------- reference model
+    def load_reference(self, path: Path, resumed: bool) -> None:
+        """Freeze the current policy (the initial RL policy, after any format warm-up) as the
+        KL term's reference.
+
+        It is saved once at ``path`` next to the checkpoints, so a resumed run keeps the same
+        reference instead of freezing its resumed weights.
+        """
+        from transformers import AutoModelForCausalLM
+
+        weights = self.gather_weights()  # a collective under FSDP: every rank joins
+        if not (resumed and (path / "config.json").is_file()):
+            if self.rt.is_main:
+                tmp = path.with_name(".tmp-reference")
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.module.save_pretrained(tmp, safe_serialization=True, state_dict=weights)  # type: ignore[operator]
+                shutil.rmtree(path, ignore_errors=True)
+                tmp.rename(path)
+            barrier()
+        dtype = DTYPES[self.spec.model.dtype]
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device)
+        self.ref_model = ref.eval().requires_grad_(False)

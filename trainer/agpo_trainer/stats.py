@@ -1,0 +1,106 @@
+"""Typed statistics of one training step, with one set of names from the loop to the outside.
+
+A field here has the same (snake_case) name as the :class:`agpo_api.progress.TrainerProgress`
+field that carries it on ``/status`` and in the ``step {...}`` log line (camelCase on the
+wire, e.g. ``reward_mean`` -> ``rewardMean``) and as the :class:`agpo_trainer.metrics.
+TrainerMetrics` attribute of its Prometheus series (``agpo_reward_mean``). Pure: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from agpo_api.progress import TrainerProgress
+
+
+@dataclass(frozen=True)
+class RolloutStats:
+    """What rank 0 measured while generating and scoring a step's batch."""
+
+    reward_mean: float
+    reward_std: float
+    accuracy: float
+    zero_variance_fraction: float  # groups whose rewards are all equal
+    completion_tokens_mean: float
+    completion_clipped_ratio: float  # completions cut at maxCompletionTokens
+    rollout_tokens: float
+    resample_rounds: float
+    rollout_seconds: float
+    reward_seconds: float
+    reward_components: dict[str, float] = field(default_factory=dict)  # mean of each term
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """The policy update of a step, over the whole (all-rank) batch."""
+
+    loss: float
+    ratio_mean: float
+    kl: float
+    entropy: float
+    clip_ratio: float  # tokens whose ratio was clipped, below or above
+    grad_norm: float  # before clipping
+    learning_rate: float
+
+    @staticmethod
+    def from_loss_metrics(
+        summed: Mapping[str, float], *, grad_norm: float, learning_rate: float
+    ) -> UpdateStats:
+        """From ``compute_policy_loss``'s metrics, summed with each micro-batch's share (absent
+        ones, e.g. ``kl`` without a reference model, read as their neutral value)."""
+        return UpdateStats(
+            loss=summed.get("loss", 0.0),
+            ratio_mean=summed.get("ratio/mean", 1.0),
+            kl=summed.get("kl", 0.0),
+            entropy=summed.get("entropy", 0.0),
+            clip_ratio=summed.get("clip_ratio/low_mean", 0.0)
+            + summed.get("clip_ratio/high_mean", 0.0),
+            grad_norm=grad_norm,
+            learning_rate=learning_rate,
+        )
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One finished step, as rank 0 reports it."""
+
+    step: int
+    total_steps: int
+    policy_version: int
+    rollout: RolloutStats
+    update: UpdateStats
+    step_seconds: float
+    train_seconds: float
+    weight_sync_seconds: float
+    prompts: list[int]  # dataset indices of the step's prompts, in order
+
+    def progress(self) -> TrainerProgress:
+        """The ``/status`` fields of this step."""
+        r, u = self.rollout, self.update
+        return TrainerProgress(
+            step=self.step,
+            total_steps=self.total_steps,
+            policy_version=self.policy_version,
+            reward_mean=r.reward_mean,
+            accuracy=r.accuracy,
+            completion_tokens_mean=r.completion_tokens_mean,
+            zero_variance_fraction=r.zero_variance_fraction,
+            resample_rounds=r.resample_rounds,
+            loss=u.loss,
+            ratio_mean=u.ratio_mean,
+            kl=u.kl,
+            clip_ratio=u.clip_ratio,
+            grad_norm=u.grad_norm,
+            step_seconds=self.step_seconds,
+            rollout_seconds=r.rollout_seconds,
+            reward_seconds=r.reward_seconds,
+            train_seconds=self.train_seconds,
+            weight_sync_seconds=self.weight_sync_seconds,
+            prompts=self.prompts,
+        )
+
+    def log_line(self) -> str:
+        """``step {...}``: the progress as one JSON object ("prompts" last: it is long)."""
+        return "step " + json.dumps(self.progress().to_wire())
