@@ -15,7 +15,6 @@ _HOMES = {
     "build_tiny_model": "tiny",
     "build_tokenizer": "tiny",
     "resolve_model_path": "tiny",
-    "MODELS_MOUNT": "location",
     "model_location": "location",
 }
 

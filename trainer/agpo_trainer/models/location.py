@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agpo_api.layout import MODELS_DIR
 from agpo_api.models import ModelSpec
 from agpo_trainer.models.tiny import resolve_model_path
 
-MODELS_MOUNT = "/models"  # where the operator mounts spec.model.source.pvc
 
-
-def model_location(spec: ModelSpec, cache_dir: Path, models_mount: str = MODELS_MOUNT) -> str:
+def model_location(spec: ModelSpec, cache_dir: Path, models_mount: str = MODELS_DIR) -> str:
     """``source.pvc`` (mounted at ``models_mount``) + subPath, ``source.path``, a builtin
     model built into ``cache_dir``, or the hub id itself (transformers/vLLM download it)."""
     if spec.source is not None and spec.source.pvc is not None:

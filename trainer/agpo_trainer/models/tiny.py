@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agpo_api.layout import TINY_MODEL
+
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_TINY = "builtin:tiny"
+BUILTIN_TINY = TINY_MODEL
 
 PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<s>"
