@@ -372,15 +372,97 @@ class AlgorithmSpec(ApiModel):
 
 
 # --------------------------------------------------------------------------- training
+AccessMode = Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]
+#: What a provisioned checkpoint claim asks for when ``size`` is unset.
+DEFAULT_CHECKPOINT_SIZE = "10Gi"
+
+
+class CheckpointStorage(ApiModel):
+    """Checkpoint storage the operator provisions: a PersistentVolumeClaim ``<job>-checkpoints``
+    (the default, with every field unset), or an emptyDir when ``emptyDir`` is true."""
+
+    empty_dir: bool = Field(
+        default=False,
+        description="Keep checkpoints in an emptyDir instead: they are lost whenever the trainer "
+        "pod is replaced (restart, eviction, node loss), so a restart starts from step 0. The "
+        "job gets the EphemeralCheckpoints condition and a Warning event.",
+    )
+    size: Quantity | None = Field(
+        default=None, description=f"Requested claim size; default {DEFAULT_CHECKPOINT_SIZE}."
+    )
+    storage_class_name: DnsSubdomain | None = Field(
+        default=None, description="StorageClass of the claim; default: the cluster's default."
+    )
+    access_modes: list[AccessMode] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        description="Access modes of the claim; default ReadWriteOnce with one trainer node, "
+        "ReadWriteMany with more (every trainer pod mounts the checkpoints).",
+    )
+    reclaim: Literal["Delete", "Retain"] = Field(
+        default="Delete",
+        description="Delete: the job owns the claim (deleted with the job). Retain: the claim has "
+        "no owner and outlives the job; a new job of the same name resumes from it; delete it "
+        "by hand (kubectl delete pvc <job>-checkpoints).",
+    )
+
+    rules = (
+        Rule(
+            "emptyDir",
+            "!self.emptyDir || !(has(self.size) || has(self.storageClassName) || "
+            "has(self.accessModes))",
+            "checkpoint.storage.emptyDir excludes size, storageClassName and accessModes (they "
+            "describe a claim); remove them or set emptyDir to false",
+            lambda s: (
+                not s.empty_dir
+                or (s.size is None and s.storage_class_name is None and s.access_modes is None)
+            ),
+        ),
+    )
+
+    def modes(self, nodes: int) -> list[str]:
+        """The claim's access modes (the default depends on the number of trainer nodes)."""
+        if self.access_modes is not None:
+            return list(self.access_modes)
+        return ["ReadWriteMany"] if nodes > 1 else ["ReadWriteOnce"]
+
+
 class CheckpointSpec(ApiModel):
-    """Checkpointing: Hugging Face weights + optimizer/scheduler/RNG/data cursor."""
+    """Checkpointing: Hugging Face weights + optimizer/scheduler/RNG/data cursor.
+
+    Where they go: ``pvc`` (an existing claim), else ``storage`` -- by default a claim the
+    operator provisions for the job, so a replaced trainer pod resumes from the newest one."""
 
     every_steps: PositiveInt = Field(default=50, description="Save every N steps (and at the end).")
     keep: PositiveInt = Field(default=3, description="Keep the newest N checkpoints.")
-    pvc: DnsSubdomain | None = Field(default=None, description="PVC to write checkpoints to.")
+    pvc: DnsSubdomain | None = Field(
+        default=None, description="An existing PVC to write checkpoints to (not provisioned)."
+    )
+    storage: CheckpointStorage | None = Field(
+        default=None,
+        description="Storage the operator provisions (without pvc): a claim <job>-checkpoints of "
+        f"{DEFAULT_CHECKPOINT_SIZE} by default, or an emptyDir. agpo run uses its local workdir.",
+    )
     path: str | None = Field(
         default=None, description="Directory for checkpoints (inside the PVC when pvc is set)."
     )
+
+    rules = (
+        Rule(
+            "storage",
+            "!(has(self.pvc) && has(self.storage))",
+            "set either checkpoint.pvc (an existing claim) or checkpoint.storage (provisioned by "
+            "the operator), not both",
+            at_most_one("pvc", "storage"),
+        ),
+    )
+
+    def provisioned(self) -> CheckpointStorage | None:
+        """The storage the operator provisions: None for an existing ``pvc``."""
+        if self.pvc is not None:
+            return None
+        return self.storage if self.storage is not None else CheckpointStorage()
 
 
 class TrainingSpec(ApiModel):
@@ -486,6 +568,10 @@ class RolloutSpec(ApiModel):
     )
 
 
+#: Pods wait at most this long to run by default (an image pull or a scale-up takes minutes).
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 1800
+
+
 class RunPolicy(ApiModel):
     """Restarts, deadlines, cleanup and scheduling (Kubeflow-style run policy)."""
 
@@ -494,6 +580,19 @@ class RunPolicy(ApiModel):
     )
     active_deadline_seconds: PositiveInt | None = Field(
         default=None, description="Fail with DeadlineExceeded after this many seconds running."
+    )
+    startup_timeout_seconds: PositiveInt | None = Field(
+        default=DEFAULT_STARTUP_TIMEOUT_SECONDS,
+        description="Fail with StartupTimeout (naming the waiting pod and its reason, e.g. "
+        "ImagePullBackOff or Unschedulable) when the pods are not all running and ready this "
+        "many seconds after the job was created, resumed or restarted; time a Kueue-suspended "
+        "trainer Job waits for admission does not count. null: wait forever.",
+    )
+    progress_timeout_seconds: PositiveInt | None = Field(
+        default=None,
+        description="Restart the group from its newest checkpoint (ProgressTimeout, counted "
+        "against backoffLimit) when a running trainer reports no new step in /status for this "
+        "many seconds; make it longer than the slowest step plus a checkpoint. Unset: off.",
     )
     ttl_seconds_after_finished: NonNegativeInt | None = Field(
         default=None, description="Delete the finished job after this many seconds."
@@ -568,6 +667,21 @@ class AGPOJobSpec(ApiModel):
             ),
         ),
         Rule(
+            "training.checkpoint.storage.accessModes",
+            "self.trainer.nodes == 1 || !has(self.training.checkpoint.storage) || "
+            "!has(self.training.checkpoint.storage.accessModes) || "
+            "'ReadWriteMany' in self.training.checkpoint.storage.accessModes",
+            "training.checkpoint.storage.accessModes must include ReadWriteMany when "
+            "trainer.nodes > 1 (every trainer pod mounts the checkpoints, on different nodes); "
+            "add ReadWriteMany, or leave accessModes unset to get it",
+            lambda s: (
+                s.trainer.nodes == 1
+                or s.training.checkpoint.storage is None
+                or s.training.checkpoint.storage.access_modes is None
+                or "ReadWriteMany" in s.training.checkpoint.storage.access_modes
+            ),
+        ),
+        Rule(
             "training.formatWarmupSteps",
             "self.training.formatWarmupSteps == 0 || has(self.dataset.source.builtin)",
             "training.formatWarmupSteps needs dataset.source.builtin (it teaches that task's "
@@ -623,6 +737,18 @@ class AGPOJobStatus(ApiModel):
     policy_version: int | None = None
     restarts: int | None = None
     start_time: str | None = None
+    # The times the run policy's timeouts count from (decisions read them from here, never
+    # from the operator's memory, so they survive operator restarts).
+    waiting_since: str | None = Field(
+        default=None,
+        description="Since when the pods are waiting to run (creation, resume or restart); "
+        "unset while every pod runs. startupTimeoutSeconds counts from here.",
+    )
+    last_progress_time: str | None = Field(
+        default=None,
+        description="When the trainer last reported a new step (or started running); "
+        "progressTimeoutSeconds counts from here.",
+    )
     completion_time: str | None = None
     message: str | None = None
 

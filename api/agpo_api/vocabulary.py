@@ -18,7 +18,6 @@ FINALIZER = "agpo.dev/operator"
 # (the trainer group restarts from its newest checkpoint) and Suspended. (A comment, not a
 # docstring: pydantic would copy a docstring into the CRD's schema.)
 class Phase(StrEnum):
-
     PENDING = "Pending"
     INITIALIZING = "Initializing"
     RUNNING = "Running"
@@ -42,6 +41,8 @@ class ConditionType(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SPEC_CHANGE_REFUSED = "SpecChangeRefused"
+    # Only on jobs whose checkpoints are on an emptyDir (training.checkpoint.storage.emptyDir).
+    EPHEMERAL_CHECKPOINTS = "EphemeralCheckpoints"
 
 
 class Reason(StrEnum):
@@ -66,6 +67,8 @@ class Reason(StrEnum):
     TRAINER_POD_FAILED = "TrainerPodFailed"
     TRAINER_JOB_FAILED = "TrainerJobFailed"
     ROLLOUT_POD_FAILED = "RolloutPodFailed"
+    PROGRESS_TIMEOUT = "ProgressTimeout"  # no new step within runPolicy.progressTimeoutSeconds
+    TOKEN_SECRET_MISSING = "TokenSecretMissing"  # the rollout token Secret was deleted
     # Suspended
     NOT_SUSPENDED = "NotSuspended"
     SUSPENDED = "Suspended"
@@ -78,14 +81,19 @@ class Reason(StrEnum):
     FAILED = "Failed"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    PERMANENT_FAILURE = "PermanentFailure"  # the trainer said the spec or data can never work
+    STARTUP_TIMEOUT = "StartupTimeout"  # pods not running within startupTimeoutSeconds
     SPEC_CORRECTED = "SpecCorrected"
     # SpecChangeRefused
     IMMUTABLE_FIELD = "ImmutableField"
     SPEC_ACCEPTED = "SpecAccepted"
+    # EphemeralCheckpoints
+    CHECKPOINTS_ON_EMPTY_DIR = "CheckpointsOnEmptyDir"
     # Events only
     TTL_EXPIRED = "TTLExpired"
     RECONCILE_ERROR = "ReconcileError"
     POD_MONITOR_UNAVAILABLE = "PodMonitorUnavailable"
+    CHILDREN_RECREATED = "ChildrenRecreated"
 
 
 class EventType(StrEnum):

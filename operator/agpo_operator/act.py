@@ -28,10 +28,11 @@ from agpo_operator.actions import (
     SuspendTrainer,
 )
 from agpo_operator.builders import BuildOptions
-from agpo_operator.builders.common import Names
+from agpo_operator.builders.common import JOB_LABEL, Names
 from agpo_operator.builders.monitoring import PODMONITOR_API_GROUP
+from agpo_operator.builders.storage import retained
 from agpo_operator.kube import ApiError, Kube, Obj
-from agpo_operator.observe import owned_by
+from agpo_operator.observe import child_key, owned_by
 
 # Created before the rest of a job's static children: network isolation (and the pods'
 # identity) exists before anything else of the job.
@@ -67,8 +68,8 @@ async def perform(ctx: ActContext, action: Action) -> None:
     """Carry out one action."""
     kube, n = ctx.kube, ctx.names
     match action:
-        case CreateStatic():
-            await _create_static(ctx)
+        case CreateStatic(only):
+            await _create_static(ctx, only)
         case CreateRollout():
             for obj in builders.rollout_children(ctx.job(), n.namespace, ctx.options):
                 await create_child(ctx, obj)
@@ -90,11 +91,24 @@ async def perform(ctx: ActContext, action: Action) -> None:
             await kube.delete(API_VERSION, KIND, n.namespace, n.job, propagation="Background")
 
 
-async def _create_static(ctx: ActContext) -> None:
+async def expected_static(ctx: ActContext, token: str | None = None) -> list[Obj]:
+    """The static children this job should have here (no PodMonitor without its API)."""
+    children = builders.static_children(ctx.job(), ctx.names.namespace, ctx.options, token)
+    if any(c["kind"] == "PodMonitor" for c in children) and not await ctx.has_api_group(
+        PODMONITOR_API_GROUP
+    ):
+        return [c for c in children if c["kind"] != "PodMonitor"]
+    return children
+
+
+async def _create_static(ctx: ActContext, only: tuple[str, ...] = ()) -> None:
     spec = ctx.spec
     assert spec is not None
     token = secrets.token_urlsafe(32)
     children = builders.static_children(ctx.job(), ctx.names.namespace, ctx.options, token)
+    if only:  # recreating deleted children: the warning was posted when the job was created
+        wanted = set(only)
+        children = [c for c in await expected_static(ctx, token) if child_key(c) in wanted]
     monitors = [c for c in children if c["kind"] == "PodMonitor"]
     if monitors and not await ctx.has_api_group(PODMONITOR_API_GROUP):
         children = [c for c in children if c["kind"] != "PodMonitor"]
@@ -111,8 +125,9 @@ async def _create_static(ctx: ActContext) -> None:
 
 
 async def create_child(ctx: ActContext, obj: Obj) -> None:
-    """Create an owned child; one that exists already must be ours."""
-    owned = builders.adopt(obj, ctx.names.job, ctx.uid)
+    """Create an owned child (a retained one unowned); one that exists already must be ours."""
+    keep = retained(obj)
+    owned = obj if keep else builders.adopt(obj, ctx.names.job, ctx.uid)
     try:
         await ctx.kube.create(owned)
     except ApiError as err:
@@ -124,7 +139,12 @@ async def create_child(ctx: ActContext, obj: Obj) -> None:
         current = await ctx.kube.get(
             obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]
         )
-        if current is not None and not owned_by(current, ctx.uid):
-            raise ChildConflictError(
-                f"{obj['kind']} {meta['name']} exists and is not owned by this AGPOJob"
-            ) from None
+        if current is None or owned_by(current, ctx.uid):
+            return
+        # A retained claim is left by an earlier job of this name: resume from it.
+        labels = current.get("metadata", {}).get("labels") or {}
+        if keep and retained(current) and labels.get(JOB_LABEL) == ctx.names.job:
+            return
+        raise ChildConflictError(
+            f"{obj['kind']} {meta['name']} exists and is not owned by this AGPOJob"
+        ) from None

@@ -17,7 +17,10 @@ from agpo_api.vocabulary import EventType, Reason
 
 @dataclass(frozen=True)
 class CreateStatic:
-    """The job's ConfigMap, Secret, ServiceAccount, Services, NetworkPolicies, PodMonitor."""
+    """The job's ConfigMap, Secret, ServiceAccount, Services, NetworkPolicies, checkpoint
+    claim, PodMonitor: all of them, or ``only`` these (``Kind/name``: deleted ones)."""
+
+    only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ because ``status.restarts`` is written before the old trainer Job is deleted).
 
 Phases: Pending -> Initializing -> Running -> Succeeded | Failed, with Restarting (a trainer or
 rollout pod failed; the trainer group restarts from its newest checkpoint) and Suspended.
+
+Failures are classified by the pods' termination messages (:mod:`agpo_api.termination`):
+permanent ones fail the job at once, transient ones restart the group within backoffLimit.
+The run policy's timeouts count from times kept in the status (``waitingSince``,
+``lastProgressTime``), so they are level-based too.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from agpo_api import AGPOJobSpec
 from agpo_api.progress import cr_status_values
+from agpo_api.termination import Termination
 from agpo_api.vocabulary import TERMINAL_PHASES, ConditionType, EventType, Phase, Reason
 from agpo_operator.actions import (
     Action,
@@ -35,7 +41,8 @@ from agpo_operator.actions import (
     Outcome,
     SuspendTrainer,
 )
-from agpo_operator.builders.common import ATTEMPT_LABEL
+from agpo_operator.builders.common import ATTEMPT_LABEL, Names
+from agpo_operator.builders.storage import ephemeral_checkpoints
 from agpo_operator.conditions import condition, is_true, parse_time, set_condition, timestamp
 from agpo_operator.observe import (
     JobCondition,
@@ -130,6 +137,7 @@ def decide(obs: Observation) -> Decision:
     if not created:
         _create(m)
         return m.finish()
+    _recreate_static(m)
     if m.spec.run_policy.suspend:
         _suspend(m)
         return m.finish()
@@ -141,6 +149,15 @@ def decide(obs: Observation) -> Decision:
     if _workloads(m):
         _pods(m)
     return m.finish()
+
+
+def _recreate_static(m: _Machine) -> None:
+    """Static children someone deleted are created again (level-based: observed missing)."""
+    if not m.obs.missing_static:
+        return
+    m.act(CreateStatic(m.obs.missing_static))
+    message = "recreated deleted children: " + ", ".join(m.obs.missing_static)
+    m.d.events.append(Event(EventType.WARNING, R.CHILDREN_RECREATED, message))
 
 
 def _invalid(m: _Machine) -> Decision:
@@ -162,7 +179,8 @@ def _spec_change(m: _Machine) -> None:
             "; ".join(m.obs.refused)
             + ". The job keeps running with its original spec: revert the change, or delete "
             "and recreate the job (only runPolicy.suspend, activeDeadlineSeconds, "
-            "ttlSecondsAfterFinished, backoffLimit and cleanPodPolicy may change)"
+            "ttlSecondsAfterFinished, backoffLimit, cleanPodPolicy, startupTimeoutSeconds and "
+            "progressTimeoutSeconds may change)"
         )
         m.cond(C.SPEC_CHANGE_REFUSED, True, m.obs.refused_reason, message, EventType.WARNING)
     elif is_true(m.st, C.SPEC_CHANGE_REFUSED):
@@ -179,6 +197,14 @@ def _create(m: _Machine) -> None:
     m.st["restarts"] = 0
     m.st["totalSteps"] = spec.training.steps
     m.count(Outcome.CREATED)
+    if ephemeral_checkpoints(spec):
+        message = (
+            "training.checkpoint.storage.emptyDir is true: checkpoints are lost when the trainer "
+            "pod is replaced (restart, eviction, node loss) and training starts over from step 0; "
+            "remove emptyDir to get a claim"
+        )
+        m.cond(C.EPHEMERAL_CHECKPOINTS, True, R.CHECKPOINTS_ON_EMPTY_DIR, message,
+               EventType.WARNING)  # fmt: skip
     if spec.run_policy.suspend:
         m.cond(C.SUSPENDED, True, R.SUSPENDED, "created suspended: no pods run", EventType.NORMAL)
         m.phase(Phase.SUSPENDED, "suspended")
@@ -186,6 +212,7 @@ def _create(m: _Machine) -> None:
     m.act(CreateRollout())
     m.act(CreateTrainer(0))
     m.st["startTime"] = m.now
+    m.st["waitingSince"] = m.now
     m.phase(Phase.PENDING, "waiting for the rollout and trainer pods")
     _deadline_requeue(m)
 
@@ -247,16 +274,23 @@ def _fail(m: _Machine, reason: Reason, message: str) -> None:
     _stop_conditions(m, R.FAILED, message)
     m.phase(Phase.FAILED, message)
     m.st["completionTime"] = m.now
+    m.st.pop("waitingSince", None)
     m.count(Outcome.FAILED, reason)
     _finished(m)
 
 
-def _succeed(m: _Machine) -> None:
+def _succeed(m: _Machine, trainer: list[PodView]) -> None:
+    # The final poll: rank 0's last /status, from its termination message (the process has
+    # exited, so its server cannot answer any more; the last periodic poll may be old).
+    final = next((p.termination for p in trainer if p.index == 0 and p.termination), None)
+    if final is not None and final.kind is None:
+        m.st.update(cr_status_values(final.progress))
     message = "training finished: every trainer pod succeeded"
     m.cond(C.SUCCEEDED, True, R.TRAINING_SUCCEEDED, message, EventType.NORMAL)
     _stop_conditions(m, R.SUCCEEDED, message)
     m.phase(Phase.SUCCEEDED, message)
     m.st["completionTime"] = m.now
+    m.st.pop("waitingSince", None)
     m.count(Outcome.SUCCEEDED)
     _finished(m)
 
@@ -271,12 +305,15 @@ def _suspend(m: _Machine) -> None:
     m.cond(C.SUSPENDED, True, R.SUSPENDED, message, EventType.NORMAL)
     _stop_conditions(m, R.SUSPENDED, message)
     m.phase(Phase.SUSPENDED, message)
+    for key in ("waitingSince", "lastProgressTime"):  # time suspended counts for nothing
+        m.st.pop(key, None)
 
 
 def _resume(m: _Machine) -> None:
     message = "resumed: pods are recreated; training continues from the newest checkpoint"
     m.cond(C.SUSPENDED, False, R.RESUMED, message, EventType.NORMAL)
     m.st["startTime"] = m.now  # the deadline counts running time since the last resume
+    m.st["waitingSince"] = m.now
     m.phase(Phase.PENDING, message)
 
 
@@ -323,37 +360,72 @@ def _pods(m: _Machine) -> None:
     rollout = [p for p in obs.rollout_pods if not p.deleting]
     done = {p.index for p in trainer if p.phase == PodPhase.SUCCEEDED}
     if job_condition(obs.trainer_job, JobCondition.COMPLETE) or len(done) >= spec.trainer.nodes:
-        _succeed(m)
+        _succeed(m, trainer)
+        return
+    if _token_missing(m, trainer, rollout):
         return
     failure = _trainer_failure(obs.trainer_job, trainer)
     broken = [p for p in rollout if p.phase == PodPhase.FAILED or p.restarts > 0]
     restarting = m.st.get("phase") == Phase.RESTARTING
     if failure is None and broken and not restarting:
         p = broken[0]
-        failure = (R.ROLLOUT_POD_FAILED, f"rollout pod {p.name} failed: {p.problem or p.phase}")
+        message = f"rollout pod {p.name} failed: {p.problem or p.phase}"
+        failure = (R.ROLLOUT_POD_FAILED, message, _permanent(p.termination))
     if failure is not None:
-        _restart_or_fail(m, *failure, [p.name for p in broken])
+        reason, message, permanent = failure
+        if permanent:
+            _fail(m, R.PERMANENT_FAILURE, f"{message}; not retried: the spec or the data must "
+                  "change (a permanent failure spends no backoffLimit)")  # fmt: skip
+        else:
+            _restart_or_fail(m, reason, message, [p.name for p in broken])
         return
     if broken:  # a rollout pod died during a restart: replace it, count nothing twice
         m.act(DeletePods(tuple(p.name for p in broken)))
     _readiness(m, trainer, rollout)
 
 
+def _permanent(termination: Termination | None) -> bool:
+    return termination is not None and termination.permanent
+
+
 def _trainer_failure(
     job: Mapping[str, Any] | None, pods: list[PodView]
-) -> tuple[Reason, str] | None:
-    failed = [p for p in pods if p.phase == PodPhase.FAILED]
+) -> tuple[Reason, str, bool] | None:
+    """The trainer group's failure: (reason, message, permanent). A permanent pod failure
+    wins over a transient one (the other ranks die of the first one's exit)."""
+    failed = sorted(
+        (p for p in pods if p.phase == PodPhase.FAILED), key=lambda p: not _permanent(p.termination)
+    )
     if failed:
         p = failed[0]
         where = f" (rank {p.index})" if p.index is not None else ""
-        return R.TRAINER_POD_FAILED, f"trainer pod {p.name}{where} failed: {p.problem or 'Failed'}"
+        message = f"trainer pod {p.name}{where} failed: {p.problem or 'Failed'}"
+        return R.TRAINER_POD_FAILED, message, _permanent(p.termination)
     cond = job_condition(job, JobCondition.FAILED)
     if cond is not None:
-        return (
-            R.TRAINER_JOB_FAILED,
-            f"trainer Job failed: {cond.get('reason', '')} {cond.get('message', '')}".strip(),
-        )
+        message = f"trainer Job failed: {cond.get('reason', '')} {cond.get('message', '')}"
+        return R.TRAINER_JOB_FAILED, message.strip(), False
     return None
+
+
+def _token_missing(m: _Machine, trainer: list[PodView], rollout: list[PodView]) -> bool:
+    """A pod waits for the rollout token Secret, so someone deleted it.
+
+    The operator cannot read Secrets (by design), so a deleted one shows only here, when a pod
+    (re)starts. A new Secret holds a new token, and running pods keep the old one: every pod
+    must restart to agree on it. So: recreate it and restart the group (counted).
+    """
+    token = Names(m.obs.name, m.obs.namespace).token_secret
+    waiting = next((p for p in [*trainer, *rollout] if p.missing_secret == token), None)
+    if waiting is None:
+        return False
+    m.act(CreateStatic((f"Secret/{token}",)))
+    restarting = condition(m.st, C.RESTARTING) or {}
+    if m.st.get("phase") == Phase.RESTARTING and restarting.get("reason") == R.TOKEN_SECRET_MISSING:
+        return True  # already restarting for it: the new pods will find the new Secret
+    message = f"pod {waiting.name} waits for the deleted Secret {token}: recreated with a new token"
+    _restart_or_fail(m, R.TOKEN_SECRET_MISSING, message, [p.name for p in rollout])
+    return True
 
 
 def _restart_or_fail(m: _Machine, reason: Reason, message: str, broken: list[str]) -> None:
@@ -370,6 +442,8 @@ def _restart_or_fail(m: _Machine, reason: Reason, message: str, broken: list[str
     m.cond(C.RESTARTING, True, reason, text, EventType.WARNING)
     m.cond(C.RUNNING, False, R.RESTARTING, text)
     m.phase(Phase.RESTARTING, text)
+    m.st["waitingSince"] = m.now  # the new attempt's pods get startupTimeoutSeconds again
+    m.st.pop("lastProgressTime", None)
     m.count(Outcome.RESTARTED, reason)
     m.act(DeleteTrainer())
     if broken:
@@ -396,9 +470,13 @@ def _readiness(m: _Machine, trainer: list[PodView], rollout: list[PodView]) -> N
             m.cond(C.RESTARTING, False, R.RECOVERED, text, EventType.NORMAL)
         step, total = m.st.get("step"), m.st.get("totalSteps")
         m.phase(Phase.RUNNING, f"training: step {step}/{total}" if step is not None else "training")
+        m.st.pop("waitingSince", None)
+        _progress_timeout(m)
         return
     waiting = next((f"{p.name}: {p.waiting}" for p in [*rollout, *trainer] if p.waiting), "")
     message = f"{rollout_msg}; {trainer_msg}" + (f"; waiting for {waiting}" if waiting else "")
+    if _startup_timeout(m, message):
+        return
     stalled = EventType.WARNING if is_true(m.st, C.RUNNING) else None
     m.cond(C.RUNNING, False, R.PODS_NOT_READY, message, stalled)
     if m.st.get("phase") == Phase.RESTARTING:
@@ -407,3 +485,57 @@ def _readiness(m: _Machine, trainer: list[PodView], rollout: list[PodView]) -> N
         m.phase(Phase.INITIALIZING, message)
     else:
         m.phase(Phase.PENDING, message)
+
+
+# --------------------------------------------------------------------------- timeouts
+def _seconds_left(m: _Machine, since_key: str, timeout: int | None) -> float | None:
+    """Seconds until ``timeout`` runs out, counted from ``status[since_key]`` (set to now when
+    absent); None without a timeout. A later wake-up is requested for it."""
+    since = parse_time(m.st.get(since_key))
+    if since is None:
+        m.st[since_key] = m.now
+        since = parse_time(m.now)
+    if timeout is None or since is None:
+        return None
+    remaining = (since - m.obs.now).total_seconds() + timeout
+    m.d.requeue(remaining)
+    return remaining
+
+
+def _startup_timeout(m: _Machine, waiting: str) -> bool:
+    """Pods not all running and ready within startupTimeoutSeconds of their creation (or the
+    restart, or the resume): Failed/StartupTimeout, naming the waiting pod and its reason.
+
+    Failed, not a restart: the new pods would be the same pods and wait for the same reason
+    (an image that does not exist, a request no node can serve). A trainer Job suspended by
+    Kueue is waiting for its quota: that does not count.
+    """
+    tj = m.obs.trainer_job or {}
+    if (tj.get("spec") or {}).get("suspend"):
+        m.st["waitingSince"] = m.now
+        return False
+    timeout = m.spec.run_policy.startup_timeout_seconds
+    remaining = _seconds_left(m, "waitingSince", timeout)
+    if remaining is None or remaining > 0:
+        return False
+    _fail(m, R.STARTUP_TIMEOUT, f"the pods are not all running {timeout}s after they were "
+          f"created (runPolicy.startupTimeoutSeconds): {waiting}")  # fmt: skip
+    return True
+
+
+def _progress_timeout(m: _Machine) -> bool:
+    """No new step in the trainer's /status within progressTimeoutSeconds while Running: a
+    hung trainer; restart the group from its newest checkpoint (counted)."""
+    old, new = m.obs.status.get("step"), m.st.get("step")
+    if isinstance(new, int) and (not isinstance(old, int) or new > old):
+        m.st["lastProgressTime"] = m.now  # progress: the clock starts again
+    timeout = m.spec.run_policy.progress_timeout_seconds
+    remaining = _seconds_left(m, "lastProgressTime", timeout)
+    if remaining is None or remaining > 0:
+        return False
+    message = (
+        f"no new step in the trainer's /status for {timeout}s "
+        f"(runPolicy.progressTimeoutSeconds; last step {new if new is not None else 'none'})"
+    )
+    _restart_or_fail(m, R.PROGRESS_TIMEOUT, message, [])
+    return True

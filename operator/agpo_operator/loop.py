@@ -27,7 +27,7 @@ import aiohttp
 from agpo_api import API_VERSION, KIND, AGPOJobSpec
 from agpo_api.vocabulary import FINALIZER, TERMINAL_PHASES, ConditionType, EventType, Reason
 from agpo_operator import metrics
-from agpo_operator.act import ActContext, perform
+from agpo_operator.act import ActContext, expected_static, perform
 from agpo_operator.actions import Action, CreateStatic, Decision, DeleteJob, Event, is_create
 from agpo_operator.builders import BuildOptions
 from agpo_operator.builders.common import Names
@@ -37,12 +37,14 @@ from agpo_operator.decide import decide
 from agpo_operator.kube import Kube
 from agpo_operator.observe import (
     Observation,
+    PodPhase,
     PodView,
     fetch_progress,
     load_applied,
     parse_body,
     rank0_running,
     read_children,
+    read_missing,
 )
 from agpo_operator.spec_change import needs_applied, resolve_spec
 
@@ -88,6 +90,7 @@ class JobLoop:
         self.applied: AGPOJobSpec | None = None  # the spec the children were built from
         self.progress: dict[str, Any] | None = None  # rank 0's last /status
         self.last_poll = -math.inf
+        self.last_static_check = -math.inf
         self.seen: tuple[Any, ...] | None = None  # the wake_key of the last job event
         self.cleaned = False  # a finished job's pods are cleaned up: stop reading them
         self.deleted = False  # we deleted the job (TTL): nothing left to do
@@ -188,6 +191,7 @@ class JobLoop:
             return obs
         children = await read_children(self.rt.kube, self.names)
         progress = await self.poll_progress(spec, children.trainer_pods)
+        missing = await self.check_static(body, spec, status)
         return dataclasses.replace(
             obs,
             statefulset=children.statefulset,
@@ -195,7 +199,22 @@ class JobLoop:
             rollout_pods=children.rollout_pods,
             trainer_pods=children.trainer_pods,
             progress=progress,
+            missing_static=missing,
         )
+
+    async def check_static(
+        self, body: Mapping[str, Any], spec: AGPOJobSpec, status: Mapping[str, Any]
+    ) -> tuple[str, ...]:
+        """The static children someone deleted, looked for at most every resync_seconds (one
+        GET each; the token Secret cannot be read, see decide._token_missing)."""
+        now = time.monotonic()
+        if status.get("phase") in TERMINAL_PHASES:
+            return ()
+        if now - self.last_static_check < self.rt.config.resync_seconds:
+            return ()
+        self.last_static_check = now
+        expected = await expected_static(self.context(body, spec))
+        return await read_missing(self.rt.kube, (c for c in expected if c["kind"] != "Secret"))
 
     async def poll_progress(
         self, spec: AGPOJobSpec, trainer: tuple[PodView, ...]
@@ -205,7 +224,9 @@ class JobLoop:
         now = time.monotonic()
         if not rank0_running(trainer):
             return self.progress
-        if now - self.last_poll < self.rt.config.status_poll_seconds:
+        # A rank finished: training is over, read rank 0 now, while it may still answer.
+        final = any(p.phase == PodPhase.SUCCEEDED for p in trainer)
+        if now - self.last_poll < self.rt.config.status_poll_seconds and not final:
             return self.progress
         self.last_poll = now
         url = self.rt.config.status_url_for(self.name, self.namespace, spec.metrics.port)
@@ -218,15 +239,7 @@ class JobLoop:
     async def apply(self, body: Mapping[str, Any], obs: Observation, decision: Decision) -> None:
         """Creates first, then the status, then deletions (so a restart is counted before the
         old Job goes; an interrupted creation is simply retried)."""
-        ctx = ActContext(
-            kube=self.rt.kube,
-            options=self.rt.options,
-            names=self.names,
-            uid=body.get("metadata", {}).get("uid", ""),
-            spec=obs.spec,
-            has_api_group=self.rt.has_api_group,
-            post_event=lambda event: self.rt.post_event(body, event),
-        )
+        ctx = self.context(body, obs.spec)
         creates = [a for a in decision.actions if is_create(a)]
         others = [a for a in decision.actions if not is_create(a)]
         for action in creates:
@@ -244,6 +257,17 @@ class JobLoop:
             self.cleaned = True
         elif phase not in TERMINAL_PHASES:
             self.cleaned = False
+
+    def context(self, body: Mapping[str, Any], spec: AGPOJobSpec | None) -> ActContext:
+        return ActContext(
+            kube=self.rt.kube,
+            options=self.rt.options,
+            names=self.names,
+            uid=body.get("metadata", {}).get("uid", ""),
+            spec=spec,
+            has_api_group=self.rt.has_api_group,
+            post_event=lambda event: self.rt.post_event(body, event),
+        )
 
     async def perform(self, ctx: ActContext, action: Action) -> None:
         """One action, and what the loop remembers of it."""

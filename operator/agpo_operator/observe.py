@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,6 +21,7 @@ import yaml
 
 from agpo_api import API_VERSION, KIND, AGPOJob, AGPOJobSpec, InvalidJobError, parse_job
 from agpo_api.layout import JOB_FILE_KEY
+from agpo_api.termination import Termination, last_line, parse_termination
 from agpo_api.vocabulary import Reason
 from agpo_operator.builders.common import COMPLETION_INDEX, JOB_LABEL, Names
 from agpo_operator.kube import Kube, Obj
@@ -58,6 +60,8 @@ class PodView:
     deleting: bool = False
     problem: str = ""
     waiting: str = ""
+    termination: Termination | None = None  # the contract line of a terminated container
+    missing_secret: str = ""  # a Secret the pod's containers wait for (it was deleted)
 
     @classmethod
     def of(cls, pod: Mapping[str, Any]) -> PodView:
@@ -77,18 +81,55 @@ class PodView:
             index=int(str(raw_index)) if str(raw_index or "").isdigit() else None,
             restarts=sum(int(c.get("restartCount") or 0) for c in containers),
             deleting=bool(meta.get("deletionTimestamp")),
-            problem=_termination(containers) or status.get("reason") or "",
+            problem=_problem(containers) or status.get("reason") or "",
             waiting=_waiting(status, containers),
+            termination=_contract(containers),
+            missing_secret=_missing_secret(containers),
         )
 
 
-def _termination(containers: Iterable[Mapping[str, Any]]) -> str:
+def _terminated(containers: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, Obj]]:
     for c in containers:
         for state in (c.get("state") or {}, c.get("lastState") or {}):
-            term = state.get("terminated")
-            if term and term.get("exitCode", 0) != 0:
-                reason = f" ({term['reason']})" if term.get("reason") else ""
-                return f"container {c.get('name', '?')} exited with code {term['exitCode']}{reason}"
+            if term := state.get("terminated"):
+                yield c.get("name", "?"), term
+
+
+def _problem(containers: Iterable[Mapping[str, Any]]) -> str:
+    """Why a container failed: its exit code, and its termination message's reason (the
+    contract line, else the last line of the log tail FallbackToLogsOnError left there)."""
+    for name, term in _terminated(containers):
+        if term.get("exitCode", 0) != 0:
+            reason = f" ({term['reason']})" if term.get("reason") else ""
+            text = f"container {name} exited with code {term['exitCode']}{reason}"
+            parsed = parse_termination(term.get("message"))
+            if parsed is not None and parsed.kind is not None:
+                return f"{text}: {parsed.kind.value}: {parsed.reason}"
+            tail = last_line(term.get("message"))
+            return f"{text}: {tail}" if tail else text
+    return ""
+
+
+def _contract(containers: Iterable[Mapping[str, Any]]) -> Termination | None:
+    """The first container's contract line (a failure's kind, or a success's progress)."""
+    for _, term in _terminated(containers):
+        parsed = parse_termination(term.get("message"))
+        if parsed is not None:
+            return parsed
+    return None
+
+
+_SECRET_NOT_FOUND = re.compile(r'secret "([^"]+)" not found')
+
+
+def _missing_secret(containers: Iterable[Mapping[str, Any]]) -> str:
+    """The Secret a container cannot start without (the kubelet's CreateContainerConfigError)."""
+    for c in containers:
+        waiting = (c.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") == "CreateContainerConfigError":
+            found = _SECRET_NOT_FOUND.search(waiting.get("message") or "")
+            if found:
+                return found.group(1)
     return ""
 
 
@@ -145,6 +186,9 @@ class Observation:
     rollout_pods: tuple[PodView, ...] = ()
     trainer_pods: tuple[PodView, ...] = ()
     progress: Mapping[str, Any] | None = None
+    # Static children ("Kind/name") found missing by the last check (empty: all there, or
+    # not checked in this pass); the token Secret is never read (see docs/reliability.md).
+    missing_static: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,6 +258,26 @@ async def read_children(kube: Kube, names: Names) -> Children:
         kube.list("v1", "Pod", names.namespace, select),
     )
     return children_of(names, stss, jobs, pods)
+
+
+def child_key(obj: Mapping[str, Any]) -> str:
+    """How actions and observations name a child: ``Kind/name``."""
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+async def read_missing(kube: Kube, expected: Iterable[Obj]) -> tuple[str, ...]:
+    """The expected children (``Kind/name``) that do not exist or are being deleted: one GET
+    each (the rights the 409 check needs anyway; a LIST per kind would need more)."""
+    wanted = list(expected)
+    found = await asyncio.gather(
+        *(
+            kube.get(o["apiVersion"], o["kind"], o["metadata"]["namespace"], o["metadata"]["name"])
+            for o in wanted
+        )
+    )
+    return tuple(
+        child_key(o) for o, f in zip(wanted, found, strict=True) if f is None or deleting(f)
+    )
 
 
 async def load_applied(kube: Kube, names: Names) -> AGPOJobSpec | None:

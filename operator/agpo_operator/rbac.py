@@ -6,6 +6,11 @@ Role bound and no token mounted: they need no API access.
 
 ``rbac_rules()`` is what the chart and ``manifests/rbac`` render; ``cluster_role()`` and
 ``role()`` wrap them for cluster-wide and single-namespace installs.
+
+``get`` on a static child serves two purposes: after a create answered 409, checking that the
+object is the job's own; and the periodic check that recreates deleted static children.
+Secrets are the exception: create only (a deleted token Secret shows in the pods, see
+``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ RULES: tuple[Rule, ...] = (
     Rule("", ("secrets",), ("create",), "the rollout token (never read back)"),
     Rule("", ("services", "serviceaccounts"), ("get", "create"),
          "headless and metrics Services; the workload service account"),
+    Rule("", ("persistentvolumeclaims",), ("get", "create"),
+         "the job's checkpoint claim (never deleted: garbage collection or the user does)"),
     Rule("", ("events",), ("create",), "Kubernetes Events for transitions and failures"),
     Rule("apps", ("statefulsets",), ("list", "create", "delete"),
          "the vLLM rollout servers (deleted when suspended or finished)"),

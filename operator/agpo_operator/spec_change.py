@@ -17,7 +17,7 @@ from agpo_operator.conditions import is_true
 # Run-policy fields a user may change on a live job; every other spec field is immutable.
 MUTABLE_RUN_POLICY = (
     "suspend", "active_deadline_seconds", "ttl_seconds_after_finished", "backoff_limit",
-    "clean_pod_policy",
+    "clean_pod_policy", "startup_timeout_seconds", "progress_timeout_seconds",
 )  # fmt: skip
 
 

@@ -199,6 +199,39 @@ BAD_CASES: list[BadCase] = [
     ),
     BadCase("job name too long", {"metadata.name": "a" * 41}, "metadata.name"),
     BadCase(
+        "checkpoint pvc and storage",
+        {"spec.training.checkpoint": {"pvc": "c", "storage": {"size": "1Gi"}}},
+        "spec.training.checkpoint.storage",
+    ),
+    BadCase(
+        "emptyDir checkpoints with a size",
+        {"spec.training.checkpoint": {"storage": {"emptyDir": True, "size": "1Gi"}}},
+        "spec.training.checkpoint.storage.emptyDir",
+    ),
+    BadCase(
+        "two trainer nodes on ReadWriteOnce checkpoints",
+        {
+            "spec.trainer.nodes": 2,
+            "spec.training.checkpoint": {"storage": {"accessModes": ["ReadWriteOnce"]}},
+        },
+        "spec.training.checkpoint.storage.accessModes",
+    ),
+    BadCase(
+        "unknown checkpoint access mode",
+        {"spec.training.checkpoint": {"storage": {"accessModes": ["ReadOnlyMany"]}}},
+        "spec.training.checkpoint.storage.accessModes[0]",
+    ),
+    BadCase(
+        "startup timeout 0",
+        {"spec.runPolicy.startupTimeoutSeconds": 0},
+        "spec.runPolicy.startupTimeoutSeconds",
+    ),
+    BadCase(
+        "progress timeout negative",
+        {"spec.runPolicy.progressTimeoutSeconds": -5},
+        "spec.runPolicy.progressTimeoutSeconds",
+    ),
+    BadCase(
         "env with value and valueFrom",
         {
             "spec.trainer.env": [

@@ -42,6 +42,7 @@ RESOURCES = {
     "secrets": kmock.resource("", "v1", "secrets"),
     "services": kmock.resource("", "v1", "services"),
     "serviceaccounts": kmock.resource("", "v1", "serviceaccounts"),
+    "persistentvolumeclaims": kmock.resource("", "v1", "persistentvolumeclaims"),
     "events": kmock.resource("", "v1", "events"),
     "statefulsets": kmock.resource("apps", "v1", "statefulsets"),
     "jobs": kmock.resource("batch", "v1", "jobs"),

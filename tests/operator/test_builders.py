@@ -48,7 +48,8 @@ def test_every_child_is_named_labelled_and_namespaced() -> None:
     assert sorted(objs) == sorted([
         ("ServiceAccount", "demo-workload"), ("NetworkPolicy", "demo-rollout"),
         ("NetworkPolicy", "demo-trainer"), ("Secret", "demo-rollout-token"),
-        ("ConfigMap", "demo-spec"), ("Service", "demo-rollout"), ("Service", "demo-trainer"),
+        ("ConfigMap", "demo-spec"), ("PersistentVolumeClaim", "demo-checkpoints"),
+        ("Service", "demo-rollout"), ("Service", "demo-trainer"),
         ("Service", "demo-trainer-metrics"), ("StatefulSet", "demo-rollout"), ("Job", "demo-trainer"),
     ])  # fmt: skip
     for obj in objs.values():
@@ -188,17 +189,74 @@ def test_trainer_is_an_indexed_job_with_torchrun_rendezvous() -> None:
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert c["resources"]["requests"]["memory"] == "512Gi"
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "checkpoints"}
+    assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "qm-checkpoints"}
+    claim = objs[("PersistentVolumeClaim", "qm-checkpoints")]
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "200Gi"}}
+    }  # fmt: skip
+    assert claim["metadata"]["annotations"] == {"agpo.dev/reclaim": "Retain"}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["terminationMessagePath"] == "/dev/termination-log"
     assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "datasets", "readOnly": True}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
     svc = objs[("Service", "qm-trainer")]
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
 
 
-def test_checkpoints_default_to_an_emptydir_under_the_job_name() -> None:
-    pod = trainer_pod(children(job()))
-    assert {"name": "checkpoints", "emptyDir": {}} in pod["volumes"]
+def test_checkpoints_default_to_a_provisioned_claim_under_the_job_name() -> None:
+    """Gap (a): without checkpoint settings the trainer used an emptyDir (lost with the pod)."""
+    objs = children(job(training__checkpoint={}))
+    pod = trainer_pod(objs)
+    assert {
+        "name": "checkpoints",
+        "persistentVolumeClaim": {"claimName": "demo-checkpoints"},
+    } in pod["volumes"]
+    assert {"name": "checkpoints", "mountPath": "/checkpoints"} in pod["containers"][0][
+        "volumeMounts"
+    ]
     assert env(pod["containers"][0])["AGPO_CHECKPOINT_DIR"] == "/checkpoints/demo"
+    claim = objs[("PersistentVolumeClaim", "demo-checkpoints")]
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}
+    }  # fmt: skip
+    assert claim["metadata"]["annotations"] == {"agpo.dev/reclaim": "Delete"}
+    # Created with the static children, so before any trainer Job.
+    kinds = [k for k, _ in objs]
+    assert kinds.index("PersistentVolumeClaim") < kinds.index("Job")
+
+
+def test_checkpoint_storage_settings_and_the_existing_claim() -> None:
+    storage = {"size": "50Gi", "storageClassName": "fast", "accessModes": ["ReadWriteOncePod"]}
+    claim = children(job(training__checkpoint={"storage": storage}))[
+        ("PersistentVolumeClaim", "demo-checkpoints")
+    ]
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "50Gi"}},
+        "storageClassName": "fast",
+    }  # fmt: skip
+    two = children(job(trainer__nodes=2, training__checkpoint={}))
+    assert two[("PersistentVolumeClaim", "demo-checkpoints")]["spec"]["accessModes"] == [
+        "ReadWriteMany"
+    ]
+    objs = children(job(training__checkpoint={"pvc": "mine"}))
+    assert ("PersistentVolumeClaim", "demo-checkpoints") not in objs
+    assert {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "mine"}} in trainer_pod(
+        objs
+    )["volumes"]
+
+
+def test_emptydir_checkpoints_only_when_asked_for() -> None:
+    objs = children(job(training__checkpoint={"storage": {"emptyDir": True}}))
+    assert ("PersistentVolumeClaim", "demo-checkpoints") not in objs
+    assert {"name": "checkpoints", "emptyDir": {}} in trainer_pod(objs)["volumes"]
+
+
+def test_adopt_leaves_a_retained_claim_to_create_child() -> None:
+    from agpo_operator.builders.storage import retained
+
+    objs = children(job("qwen-math-gpu", name="qm"), namespace="ml-training")
+    assert retained(objs[("PersistentVolumeClaim", "qm-checkpoints")])
+    assert not retained(objs[("ConfigMap", "qm-spec")])
 
 
 def test_attempt_label_marks_each_restart() -> None:

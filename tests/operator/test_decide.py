@@ -309,3 +309,195 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     t = cond(first, "Running")["lastTransitionTime"]
     second = decide(observe(first.status, now=T0 + dt.timedelta(minutes=5), **running_pods()))
     assert cond(second, "Running")["lastTransitionTime"] == t
+
+
+# --------------------------------------------------------------------------- reliability
+def pod_of(pod: dict[str, Any]) -> PodView:
+    return PodView.of(pod)
+
+
+def terminated_pod(name: str, message: str, *, index: int = 0, exit_code: int = 1) -> PodView:
+    """A trainer pod whose container terminated with ``message`` (what the kubelet reports)."""
+    return PodView.of({
+        "metadata": {"name": name, "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+        "status": {"phase": "Failed" if exit_code else "Succeeded", "containerStatuses": [{
+            "name": "trainer", "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed",
+                                     "message": message}},
+        }]},
+    })  # fmt: skip
+
+
+def waiting_pod(name: str, reason: str, message: str, **kw: Any) -> PodView:
+    return PodView.of({
+        "metadata": {"name": name, **kw},
+        "status": {"phase": "Pending", "containerStatuses": [{
+            "name": "c", "state": {"waiting": {"reason": reason, "message": message}},
+        }]},
+    })  # fmt: skip
+
+
+ROLLOUT_OK = (PodView("j-rollout-0", "Running", ready=True),)
+
+
+def test_a_permanent_failure_fails_at_once_with_the_trainers_reason() -> None:
+    """Gap (b): a failure that can never succeed was retried backoffLimit times."""
+    status = created()
+    pod = terminated_pod("j-trainer-0-x", "loading...\npermanent: dataset row 17 has no 'prompt'")
+    d = decide(observe(status, rollout_pods=ROLLOUT_OK, trainer_pods=(pod,)))
+    assert d.status["phase"] == "Failed" and d.status["restarts"] == 0
+    failed = cond(d, "Failed")
+    assert failed["reason"] == "PermanentFailure"
+    assert "dataset row 17 has no 'prompt'" in failed["message"]
+    assert CreateTrainer not in acts(d) and DeleteTrainer not in acts(d)
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "PermanentFailure")]
+    assert d.counters == [("failed", "PermanentFailure")]
+
+
+def test_a_permanent_failure_wins_over_the_other_ranks_transient_ones() -> None:
+    status = created(s := spec(trainer__nodes=2, trainer__procsPerNode=1))
+    pods = (
+        terminated_pod("a", "transient: peer rank 0 went away", index=1),
+        terminated_pod("b", "permanent: reward module 'mymod' does not import", index=0),
+    )
+    d = decide(observe(status, s, rollout_pods=ROLLOUT_OK, trainer_pods=pods))
+    assert cond(d, "Failed")["reason"] == "PermanentFailure"
+    assert "mymod" in cond(d, "Failed")["message"]
+
+
+def test_a_transient_failure_restarts_with_its_reason() -> None:
+    status = created()
+    pod = terminated_pod("j-trainer-0-x", "transient: CUDA out of memory")
+    d = decide(observe(status, rollout_pods=ROLLOUT_OK, trainer_pods=(pod,)))
+    assert d.status["phase"] == "Restarting" and d.status["restarts"] == 1
+    restarting = cond(d, "Restarting")
+    assert restarting["reason"] == "TrainerPodFailed"
+    assert "exited with code 1 (Error): transient: CUDA out of memory" in restarting["message"]
+    assert [e.reason for e in d.events] == ["TrainerPodFailed"]
+    assert "CUDA out of memory" in d.events[0].message
+
+
+def test_an_unclassified_failure_is_transient_with_the_log_tail() -> None:
+    status = created()
+    pod = terminated_pod("j-trainer-0-x", "Traceback ...\n  File x\nRuntimeError: NCCL timeout\n")
+    d = decide(observe(status, rollout_pods=ROLLOUT_OK, trainer_pods=(pod,)))
+    assert d.status["restarts"] == 1
+    assert cond(d, "Restarting")["message"].split(";")[0].endswith("RuntimeError: NCCL timeout")
+
+
+def test_startup_timeout_fails_with_the_waiting_reason() -> None:
+    """Gap (c): a job waited in Pending forever (image pull errors, unschedulable pods)."""
+    s = spec(runPolicy__startupTimeoutSeconds=600)
+    status = created(s)
+    assert status["waitingSince"] == "2026-01-01T12:00:00Z"
+    pods = {"rollout_pods": (waiting_pod("j-rollout-0", "ImagePullBackOff", "no such image"),),
+            "trainer_pods": (PodView("j-trainer-0-x", "Running", index=0),)}  # fmt: skip
+    early = decide(observe(status, s, now=T0 + dt.timedelta(seconds=599), **pods))
+    assert early.status["phase"] == "Initializing" and early.requeue_after == pytest.approx(1)
+    late = decide(observe(early.status, s, now=T0 + dt.timedelta(seconds=601), **pods))
+    assert late.status["phase"] == "Failed"
+    failed = cond(late, "Failed")
+    assert failed["reason"] == "StartupTimeout"
+    assert "j-rollout-0: ImagePullBackOff: no such image" in failed["message"]
+    assert "startupTimeoutSeconds" in failed["message"]
+    assert "waitingSince" not in late.status
+
+
+def test_the_startup_clock_stops_while_running_and_restarts_with_a_restart() -> None:
+    s = spec(runPolicy__startupTimeoutSeconds=60)
+    running = decide(observe(created(s), s, **running_pods())).status
+    assert running["phase"] == "Running" and "waitingSince" not in running
+    later = T0 + dt.timedelta(hours=1)
+    pods = {"rollout_pods": ROLLOUT_OK,
+            "trainer_pods": (PodView("j-trainer-0-x", "Failed", index=0),)}  # fmt: skip
+    restarted = decide(observe(running, s, now=later, **pods)).status
+    assert restarted["waitingSince"] == "2026-01-01T13:00:00Z"
+
+
+def test_a_kueue_suspended_trainer_job_is_not_timed_out() -> None:
+    s = spec(runPolicy__startupTimeoutSeconds=60)
+    status = created(s)
+    queued = tj(0, spec={"suspend": True})
+    d = decide(observe(status, s, now=T0 + dt.timedelta(hours=2), trainer_job=queued))
+    assert d.status["phase"] == "Pending"
+    assert d.status["waitingSince"] == "2026-01-01T14:00:00Z"
+
+
+def test_progress_timeout_restarts_a_hung_trainer() -> None:
+    """Gap (c): a hung trainer was caught only by activeDeadlineSeconds."""
+    s = spec(runPolicy__progressTimeoutSeconds=300)
+    first = decide(observe(created(s), s, progress={"step": 5}, **running_pods())).status
+    assert first["phase"] == "Running" and first["lastProgressTime"] == "2026-01-01T12:00:00Z"
+    t1 = T0 + dt.timedelta(seconds=200)
+    moved = decide(observe(first, s, now=t1, progress={"step": 6}, **running_pods())).status
+    assert moved["lastProgressTime"] == "2026-01-01T12:03:20Z"
+    t2 = t1 + dt.timedelta(seconds=299)
+    still = decide(observe(moved, s, now=t2, progress={"step": 6}, **running_pods()))
+    assert still.status["phase"] == "Running" and still.requeue_after == pytest.approx(1)
+    t3 = t1 + dt.timedelta(seconds=301)
+    hung = decide(observe(still.status, s, now=t3, progress={"step": 6}, **running_pods()))
+    assert hung.status["phase"] == "Restarting" and hung.status["restarts"] == 1
+    assert cond(hung, "Restarting")["reason"] == "ProgressTimeout"
+    assert "no new step" in cond(hung, "Restarting")["message"]
+    assert "last step 6" in cond(hung, "Restarting")["message"]
+    assert DeleteTrainer in acts(hung) and "lastProgressTime" not in hung.status
+
+
+def test_progress_timeout_is_off_by_default() -> None:
+    from agpo_api.models import RunPolicy
+
+    assert RunPolicy().progress_timeout_seconds is None
+    assert RunPolicy().startup_timeout_seconds == 1800
+    s = spec(runPolicy__progressTimeoutSeconds=None)
+    first = decide(observe(created(s), s, progress={"step": 5}, **running_pods())).status
+    later = T0 + dt.timedelta(days=3)
+    d = decide(observe(first, s, now=later, progress={"step": 5}, **running_pods()))
+    assert d.status["phase"] == "Running"
+
+
+def test_success_takes_the_final_progress_from_rank_0s_termination_message() -> None:
+    """Gap (d): after success the CR kept the last periodic poll's step and reward."""
+    status = {**created(), "step": 70, "rewardMean": 0.5}
+    final = 'succeeded: {"phase":"Succeeded","rewardMean":0.875,"step":80,"totalSteps":80}'
+    pod = terminated_pod("j-trainer-0-x", final, exit_code=0)
+    d = decide(observe(status, rollout_pods=ROLLOUT_OK, trainer_pods=(pod,)))
+    assert d.status["phase"] == "Succeeded"
+    assert d.status["step"] == 80 and d.status["rewardMean"] == 0.875
+
+
+def test_deleted_static_children_are_recreated() -> None:
+    """Gap (d): only the StatefulSet and the trainer Job were recreated."""
+    missing = ("ConfigMap/j-spec", "Service/j-trainer")
+    d = decide(observe(created(), missing_static=missing, **running_pods()))
+    assert CreateStatic(missing) in d.actions
+    assert [e.reason for e in d.events if e.reason == "ChildrenRecreated"] == ["ChildrenRecreated"]
+    assert "ConfigMap/j-spec" in d.events[0].message
+    suspended = decide(observe(created(spec(runPolicy__suspend=True)), missing_static=missing))
+    assert CreateStatic(missing) in suspended.actions
+
+
+def test_a_deleted_token_secret_is_recreated_and_every_pod_restarts() -> None:
+    status = decide(observe(created(), **running_pods())).status
+    secret_gone = 'secret "j-rollout-token" not found'
+    pods = {
+        "rollout_pods": (PodView("j-rollout-0", "Running", ready=True),),
+        "trainer_pods": (waiting_pod("j-trainer-0-y", "CreateContainerConfigError", secret_gone),),
+    }
+    d = decide(observe(status, **pods))
+    assert d.actions[0] == CreateStatic(("Secret/j-rollout-token",))
+    assert DeleteTrainer in acts(d) and DeletePods(("j-rollout-0",)) in d.actions
+    assert cond(d, "Restarting")["reason"] == "TokenSecretMissing"
+    again = decide(observe(d.status, **pods))  # the same pod, seen again: no second restart
+    assert again.status["restarts"] == 1 and again.actions == [
+        CreateStatic(("Secret/j-rollout-token",))
+    ]
+
+
+def test_emptydir_checkpoints_warn() -> None:
+    s = spec(training__checkpoint={"storage": {"emptyDir": True}})
+    d = decide(Observation("j", "ns", 1, T0, {}, s))
+    warning = cond(d, "EphemeralCheckpoints")
+    assert warning["status"] == "True" and warning["reason"] == "CheckpointsOnEmptyDir"
+    assert "lost when the trainer pod is replaced" in warning["message"]
+    assert ("Warning", "CheckpointsOnEmptyDir") in [(e.type, e.reason) for e in d.events]
+    assert all(c["type"] != "EphemeralCheckpoints" for c in created()["conditions"])

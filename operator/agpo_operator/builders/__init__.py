@@ -8,7 +8,7 @@ rollout token's value (generated at creation) and ownerReferences (they need the
 Children come in three groups, each a registry (in creation order):
 
 * ``STATIC``: created once with the job and kept until it is deleted (configuration, identity,
-  network isolation, Services, monitoring);
+  network isolation, checkpoint storage, Services, monitoring); recreated when deleted;
 * ``ROLLOUT``: the vLLM StatefulSet (removed while suspended or finished);
 * ``TRAINER``: the torchrun Job of the current attempt (replaced on every restart).
 """
@@ -28,6 +28,7 @@ from agpo_operator.builders.security import (
     build_token_secret,
     build_trainer_network_policy,
 )
+from agpo_operator.builders.storage import build_checkpoint_pvc
 from agpo_operator.builders.trainer import build_trainer_job, build_trainer_service
 
 Builder = Callable[[AGPOJob, Names, BuildOptions], Obj | None]
@@ -39,6 +40,7 @@ STATIC: tuple[Builder, ...] = (
     build_trainer_network_policy,
     build_token_secret,
     build_spec_configmap,
+    build_checkpoint_pvc,
     build_rollout_service,
     build_trainer_service,
     build_metrics_service,

@@ -80,6 +80,10 @@ class Names:
         return f"{self.job}-trainer-metrics"
 
     @property
+    def checkpoints(self) -> str:
+        return f"{self.job}-checkpoints"
+
+    @property
     def master_host(self) -> str:
         """Rank 0's stable DNS name (Indexed Job hostname + the headless Service subdomain)."""
         return f"{self.trainer}-0.{self.trainer}"

@@ -115,6 +115,8 @@ def rollout_pod_spec(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
         "resources": resources(rollout.resources, rollout.gpus_per_replica),
         "securityContext": container_security_context(),
         "volumeMounts": [*common_mounts(), *mounts],
+        # A crashed server's log tail becomes its termination message: the restart's reason.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     spec: Obj = {
         "serviceAccountName": n.service_account,

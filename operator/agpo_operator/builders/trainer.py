@@ -21,6 +21,7 @@ from agpo_api.layout import (
     TINY_MODEL,
     TOKEN_KEY,
 )
+from agpo_api.termination import TERMINATION_LOG
 from agpo_operator.builders.common import (
     ATTEMPT_LABEL,
     COMPLETION_INDEX,
@@ -46,6 +47,7 @@ from agpo_operator.builders.common import (
     shm_volume,
     workload_labels,
 )
+from agpo_operator.builders.storage import checkpoint_volume_source
 
 # The TrainerSettings the operator sets (the others, e.g. AGPO_CRASH_AFTER_STEP or
 # AGPO_MICRO_BATCH_SIZE, are left to the job's env).
@@ -150,13 +152,9 @@ def trainer_env(job: AGPOJob, n: Names) -> list[Obj]:
     return merge_env(ours, [e.to_dict() for e in job.spec.trainer.env], RESERVED_ENV)
 
 
-def _volumes(job: AGPOJob) -> tuple[list[Obj], list[Obj]]:
-    """Checkpoints (PVC, else an emptyDir that dies with the pod), model and dataset PVCs."""
-    ckpt = job.spec.training.checkpoint
-    ckpt_source: Obj = (
-        {"persistentVolumeClaim": {"claimName": ckpt.pvc}} if ckpt.pvc else {"emptyDir": {}}
-    )
-    volumes: list[Obj] = [{"name": "checkpoints", **ckpt_source}]
+def _volumes(job: AGPOJob, n: Names) -> tuple[list[Obj], list[Obj]]:
+    """Checkpoints (a claim; an emptyDir only when asked for), model and dataset PVCs."""
+    volumes: list[Obj] = [{"name": "checkpoints", **checkpoint_volume_source(job, n)}]
     mounts: list[Obj] = [{"name": "checkpoints", "mountPath": CHECKPOINTS_DIR}]
     model_vols, model_mounts = model_volumes(job)
     volumes += model_vols
@@ -172,7 +170,7 @@ def _volumes(job: AGPOJob) -> tuple[list[Obj], list[Obj]]:
 
 def trainer_pod_spec(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
     trainer = job.spec.trainer
-    volumes, mounts = _volumes(job)
+    volumes, mounts = _volumes(job, n)
     ports = [
         {"name": "metrics", "containerPort": job.spec.metrics.port, "protocol": "TCP"},
         {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"},
@@ -191,6 +189,10 @@ def trainer_pod_spec(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
         "resources": resources(trainer.resources, trainer.gpus_per_node),
         "securityContext": container_security_context(),
         "volumeMounts": [*common_mounts(), *mounts],
+        # The trainer writes "permanent: ..." / "transient: ..." there (agpo_api.termination);
+        # a process that dies without writing it leaves its log tail instead.
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return {
         "subdomain": n.trainer,
