@@ -226,7 +226,10 @@ class World:
 
     async def set_pod(self, name: str, phase: str, *, ready: bool | None = None,
                       exit_code: int | None = None, restarts: int = 0,
+                      message: str | None = None, waiting: tuple[str, str] | None = None,
                       namespace: str = NS) -> None:  # fmt: skip
+        """The kubelet's status of a pod; ``message`` is the terminated container's
+        termination message, ``waiting`` a (reason, message) its container waits with."""
         status: dict[str, Any] = {"phase": phase}
         if ready is not None:
             status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
@@ -236,8 +239,11 @@ class World:
                 "terminated": {
                     "exitCode": exit_code,
                     "reason": "Error" if exit_code else "Completed",
+                    **({"message": message} if message is not None else {}),
                 }
             }
+        if waiting is not None:
+            state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
         status["containerStatuses"] = [{"name": "main", "restartCount": restarts, "state": state}]
         await self.http(
             "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status", {"status": status},
