@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 def is_distributed() -> bool:
     """True when a process group with more than one rank is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
 
 def barrier() -> None:
