@@ -1,0 +1,268 @@
+"""Tagged bit counting: ``a1b0c1d1e0=`` -> ``Answer:3`` (the number of 1s).
+
+Why this task (see /work/shared/docs/STUDY.md): a tiny byte-level model can learn it, its
+problem space (all 2-14 bit strings: 32,764 prompts) is far larger than an RL budget, and
+its difficulty (the number of bits) spreads from trivial to hard, so groups come out
+all-correct, all-wrong and mixed.
+
+Completion grammar (every format the task emits, then EOS)::
+
+    [filler][scratch "\\n"]Answer:<n>
+
+* filler: ``.`` repeated 0..6 times: reasoning-looking length that never helps;
+* scratch: the running count after each tag, ``a1b1c2d3e3`` for ``a1b0c1d1e0=`` (copy the
+  bit after each tag and add it): useful length that helps on long strings;
+* ``Answer:<n>``: the decimal count.
+
+"Reasoning tokens" are the tokens before ``Answer:``; the grader reports them split into
+filler and scratch. With the builtin byte-level tokenizer one character is one token.
+
+Splits are by a stable hash (sha256 of the prompt text), so every process, machine and
+Python version puts a prompt in the same split, and the splits are disjoint by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+NAME = "bitcount"
+TAGS = "abcdefghijklmn"  # one tag per bit position: at most 14 bits
+MIN_BITS = 2
+MAX_BITS = len(TAGS)
+MAX_FILLER = 6
+FILLER_CHAR = "."
+ANSWER_PREFIX = "Answer:"
+PROMPT_SUFFIX = "="
+
+# Fractions of the problem space, in hash order (cumulative bounds below). Warm-up (the
+# supervised format warm-up) and train (RL prompts) are large; eval (the gate, checkpoints)
+# and test (final endpoints, never tuned on) are 10% each.
+SPLITS: tuple[tuple[str, float], ...] = (
+    ("warmup", 0.4),
+    ("train", 0.4),
+    ("eval", 0.1),
+    ("test", 0.1),
+)
+SPLIT_NAMES: tuple[str, ...] = tuple(name for name, _ in SPLITS)
+
+# The hash prefix read as an integer in [0, 2**64) is compared with these bounds.
+_HASH_SPACE = 1 << 64
+_BOUNDS: tuple[tuple[str, int], ...] = tuple(
+    (name, round(sum(f for _, f in SPLITS[: i + 1]) * _HASH_SPACE))
+    for i, (name, _) in enumerate(SPLITS)
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One prompt: its bits, the prompt text, the reference answer and the difficulty."""
+
+    bits: str  # e.g. "10110"
+
+    @property
+    def prompt(self) -> str:
+        return make_prompt(self.bits)
+
+    @property
+    def answer(self) -> str:
+        return str(self.bits.count("1"))
+
+    @property
+    def difficulty(self) -> int:
+        """The number of bits (2..14): longer strings are harder to count directly."""
+        return len(self.bits)
+
+    @property
+    def split(self) -> str:
+        return split_of(self.prompt)
+
+
+def make_prompt(bits: str) -> str:
+    """``"1011"`` -> ``"a1b0c1d1="``."""
+    if not MIN_BITS <= len(bits) <= MAX_BITS or set(bits) - {"0", "1"}:
+        raise ValueError(f"bits must be {MIN_BITS}-{MAX_BITS} characters of 0/1, got {bits!r}")
+    return "".join(f"{t}{b}" for t, b in zip(TAGS, bits, strict=False)) + PROMPT_SUFFIX
+
+
+_PROMPT_RE = re.compile(rf"^((?:[a-n][01]){{{MIN_BITS},{MAX_BITS}}})=$")
+
+
+def parse_prompt(prompt: str) -> str:
+    """The bits of a prompt (inverse of :func:`make_prompt`); ValueError if not one."""
+    m = _PROMPT_RE.match(prompt)
+    if m is None:
+        raise ValueError(f"not a bitcount prompt: {prompt!r}")
+    pairs = m.group(1)
+    tags, bits = pairs[0::2], pairs[1::2]
+    if tags != TAGS[: len(tags)]:
+        raise ValueError(f"tags must be {TAGS[: len(tags)]!r} in order, got {tags!r}")
+    return bits
+
+
+def answer_of(prompt: str) -> str:
+    return str(parse_prompt(prompt).count("1"))
+
+
+def difficulty_of(prompt: str) -> int:
+    return len(parse_prompt(prompt))
+
+
+def stable_hash(text: str) -> int:
+    """The first 8 bytes of sha256(text, UTF-8) as a big-endian integer (process-stable)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def split_of(prompt: str) -> str:
+    """``warmup`` | ``train`` | ``eval`` | ``test``, by :func:`stable_hash` of the prompt."""
+    h = stable_hash(prompt)
+    for name, bound in _BOUNDS:
+        if h < bound:
+            return name
+    return SPLITS[-1][0]  # float rounding at the very top of the range
+
+
+def all_problems() -> Iterator[Problem]:
+    """Every problem, by number of bits then bit value: 2**15 - 4 = 32,764 in all."""
+    for n in range(MIN_BITS, MAX_BITS + 1):
+        for value in range(1 << n):
+            yield Problem(format(value, f"0{n}b"))
+
+
+def problems(split: str, difficulties: range | None = None) -> list[Problem]:
+    """All problems of ``split`` (in :func:`all_problems` order), optionally by difficulty."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLIT_NAMES)}")
+    wanted = difficulties or range(MIN_BITS, MAX_BITS + 1)
+    return [p for p in _by_split()[split] if p.difficulty in wanted]
+
+
+@lru_cache(maxsize=1)
+def _by_split() -> dict[str, tuple[Problem, ...]]:
+    """Every problem grouped by split, computed once per process (32,764 sha256 calls)."""
+    out: dict[str, list[Problem]] = {name: [] for name in SPLIT_NAMES}
+    for p in all_problems():
+        out[p.split].append(p)
+    return {name: tuple(ps) for name, ps in out.items()}
+
+
+def stratified(split: str, per_difficulty: int) -> list[Problem]:
+    """Up to ``per_difficulty`` problems of each difficulty from ``split``, chosen by hash.
+
+    The choice (lowest :func:`stable_hash` of ``prompt + "#pick"`` first) is deterministic and
+    independent of the split hash. Short strings have few problems (2 bits: 4 in all), so
+    their buckets hold what the split has.
+    """
+    out: list[Problem] = []
+    for n in range(MIN_BITS, MAX_BITS + 1):
+        bucket = problems(split, range(n, n + 1))
+        bucket.sort(key=lambda p: stable_hash(p.prompt + "#pick"))
+        out.extend(bucket[:per_difficulty])
+    return out
+
+
+def sample_by_difficulty(split: str, k: int, rng: random.Random) -> list[Problem]:
+    """``k`` problems of ``split``: difficulty uniform over the buckets the split has, then a
+    uniform problem within it (so long strings do not crowd out short ones)."""
+    buckets = [b for n in range(MIN_BITS, MAX_BITS + 1) if (b := problems(split, range(n, n + 1)))]
+    return [rng.choice(rng.choice(buckets)) for _ in range(k)]
+
+
+# --------------------------------------------------------------------------- completions
+def scratch_for(bits: str) -> str:
+    """The running count after each tag: ``"10110"`` -> ``"a1b1c2d3e3"``."""
+    out, count = [], 0
+    for tag, bit in zip(TAGS, bits, strict=False):
+        count += bit == "1"
+        out.append(f"{tag}{count}")
+    return "".join(out)
+
+
+def make_completion(
+    bits: str, *, filler: int = 0, scratch: bool = False, answer: str | None = None
+) -> str:
+    """A completion in the task's grammar (without EOS). ``answer`` overrides the right one."""
+    if not 0 <= filler <= MAX_FILLER:
+        raise ValueError(f"filler must be 0..{MAX_FILLER}, got {filler}")
+    ans = str(bits.count("1")) if answer is None else answer
+    body = FILLER_CHAR * filler + (scratch_for(bits) + "\n" if scratch else "")
+    return f"{body}{ANSWER_PREFIX}{ans}"
+
+
+def all_formats(bits: str) -> list[str]:
+    """Every completion the task emits for ``bits`` (each filler length, with/without scratch)."""
+    return [
+        make_completion(bits, filler=f, scratch=s)
+        for s in (False, True)
+        for f in range(MAX_FILLER + 1)
+    ]
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The grader's verdict on one completion."""
+
+    correct: bool
+    answer: str | None  # the parsed answer, None when there is none
+    reasoning_tokens: int  # characters (= tokens) before "Answer:" (all when there is none)
+    filler_tokens: int  # leading filler characters
+    scratch_tokens: int  # the rest of the reasoning (scratch, its newline, anything else)
+    used_scratch: bool  # a non-empty reasoning part other than filler
+    scratch_correct: bool | None  # the scratch equals the right running count (None: no scratch)
+    well_formed: bool  # the whole completion is in the task's grammar
+
+
+_ANSWER_RE = re.compile(r"Answer:(\d+)\s*$")
+
+
+def grade(prompt: str, completion: str, *, finished: bool = True) -> Grade:
+    """Grade ``completion`` (decoded text, EOS stripped) for ``prompt``.
+
+    Correct iff the completion finished (EOS before the token limit: pass ``finished=False``
+    for a truncated one) and ends with ``Answer:<n>`` where ``n`` is the count of 1s.
+    Anything before ``Answer:`` is reasoning: leading ``.`` are filler, the rest scratch.
+    """
+    bits = parse_prompt(prompt)
+    m = _ANSWER_RE.search(completion)
+    head = completion[: m.start()] if m else completion
+    filler = len(head) - len(head.lstrip(FILLER_CHAR))
+    scratch_text = head[filler:]
+    scratch_core = scratch_text[:-1] if scratch_text.endswith("\n") else scratch_text
+    used = bool(scratch_text)
+    ans = m.group(1) if m else None
+    right = str(bits.count("1"))
+    scratch_ok = (scratch_core == scratch_for(bits)) if used else None
+    well_formed = (
+        m is not None
+        and finished
+        and filler <= MAX_FILLER
+        and completion == completion.rstrip()
+        and (not used or (scratch_text.endswith("\n") and bool(scratch_ok)))
+    )
+    return Grade(
+        correct=bool(finished and ans is not None and ans == right),
+        answer=ans,
+        reasoning_tokens=len(head),
+        filler_tokens=filler,
+        scratch_tokens=len(scratch_text),
+        used_scratch=used,
+        scratch_correct=scratch_ok,
+        well_formed=well_formed,
+    )
+
+
+def reward(prompt: str, completion: str, *, finished: bool = True) -> float:
+    """1.0 if :func:`grade` says correct, else 0.0 (the ``accuracy`` reward)."""
+    return 1.0 if grade(prompt, completion, finished=finished).correct else 0.0
+
+
+def rows(split: str) -> list[dict[str, str]]:
+    """The split as dataset rows (``prompt``, ``answer``, ``difficulty``) for ``data.py``."""
+    return [
+        {"prompt": p.prompt, "answer": p.answer, "difficulty": str(p.difficulty)}
+        for p in problems(split)
+    ]
