@@ -34,6 +34,9 @@ class EnvVar(StrEnum):
     MICRO_BATCH_SIZE = "AGPO_MICRO_BATCH_SIZE"
     ROLLOUT_TIMEOUT = "AGPO_ROLLOUT_TIMEOUT"
     CRASH_AFTER_STEP = "AGPO_CRASH_AFTER_STEP"  # fault injection for tests
+    # Where the trainer writes its termination line (agpo_api.termination); unset: the
+    # kubelet's /dev/termination-log when that file exists (in a pod), else nowhere.
+    TERMINATION_LOG = "AGPO_TERMINATION_LOG"
     # Rollout pods: read by the vLLM plugin (agpo_rollout.auth) and vLLM itself.
     ROLLOUT_AUTH = "AGPO_ROLLOUT_AUTH"  # "disabled" switches the token check off (local only)
     AUTH_ALLOW_METRICS = "AGPO_AUTH_ALLOW_METRICS"  # "1": vLLM's /metrics without the token

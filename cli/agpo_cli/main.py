@@ -71,7 +71,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    return run_local(job, steps=args.steps, workdir=args.workdir, source=Path(args.file))
+    return run_local(
+        job, steps=args.steps, workdir=args.workdir, source=Path(args.file), fresh=args.fresh
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="where checkpoints, logs go (default ./runs/NAME)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start at step 0: move WORKDIR/checkpoints aside (renamed with a timestamp, not "
+        "deleted) instead of resuming from the newest checkpoint",
     )
     p.set_defaults(func=cmd_run)
     return parser

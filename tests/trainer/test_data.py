@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from agpo_api.models import DatasetSpec
-from agpo_trainer.data import DataError, PromptSampler, arithmetic_rows, load_examples
+from agpo_trainer.data import (
+    DataError,
+    PromptSampler,
+    arithmetic_rows,
+    check_prompts_fit,
+    load_examples,
+)
 
 
 def spec(**source: object) -> DatasetSpec:
@@ -152,3 +158,48 @@ def test_model_location_follows_the_spec(tmp_path: Path) -> None:
     assert model_location(ModelSpec.model_validate({"name": "org/model"}), tmp_path) == "org/model"
     built = model_location(ModelSpec.model_validate({"name": "builtin:tiny"}), tmp_path)
     assert (Path(built) / "config.json").is_file()
+
+
+# --------------------------------------------------------------------------- reliability
+def test_empty_jsonl_says_the_file_is_empty(tmp_path: Path) -> None:
+    """Before: ``cannot read ... as jsonl: StopIteration``."""
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(DataError) as info:
+        load_examples(spec(file={"path": str(path)}))
+    assert "has no rows (it is empty)" in str(info.value) and str(path) in str(info.value)
+
+
+def test_malformed_line_is_named_by_its_number(tmp_path: Path) -> None:
+    """Before: ``Expected object or value at position 27`` without the line."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "1+1", "answer": "2"}\n\n{"prompt": "2+2", "answer": }\n')
+    with pytest.raises(DataError) as info:
+        load_examples(spec(file={"path": str(path)}))
+    message = str(info.value)
+    assert "line 3 is not valid JSON" in message and "column 29" in message, message
+    assert "badRows: skip" in message and "\n" not in message
+
+
+def test_malformed_line_is_skipped_with_bad_rows_skip(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "1+1", "answer": "2"}\nnot json\n{"prompt": "3", "answer": "3"}\n')
+    ds = DatasetSpec.model_validate({"source": {"file": {"path": str(path)}}, "badRows": "skip"})
+    assert [e.prompt for e in load_examples(ds)] == ["1+1", "3"]
+
+
+def test_a_template_with_another_placeholder_names_the_field() -> None:
+    ds = DatasetSpec.model_validate(
+        {"source": {"builtin": {"size": 3}}, "promptTemplate": "{prompt} = {answer}"}
+    )
+    with pytest.raises(DataError, match=r"spec.dataset.promptTemplate .*\{prompt\}"):
+        load_examples(ds)
+
+
+def test_check_prompts_fit_names_the_limit_and_the_shortest_prompt() -> None:
+    examples = load_examples(spec(builtin={"size": 20}))
+    check_prompts_fit(examples, lambda text: list(text.encode()), 8)  # fits: no error
+    with pytest.raises(DataError) as info:
+        check_prompts_fit(examples, lambda text: list(text.encode()), 2)
+    message = str(info.value)
+    assert "spec.training.maxPromptTokens=2" in message and "shortest" in message

@@ -7,8 +7,12 @@ On one machine (CPU, 2 processes)::
 
 In a pod the operator sets ``AGPO_ROLLOUT_URLS``, ``AGPO_ROLLOUT_TOKEN`` (from a Secret),
 ``AGPO_CHECKPOINT_DIR``, ``AGPO_WEIGHT_SYNC_HOST/PORT``, ``AGPO_METRICS_PORT`` and torchrun's
-rendezvous (``PET_*``); the job comes from ``--job`` or ``AGPO_JOB_FILE``. A user mistake or a
-fault ends the process with one ``agpo-train: error: ...`` line and exit code 1.
+rendezvous (``PET_*``); the job comes from ``--job`` or ``AGPO_JOB_FILE``.
+
+A user mistake or a fault ends the process with one ``agpo-train: error (rank N): ...`` line,
+the same reason as a ``permanent:`` or ``transient:`` line in the termination log
+(:mod:`agpo_api.termination`), and :class:`~agpo_api.termination.ExitCode` ``PERMANENT`` (78)
+or ``TRANSIENT`` (75); torchrun replaces the code by its own 1, the line stays.
 """
 
 from __future__ import annotations
@@ -18,10 +22,19 @@ import datetime
 import logging
 import os
 import sys
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
 
 from agpo_api.env import EnvVar
+from agpo_api.termination import (
+    TERMINATION_LOG,
+    ExitCode,
+    FailureKind,
+    format_termination,
+    parse_termination,
+)
 
-EXIT_FAILED = 1
 
 
 def _init_distributed() -> None:
@@ -35,23 +48,23 @@ def _init_distributed() -> None:
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """User mistakes and faults that deserve one line, not a traceback."""
+def _permanent_errors() -> tuple[type[BaseException], ...]:
+    """Errors that can never succeed on a retry: the spec, the data or the code is wrong."""
     from agpo_api import InvalidJobError
     from agpo_trainer.data import DataError
+    from agpo_trainer.models.location import ModelError
     from agpo_trainer.rewards.base import RewardFunctionError
-    from agpo_trainer.rollout.client import RolloutError
-    from agpo_trainer.rollout.http import HttpCallError
     from agpo_trainer.runtime import ConfigError
 
-    found: list[type[BaseException]] = [
-        InvalidJobError,
-        DataError,
-        RewardFunctionError,
-        RolloutError,
-        HttpCallError,
-        ConfigError,
-    ]
+    return (InvalidJobError, DataError, RewardFunctionError, ConfigError, ModelError)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Faults of the moment (a server that went away): one line, and a restart may help."""
+    from agpo_trainer.rollout.client import RolloutError
+    from agpo_trainer.rollout.http import HttpCallError
+
+    found: list[type[BaseException]] = [RolloutError, HttpCallError]
     try:
         from agpo_trainer.rollout.weight_sync import WeightSyncError
 
@@ -59,6 +72,38 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(found)
+
+
+def termination_path(env: Mapping[str, str]) -> Path | None:
+    """Where this process writes its termination line: ``AGPO_TERMINATION_LOG`` if set (``agpo
+    run``, tests), else the kubelet's file when it exists (the kubelet creates it in every
+    container, so its presence means "in a pod"); None outside a pod."""
+    if env.get(EnvVar.TERMINATION_LOG):
+        return Path(env[EnvVar.TERMINATION_LOG])
+    default = Path(TERMINATION_LOG)
+    return default if default.is_file() else None
+
+
+def write_termination(path: Path | None, line: str) -> None:
+    """Write ``line`` unless a ``permanent:`` line is already there: ranks that die of the
+    first rank's failure (a broken collective) must not hide its cause."""
+    if path is None:
+        return
+    try:
+        previous = parse_termination(path.read_text(errors="replace")) if path.exists() else None
+        new = parse_termination(line)
+        if previous is not None and previous.permanent and not (new and new.permanent):
+            return
+        path.write_text(line)
+    except OSError as err:  # never let reporting hide the failure itself
+        print(f"agpo-train: cannot write {path}: {err}", file=sys.stderr)
+
+
+def fail(rank: int, kind: FailureKind, reason: str) -> int:
+    """Report a failure (stderr line + termination line); the exit code for ``kind``."""
+    print(f"agpo-train: error (rank {rank}): {reason}", file=sys.stderr, flush=True)
+    write_termination(termination_path(os.environ), format_termination(kind, reason))
+    return ExitCode.PERMANENT if kind == FailureKind.PERMANENT else ExitCode.TRANSIENT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
     )
     if not args.job:
-        print("agpo-train: error: no job: pass --job FILE or set AGPO_JOB_FILE", file=sys.stderr)
-        return EXIT_FAILED
-    known = _known_errors()
+        return fail(rank, FailureKind.PERMANENT, "no job: pass --job FILE or set AGPO_JOB_FILE")
+    permanent, transient = _permanent_errors(), _transient_errors()
     try:
         from agpo_api import load_job
         from agpo_trainer.runtime import Runtime
@@ -81,13 +125,22 @@ def main(argv: list[str] | None = None) -> int:
 
         job = load_job(args.job)
         _init_distributed()
-        train(job, Runtime.from_env(job))
-    except known as err:
-        print(f"agpo-train: error (rank {rank}): {err}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
+        final = train(job, Runtime.from_env(job))
+        if rank == 0 and final is not None:
+            from agpo_api.termination import format_success
+
+            write_termination(termination_path(os.environ), format_success(final))
+    except permanent as err:
+        return fail(rank, FailureKind.PERMANENT, str(err))
+    except transient as err:
+        return fail(rank, FailureKind.TRANSIENT, str(err))
+    except Exception as err:
+        # Unknown: keep the traceback for whoever debugs it, but the cause line is one line.
+        traceback.print_exc()
+        return fail(rank, FailureKind.TRANSIENT, f"{type(err).__name__}: {err}")
     finally:
         _shutdown()
-    return 0
+    return ExitCode.OK
 
 
 def _shutdown() -> None:

@@ -57,6 +57,11 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was written after (its ``checkpoint.json``, no torch needed)."""
+    return int(json.loads((path / META_FILE).read_text())["step"])
+
+
 def rng_state() -> dict[str, Any]:
     return {"python": random.getstate(), "torch": torch.get_rng_state()}
 

@@ -8,6 +8,7 @@ reproducible order whose cursor is saved in checkpoints.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -59,16 +60,20 @@ BUILTIN_TASKS: dict[str, Callable[[BuiltinSource], list[dict[str, str]]]] = {
 
 
 # --------------------------------------------------------------------------- loading
+def _datasets() -> Any:
+    import datasets  # heavy; only for parquet and hf sources
+
+    datasets.disable_progress_bars()
+    return datasets
+
+
 def _load_rows(
     spec: DatasetSpec, base_dir: Path | None, dataset_path: str | None
-) -> tuple[list[dict[str, Any]], str, int]:
+) -> tuple[list[Any], str, int]:
     """Raw rows, a name for messages, and the number of the first row (1 for files)."""
     src = spec.source
     if src.builtin is not None:
         return BUILTIN_TASKS[src.builtin.task](src.builtin), f"builtin:{src.builtin.task}", 0
-    import datasets  # heavy; only for file and hf sources
-
-    datasets.disable_progress_bars()
     if src.file is not None:
         rel = src.file.path if src.file.path is not None else src.file.sub_path
         path = Path(rel or "")
@@ -79,20 +84,61 @@ def _load_rows(
             path = base_dir / path
         if not path.is_file():
             raise DataError(f"dataset file {path} does not exist (spec.dataset.source.file)")
-        builder = "json" if src.file.format == "jsonl" else "parquet"
+        if src.file.format == "jsonl":
+            return read_jsonl(path, spec.bad_rows), str(path), 1
+        datasets = _datasets()
         try:
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
         except Exception as err:  # datasets raises many types; all mean "unreadable file"
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise DataError(f"cannot read {path} as {src.file.format}: {first}") from None
         return list(ds), str(path), 1
     assert src.hf is not None
+    datasets = _datasets()
     try:
         ds = datasets.load_dataset(src.hf.name, src.hf.config, split=src.hf.split)
     except Exception as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"cannot load dataset {src.hf.name!r}: {first}") from None
     return list(ds), src.hf.name, 0
+
+
+class _Skipped:
+    """A JSONL line that is not JSON, kept in place so the rows keep their line numbers."""
+
+
+def read_jsonl(path: Path, bad_rows: str = "fail") -> list[Any]:
+    """The rows of a JSONL file, row *n* = line *n* (blank lines are skipped but counted).
+
+    Read here rather than by ``datasets``: its errors name neither the line (``Expected object
+    or value at position 27``) nor an empty file (``StopIteration``).
+    """
+    rows: list[Any] = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                rows.append(_BLANK)
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                where = f"line {number} is not valid JSON ({err.msg} at column {err.colno})"
+                if bad_rows == "fail":
+                    raise DataError(
+                        f"cannot read {path} as jsonl: {where} "
+                        "(fix the line or set spec.dataset.badRows: skip)"
+                    ) from None
+                log.warning("skipping %s: %s", path, where)
+                rows.append(_Skipped())
+    if not any(row is not _BLANK for row in rows):
+        raise DataError(
+            f"cannot read {path} as jsonl: the file has no rows (it is empty); add one JSON "
+            "object per line"
+        )
+    return rows
+
+
+_BLANK = object()  # a blank line: no row, but it keeps the numbering
 
 
 def row_problem(row: Any, prompt_field: str, answer_field: str) -> str | None:
@@ -119,6 +165,11 @@ def load_examples(
     examples: list[Example] = []
     skipped = 0
     for i, row in enumerate(rows):
+        if row is _BLANK:
+            continue
+        if isinstance(row, _Skipped):  # already reported by read_jsonl
+            skipped += 1
+            continue
         problem = row_problem(row, spec.prompt_field, spec.answer_field)
         if problem is not None:
             where = f"{name}: row {i + first} {problem}"
@@ -127,11 +178,44 @@ def load_examples(
             log.warning("skipping %s", where)
             skipped += 1
             continue
-        prompt = spec.prompt_template.format(prompt=str(row[spec.prompt_field]))
+        prompt = apply_template(spec.prompt_template, str(row[spec.prompt_field]))
         examples.append(Example(len(examples), prompt, str(row[spec.answer_field]).strip()))
     if not examples:
         raise DataError(f"{name}: no usable rows ({skipped} skipped)")
     return examples
+
+
+def apply_template(template: str, prompt: str) -> str:
+    """``spec.dataset.promptTemplate`` with the row's prompt; :class:`DataError` naming the
+    field for a placeholder other than ``{prompt}`` (a traceback's ``KeyError`` otherwise)."""
+    try:
+        return template.format(prompt=prompt)
+    except (KeyError, IndexError, ValueError) as err:
+        raise DataError(
+            f"spec.dataset.promptTemplate {template!r} cannot be filled ({type(err).__name__}: "
+            f"{err}); its only placeholder is {{prompt}} (write literal braces as {{{{ }}}})"
+        ) from None
+
+
+def check_prompts_fit(
+    examples: list[Example], encode: Callable[[str], list[int]], limit: int
+) -> None:
+    """Raise :class:`DataError` unless at least one prompt encodes to ``limit`` tokens or
+    fewer: the prompt draw skips longer ones, and with none left it could only spin.
+
+    Stops at the first prompt that fits, so a usable dataset costs one or a few encodings.
+    """
+    shortest: int | None = None
+    for e in examples:
+        n = len(encode(e.prompt))
+        if n <= limit:
+            return
+        shortest = n if shortest is None else min(shortest, n)
+    raise DataError(
+        f"no prompt fits spec.training.maxPromptTokens={limit}: the shortest of the "
+        f"{len(examples)} prompts is {shortest} tokens (template and system prompt included); "
+        "raise maxPromptTokens (and rollout.maxModelLen) or shorten the prompts"
+    )
 
 
 class PromptSampler:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from agpo_api.models import AGPOJobSpec
 from agpo_trainer.algorithms import Counts, compute_advantages_and_mask, count_included
-from agpo_trainer.data import Example, PromptSampler
+from agpo_trainer.data import Example, PromptSampler, check_prompts_fit
 from agpo_trainer.metrics import TrainerMetrics
 from agpo_trainer.rewards.scoring import attainable_reward_range, score
 from agpo_trainer.stats import RolloutStats
@@ -197,14 +197,24 @@ class Experience:
         fresh: list[list[int]] = []
         limit = self.spec.training.max_prompt_tokens
         system = self.spec.dataset.system_prompt
+        skipped_in_a_row = 0
         while len(fresh) < n:
             for e in self.sampler.take(n - len(fresh)):
                 ids = encode_prompt(self.tokenizer, e.prompt, system)
                 if len(ids) > limit:
                     self.metrics.skipped_prompts.inc()
+                    skipped_in_a_row += 1
                     continue
+                skipped_in_a_row = 0
                 fresh.append(ids)
                 examples.append(e)
+            # A whole epoch skipped: no prompt fits, and drawing on would spin forever.
+            if skipped_in_a_row >= len(self.sampler.examples):
+                check_prompts_fit(
+                    self.sampler.examples,
+                    lambda text: encode_prompt(self.tokenizer, text, system),
+                    limit,
+                )
         return fresh
 
     def _score(

@@ -1,9 +1,16 @@
 """``agpo run``: the same AGPOJob on one machine.
 
-Starts ``rollout.replicas`` vLLM servers (with this project's plugin and token check), waits
-for their health, runs torchrun with ``trainer.procsPerNode`` processes, shows live progress
-from the trainer's ``/status``, and stops every process it started on success, failure or
-Ctrl-C (each child runs in its own session, so whole process trees are signalled).
+Checks what it can before any server starts (:func:`preflight`: dataset, template, tokenizer,
+prompt lengths, model, reward functions), starts ``rollout.replicas`` vLLM servers (with this
+project's plugin and token check), waits for their health, runs torchrun with
+``trainer.procsPerNode`` processes, and shows live progress from the trainer's ``/status``.
+
+Failures get the operator's policy (:mod:`agpo_api.termination`): a trainer group that fails
+transiently is started again from the newest checkpoint, and a dead vLLM server is started
+again on its port (the trainer joins it again), together at most ``runPolicy.backoffLimit``
+times, each said on the console; a ``permanent:`` failure ends the run at once. Every process
+it started is stopped on success, failure or Ctrl-C (each child runs in its own session, so
+whole process trees are signalled).
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +33,7 @@ from agpo_api.env import EnvVar, TrainerSettings
 from agpo_api.layout import STATUS_PATH
 from agpo_api.models import AGPOJob
 from agpo_api.progress import TrainerProgress
+from agpo_api.termination import FailureKind, parse_termination
 
 EXIT_OK, EXIT_FAILED = 0, 1
 POLL_S = 0.5
@@ -43,7 +53,7 @@ def trainer_command(job_file: Path, procs: int) -> list[str]:
 
 def trainer_env(
     *, urls: list[str], token: str, workdir: Path, metrics_port: int, sync_port: int,
-    steps: int | None, base_dir: Path,
+    steps: int | None, base_dir: Path, termination_log: Path | None = None,
 ) -> dict[str, str]:  # fmt: skip
     """The trainer's environment: its settings (written by :class:`TrainerSettings`, the one
     writer the trainer's parser mirrors) plus what Python needs here."""
@@ -59,6 +69,8 @@ def trainer_env(
     )
     return {
         **settings.to_env(),
+        # Every rank reports why it stopped here; a permanent cause ends the run, as in a pod.
+        **({EnvVar.TERMINATION_LOG.value: str(termination_log)} if termination_log else {}),
         # Custom reward modules may sit next to the job file.
         "PYTHONPATH": os.pathsep.join(
             p for p in (str(base_dir), os.environ.get("PYTHONPATH")) if p
@@ -104,12 +116,7 @@ def _status(port: int) -> TrainerProgress | None:
         return None
 
 
-def preflight(job: AGPOJob, base_dir: Path) -> None:
-    """Check what can be checked before minutes of server start-up: data and rewards."""
-    from agpo_trainer.data import DataError, load_examples
-    from agpo_trainer.rewards.base import RewardFunctionError
-    from agpo_trainer.rewards.scoring import get_reward_function
-
+def _no_pvcs(job: AGPOJob) -> None:
     spec = job.spec
     pvcs = [
         (where, claim)
@@ -129,17 +136,55 @@ def preflight(job: AGPOJob, base_dir: Path) -> None:
             f"{where}: agpo run cannot mount PersistentVolumeClaim {claim!r} on this machine; "
             "use a local path instead (e.g. source.path / file.path) or run it in a cluster"
         )
+
+
+def preflight(job: AGPOJob, base_dir: Path, cache_dir: Path | None = None) -> str:
+    """Check what can be checked before minutes of server start-up: the dataset and its
+    template, the model (a directory that exists, a hub id that can be fetched), the
+    tokenizer and that some prompt fits ``maxPromptTokens``, the reward functions. Returns
+    the model's location; raises :class:`LaunchError` with one line naming the problem."""
+    from agpo_trainer.data import DataError, check_prompts_fit, load_examples
+    from agpo_trainer.experience import encode_prompt
+    from agpo_trainer.models.location import (
+        ModelError,
+        check_model,
+        load_tokenizer,
+        model_location,
+    )
+    from agpo_trainer.rewards.base import RewardFunctionError
+    from agpo_trainer.rewards.scoring import get_reward_function
+
+    _no_pvcs(job)
+    spec = job.spec
     # Custom reward modules may sit next to the job file (the trainer gets it on PYTHONPATH).
     sys.path.insert(0, str(base_dir))
+    cache = cache_dir or Path(os.environ.get(EnvVar.CACHE_DIR, Path.home() / ".cache" / "agpo"))
     try:
-        load_examples(job.spec.dataset, base_dir)
-        for reward in job.spec.algorithm.rewards:
+        examples = load_examples(spec.dataset, base_dir)
+        for reward in spec.algorithm.rewards:
             get_reward_function(reward.name or reward.function or "")
-    except (DataError, RewardFunctionError) as err:
+        location = model_location(spec.model, cache)
+        check_model(spec.model, location)
+        tokenizer = load_tokenizer(spec.model, location)
+        system = spec.dataset.system_prompt
+        check_prompts_fit(
+            examples,
+            lambda text: encode_prompt(tokenizer, text, system),
+            spec.training.max_prompt_tokens,
+        )
+    except (DataError, RewardFunctionError, ModelError) as err:
         raise LaunchError(str(err)) from None
+    return location
 
 
-def run_local(job: AGPOJob, *, steps: int | None, workdir: Path | None, source: Path) -> int:
+def run_local(
+    job: AGPOJob,
+    *,
+    steps: int | None,
+    workdir: Path | None,
+    source: Path,
+    fresh: bool = False,
+) -> int:
     """Run ``job`` here; returns the process exit code. Prints one line on failure."""
     from rich.console import Console
 
@@ -148,7 +193,7 @@ def run_local(job: AGPOJob, *, steps: int | None, workdir: Path | None, source: 
     # torchrun are stopped instead of left behind as orphans.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return _run(job, steps=steps, workdir=workdir, source=source, console=console)
+        return _run(job, steps=steps, workdir=workdir, source=source, console=console, fresh=fresh)
     except LaunchError as err:
         # Plain print: one line whatever the terminal width, no markup interpretation.
         print(f"agpo run: error: {err}", file=sys.stderr, flush=True)
@@ -164,107 +209,209 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def start_over(checkpoints: Path, *, fresh: bool, resume: bool) -> str:
+    """What this run starts from, as a line for the console; with ``fresh``, the old
+    checkpoints are moved aside (never deleted: they may be all that is left of a long run)."""
+    from agpo_trainer.checkpoint import checkpoint_step, latest_checkpoint
+
+    newest = latest_checkpoint(checkpoints)
+    if fresh and checkpoints.exists():
+        aside = checkpoints.with_name(f"{checkpoints.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        checkpoints.rename(aside)
+        return (
+            f"--fresh: moved the old checkpoints {checkpoints} aside to {aside}; starting at step 0"
+        )
+    if newest is None:
+        return "starting at step 0 (no checkpoint yet)"
+    if not resume:
+        return f"training.resume is off: starting at step 0 (ignoring {newest})"
+    return (
+        f"resuming from step {checkpoint_step(newest)} (checkpoint {newest}); "
+        "pass --fresh to start over"
+    )
+
+
+@dataclass
+class Restarts:
+    """The launcher's share of ``runPolicy.backoffLimit``: trainer groups and servers
+    started again, counted together as the operator counts them."""
+
+    limit: int
+    used: int = 0
+
+    def take(self, what: str, console: Any) -> None:
+        """Count one restart of ``what``, or raise when the limit is spent."""
+        if self.used >= self.limit:
+            raise LaunchError(f"{what}; runPolicy.backoffLimit={self.limit} restarts spent")
+        self.used += 1
+        console.print(f"agpo run: {what}; restart {self.used} of {self.limit}")
+
+
 def _run(
-    job: AGPOJob, *, steps: int | None, workdir: Path | None, source: Path, console: Any
+    job: AGPOJob,
+    *,
+    steps: int | None,
+    workdir: Path | None,
+    source: Path,
+    console: Any,
+    fresh: bool = False,
 ) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agpo_trainer.models import model_location
-    from agpo_trainer.rollout.server import (
-        ServerStartError,
-        VLLMServer,
-        die_with_parent,
-        free_port,
-    )
+    from agpo_trainer.rollout.server import ServerStartError, VLLMServer, free_port
 
     spec = job.spec
-    preflight(job, source.resolve().parent)
+    cache = Path(os.environ.get(EnvVar.CACHE_DIR, Path.home() / ".cache" / "agpo"))
+    os.environ[EnvVar.CACHE_DIR] = str(cache)
+    model_dir = preflight(job, source.resolve().parent, cache)
     name = job.metadata.name or source.stem
     workdir = (workdir or Path("runs") / name).resolve()
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    cache = Path(os.environ.get(EnvVar.CACHE_DIR, Path.home() / ".cache" / "agpo"))
-    os.environ[EnvVar.CACHE_DIR] = str(cache)
-    model_dir = model_location(spec.model, cache)
+    console.print(start_over(workdir / "checkpoints", fresh=fresh, resume=spec.training.resume))
     token = secrets.token_urlsafe(24)  # per run; only the trainer and the servers know it
     total = min(spec.training.steps, steps) if steps else spec.training.steps
+    restarts = Restarts(spec.run_policy.backoff_limit)
 
-    with ExitStack() as stack:
-        servers = []
-        console.print(f"starting {spec.rollout.replicas} vLLM server(s) for {spec.model.name} ...")
-        for i in range(spec.rollout.replicas):
-            server = VLLMServer(
-                model_dir,
-                token=token,
-                log_path=logs / f"vllm-{i}.log",
-                device="cuda" if spec.rollout.gpus_per_replica else "cpu",
-                dtype=spec.model.dtype,
-                max_model_len=spec.rollout.max_model_len,
-                gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
-                weight_transfer_backend=spec.rollout.weight_sync.backend,
-                seed=spec.training.seed,
-                extra_args=spec.rollout.extra_args,
-            )
-            servers.append(server.start())
-            stack.callback(server.stop)
+    def new_server(i: int, port: int | None = None) -> VLLMServer:
+        return VLLMServer(
+            model_dir,
+            port=port,
+            token=token,
+            log_path=logs / f"vllm-{i}.log",
+            device="cuda" if spec.rollout.gpus_per_replica else "cpu",
+            dtype=spec.model.dtype,
+            max_model_len=spec.rollout.max_model_len,
+            gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
+            weight_transfer_backend=spec.rollout.weight_sync.backend,
+            seed=spec.training.seed,
+            extra_args=spec.rollout.extra_args,
+        )
+
+    def wait_ready(server: VLLMServer) -> None:
         try:
-            for server in servers:
-                server.wait_ready(float(os.environ.get("AGPO_SERVER_START_TIMEOUT", "300")))
+            server.wait_ready(float(os.environ.get("AGPO_SERVER_START_TIMEOUT", "300")))
         except ServerStartError as err:
             raise LaunchError(str(err).splitlines()[0] + f" (log: {server.log_path})") from None
 
-        port = int(os.environ.get(EnvVar.METRICS_PORT) or spec.metrics.port)
-        env = {
-            **os.environ,
-            **trainer_env(
-                urls=[s.url for s in servers], token=token, workdir=workdir, metrics_port=port,
-                sync_port=free_port(), steps=steps, base_dir=source.resolve().parent,
-            ),
-        }  # fmt: skip
-        trainer_log = logs / "trainer.log"
-        console.print(f"starting torchrun with {spec.trainer.procs_per_node} process(es) ...")
-        with open(trainer_log, "ab") as out:
-            trainer = subprocess.Popen(
-                trainer_command(source.resolve(), spec.trainer.procs_per_node),
-                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=die_with_parent,
-            )  # fmt: skip
-        stack.callback(_stop, trainer)
+    with ExitStack() as stack:
+        servers: list[VLLMServer] = []
+        stack.callback(lambda: [s.stop() for s in servers])
+        console.print(f"starting {spec.rollout.replicas} vLLM server(s) for {spec.model.name} ...")
+        servers.extend(new_server(i).start() for i in range(spec.rollout.replicas))
+        for server in servers:
+            wait_ready(server)
 
+        port = int(os.environ.get(EnvVar.METRICS_PORT) or spec.metrics.port)
+        trainer_log = logs / "trainer.log"
+        termination = logs / "termination.log"
+
+        def start_trainer() -> subprocess.Popen[bytes]:
+            termination.unlink(missing_ok=True)
+            env = {
+                **os.environ,
+                **trainer_env(
+                    urls=[s.url for s in servers], token=token, workdir=workdir,
+                    metrics_port=port, sync_port=free_port(), steps=steps,
+                    base_dir=source.resolve().parent, termination_log=termination,
+                ),
+            }  # fmt: skip
+            return _start_process(
+                trainer_command(source.resolve(), spec.trainer.procs_per_node), env, trainer_log
+            )
+
+        def restart_server(i: int) -> None:
+            dead = servers[i]
+            restarts.take(
+                f"vLLM server {dead.url} died (exit {dead.poll()}); log: {dead.log_path}", console
+            )
+            dead.stop()  # whatever is left of its process group
+            servers[i] = new_server(i, port=dead.port).start()  # same URL: the trainer rejoins
+            wait_ready(servers[i])
+            console.print(f"agpo run: vLLM server {servers[i].url} is serving again")
+
+        console.print(f"starting torchrun with {spec.trainer.procs_per_node} process(es) ...")
+        trainers = [start_trainer()]
+        stack.callback(lambda: _stop(trainers[-1]))
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
         )  # fmt: skip
         with progress:
             task = progress.add_task("AGPO", total=total, info="waiting for the first step")
-            while (code := trainer.poll()) is None:
-                dead = [s for s in servers if s.poll() is not None]
-                if dead:
-                    raise LaunchError(
-                        f"vLLM server {dead[0].url} died (exit {dead[0].poll()}); "
-                        f"log: {dead[0].log_path}"
-                    )
-                status = _status(port)
-                if status and status.step:
-                    progress.update(
-                        task,
-                        completed=status.step,
-                        info=(
-                            f"reward {status.reward_mean or 0:.3f}  "
-                            f"acc {status.accuracy or 0:.2f}  "
-                            f"tokens {status.completion_tokens_mean or 0:.1f}  "
-                            f"step {status.step_seconds or 0:.2f}s"
-                        ),
-                    )
-                time.sleep(POLL_S)
-            if code == 0:  # the last step may finish between two polls
-                progress.update(task, completed=total)
-        if code != 0:
-            raise LaunchError(
-                f"trainer failed (exit {code}): {_error_line(trainer_log)} (log: {trainer_log})"
-            )
+            while True:
+                code = _supervise(trainers[-1], servers, restart_server, port, progress, task)
+                if code == 0:
+                    progress.update(task, completed=total)  # the last step may end between polls
+                    break
+                reason = _failure(termination, trainer_log)
+                what = f"trainer failed (exit {code}): {reason} (log: {trainer_log})"
+                kind = parse_termination(_read(termination))
+                if kind is not None and kind.kind == FailureKind.PERMANENT:
+                    raise LaunchError(what)  # it can never succeed: no restart
+                _stop(trainers[-1])  # torchrun's workers, if any is left
+                restarts.take(what, progress.console)
+                progress.console.print(
+                    "agpo run: " + start_over(workdir / "checkpoints", fresh=False, resume=True)
+                )
+                trainers.append(start_trainer())
     console.print(
         f"done: {total} steps.\n  checkpoints: {workdir / 'checkpoints'}\n  logs: {logs}\n"
         f"  metrics were served on http://127.0.0.1:{port}/metrics while running"
     )
     return EXIT_OK
+
+
+def _start_process(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    from agpo_trainer.rollout.server import die_with_parent
+
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=die_with_parent,
+        )  # fmt: skip
+
+
+def _supervise(
+    trainer: subprocess.Popen[bytes],
+    servers: list[Any],
+    restart_server: Callable[[int], None],
+    port: int,
+    progress: Any,
+    task: Any,
+) -> int:
+    """Show progress until the trainer exits (its code); a dead server is started again
+    meanwhile (the trainer waits for it and joins it again)."""
+    while (code := trainer.poll()) is None:
+        for i, server in enumerate(servers):
+            if server.poll() is not None:
+                restart_server(i)
+        status = _status(port)
+        if status and status.step:
+            progress.update(
+                task,
+                completed=status.step,
+                info=(
+                    f"reward {status.reward_mean or 0:.3f}  "
+                    f"acc {status.accuracy or 0:.2f}  "
+                    f"tokens {status.completion_tokens_mean or 0:.1f}  "
+                    f"step {status.step_seconds or 0:.2f}s"
+                ),
+            )
+        time.sleep(POLL_S)
+    return code
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _failure(termination: Path, trainer_log: Path) -> str:
+    """Why the trainer stopped: its termination line, else its last error line."""
+    parsed = parse_termination(_read(termination))
+    if parsed is not None and parsed.kind is not None:
+        return f"{parsed.kind.value}: {parsed.reason}"
+    return _error_line(trainer_log) or "no reason given (killed?)"

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from agpo_api.models import AGPOJobSpec
 from agpo_trainer.algorithms import token_logprobs
-from agpo_trainer.distributed import barrier
+from agpo_trainer.distributed import barrier, broadcast_object, is_distributed
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.schedule import lr_lambda
 
@@ -105,16 +105,17 @@ class Policy:
     @staticmethod
     def load(spec: AGPOJobSpec, rt: Runtime) -> Policy:
         """Load the model and tokenizer every rank trains (rank 0 builds a builtin one first)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        from agpo_trainer.models import model_location
+        from agpo_trainer.models.location import check_model, load_tokenizer, model_location
 
         if rt.is_main:
             model_location(spec.model, rt.cache_dir)
         barrier()
         # In pods the operator says where it mounted the weights (AGPO_MODEL_PATH).
         model_dir = rt.model_path or model_location(spec.model, rt.cache_dir)
-        tokenizer = AutoTokenizer.from_pretrained(spec.model.tokenizer or model_dir)
+        check_model(spec.model, model_dir)  # a missing model is one line, not a traceback
+        tokenizer = load_tokenizer(spec.model, model_dir)
         device = torch.device(f"cuda:{rt.local_rank}" if torch.cuda.is_available() else "cpu")
         kwargs = {"revision": spec.model.revision} if spec.model.revision else {}
         model = AutoModelForCausalLM.from_pretrained(
@@ -206,23 +207,69 @@ class Policy:
 
     # ----------------------------------------------------------------- reference model
     def load_reference(self, path: Path, resumed: bool) -> None:
-        """Freeze the current policy (the initial RL policy, after any format warm-up) as the
-        KL term's reference.
+        """Freeze the initial RL policy (the current weights, after any format warm-up) as the
+        KL term's reference, on every rank.
 
-        It is saved once at ``path`` next to the checkpoints, so a resumed run keeps the same
-        reference instead of freezing its resumed weights.
+        Rank 0 saves it once at ``path`` next to its checkpoints, so a resumed run keeps the
+        same reference instead of freezing its resumed weights, and broadcasts it: ranks on
+        other nodes need not see rank 0's checkpoint directory.
         """
         from transformers import AutoModelForCausalLM
 
         weights = self.gather_weights()  # a collective under FSDP: every rank joins
-        if not (resumed and (path / "config.json").is_file()):
-            if self.rt.is_main:
-                tmp = path.with_name(".tmp-reference")
-                shutil.rmtree(tmp, ignore_errors=True)
-                self.module.save_pretrained(tmp, safe_serialization=True, state_dict=weights)  # type: ignore[operator]
-                shutil.rmtree(path, ignore_errors=True)
-                tmp.rename(path)
-            barrier()
-        dtype = DTYPES[self.spec.model.dtype]
-        ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device)
-        self.ref_model = ref.eval().requires_grad_(False)
+        state = None
+        if self.rt.is_main:
+            state = self._reference_on_main(path, resumed, weights)
+        state = broadcast_state_dict(state, self.rt.rank)
+        ref = AutoModelForCausalLM.from_config(
+            self.module.config,  # type: ignore[arg-type]
+            dtype=DTYPES[self.spec.model.dtype],
+        )
+        missing, unexpected = ref.load_state_dict(state, strict=False)
+        if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
+            raise RuntimeError(f"reference weights do not fit the model: {missing[:3]}")
+        if getattr(ref.config, "tie_word_embeddings", False):
+            ref.tie_weights()
+        self.ref_model = ref.to(self.device).eval().requires_grad_(False)
+
+    def _reference_on_main(
+        self, path: Path, resumed: bool, weights: dict[str, Tensor] | None
+    ) -> dict[str, Tensor]:
+        """Rank 0: the saved reference when resuming, else the current weights, saved."""
+        from safetensors.torch import load_file
+
+        if resumed and (path / "config.json").is_file():
+            state: dict[str, Tensor] = {}
+            for f in sorted(path.glob("*.safetensors")):
+                state.update(load_file(str(f)))
+            return state
+        tmp = path.with_name(".tmp-reference")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.module.save_pretrained(tmp, safe_serialization=True, state_dict=weights)  # type: ignore[operator]
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        full = weights if weights is not None else self.module.state_dict()
+        return {k: v.detach().cpu() for k, v in full.items()}
+
+
+def broadcast_state_dict(state: dict[str, Tensor] | None, rank: int) -> dict[str, Tensor]:
+    """Rank 0's ``state`` on every rank (the others pass None): the names, shapes and dtypes
+    as one object, then one tensor broadcast each (on the GPU under NCCL)."""
+    import torch.distributed as dist
+
+    if not is_distributed():
+        assert state is not None, "a single process must pass the state itself"
+        return state
+    layout = [(k, tuple(v.shape), v.dtype) for k, v in state.items()] if state else None
+    layout = broadcast_object(layout, rank)
+    on_gpu = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    out: dict[str, Tensor] = {}
+    for name, shape, dtype in layout:
+        if state is not None:
+            t = state[name].to(device).contiguous()
+        else:
+            t = torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(t, src=0)
+        out[name] = t.cpu()
+    return out

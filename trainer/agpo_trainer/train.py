@@ -26,9 +26,9 @@ from torch import Tensor
 from agpo_api.models import AGPOJob, AGPOJobSpec
 from agpo_api.progress import TrainerProgress
 from agpo_trainer.checkpoint import CheckpointMeta, resume_training_state, save_training_state
-from agpo_trainer.data import PromptSampler, load_examples
+from agpo_trainer.data import PromptSampler, check_prompts_fit, load_examples
 from agpo_trainer.distributed import broadcast_object
-from agpo_trainer.experience import Batch, Experience, reward_terms
+from agpo_trainer.experience import Batch, Experience, encode_prompt, reward_terms
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics, serve
 from agpo_trainer.policy import Policy
 from agpo_trainer.runtime import Runtime
@@ -42,8 +42,9 @@ log = logging.getLogger("agpo_trainer")
 WEIGHT_SYNC_CALL_TIMEOUT_S = 120.0
 
 
-def train(job: AGPOJob, rt: Runtime) -> None:
-    """Run ``job`` on this rank until ``training.steps`` (or ``AGPO_MAX_STEPS``) are done."""
+def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
+    """Run ``job`` on this rank until ``training.steps`` (or ``AGPO_MAX_STEPS``) are done;
+    rank 0 returns its last ``/status`` object (the ``succeeded:`` termination line)."""
     spec, t = job.spec, job.spec.training
     total_steps = rt.total_steps(t.steps)
     metrics = TrainerMetrics()
@@ -57,6 +58,11 @@ def train(job: AGPOJob, rt: Runtime) -> None:
     examples = load_examples(spec.dataset, rt.base_dir, dataset_path=rt.dataset_path)
     sampler = PromptSampler(examples, t.seed)
     policy = Policy.load(spec, rt)
+    system = spec.dataset.system_prompt
+    # Before any server work: a dataset none of whose prompts fits would make the draw spin.
+    check_prompts_fit(
+        examples, lambda text: encode_prompt(policy.tokenizer, text, system), t.max_prompt_tokens
+    )
     resumed = resume_training_state(policy, sampler, rt.checkpoint_dir) if t.resume else None
     step, version = (resumed.step, resumed.policy_version) if resumed else (0, 0)
     if resumed is None and t.format_warmup_steps:
@@ -79,14 +85,18 @@ def train(job: AGPOJob, rt: Runtime) -> None:
         board.update(TrainerProgress(phase="Running", policy_version=version))
         # The servers start from the trainer's weights (after a resume too).
         push_weights(syncer, policy, weights, version, metrics)
+    served = version  # the version every server serves (weight pushes may be spaced out)
 
     # ----------------------------------------------------------------- the loop
     every_sync = spec.rollout.weight_sync.every_steps
     every_checkpoint = t.checkpoint.every_steps
     while step < total_steps:
         t0 = time.perf_counter()
-        # rollout (rank 0) -> broadcast: every rank gets the same batch
-        batch: Batch = broadcast_object(experience.collect(step) if experience else None, rt.rank)
+        # rollout (rank 0, on servers verified to serve `served`) -> broadcast to every rank
+        collected = None
+        if experience is not None:
+            collected = rollout(experience, sampler, syncer, policy, weights, served, step)
+        batch: Batch = broadcast_object(collected, rt.rank)
         t1 = time.perf_counter()
         # train step (every rank, on its slice)
         update = train_step(
@@ -107,6 +117,7 @@ def train(job: AGPOJob, rt: Runtime) -> None:
             weights = policy.gather_weights()
             if rt.is_main:
                 sync_s = push_weights(syncer, policy, weights, version, metrics)
+            served = version
         # checkpoint (every rank gathers, rank 0 writes)
         if step % every_checkpoint == 0 or last:
             meta = CheckpointMeta(step, version, job.metadata.name or "")
@@ -131,11 +142,55 @@ def train(job: AGPOJob, rt: Runtime) -> None:
         if rt.is_main and step == rt.crash_after_step:
             log.warning("AGPO_CRASH_AFTER_STEP=%d: killing the trainer group", step)
             os.killpg(os.getpgid(0), signal.SIGKILL)
-    if rt.is_main:
-        board.update(TrainerProgress(phase="Succeeded"))
+    if not rt.is_main:
+        return None
+    board.update(TrainerProgress(phase="Succeeded"))
+    return board.snapshot()
 
 
 # --------------------------------------------------------------------------- rank 0's servers
+def rollout(
+    experience: Experience,
+    sampler: PromptSampler,
+    syncer: Any,
+    policy: Policy,
+    weights: dict[str, Tensor] | None,
+    served: int,
+    step: int,
+) -> Batch:
+    """Rank 0: one step's batch, generated only by servers that serve version ``served``.
+
+    Before generating, each server's ``/weight_info`` is read (one GET each); a replaced
+    server (it serves its initial weights) gets the served weights again. If a server was
+    replaced while generating, the same prompts are drawn and generated again, so the data
+    order stays that of an uninterrupted run.
+    """
+    while True:
+        ensure_served(syncer, policy, weights, served)
+        cursor = sampler.state_dict()
+        batch = experience.collect(step)
+        if not syncer.lagging(served):
+            return batch
+        log.warning("a rollout server was replaced during step %d's rollout: again", step + 1)
+        sampler.load_state_dict(cursor)
+
+
+def ensure_served(
+    syncer: Any, policy: Policy, weights: dict[str, Tensor] | None, served: int
+) -> None:
+    """Rank 0: push version ``served`` again to every server if one does not serve it.
+
+    Sharded (FSDP), ``weights`` is rank 0's gathered copy of exactly that version; otherwise
+    the module is, since it changes only in the update after which it is pushed (or, with
+    ``weightSync.everySteps > 1``, it is newer: then the servers get the newer weights,
+    under the version they serve, until the next regular push)."""
+    stale = syncer.lagging(served)
+    if not stale:
+        return
+    log.warning("servers %s do not serve weight version %d; pushing it again", stale, served)
+    syncer.resync(policy.module if weights is None else weights, served)
+
+
 def check_reward_functions(spec: AGPOJobSpec) -> None:
     """Import every reward function now; a broken one raises before minutes of set-up."""
     from agpo_trainer.rewards.scoring import get_reward_function
@@ -172,8 +227,22 @@ def push_weights(
     metrics: TrainerMetrics,
 ) -> float:
     """Rank 0: send the policy (``weights`` when gathered from shards) to every server;
-    the seconds it took."""
-    seconds = float(syncer.push(policy.module if weights is None else weights, version))
+    the seconds it took.
+
+    A push that fails (a server died mid-push, or was replaced since the last one) is tried
+    once more after joining every server again, waiting up to the rollout timeout for a
+    restarting one; a second failure ends the run (transient: a restart resumes it).
+    """
+    from agpo_trainer.rollout.weight_sync import WeightSyncError
+
+    model = policy.module if weights is None else weights
+    try:
+        seconds = float(syncer.push(model, version))
+    except WeightSyncError as err:
+        log.warning(
+            "weight push of version %d failed (%s); joining the servers again", version, err
+        )
+        seconds = float(syncer.resync(model, version))
     metrics.weight_sync_duration.observe(seconds)
     metrics.served_version.set(version)
     return seconds

@@ -48,7 +48,10 @@ class GlooTransport:
         self.senders: dict[str, GlooSender] = {}
 
     def listen(self) -> int:
-        self.store = trainer_store(self.master_port, timeout_s=self.timeout_s)
+        # A re-init (a server was replaced) keeps the store: its port is still bound, and
+        # every init's fresh group names (nonce) keep the keys apart.
+        if self.store is None:
+            self.store = trainer_store(self.master_port, timeout_s=self.timeout_s)
         self.master_port = int(self.store.port)  # 0 -> the port actually bound
         return self.master_port
 

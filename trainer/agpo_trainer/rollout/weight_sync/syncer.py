@@ -231,6 +231,33 @@ class WeightSyncer:
                     logger.warning("could not resume %s after a failed pause: %s", server.url, exc)
             raise
 
+    # --- served weights, verified --------------------------------------------------------
+
+    def lagging(self, version: int) -> dict[str, str]:
+        """``{url: served version}`` of the servers not serving ``version``: one GET per
+        server. A replaced server (a rollout pod recreated, a local server restarted) serves
+        its initial weights under no version. A server that does not answer yet (starting
+        again) is waited for, up to ``ready_timeout_s``, then this raises."""
+        answers = self._each(
+            lambda s: self.calls(
+                s, "GET", "/weight_info", timeout_s=self.ready_timeout_s, retry=True
+            )
+        )
+        served = {
+            s.url: str(a.get("weight_version")) for s, a in zip(self.servers, answers, strict=True)
+        }
+        return {url: v for url, v in served.items() if v != str(version)}
+
+    def resync(self, model: Weights, version: int) -> float:
+        """Join every server again (a new process has no group with this one; the live ones
+        get a fresh group, which a re-init always makes) and push ``model`` as ``version``;
+        the seconds it took."""
+        start = time.perf_counter()
+        self.close()
+        self.init()
+        self.push(model, version)
+        return time.perf_counter() - start
+
     # --- queries / teardown ------------------------------------------------------------
 
     def weight_versions(self) -> dict[str, str]:
