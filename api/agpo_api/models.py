@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from agpo_api.base import (
     CALLABLE_PATTERN,
@@ -248,11 +248,208 @@ class DatasetSpec(ApiModel):
 
 
 # --------------------------------------------------------------------------- algorithm
+PresetName = Literal["agpo", "grpo", "dr_grpo", "dapo", "reinforce_rej", "gvpo"]
+AdvantageName = Literal["grpo", "dr_grpo", "reinforce"]
+ZeroVarianceName = Literal["agpo", "mask", "resample", "keep"]
+PolicyLossName = Literal["clipped", "gvpo"]
+LossAggregationName = Literal[
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+]
+LengthRewardName = Literal["none", "agpo", "kimi", "overlong"]
+
+#: The named algorithms of the group-relative family: each expands to these fields (YAML
+#: names) unless the spec sets them. docs/algorithm.md shows the same table with its papers.
+PRESETS: dict[str, dict[str, Any]] = {
+    # AGPO v1 (arXiv 2503.15952 v1) with the first author's ColossalAI config.
+    "agpo": {
+        "advantage": "grpo",
+        "zeroVariance": "agpo",
+        "policyLoss": "clipped",
+        "lossAggregation": "token-mean",
+        "clip": {"low": 0.2, "high": 0.28},
+        "lengthReward": {"type": "agpo", "coefficient": 0.1},
+        "klCoefficient": 0.0,
+    },
+    # GRPO (DeepSeekMath, arXiv 2402.03300): eps 0.2, KL beta 0.04, per-sequence token mean.
+    "grpo": {
+        "advantage": "grpo",
+        "zeroVariance": "keep",
+        "policyLoss": "clipped",
+        "lossAggregation": "seq-mean-token-mean",
+        "clip": {"low": 0.2, "high": 0.2},
+        "lengthReward": {"type": "none", "coefficient": 0.0},
+        "klCoefficient": 0.04,
+    },
+    # Dr. GRPO (arXiv 2503.20783): no std, constant-normalised token sum, no KL.
+    "dr_grpo": {
+        "advantage": "dr_grpo",
+        "zeroVariance": "keep",
+        "policyLoss": "clipped",
+        "lossAggregation": "seq-mean-token-sum-norm",
+        "clip": {"low": 0.2, "high": 0.2},
+        "lengthReward": {"type": "none", "coefficient": 0.0},
+        "klCoefficient": 0.0,
+    },
+    # DAPO (arXiv 2503.14476): clip-higher, dynamic sampling, token-level loss, soft overlong
+    # punishment, no KL.
+    "dapo": {
+        "advantage": "grpo",
+        "zeroVariance": "resample",
+        "policyLoss": "clipped",
+        "lossAggregation": "token-mean",
+        "clip": {"low": 0.2, "high": 0.28},
+        "lengthReward": {"type": "overlong", "coefficient": 1.0},
+        "klCoefficient": 0.0,
+    },
+    # Reinforce-Rej (Xiong et al., arXiv 2504.11343): REINFORCE with the reward itself, clipped
+    # token-level updates, all-correct and all-wrong prompts filtered out.
+    "reinforce_rej": {
+        "advantage": "reinforce",
+        "zeroVariance": "mask",
+        "policyLoss": "clipped",
+        "lossAggregation": "token-mean",
+        "clip": {"low": 0.2, "high": 0.2},
+        "lengthReward": {"type": "none", "coefficient": 0.0},
+        "klCoefficient": 0.0,
+    },
+    # GVPO (arXiv 2504.19599): centred rewards (no std), no clip, no KL, sequence sums.
+    "gvpo": {
+        "advantage": "dr_grpo",
+        "zeroVariance": "keep",
+        "policyLoss": "gvpo",
+        "lossAggregation": "seq-mean-token-sum",
+        "clip": {"low": 0.2, "high": 0.2},
+        "lengthReward": {"type": "none", "coefficient": 0.0},
+        "klCoefficient": 0.0,
+    },
+}
+#: What ``preset`` is when unset: ``agpo`` for a spec that names no family field, else the
+#: plain ``grpo`` base the fields it names modify (so ``advantage: grpo`` alone is plain GRPO).
+DEFAULT_PRESET = "agpo"
+PLAIN_PRESET = "grpo"
+FAMILY_FIELDS = ("advantage", "zeroVariance", "policyLoss")
+#: The coefficient a length reward gets when its type is set without one.
+LENGTH_COEFFICIENTS = {"none": 0.0, "agpo": 0.1, "kimi": 1.0, "overlong": 1.0}
+#: The clip range when a ClipSpec is built on its own (the agpo preset's).
+DEFAULT_CLIP = {"low": 0.2, "high": 0.28}
+
+
+def _python_name(alias: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in alias)
+
+
+def _plain(value: Any) -> Any:
+    """A nested model given in Python as its YAML mapping (unset fields left out)."""
+    if isinstance(value, ApiModel):
+        return value.model_dump(by_alias=True, exclude_none=True)
+    return value
+
+
+def _take(data: dict[str, Any], alias: str) -> Any:
+    """Pop ``alias`` (or its snake_case name) from ``data``; None when absent."""
+    value = data.pop(alias, None)
+    snake = data.pop(_python_name(alias), None)
+    return _plain(value if value is not None else snake)
+
+
+def preset_of(data: dict[str, Any]) -> str:
+    """The preset an (unresolved) algorithm mapping stands for (see :data:`DEFAULT_PRESET`)."""
+    preset = data.get("preset")
+    if isinstance(preset, str):
+        return preset
+    named = any(data.get(f) is not None or data.get(_python_name(f)) is not None
+                for f in FAMILY_FIELDS)  # fmt: skip
+    return PLAIN_PRESET if named else DEFAULT_PRESET
+
+
+def resolve_algorithm(data: dict[str, Any]) -> dict[str, Any]:
+    """Expand the preset into every field the spec leaves unset; explicit fields win.
+
+    ``clip`` and ``lengthReward`` merge key by key (``clip: {high: 0.3}`` keeps the preset's
+    ``low``); a ``lengthReward`` of another type than the preset's takes none of its values.
+    ``correct.reward`` defaults to ``accuracy`` unless the rewards are custom functions only
+    without ``accuracy`` (then the spec must say what a correct answer is).
+    """
+    out = dict(data)
+    preset = preset_of(out)
+    out.pop("preset", None)
+    table = PRESETS.get(preset)
+    out["preset"] = preset
+    if table is None:
+        return out  # the Literal check reports the unknown preset
+    for alias in ("advantage", "zeroVariance", "policyLoss", "lossAggregation", "klCoefficient"):
+        value = _take(out, alias)
+        out[alias] = table[alias] if value is None else value
+    clip = _take(out, "clip")
+    out["clip"] = {**table["clip"], **clip} if isinstance(clip, dict) else (clip or table["clip"])
+    length = _take(out, "lengthReward")
+    if length is None:
+        length = dict(table["lengthReward"])
+    elif isinstance(length, dict):
+        kind = length.get("type", table["lengthReward"]["type"])
+        base = table["lengthReward"] if kind == table["lengthReward"]["type"] else {}
+        length = {**base, **length, "type": kind}
+        if "coefficient" not in length and isinstance(kind, str):
+            length["coefficient"] = LENGTH_COEFFICIENTS.get(kind, 0.0)
+    out["lengthReward"] = length
+    correct = _take(out, "correct")
+    rewards = out.get("rewards")
+    if isinstance(correct, dict) or correct is None:
+        correct = dict(correct or {})
+        if correct.get("reward") is None and _accuracy_is_defined(rewards):
+            correct["reward"] = "accuracy"
+    out["correct"] = correct
+    return out
+
+
+def _accuracy_is_defined(rewards: Any) -> bool:
+    """True unless custom functions are the only rewards and none of them is ``accuracy``."""
+    if not isinstance(rewards, list):
+        return True  # the default rewards: accuracy
+    entries = [_plain(r) for r in rewards]
+    names = [r.get("name") for r in entries if isinstance(r, dict)]
+    custom = [r for r in entries if isinstance(r, dict) and r.get("function") is not None]
+    return "accuracy" in names or not custom
+
+
+def _cel_preset(s: str) -> str:
+    """CEL for the preset of the (unresolved) algorithm object ``s``."""
+    named = " || ".join(f"has({s}.{f})" for f in FAMILY_FIELDS)
+    return f"(has({s}.preset) ? {s}.preset : (({named}) ? '{PLAIN_PRESET}' : '{DEFAULT_PRESET}'))"
+
+
+def cel_effective(s: str, alias: str) -> str:
+    """CEL for the resolved value of the string field ``alias`` of the algorithm object ``s``:
+    the spec's own value, else the preset's."""
+    preset = _cel_preset(s)
+    expr = f"'{PRESETS[DEFAULT_PRESET][alias]}'"
+    for name, table in reversed(list(PRESETS.items())):
+        expr = f"({preset} == '{name}' ? '{table[alias]}' : {expr})"
+    return f"(has({s}.{alias}) ? {s}.{alias} : {expr})"
+
+
+class RewardBounds(ApiModel):
+    """The attainable range of a custom reward function, ``[min, max]``."""
+
+    min: float = Field(description="The lowest value the function returns.")
+    max: float = Field(description="The highest value the function returns.")
+
+    rules = (
+        Rule(
+            "max",
+            "self.max >= self.min",
+            "bounds.max must be >= bounds.min",
+            lambda s: s.max >= s.min,
+        ),
+    )
+
+
 class RewardSpec(ApiModel):
     """One reward term: a builtin reward by name, or a Python function ``module:callable``."""
 
     name: Literal["accuracy", "format"] | None = Field(
-        default=None, description="Builtin reward: accuracy (math-verify) or format."
+        default=None,
+        description="Builtin reward: accuracy (math-verify, [0, 1]) or format ([0, 1]).",
     )
     function: Annotated[str, Field(pattern=CALLABLE_PATTERN, max_length=256)] | None = Field(
         default=None,
@@ -260,6 +457,11 @@ class RewardSpec(ApiModel):
         "-> list[float].",
     )
     weight: float = Field(default=1.0, description="Weight in the summed reward.")
+    bounds: RewardBounds | None = Field(
+        default=None,
+        description="A custom function's attainable range; zeroVariance agpo needs it (it gives "
+        "a homogeneous group +v at the maximum of the summed range and -v at its minimum).",
+    )
 
     rules = (
         Rule(
@@ -269,33 +471,66 @@ class RewardSpec(ApiModel):
             "set exactly one of name or function in each reward",
             exactly_one("name", "function"),
         ),
+        Rule(
+            "bounds",
+            "!has(self.bounds) || has(self.__function__)",
+            "bounds are for custom functions; builtin rewards have theirs (accuracy and format: "
+            "[0, 1]); remove bounds",
+            lambda s: s.bounds is None or s.function is not None,
+        ),
+    )
+
+
+class CorrectSpec(ApiModel):
+    """What counts as a correct answer (for the length rewards and the accuracy metric)."""
+
+    reward: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None,
+        description="The reward that decides it: accuracy, or the name or function of one of "
+        "algorithm.rewards; default accuracy (required when the rewards are custom functions "
+        "only).",
+    )
+    threshold: float = Field(
+        default=0.5, description="A completion is correct when that reward is above this."
     )
 
 
 class LengthRewardSpec(ApiModel):
     """Length shaping: AGPO's reward for short correct answers, Kimi k1.5's, or DAPO's penalty."""
 
-    type: Literal["none", "agpo", "kimi", "overlong"] = Field(
-        default="agpo",
+    type: LengthRewardName | None = Field(
+        default=None,
         description="agpo: coef*(1-(L-Lmin)/(Lmax-Lmin)) for correct answers in mixed groups; "
-        "kimi: Kimi k1.5 length penalty; overlong: DAPO soft overlong penalty; none: off.",
+        "kimi: Kimi k1.5 length penalty; overlong: DAPO soft overlong penalty; none: off. "
+        "Default: the preset's.",
     )
-    coefficient: float = Field(default=0.1, ge=0, description="Scale of the length term.")
+    coefficient: float | None = Field(
+        default=None,
+        ge=0,
+        description="Scale of the length term; default the preset's, or for another type "
+        "agpo 0.1, kimi 1, overlong 1.",
+    )
     max_tokens: PositiveInt | None = Field(
         default=None,
         description="overlong: hard limit L_max; default training.maxCompletionTokens.",
     )
     buffer_tokens: PositiveInt | None = Field(
-        default=None, description="overlong: the penalty ramps over the last bufferTokens tokens."
+        default=None,
+        description="overlong: the penalty ramps over the last bufferTokens tokens; default a "
+        "fifth of maxTokens (DAPO: 4096 of 20480).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            kind = data.setdefault("type", "none")
+            if data.get("coefficient") is None and isinstance(kind, str):
+                data["coefficient"] = LENGTH_COEFFICIENTS.get(kind, 0.0)
+        return data
+
     rules = (
-        Rule(
-            "bufferTokens",
-            "self.type != 'overlong' || has(self.bufferTokens)",
-            "lengthReward.type overlong needs bufferTokens (e.g. a quarter of maxTokens)",
-            lambda s: s.type != "overlong" or s.buffer_tokens is not None,
-        ),
         Rule(
             "bufferTokens",
             "!has(self.bufferTokens) || !has(self.maxTokens) || self.bufferTokens < self.maxTokens",
@@ -310,15 +545,26 @@ class LengthRewardSpec(ApiModel):
 class ClipSpec(ApiModel):
     """PPO ratio clip range [1 - low, 1 + high] (DAPO's clip-higher when high > low)."""
 
-    low: float = Field(default=0.2, gt=0, lt=1, description="Lower clip epsilon.")
-    high: float = Field(default=0.28, gt=0, description="Upper clip epsilon.")
+    low: float | None = Field(
+        default=None, gt=0, lt=1, description="Lower clip epsilon; default the preset's."
+    )
+    high: float | None = Field(
+        default=None, gt=0, description="Upper clip epsilon; default the preset's."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**DEFAULT_CLIP, **{k: v for k, v in data.items() if v is not None}}
+        return data
 
     rules = (
         Rule(
             "high",
-            "self.high >= self.low",
+            "!has(self.low) || !has(self.high) || self.high >= self.low",
             "clip.high must be >= clip.low; raise clip.high or lower clip.low",
-            lambda s: s.high >= s.low,
+            lambda s: s.low is None or s.high is None or s.high >= s.low,
         ),
     )
 
@@ -327,18 +573,46 @@ def _default_rewards() -> list[RewardSpec]:
     return [RewardSpec(name="accuracy", weight=1.0)]
 
 
-class AlgorithmSpec(ApiModel):
-    """The RL objective: advantage estimator, zero-variance handling, rewards and loss."""
+_S = "self"
+_ZV = cel_effective(_S, "zeroVariance")
+_LOSS = cel_effective(_S, "policyLoss")
+_AGG = cel_effective(_S, "lossAggregation")
 
-    advantage: Literal["grpo", "agpo", "dr_grpo"] = Field(
-        default="agpo",
-        description="grpo: (r-mean)/(std+eps); agpo: grpo plus a signal for zero-variance "
-        "groups; dr_grpo: r-mean (no std).",
+
+class AlgorithmSpec(ApiModel):
+    """The RL objective: a named preset, or its fields one by one (each overrides the preset).
+
+    One knob per concept: ``advantage`` normalises groups with reward variance,
+    ``zeroVariance`` alone decides groups without, ``policyLoss`` is the loss, and
+    ``lossAggregation`` how token losses are averaged. ``agpo validate`` and ``agpo render``
+    show the resolved fields.
+    """
+
+    preset: PresetName | None = Field(
+        default=None,
+        description="agpo | grpo | dr_grpo | dapo | reinforce_rej | gvpo: expands to advantage, "
+        "zeroVariance, policyLoss, lossAggregation, clip, lengthReward and klCoefficient "
+        "(docs/algorithm.md); fields set here override it. Unset: agpo, or grpo when one of "
+        "advantage, zeroVariance, policyLoss is set.",
     )
-    zero_variance: Literal["agpo", "mask", "resample", "keep"] = Field(
-        default="agpo",
-        description="Groups whose rewards are all equal: agpo: +-zeroVarianceAdvantage; mask: "
-        "left out of the loss; resample: draw more prompts (DAPO); keep: advantage 0.",
+    advantage: AdvantageName | None = Field(
+        default=None,
+        description="Groups with reward variance: grpo (r-mean)/(std+eps); dr_grpo r-mean; "
+        "reinforce r. Default: the preset's.",
+    )
+    zero_variance: ZeroVarianceName | None = Field(
+        default=None,
+        description="Groups whose rewards are all equal: agpo: +-zeroVarianceAdvantage at the "
+        "top/bottom of the reward range; mask: left out of the loss; resample: draw more prompts "
+        "(DAPO); keep: advantage 0. Default: the preset's.",
+    )
+    policy_loss: PolicyLossName | None = Field(
+        default=None,
+        description="clipped: token-level clipped surrogate (PPO/DAPO clip); gvpo: GVPO "
+        "(arXiv 2504.19599; no ratio, no clip). Default: the preset's.",
+    )
+    gvpo_beta: float = Field(
+        default=0.1, gt=0, description="policyLoss gvpo: beta of GVPO's implied reward."
     )
     zero_variance_advantage: float = Field(
         default=1.0, gt=0, description="Magnitude of AGPO's advantage for zero-variance groups."
@@ -353,21 +627,77 @@ class AlgorithmSpec(ApiModel):
         max_length=16,
         description="Reward terms, summed with their weights.",
     )
-    length_reward: LengthRewardSpec = Field(
-        default_factory=LengthRewardSpec, description="Length shaping for correct answers."
+    correct: CorrectSpec | None = Field(
+        default=None,
+        description="What counts as a correct answer (length rewards, accuracy metric); "
+        "default: accuracy above 0.5.",
     )
-    clip: ClipSpec = Field(default_factory=ClipSpec, description="Ratio clip range.")
-    kl_coefficient: float = Field(
-        default=0.0,
+    length_reward: LengthRewardSpec | None = Field(
+        default=None, description="Length shaping; default: the preset's."
+    )
+    clip: ClipSpec | None = Field(
+        default=None, description="Ratio clip range (policyLoss clipped); default the preset's."
+    )
+    kl_coefficient: float | None = Field(
+        default=None,
         ge=0,
-        description="k3 KL penalty to the initial policy; 0 = no reference model.",
+        description="k3 KL penalty to the initial policy; 0 = no reference model. Default: the "
+        "preset's.",
     )
-    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
-        Field(
-            default="token-mean",
-            description="token-mean (DAPO), seq-mean-token-mean (GRPO), seq-mean-token-sum-norm "
-            "(Dr. GRPO).",
-        )
+    loss_aggregation: LossAggregationName | None = Field(
+        default=None,
+        description="token-mean (DAPO, AGPO), seq-mean-token-mean (GRPO), seq-mean-token-sum "
+        "(GVPO), seq-mean-token-sum-norm (Dr. GRPO). Default: the preset's.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any) -> Any:
+        return resolve_algorithm(data) if isinstance(data, dict) else data
+
+    rules = (
+        Rule(
+            "rewards",
+            f"{_ZV} != 'agpo' || self.rewards.all(r, has(r.name) || has(r.bounds))",
+            "zeroVariance agpo gives a homogeneous group +-zeroVarianceAdvantage at the top or "
+            "bottom of the attainable reward range, which a custom function does not declare: "
+            "add bounds: {min: ..., max: ...} to each rewards[] entry with a function, or choose "
+            "zeroVariance mask, resample or keep",
+            lambda s: (
+                s.zero_variance != "agpo"
+                or all(r.name is not None or r.bounds is not None for r in s.rewards)
+            ),
+        ),
+        Rule(
+            "correct.reward",
+            "(has(self.correct) && has(self.correct.reward)) || "
+            "self.rewards.all(r, has(r.name)) || "
+            "self.rewards.exists(r, has(r.name) && r.name == 'accuracy')",
+            "the rewards are custom functions only: say what a correct answer is with "
+            "correct: {reward: <one of the rewards' function>, threshold: ...}, or "
+            "correct: {reward: accuracy} for math answers",
+            lambda s: s.correct is not None and s.correct.reward is not None,
+        ),
+        Rule(
+            "correct.reward",
+            "!has(self.correct) || !has(self.correct.reward) || "
+            "self.correct.reward == 'accuracy' || self.rewards.exists(r, "
+            "(has(r.name) && r.name == self.correct.reward) || "
+            "(has(r.__function__) && r.__function__ == self.correct.reward))",
+            "correct.reward must be accuracy or the name or function of one of algorithm.rewards",
+            lambda s: (
+                s.correct is None
+                or s.correct.reward in (None, "accuracy")
+                or any(s.correct.reward in (r.name, r.function) for r in s.rewards)
+            ),
+        ),
+        Rule(
+            "lossAggregation",
+            f"{_LOSS} != 'gvpo' || {_AGG} == 'seq-mean-token-sum'",
+            "policyLoss gvpo is written in per-sequence log-probability sums: set "
+            "lossAggregation: seq-mean-token-sum (or leave it to preset: gvpo)",
+            lambda s: s.policy_loss != "gvpo" or s.loss_aggregation == "seq-mean-token-sum",
+        ),
     )
 
 
@@ -480,7 +810,23 @@ class TrainingSpec(ApiModel):
     max_prompt_tokens: PositiveInt = Field(default=512, description="Longer prompts are skipped.")
     max_completion_tokens: PositiveInt = Field(default=1024, description="Generation limit.")
     temperature: float = Field(default=1.0, gt=0, le=2, description="Sampling temperature.")
-    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling.")
+    top_p: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Nucleus sampling; only 1 (no truncation): the trainer's log-probs are of "
+        "the full distribution, so a truncated sampler would bias the importance ratio.",
+    )
+    mini_batches: PositiveInt = Field(
+        default=1,
+        description="Optimizer steps per rollout batch: the batch is split into this many "
+        "mini-batches (verl ppo_mini_batch_size, TRL steps_per_generation); 1 = one step.",
+    )
+    epochs: PositiveInt = Field(
+        default=1,
+        description="Passes over the rollout batch (verl ppo_epochs, TRL num_iterations); each "
+        "pass takes miniBatches optimizer steps. Old log-probs stay the rollout's.",
+    )
     seed: int = Field(default=0, description="Seed for data order, sampling and init.")
     format_warmup_steps: NonNegativeInt = Field(
         default=0,
@@ -497,6 +843,14 @@ class TrainingSpec(ApiModel):
             "self.warmupSteps <= self.steps",
             "warmupSteps must not exceed steps",
             lambda s: s.warmup_steps <= s.steps,
+        ),
+        Rule(
+            "topP",
+            "self.topP == 1.0",
+            "topP < 1 samples from a truncated distribution while the trainer's log-probs are "
+            "of the full one, which biases the importance ratio; set topP: 1 (use temperature "
+            "to sharpen sampling)",
+            lambda s: s.top_p == 1.0,
         ),
     )
 
@@ -657,6 +1011,34 @@ class AGPOJobSpec(ApiModel):
             ),
         ),
         Rule(
+            "training.miniBatches",
+            "(self.training.promptsPerStep * self.algorithm.groupSize) % "
+            "(self.trainer.nodes * self.trainer.procsPerNode * self.training.miniBatches) == 0",
+            "training.promptsPerStep * algorithm.groupSize must be divisible by "
+            "trainer.nodes * trainer.procsPerNode * training.miniBatches (every mini-batch of "
+            "every process gets the same share); lower miniBatches or raise promptsPerStep",
+            lambda s: (
+                (s.training.prompts_per_step * s.algorithm.group_size)
+                % (s.trainer.nodes * s.trainer.procs_per_node * s.training.mini_batches)
+                == 0
+            ),
+        ),
+        Rule(
+            "algorithm.policyLoss",
+            f"{cel_effective('self.algorithm', 'policyLoss')} != 'gvpo' || "
+            "self.training.promptsPerStep % "
+            "(self.trainer.nodes * self.trainer.procsPerNode * self.training.miniBatches) == 0",
+            "policyLoss gvpo needs all responses of a prompt in the same gradient step: "
+            "training.promptsPerStep must be divisible by trainer.nodes * trainer.procsPerNode "
+            "* training.miniBatches (whole groups per process and mini-batch)",
+            lambda s: (
+                s.algorithm.policy_loss != "gvpo"
+                or s.training.prompts_per_step
+                % (s.trainer.nodes * s.trainer.procs_per_node * s.training.mini_batches)
+                == 0
+            ),
+        ),
+        Rule(
             "rollout.weightSync.backend",
             "self.rollout.weightSync.backend != 'nccl' || "
             "(self.trainer.gpusPerNode > 0 && self.rollout.gpusPerReplica > 0)",
@@ -690,13 +1072,15 @@ class AGPOJobSpec(ApiModel):
         ),
         Rule(
             "algorithm.lengthReward.bufferTokens",
+            "!has(self.algorithm.lengthReward) || !has(self.algorithm.lengthReward.type) || "
             "self.algorithm.lengthReward.type != 'overlong' || "
             "!has(self.algorithm.lengthReward.bufferTokens) || "
             "has(self.algorithm.lengthReward.maxTokens) || "
             "self.algorithm.lengthReward.bufferTokens < self.training.maxCompletionTokens",
             "lengthReward.bufferTokens must be smaller than training.maxCompletionTokens",
             lambda s: (
-                s.algorithm.length_reward.type != "overlong"
+                s.algorithm.length_reward is None
+                or s.algorithm.length_reward.type != "overlong"
                 or s.algorithm.length_reward.buffer_tokens is None
                 or s.algorithm.length_reward.max_tokens is not None
                 or s.algorithm.length_reward.buffer_tokens < s.training.max_completion_tokens

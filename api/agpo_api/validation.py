@@ -95,6 +95,35 @@ def _is_union_tag(part: int | str) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"constrained-str", "function-after"})
 
 
+# Spec values removed on purpose (v1alpha1 made a clean break): path, old value, what to write.
+REMOVED_VALUES: tuple[tuple[str, str, str], ...] = (
+    (
+        "spec.algorithm.advantage",
+        "agpo",
+        "advantage: agpo was removed: the estimator only normalises groups with reward variance "
+        "and zeroVariance alone decides the others; use preset: agpo, or advantage: grpo with "
+        "zeroVariance: agpo",
+    ),
+)
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def migration_problems(data: Any) -> list[Problem]:
+    """What an old spec must change, one :class:`Problem` per removed value it still uses."""
+    return [
+        Problem(path, message)
+        for path, value, message in REMOVED_VALUES
+        if _lookup(data, path) == value
+    ]
+
+
 def problems_from_error(err: ValidationError) -> list[Problem]:
     """Every error of a pydantic ValidationError as a :class:`Problem` (deduplicated)."""
     seen: dict[str, Problem] = {}
@@ -122,7 +151,10 @@ def parse_job(data: Any, source: str = "") -> AGPOJob:
     try:
         return AGPOJob.model_validate(data)
     except ValidationError as err:
-        raise InvalidJobError(problems_from_error(err), source) from None
+        migrations = migration_problems(data)
+        moved = {p.path for p in migrations}
+        rest = [p for p in problems_from_error(err) if p.path not in moved]
+        raise InvalidJobError(migrations + rest, source) from None
 
 
 def iter_documents(text: str, source: str = "") -> Iterator[Any]:

@@ -128,10 +128,78 @@ BAD_CASES: list[BadCase] = [
         "spec.runPolicy.queueName",
     ),
     BadCase(
-        "overlong without bufferTokens",
-        {"spec.algorithm.lengthReward": {"type": "overlong", "maxTokens": 512}},
-        "spec.algorithm.lengthReward.bufferTokens",
+        "advantage agpo (removed: preset agpo)",
+        {"spec.algorithm.advantage": "agpo"},
+        "spec.algorithm.advantage",
+        schema=True,
     ),
+    BadCase("unknown preset", {"spec.algorithm.preset": "ppo"}, "spec.algorithm.preset"),
+    BadCase(
+        "custom reward without bounds under zeroVariance agpo",
+        {
+            "spec.algorithm.rewards": [{"function": "my_rewards:score"}],
+            "spec.algorithm.correct": {"reward": "my_rewards:score"},
+        },
+        "spec.algorithm.rewards",
+    ),
+    BadCase(
+        "custom reward only and no correct",
+        {
+            "spec.algorithm.rewards": [
+                {"function": "my_rewards:score", "bounds": {"min": -1.0, "max": 1.0}}
+            ]
+        },
+        "spec.algorithm.correct.reward",
+    ),
+    BadCase(
+        "correct names no reward",
+        {"spec.algorithm.correct": {"reward": "format"}},
+        "spec.algorithm.correct.reward",
+    ),
+    BadCase(
+        "bounds on a builtin reward",
+        {"spec.algorithm.rewards": [{"name": "accuracy", "bounds": {"min": 0.0, "max": 2.0}}]},
+        "spec.algorithm.rewards[0].bounds",
+    ),
+    BadCase(
+        "bounds max below min",
+        {
+            "spec.algorithm.rewards": [
+                {"function": "m:f", "bounds": {"min": 1.0, "max": -1.0}},
+            ],
+            "spec.algorithm.correct": {"reward": "m:f"},
+        },
+        "spec.algorithm.rewards[0].bounds.max",
+    ),
+    BadCase(
+        "gvpo with token-mean",
+        {"spec.algorithm.preset": "gvpo", "spec.algorithm.lossAggregation": "token-mean"},
+        "spec.algorithm.lossAggregation",
+    ),
+    BadCase(
+        "gvpo splitting groups across processes",
+        {
+            "spec.algorithm.policyLoss": "gvpo",
+            "spec.algorithm.lossAggregation": "seq-mean-token-sum",
+            "spec.training.promptsPerStep": 3,
+            "spec.algorithm.groupSize": 4,
+            "spec.trainer.nodes": 2,
+            "spec.trainer.procsPerNode": 1,
+            "spec.trainer.gpusPerNode": 1,
+        },
+        "spec.algorithm.policyLoss",
+    ),
+    BadCase(
+        "miniBatches do not divide the batch",
+        {
+            "spec.training.promptsPerStep": 3,
+            "spec.algorithm.groupSize": 3,
+            "spec.training.miniBatches": 2,
+        },
+        "spec.training.miniBatches",
+    ),
+    BadCase("miniBatches 0", {"spec.training.miniBatches": 0}, "spec.training.miniBatches"),
+    BadCase("topP below 1", {"spec.training.topP": 0.9}, "spec.training.topP"),
     BadCase(
         "bufferTokens >= maxTokens",
         {

@@ -20,7 +20,8 @@ from cases import BAD_CASES, CPU, BadCase, apply
 def test_minimal_spec_gets_sensible_defaults(minimal_job: dict[str, Any]) -> None:
     spec = parse_job(minimal_job).spec
     algo = spec.algorithm
-    assert (algo.advantage, algo.zero_variance, algo.group_size) == ("agpo", "agpo", 8)
+    assert (algo.preset, algo.advantage, algo.zero_variance) == ("agpo", "grpo", "agpo")
+    assert (algo.policy_loss, algo.group_size) == ("clipped", 8)
     assert (algo.length_reward.type, algo.length_reward.coefficient) == ("agpo", 0.1)
     assert (algo.clip.low, algo.clip.high) == (0.2, 0.28)
     assert algo.kl_coefficient == 0.0 and algo.loss_aggregation == "token-mean"

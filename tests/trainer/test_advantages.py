@@ -29,6 +29,15 @@ def close(actual: torch.Tensor, expected: Sequence[float], atol: float = 1e-5) -
     torch.testing.assert_close(actual.float(), t(expected), atol=atol, rtol=0)
 
 
+def agpo_advantages(rewards: torch.Tensor, g: int, **kwargs: float) -> torch.Tensor:
+    """AGPO v1: GRPO advantages plus the agpo zero-variance policy (what the removed ``agpo``
+    estimator computed; spec preset agpo)."""
+    adv, _ = compute_advantages_and_mask(
+        rewards, g, advantage="grpo", zero_variance="agpo", **kwargs
+    )
+    return adv
+
+
 # ----------------------------------------------------------------------------- GRPO
 
 
@@ -84,38 +93,38 @@ def test_grpo_multiple_groups_are_independent() -> None:
 
 def test_agpo_all_correct_all_wrong_intermediate() -> None:
     rewards = t([1, 1, 1, 1, 0, 0, 0, 0, 0.5, 0.5, 0.5, 0.5])
-    close(compute_advantages(rewards, 4, "agpo"), [1] * 4 + [-1] * 4 + [0] * 4)
+    close(agpo_advantages(rewards, 4), [1] * 4 + [-1] * 4 + [0] * 4)
 
 
 def test_agpo_equals_grpo_on_mixed_groups() -> None:
     up, down = 0.75 / (0.5 + EPS), -0.25 / (0.5 + EPS)
-    close(compute_advantages(t([0, 1, 0, 0]), 4, "agpo"), [down, up, down, down])
+    close(agpo_advantages(t([0, 1, 0, 0]), 4), [down, up, down, down])
 
 
 def test_agpo_group_of_two_and_sixteen() -> None:
-    close(compute_advantages(t([1, 1, 0, 0]), 2, "agpo"), [1, 1, -1, -1])
-    close(compute_advantages(t([1.0] * 16 + [0.0] * 16), 16, "agpo"), [1] * 16 + [-1] * 16)
+    close(agpo_advantages(t([1, 1, 0, 0]), 2), [1, 1, -1, -1])
+    close(agpo_advantages(t([1.0] * 16 + [0.0] * 16), 16), [1] * 16 + [-1] * 16)
 
 
 def test_agpo_magnitude_and_explicit_bounds() -> None:
     # Authors' code uses +1 / -1 base rewards: min_reward=-1.
     rewards = t([1, 1, -1, -1, 0, 0])
-    adv = compute_advantages(rewards, 2, "agpo", max_reward=1, min_reward=-1)
+    adv = agpo_advantages(rewards, 2, max_reward=1, min_reward=-1)
     close(adv, [1, 1, -1, -1, 0, 0])
-    adv = compute_advantages(
-        t([2.5, 2.5, -1, -1]), 2, "agpo", max_reward=2.5, min_reward=-1, zero_variance_value=0.3
+    adv = agpo_advantages(
+        t([2.5, 2.5, -1, -1]), 2, max_reward=2.5, min_reward=-1, zero_variance_value=0.3
     )
     close(adv, [0.3, 0.3, -0.3, -0.3])
 
 
 def test_agpo_default_bounds_are_accuracy_range() -> None:
     # Defaults max=1, min=0: a homogeneous group at 2.0 is neither -> 0.
-    close(compute_advantages(t([2, 2]), 2, "agpo"), [0, 0])
+    close(agpo_advantages(t([2, 2]), 2), [0, 0])
 
 
 def test_agpo_min_above_max_rejected() -> None:
     with pytest.raises(ValueError, match="min_reward"):
-        compute_advantages(t([1, 1]), 2, "agpo", max_reward=0, min_reward=1)
+        agpo_advantages(t([1, 1]), 2, max_reward=0, min_reward=1)
 
 
 # ----------------------------------------------------------------------------- Dr. GRPO
@@ -170,11 +179,11 @@ def test_compute_advantages_and_mask_spec_combinations() -> None:
     adv, keep = compute_advantages_and_mask(rewards, 2, advantage="dr_grpo", zero_variance="agpo")
     close(adv, [1, 1, -1, -1])
     assert keep.all()
-    adv, keep = compute_advantages_and_mask(rewards, 2, advantage="agpo", zero_variance="mask")
+    adv, keep = compute_advantages_and_mask(rewards, 2, advantage="grpo", zero_variance="mask")
     close(adv, [0, 0, 0, 0])
     assert not keep.any()
     # zeroVariance alone decides homogeneous groups: keep -> advantage 0 (spec docs).
-    adv, keep = compute_advantages_and_mask(rewards, 2, advantage="agpo", zero_variance="keep")
+    adv, keep = compute_advantages_and_mask(rewards, 2, advantage="grpo", zero_variance="keep")
     close(adv, [0, 0, 0, 0])
     assert keep.all()
     adv, _ = compute_advantages_and_mask(rewards, 2, advantage="grpo", zero_variance="agpo")
@@ -190,14 +199,14 @@ def test_unknown_zero_variance_mode() -> None:
 
 
 def test_unknown_estimator_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"unknown advantage estimator 'ppo'.*agpo, dr_grpo, grpo"):
+    with pytest.raises(ValueError, match=r"unknown advantage estimator 'ppo'.*dr_grpo, grpo"):
         compute_advantages(t([1, 0]), 2, "ppo")
     with pytest.raises(ValueError, match="valid names"):
         get_advantage_estimator("GRPO")
 
 
 def test_registry_contains_builtins_and_accepts_new_estimator() -> None:
-    assert {"grpo", "agpo", "dr_grpo"} <= set(ADVANTAGE_ESTIMATORS.names())
+    assert {"grpo", "dr_grpo", "reinforce"} <= set(ADVANTAGE_ESTIMATORS.names())
 
     @register_advantage_estimator("test_centred_times_two")
     def _double(grouped, homogeneous, options):  # type: ignore[no-untyped-def]
@@ -222,7 +231,7 @@ def test_rewards_must_be_1d() -> None:
 # ----------------------------------------------------------------------------- dtypes/devices
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "agpo", "dr_grpo"])
+@pytest.mark.parametrize("estimator", ["grpo", "reinforce", "dr_grpo"])
 def test_bfloat16_in_bfloat16_out(estimator: str) -> None:
     rewards = t([1, 0, 0, 0, 1, 1, 1, 1])
     ref = compute_advantages(rewards, 4, estimator)
@@ -232,7 +241,7 @@ def test_bfloat16_in_bfloat16_out(estimator: str) -> None:
 
 
 def test_integer_rewards_give_float32_and_detached() -> None:
-    out = compute_advantages(torch.tensor([1, 0, 1, 1]), 2, "agpo")
+    out = agpo_advantages(torch.tensor([1, 0, 1, 1]), 2)
     assert out.dtype == torch.float32
     rewards = t([1, 0]).requires_grad_()
     assert not compute_advantages(rewards, 2, "grpo").requires_grad
@@ -241,6 +250,6 @@ def test_integer_rewards_give_float32_and_detached() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device_respected() -> None:
     rewards = t([1, 0, 1, 1]).cuda()
-    out = compute_advantages(rewards, 2, "agpo")
+    out = agpo_advantages(rewards, 2)
     assert out.device == rewards.device
-    close(out.cpu(), compute_advantages(rewards.cpu(), 2, "agpo").tolist())
+    close(out.cpu(), agpo_advantages(rewards.cpu(), 2).tolist())

@@ -74,6 +74,17 @@ def loss_batch(draw: st.DrawFn) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- references
 
 
+def advantages_of(rewards: torch.Tensor, group_size: int, name: str) -> torch.Tensor:
+    """Advantages of an estimator, or of ``agpo``: GRPO with the agpo zero-variance policy
+    (the removed ``agpo`` estimator; spec preset agpo)."""
+    if name == "agpo":
+        adv, _ = compute_advantages_and_mask(
+            rewards, group_size, advantage="grpo", zero_variance="agpo"
+        )
+        return adv
+    return compute_advantages(rewards, group_size, name)
+
+
 def ref_advantages(rewards: list[float], group_size: int, estimator: str) -> list[float]:
     out: list[float] = []
     for start in range(0, len(rewards), group_size):
@@ -161,6 +172,8 @@ def ref_loss(inputs: dict[str, torch.Tensor], aggregation: str, kl_coef: float) 
         return sum(s for s, _ in seq_losses) / max(1, sum(c for _, c in seq_losses))
     if aggregation == "seq-mean-token-mean":
         return sum(s / c for s, c in seq_losses) / len(seq_losses)
+    if aggregation == "seq-mean-token-sum":
+        return sum(s for s, _ in seq_losses) / len(seq_losses)
     return sum(s / t for s, _ in seq_losses) / len(seq_losses)
 
 
@@ -181,7 +194,7 @@ def test_agpo_equals_grpo_on_groups_with_variance(data: tuple[torch.Tensor, int]
     rewards, group_size = data
     grouped = rewards.view(-1, group_size)
     has_variance = (grouped.amax(-1) - grouped.amin(-1)) > 1e-3
-    agpo = compute_advantages(rewards, group_size, "agpo").view(-1, group_size)
+    agpo = advantages_of(rewards, group_size, "agpo").view(-1, group_size)
     grpo = compute_advantages(rewards, group_size, "grpo").view(-1, group_size)
     assert torch.equal(agpo[has_variance], grpo[has_variance])
     # and on the others AGPO gives one of +1 / -1 / 0 for the whole group
@@ -195,7 +208,7 @@ def test_advantages_match_per_group_reference(
     data: tuple[torch.Tensor, int], estimator: str
 ) -> None:
     rewards, group_size = data
-    fast = compute_advantages(rewards.double(), group_size, estimator)
+    fast = advantages_of(rewards.double(), group_size, estimator)
     slow = torch.tensor(
         ref_advantages(rewards.double().tolist(), group_size, estimator), dtype=torch.float64
     )
@@ -209,9 +222,9 @@ def test_bfloat16_advantages_close_to_float32(
 ) -> None:
     rewards, group_size = data
     rewards = rewards.bfloat16().float()  # representable in both
-    out = compute_advantages(rewards.bfloat16(), group_size, estimator)
+    out = advantages_of(rewards.bfloat16(), group_size, estimator)
     assert out.dtype == torch.bfloat16
-    ref = compute_advantages(rewards, group_size, estimator)
+    ref = advantages_of(rewards, group_size, estimator)
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.01)
 
 
@@ -352,7 +365,7 @@ def test_all_zero_rewards_grpo_gives_no_gradient_agpo_does(group_size: int) -> N
     grads = {}
     for estimator in ("grpo", "agpo"):
         logp = (old + 0.05 * torch.randn(group_size, 6, generator=g)).requires_grad_()
-        adv = compute_advantages(rewards, group_size, estimator)
+        adv = advantages_of(rewards, group_size, estimator)
         loss, _ = compute_policy_loss(logp, old, adv, mask)
         loss.backward()
         assert logp.grad is not None

@@ -214,10 +214,11 @@ def test_aggregate_loss_direct() -> None:
 
 def test_unknown_names_list_valid_ones() -> None:
     with pytest.raises(
-        ValueError, match=r"seq-mean-token-mean, seq-mean-token-sum-norm, token-mean"
+        ValueError,
+        match=r"seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm, token-mean",
     ):
         compute_policy_loss(**batch(), aggregation="token-sum")
-    with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'.*ppo_clip"):
+    with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'.*clipped, gvpo"):
         compute_policy_loss(**batch(), loss_type="ppo")
     with pytest.raises(ValueError, match="valid names"):
         get_loss_aggregation("mean")

@@ -92,6 +92,38 @@ def reward_terms(spec: AGPOJobSpec) -> list[tuple[str, float]]:
     return [(r.name or r.function or "", r.weight) for r in spec.algorithm.rewards]
 
 
+def reward_range(spec: AGPOJobSpec) -> tuple[float, float] | None:
+    """The attainable range of the summed rewards (builtin bounds, ``rewards[].bounds`` for
+    custom functions): what AGPO's zero-variance rule compares with; None when unknown."""
+    declared = {
+        r.function: (r.bounds.min, r.bounds.max)
+        for r in spec.algorithm.rewards
+        if r.function is not None and r.bounds is not None
+    }
+    return attainable_reward_range(reward_terms(spec), declared)
+
+
+def correct_rule(spec: AGPOJobSpec) -> tuple[str, float]:
+    """``algorithm.correct`` as (the deciding reward, threshold); default accuracy > 0.5."""
+    c = spec.algorithm.correct
+    return (c.reward if c is not None and c.reward else "accuracy",
+            c.threshold if c is not None else 0.5)  # fmt: skip
+
+
+def length_reward_args(spec: AGPOJobSpec) -> tuple[str, float, int, int | None]:
+    """``algorithm.lengthReward`` for :func:`score`: (type, coefficient, maxTokens, bufferTokens)
+    with maxTokens defaulting to ``training.maxCompletionTokens`` and bufferTokens to a fifth of
+    it (DAPO: 4096 of 20480)."""
+    lr = spec.algorithm.length_reward
+    if lr is None:
+        return ("none", 0.0, spec.training.max_completion_tokens, None)
+    max_tokens = lr.max_tokens or spec.training.max_completion_tokens
+    buffer = lr.buffer_tokens
+    if lr.type == "overlong" and buffer is None:
+        buffer = max(1, max_tokens // 5)
+    return (lr.type or "none", lr.coefficient or 0.0, max_tokens, buffer)
+
+
 def rollout_seed(seed: int, step: int, round_: int) -> int:
     """A distinct, reproducible sampling seed per step and resample round."""
     return seed * 1_000_003 + step * 10_007 + round_ * 101
@@ -112,11 +144,15 @@ class Experience:
     ) -> None:
         self.spec, self.tokenizer, self.sampler = spec, tokenizer, sampler
         self.client, self.metrics = client, metrics
-        # Custom rewards may declare no bounds; then the accuracy range [0, 1] is assumed.
-        self.min_reward, self.max_reward = attainable_reward_range(reward_terms(spec)) or (
-            0.0,
-            1.0,
-        )
+        # The spec refuses zeroVariance agpo when the range is unknown (a custom reward
+        # without bounds); the other modes do not use it.
+        known = reward_range(spec)
+        if known is None and spec.algorithm.zero_variance == "agpo":
+            raise ValueError(
+                "zeroVariance agpo needs the attainable reward range: add bounds to every "
+                "custom reward"
+            )
+        self.min_reward, self.max_reward = known or (0.0, 1.0)
 
     def collect(self, step: int) -> Batch:
         """Generate, score and compute advantages for one step's batch."""
@@ -221,7 +257,6 @@ class Experience:
         self, examples: list[Example], completions: list[Any]
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         g = self.spec.algorithm.group_size
-        lr = self.spec.algorithm.length_reward
         texts = [self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
         return score(
             prompts=[examples[i // g].prompt for i in range(len(completions))],
@@ -230,10 +265,6 @@ class Experience:
             lengths=[len(c.token_ids) for c in completions],
             group_size=g,
             rewards=reward_terms(self.spec),
-            length_reward=(
-                lr.type,
-                lr.coefficient,
-                lr.max_tokens or self.spec.training.max_completion_tokens,
-                lr.buffer_tokens,
-            ),
+            length_reward=length_reward_args(self.spec),
+            correct=correct_rule(self.spec),
         )

@@ -9,8 +9,9 @@ TrainerMetrics` attribute of its Prometheus series (``agpo_reward_mean``). Pure:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from agpo_api.progress import TrainerProgress
 
@@ -104,3 +105,21 @@ class StepStats:
     def log_line(self) -> str:
         """``step {...}``: the progress as one JSON object ("prompts" last: it is long)."""
         return "step " + json.dumps(self.progress().to_wire())
+
+
+def mean_of(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The mean of each metric over several optimizer steps (a metric missing from a step,
+    e.g. ``kl`` without a reference model, is averaged over the steps that have it)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for m in metrics:
+        for key, value in m.items():
+            sums[key] = sums.get(key, 0.0) + value
+            counts[key] = counts.get(key, 0) + 1
+    return {key: sums[key] / counts[key] for key in sums}
+
+
+def algorithm_line(algorithm: Mapping[str, Any]) -> str:
+    """``algorithm {...}``: the resolved ``spec.algorithm`` (preset expanded) as one JSON
+    object, the trainer's first log line."""
+    return "algorithm " + json.dumps(dict(algorithm))

@@ -32,7 +32,7 @@ from agpo_trainer.experience import Batch, Experience, encode_prompt, reward_ter
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics, serve
 from agpo_trainer.policy import Policy
 from agpo_trainer.runtime import Runtime
-from agpo_trainer.stats import StepStats
+from agpo_trainer.stats import StepStats, algorithm_line
 from agpo_trainer.update import train_step
 from agpo_trainer.warmup import format_warmup
 
@@ -49,6 +49,8 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
     total_steps = rt.total_steps(t.steps)
     metrics = TrainerMetrics()
     board = StatusBoard(TrainerProgress(phase="Initializing", step=0, total_steps=total_steps))
+    if rt.is_main:  # the resolved algorithm (preset expanded) first
+        log.info("%s", algorithm_line(spec.algorithm.to_dict()))
 
     # ----------------------------------------------------------------- setup, every rank
     check_reward_functions(spec)  # a broken reward function fails before any work

@@ -1,14 +1,31 @@
-"""The policy update, on every rank: the clipped policy loss on this rank's slice of the batch
-in micro-batches, each weighted by its share of the global denominator (so the update does not
-depend on the world size or the micro-batch size), backward, clip, AdamW and LR step.
+"""The policy update, on every rank: one rollout batch, ``training.epochs`` passes of
+``training.miniBatches`` optimizer steps each (verl's ppo_epochs / ppo_mini_batch_size, TRL's
+num_iterations / steps_per_generation).
+
+Mini-batch ``k`` of a step is the ``k``-th equal, contiguous part of *every* rank's slice, so
+the ranks step together. Within it the loss (``algorithm.policyLoss``) is computed in
+micro-batches, each weighted by its share of the mini-batch's global denominator (over all
+ranks), so an optimizer step does not depend on the world size or the micro-batch size. Old
+log-probs are always the rollout's: from the second optimizer step on the policy has moved, the
+importance ratio leaves 1 and the clip acts. ``policyLoss: gvpo`` needs each prompt's responses
+in the same gradient step: micro-batches are cut at group boundaries and the spec makes rank
+slices and mini-batches whole groups.
+
+The LR scheduler steps once per rollout batch (as verl), not per optimizer step, so
+``training.steps``, ``warmupSteps`` and the schedule count rollout steps whatever
+``miniBatches``/``epochs`` are. With the defaults 1/1 this is one optimizer step per batch,
+exactly as before.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 from agpo_api.models import AGPOJobSpec
 from agpo_trainer.algorithms import (
+    Counts,
     accumulate,
     compute_policy_loss,
     count_included,
@@ -18,26 +35,88 @@ from agpo_trainer.algorithms import (
 from agpo_trainer.distributed import all_reduce_sum
 from agpo_trainer.experience import Batch
 from agpo_trainer.policy import Policy, Responses, response_logprobs
-from agpo_trainer.stats import UpdateStats
+from agpo_trainer.stats import UpdateStats, mean_of
 
 
-def micro_batches(n: int, size: int) -> list[range]:
-    """Consecutive index ranges of at most ``size`` covering ``range(n)``."""
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+def micro_batches(n: int, size: int, align: int = 1) -> list[range]:
+    """Consecutive index ranges covering ``range(n)``, each at most ``size`` long, rounded down
+    to a multiple of ``align`` (but at least ``align``) so no group of ``align`` rows is cut."""
+    step = max(align, size // align * align)
+    return [range(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def mini_batch_counts(
+    lengths: Sequence[int], sample_mask: Sequence[bool], world_size: int, mini_batches: int
+) -> list[Counts]:
+    """The global denominators of each mini-batch: mini-batch ``k`` is the ``k``-th part of
+    every rank's slice (rank ``r`` holds rows ``[r*n/W, (r+1)*n/W)``)."""
+    n = len(lengths)
+    per_rank = n // world_size
+    per_mini = per_rank // mini_batches
+    out = []
+    for k in range(mini_batches):
+        rows = [r * per_rank + k * per_mini + j for r in range(world_size) for j in range(per_mini)]
+        out.append(count_included([lengths[i] for i in rows], [sample_mask[i] for i in rows]))
+    return out
 
 
 def train_step(
     policy: Policy, batch: Batch, spec: AGPOJobSpec, *, rank: int, world_size: int, micro: int
 ) -> UpdateStats:
-    """Loss, backward and optimizer step on this rank's slice of ``batch``."""
+    """``epochs x miniBatches`` optimizer steps on this rank's slice of ``batch``, then one LR
+    step; the statistics are the mean over the optimizer steps."""
+    algo, t = spec.algorithm, spec.training
+    mine = batch.shard(rank, world_size)
+    minis = t.mini_batches
+    per = len(mine) // minis
+    align = algo.group_size if algo.policy_loss == "gvpo" else 1
+    if per * minis != len(mine) or per % align:
+        raise ValueError(
+            f"a rank's {len(mine)} completions do not split into {minis} mini-batches of whole "
+            f"groups of {align}; check training.promptsPerStep against miniBatches and the "
+            f"world size"
+        )
+    totals = mini_batch_counts(
+        [len(c) for c in batch.completion_ids], batch.sample_mask, world_size, minis
+    )
+    policy.model.train()
+    steps: list[dict[str, float]] = []
+    norms: list[float] = []
+    for _ in range(t.epochs):
+        for k in range(minis):
+            rows = range(k * per, (k + 1) * per)
+            metrics, norm = optimizer_step(
+                policy, mine, rows, totals[k], spec, world_size=world_size, micro=micro
+            )
+            steps.append(metrics)
+            norms.append(norm)
+    policy.scheduler.step()
+    return UpdateStats.from_loss_metrics(
+        mean_of(steps),
+        grad_norm=sum(norms) / len(norms),
+        learning_rate=policy.scheduler.get_last_lr()[0],
+    )
+
+
+def optimizer_step(
+    policy: Policy,
+    mine: Batch,
+    rows: range,
+    total: Counts,
+    spec: AGPOJobSpec,
+    *,
+    world_size: int,
+    micro: int,
+) -> tuple[dict[str, float], float]:
+    """One optimizer step on ``rows`` of this rank's slice (the whole mini-batch's metrics,
+    summed over ranks, and the gradient norm before clipping)."""
     algo, device = spec.algorithm, policy.device
     temperature = spec.training.temperature
-    total = batch.valid_counts()  # the whole batch's: every rank divides by the same
-    mine = batch.shard(rank, world_size)
-    policy.model.train()
+    align = algo.group_size if algo.policy_loss == "gvpo" else 1
     policy.optimizer.zero_grad(set_to_none=True)
     summed: dict[str, float] = {}
-    chunks = micro_batches(len(mine), micro)
+    chunks = [range(rows.start + c.start, rows.start + c.stop)
+              for c in micro_batches(len(rows), micro, align)]  # fmt: skip
     for k, idx in enumerate(chunks):
         x = Responses.build(
             [mine.prompt_ids[i] for i in idx],
@@ -60,25 +139,24 @@ def train_step(
                 old,
                 torch.tensor([mine.advantages[i] for i in idx], device=device),
                 x.mask,
-                clip_low=algo.clip.low,
-                clip_high=algo.clip.high,
+                clip_low=algo.clip.low if algo.clip and algo.clip.low is not None else 0.2,
+                clip_high=algo.clip.high if algo.clip and algo.clip.high is not None else 0.28,
                 ref_logprobs=ref,
-                kl_coef=algo.kl_coefficient,
-                aggregation=algo.loss_aggregation,
+                kl_coef=algo.kl_coefficient or 0.0,
+                aggregation=algo.loss_aggregation or "token-mean",
                 sample_mask=torch.tensor(sample_mask, device=device),
                 max_tokens=spec.training.max_completion_tokens,
                 logits=logits.detach(),
+                loss_type=algo.policy_loss or "clipped",
+                gvpo_beta=algo.gvpo_beta,
+                group_size=algo.group_size,
             )
             local = count_included([len(mine.completion_ids[i]) for i in idx], sample_mask)
-            share = micro_batch_share(algo.loss_aggregation, local, total)
+            share = micro_batch_share(algo.loss_aggregation or "token-mean", local, total)
             rank_loss(loss, share, world_size).backward()
         accumulate(summed, metrics, share)
     grad_norm = torch.nn.utils.clip_grad_norm_(
         policy.model.parameters(), spec.training.max_grad_norm
     )
     policy.optimizer.step()
-    policy.scheduler.step()
-    summed = all_reduce_sum(summed, device)
-    return UpdateStats.from_loss_metrics(
-        summed, grad_norm=float(grad_norm), learning_rate=policy.scheduler.get_last_lr()[0]
-    )
+    return all_reduce_sum(summed, device), float(grad_norm)

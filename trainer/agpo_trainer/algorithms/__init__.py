@@ -1,4 +1,5 @@
-"""AGPO/GRPO algorithm core: advantage estimators, policy losses, aggregations (pure torch).
+"""The group-relative family's core: advantage estimators, zero-variance policies, policy losses
+(clipped, GVPO) and aggregations (pure torch).
 
 See ``docs/algorithm.md`` for the formulas, the zero-variance rule and the spec mapping.
 """
@@ -6,12 +7,14 @@ See ``docs/algorithm.md`` for the formulas, the zero-variance rule and the spec 
 from agpo_trainer.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
     ZERO_VARIANCE_MODES,
+    ZERO_VARIANCE_POLICIES,
     AdvantageOptions,
     apply_zero_variance,
     compute_advantages,
     compute_advantages_and_mask,
     get_advantage_estimator,
     register_advantage_estimator,
+    register_zero_variance_policy,
     zero_variance_mask,
 )
 from agpo_trainer.algorithms.aggregation import (
@@ -31,10 +34,12 @@ from agpo_trainer.algorithms.aggregation import (
 )
 from agpo_trainer.algorithms.losses import (
     POLICY_LOSSES,
+    PolicyLossConfig,
     PolicyLossOutput,
     compute_policy_loss,
     entropy_from_logits,
     get_policy_loss,
+    gvpo_weights,
     kl_k3,
     register_policy_loss,
     token_logprobs,
@@ -47,8 +52,10 @@ __all__ = [
     "LOSS_DENOMINATORS",
     "POLICY_LOSSES",
     "ZERO_VARIANCE_MODES",
+    "ZERO_VARIANCE_POLICIES",
     "AdvantageOptions",
     "Counts",
+    "PolicyLossConfig",
     "PolicyLossOutput",
     "Registry",
     "accumulate",
@@ -65,12 +72,14 @@ __all__ = [
     "get_loss_aggregation",
     "get_loss_denominator",
     "get_policy_loss",
+    "gvpo_weights",
     "kl_k3",
     "micro_batch_share",
     "rank_loss",
     "register_advantage_estimator",
     "register_loss_aggregation",
     "register_policy_loss",
+    "register_zero_variance_policy",
     "token_logprobs",
     "zero_variance_mask",
 ]

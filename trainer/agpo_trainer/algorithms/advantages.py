@@ -1,4 +1,5 @@
-"""Group-relative advantage estimators: GRPO, AGPO (v1 zero-variance rule) and Dr. GRPO.
+"""Group-relative advantages: the estimators (GRPO, Dr. GRPO, REINFORCE) for groups with reward
+variance, and the zero-variance policies (AGPO v1 +-1, mask, resample, keep) for the others.
 
 Conventions (shared by every function here):
 
@@ -15,8 +16,9 @@ Zero-variance groups. A group is *homogeneous* ("zero variance") when
 testing ``std == 0`` because the float mean of ``G`` equal values is not always bit-equal to the
 value (e.g. ``0.1`` summed 3 times), which leaves a ~1e-9 std and a spurious ~1e-5 advantage;
 the scaled tolerance absorbs such rounding for rewards of any magnitude while real reward
-differences (>= 1e-3 in practice) are never merged. All estimators return an advantage of
-exactly 0 on homogeneous groups, except ``agpo`` which applies the AGPO v1 rule below.
+differences (>= 1e-3 in practice) are never merged. Every estimator returns exactly 0 on
+homogeneous groups; what those groups get is the zero-variance policy's decision alone
+(spec ``algorithm.zeroVariance``), whichever estimator is chosen.
 
 AGPO v1 rule (arXiv 2503.15952 v1, "a revised advantage estimation method to mitigate
 zero-variance situations"): on a homogeneous group, ``A_i = +v`` if the group's reward equals
@@ -40,7 +42,7 @@ from torch import Tensor
 
 from agpo_trainer.algorithms.registry import Registry
 
-# Spec values of ``algorithm.zeroVariance``.
+# Spec values of ``algorithm.zeroVariance``, in the order the docs list them.
 ZERO_VARIANCE_MODES: tuple[str, ...] = ("agpo", "mask", "resample", "keep")
 
 _DEFAULT_EPS = 1e-4  # TRL/verl GRPO: (r - mean) / (std + 1e-4)
@@ -162,9 +164,18 @@ def grpo_advantages(grouped: Tensor, homogeneous: Tensor, options: AdvantageOpti
 @register_advantage_estimator("dr_grpo")
 def dr_grpo_advantages(grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions) -> Tensor:
     """Dr. GRPO (arXiv 2503.20783): ``A_i = r_i - mean_g`` (no std division, which biases
-    towards too easy/too hard prompts). Shapes ``[num_groups, G]``; homogeneous groups -> 0."""
+    towards too easy/too hard prompts). Shapes ``[num_groups, G]``; homogeneous groups -> 0.
+    GVPO (arXiv 2504.19599) uses the same centred reward in its weights."""
     adv = grouped - grouped.mean(dim=-1, keepdim=True)
     return adv.masked_fill(homogeneous.unsqueeze(-1), 0.0)
+
+
+@register_advantage_estimator("reinforce")
+def reinforce_advantages(grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions) -> Tensor:
+    """REINFORCE without a baseline, ``A_i = r_i`` (Williams 1992), as Reinforce-Rej uses it
+    (Xiong et al., arXiv 2504.11343, with rewards +-1; homogeneous groups are its filter's,
+    i.e. ``zeroVariance: mask``). Shapes ``[num_groups, G]``; homogeneous groups -> 0."""
+    return grouped.masked_fill(homogeneous.unsqueeze(-1), 0.0)
 
 
 def agpo_zero_variance_signal(grouped: Tensor, options: AdvantageOptions) -> Tensor:
@@ -185,18 +196,6 @@ def agpo_zero_variance_signal(grouped: Tensor, options: AdvantageOptions) -> Ten
     signal = signal.masked_fill(_equals(options.min_reward), -v)
     # max checked last so a degenerate max == min range counts as success.
     return signal.masked_fill(_equals(options.max_reward), v)
-
-
-@register_advantage_estimator("agpo")
-def agpo_advantages(grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions) -> Tensor:
-    """AGPO v1 (arXiv 2503.15952 v1): GRPO on groups with variance; on homogeneous groups
-    ``+v`` if the reward is the maximum attainable, ``-v`` if the minimum, 0 otherwise.
-
-    Shapes ``[num_groups, G]`` in and out. Identical to ``grpo`` wherever the group has variance.
-    """
-    adv = grpo_advantages(grouped, homogeneous, options)
-    signal = agpo_zero_variance_signal(grouped, options).expand_as(adv)
-    return torch.where(homogeneous.unsqueeze(-1), signal, adv)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -222,34 +221,83 @@ def _options(
 def compute_advantages(
     rewards: Tensor,
     group_size: int,
-    estimator: str = "agpo",
+    estimator: str = "grpo",
     *,
-    max_reward: float | None = None,
-    min_reward: float | None = None,
     eps: float = _DEFAULT_EPS,
-    zero_variance_value: float = 1.0,
 ) -> Tensor:
-    """Group-relative advantages, one scalar per completion.
+    """Group-relative advantages, one scalar per completion; 0 on homogeneous groups.
 
     Args:
         rewards: ``Tensor[N]``; group ``g`` is ``rewards[g*G:(g+1)*G]``.
         group_size: ``G`` (completions per prompt).
-        estimator: a registered name: ``grpo`` | ``agpo`` | ``dr_grpo`` (spec
+        estimator: a registered name: ``grpo`` | ``dr_grpo`` | ``reinforce`` (spec
             ``algorithm.advantage``).
-        max_reward / min_reward: attainable reward bounds for the AGPO zero-variance rule;
-            ``None`` means 1.0 / 0.0 (the ``accuracy`` reward's range; module docstring).
-        eps: added to the std (GRPO/AGPO), 1e-4 like TRL/verl.
-        zero_variance_value: ``v``, magnitude of the AGPO signal on homogeneous groups.
+        eps: added to the std (GRPO), 1e-4 like TRL/verl.
 
     Returns:
         ``Tensor[N]`` in the rewards' dtype (float32 for integer rewards) and device. Detached
-        from any graph the rewards had: advantages are constants of the policy loss.
+        from any graph the rewards had: advantages are constants of the policy loss. What
+        homogeneous groups get instead of 0 is :func:`apply_zero_variance`'s decision.
     """
     fn = get_advantage_estimator(estimator)
     grouped = group_view(rewards.detach(), group_size)
     homogeneous = _homogeneous_groups(grouped)
-    adv = fn(grouped, homogeneous, _options(max_reward, min_reward, eps, zero_variance_value))
+    adv = fn(grouped, homogeneous, _options(None, None, eps, 1.0))
     return adv.reshape(-1).to(output_dtype(rewards.dtype))
+
+
+# ----------------------------------------------------------------------------- zero variance
+
+# fn(advantages[N], grouped rewards[num_groups, G], homogeneous Bool[N], options)
+#   -> (advantages[N], sample_mask Bool[N])
+ZeroVariancePolicy = Callable[[Tensor, Tensor, Tensor, AdvantageOptions], tuple[Tensor, Tensor]]
+
+ZERO_VARIANCE_POLICIES: Registry[ZeroVariancePolicy] = Registry("zeroVariance mode")
+
+
+def register_zero_variance_policy(
+    name: str,
+) -> Callable[[ZeroVariancePolicy], ZeroVariancePolicy]:
+    """Decorator: register ``fn(advantages[N], grouped[num_groups, G], homogeneous Bool[N],
+    options) -> (advantages[N], sample_mask Bool[N])`` as an ``algorithm.zeroVariance`` mode."""
+    return ZERO_VARIANCE_POLICIES.register(name)
+
+
+@register_zero_variance_policy("agpo")
+def agpo_zero_variance(
+    advantages: Tensor, grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions
+) -> tuple[Tensor, Tensor]:
+    """AGPO v1 (arXiv 2503.15952 v1): a homogeneous group at the maximum attainable reward gets
+    ``+v``, at the minimum ``-v``, otherwise 0; every sample stays in the loss."""
+    signal = agpo_zero_variance_signal(grouped, options).expand_as(grouped).reshape(-1)
+    out = torch.where(homogeneous, signal.to(advantages.dtype), advantages)
+    return out, torch.ones_like(homogeneous)
+
+
+@register_zero_variance_policy("keep")
+def keep_zero_variance(
+    advantages: Tensor, grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions
+) -> tuple[Tensor, Tensor]:
+    """Plain GRPO: homogeneous groups get 0 and still count in the loss's denominator."""
+    return advantages.masked_fill(homogeneous, 0.0), torch.ones_like(homogeneous)
+
+
+@register_zero_variance_policy("mask")
+def mask_zero_variance(
+    advantages: Tensor, grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions
+) -> tuple[Tensor, Tensor]:
+    """AGPO v2/v3 loss mask and Reinforce-Rej's filter: homogeneous groups get 0 and leave the
+    loss's numerator *and* denominator (``sample_mask`` False)."""
+    return advantages.masked_fill(homogeneous, 0.0), ~homogeneous
+
+
+@register_zero_variance_policy("resample")
+def resample_zero_variance(
+    advantages: Tensor, grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions
+) -> tuple[Tensor, Tensor]:
+    """DAPO dynamic sampling (arXiv 2503.14476): drawing more prompts is the trainer loop's
+    job; whatever still has zero variance afterwards is masked exactly like ``mask``."""
+    return mask_zero_variance(advantages, grouped, homogeneous, options)
 
 
 def apply_zero_variance(
@@ -264,25 +312,17 @@ def apply_zero_variance(
 ) -> tuple[Tensor, Tensor]:
     """Apply the spec's ``algorithm.zeroVariance`` policy to advantages of any estimator.
 
-    Modes:
-        ``agpo``: homogeneous groups get the AGPO v1 ``+v/-v/0`` signal (arXiv 2503.15952 v1);
-            every sample stays in the loss.
-        ``mask``: homogeneous groups are dropped from the loss *and* its denominator (AGPO
-            v2/v3 and the authors' code; Reinforce-Rej): ``sample_mask`` is False there and their
-            advantages are set to 0.
-        ``resample``: DAPO dynamic sampling (arXiv 2503.14476). Drawing more prompts until
-            groups have variance is the trainer loop's job; whatever still has zero variance
-            when it gives up is masked exactly like ``mask``.
-        ``keep``: homogeneous groups get advantage 0 and stay in the loss (plain GRPO: they
-            add 0 to the numerator but still count in the denominator). This also resets the
-            ``agpo`` estimator's signal, so the spec's ``zeroVariance`` alone decides what
-            homogeneous groups do, whichever ``advantage`` estimator is chosen.
+    Modes (registered in :data:`ZERO_VARIANCE_POLICIES`): ``agpo`` (``+v/-v/0``, all kept),
+    ``mask`` and ``resample`` (0 and excluded through ``sample_mask``), ``keep`` (0, kept).
 
     Args:
         advantages: ``Tensor[N]`` from :func:`compute_advantages`.
         rewards: ``Tensor[N]`` the advantages were computed from.
         group_size: ``G``.
         mode: one of :data:`ZERO_VARIANCE_MODES`.
+        max_reward / min_reward: the attainable reward range the ``agpo`` rule compares a
+            homogeneous group's reward with; ``None`` means 1.0 / 0.0 (the ``accuracy`` range).
+        zero_variance_value: ``v``.
 
     Returns:
         ``(advantages Tensor[N], sample_mask Bool[N])`` -- pass ``sample_mask`` to
@@ -292,29 +332,17 @@ def apply_zero_variance(
         raise ValueError(
             f"unknown zeroVariance mode {mode!r}; valid names: {', '.join(ZERO_VARIANCE_MODES)}"
         )
-    if advantages.shape != rewards.shape:
-        raise ValueError(
-            f"advantages {tuple(advantages.shape)} and rewards {tuple(rewards.shape)} differ"
-        )
     grouped = group_view(rewards.detach(), group_size)
-    homogeneous = _homogeneous_groups(grouped)
-    per_sample = homogeneous.repeat_interleave(group_size)
-    keep_all = torch.ones_like(per_sample)
-    if mode == "keep":
-        return advantages.masked_fill(per_sample, 0.0), keep_all
-    if mode == "agpo":
-        options = _options(max_reward, min_reward, _DEFAULT_EPS, zero_variance_value)
-        signal = agpo_zero_variance_signal(grouped, options).expand_as(grouped).reshape(-1)
-        return torch.where(per_sample, signal.to(advantages.dtype), advantages), keep_all
-    # mask / resample
-    return advantages.masked_fill(per_sample, 0.0), ~per_sample
+    homogeneous = _homogeneous_groups(grouped).repeat_interleave(group_size)
+    options = _options(max_reward, min_reward, _DEFAULT_EPS, zero_variance_value)
+    return ZERO_VARIANCE_POLICIES.get(mode)(advantages, grouped, homogeneous, options)
 
 
 def compute_advantages_and_mask(
     rewards: Tensor,
     group_size: int,
     *,
-    advantage: str = "agpo",
+    advantage: str = "grpo",
     zero_variance: str = "agpo",
     max_reward: float | None = None,
     min_reward: float | None = None,
@@ -323,24 +351,14 @@ def compute_advantages_and_mask(
 ) -> tuple[Tensor, Tensor]:
     """Spec glue: ``algorithm.advantage`` then ``algorithm.zeroVariance``.
 
-    ``advantages = compute_advantages(rewards, G, advantage, ...)`` followed by
-    :func:`apply_zero_variance` with ``zero_variance``. The estimator decides the advantages of
-    groups with variance (``agpo`` equals ``grpo`` there); ``zero_variance`` alone decides
-    homogeneous groups: ``agpo`` -> ``+v/-v/0``, ``keep`` -> 0, ``mask``/``resample`` -> 0 and
+    The estimator decides the groups with variance; ``zero_variance`` alone decides the
+    homogeneous ones: ``agpo`` -> ``+v/-v/0``, ``keep`` -> 0, ``mask``/``resample`` -> 0 and
     excluded through ``sample_mask``.
 
     Returns:
         ``(advantages Tensor[N], sample_mask Bool[N])``.
     """
-    adv = compute_advantages(
-        rewards,
-        group_size,
-        advantage,
-        max_reward=max_reward,
-        min_reward=min_reward,
-        eps=eps,
-        zero_variance_value=zero_variance_value,
-    )
+    adv = compute_advantages(rewards, group_size, advantage, eps=eps)
     return apply_zero_variance(
         adv,
         rewards,

@@ -17,6 +17,8 @@ Aggregations:
 * ``token-mean``: sum of token losses / number of tokens (DAPO token-level loss; AGPO's
   authors' code uses it).
 * ``seq-mean-token-mean``: mean over sequences of each sequence's token mean (original GRPO).
+* ``seq-mean-token-sum``: mean over sequences of each sequence's token sum (verl's name; GVPO's
+  per-sequence log-probability sums, arXiv 2504.19599).
 * ``seq-mean-token-sum-norm``: mean over sequences of ``sum_t loss_t / max_tokens`` (Dr. GRPO,
   arXiv 2503.20783; TRL divides by ``max_completion_length``; ``max_tokens=None`` uses ``T``).
 """
@@ -106,6 +108,16 @@ def seq_mean_token_mean(
 ) -> Tensor:
     """``mean_b [sum_t m_bt l_bt / sum_t m_bt]`` over counted sequences (GRPO, 2402.03300)."""
     seq_loss = (per_token_loss * token_mask).sum(dim=-1) / token_mask.sum(dim=-1).clamp(min=1.0)
+    return (seq_loss * seq_mask).sum() / seq_mask.sum().clamp(min=1.0)
+
+
+@register_loss_aggregation("seq-mean-token-sum", denominator=by_sequences)
+def seq_mean_token_sum(
+    per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
+) -> Tensor:
+    """``mean_b [sum_t m_bt l_bt]`` over counted sequences (verl ``seq-mean-token-sum``; the
+    sequence-level sums GVPO's objective is written in, arXiv 2504.19599)."""
+    seq_loss = (per_token_loss * token_mask).sum(dim=-1)
     return (seq_loss * seq_mask).sum() / seq_mask.sum().clamp(min=1.0)
 
 

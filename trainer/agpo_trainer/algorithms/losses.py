@@ -5,13 +5,19 @@ Shapes: ``B`` sequences (completions) by ``T`` response tokens (right-padded), `
 (float64 is kept, so ``torch.autograd.gradcheck`` works); the returned loss is a float32 (or
 float64) scalar whose gradient flows back into the caller's (e.g. bfloat16) log-probs.
 
-Per-token loss of the default ``ppo_clip`` (PPO, arXiv 1707.06347, with DAPO's decoupled
+Per-token loss of the default ``clipped`` (PPO, arXiv 1707.06347, with DAPO's decoupled
 "clip-higher" ranges, arXiv 2503.14476)::
 
     rho_t  = exp(logp_t - old_logp_t)                     # vs the rollout policy
     loss_t = -min(rho_t * A, clip(rho_t, 1 - clip_low, 1 + clip_high) * A)
            + kl_coef * k3_t                                # optional, k3 KL to a reference
     k3_t   = exp(ref_t - logp_t) - (ref_t - logp_t) - 1    # (Schulman's k3; log-ratio +-20 as verl)
+
+``gvpo`` (GVPO, arXiv 2504.19599) has no ratio and no clip: per group of ``k`` responses,
+``w_i = A_i - beta * (D_i - mean_g D)`` with ``D_i = sum_t (logp_t - old_logp_t)`` and ``A_i``
+the centred reward (``advantage: dr_grpo``), and the loss ``-beta * sum_i w_i * D_i / (k - 1)``
+with ``w`` held constant; its gradient is that of the paper's
+``1/2 sum_i [beta (D_i - mean D) - A_i]^2 / (k - 1)`` (see :func:`gvpo_loss`).
 
 The aggregations (``token-mean``, ...) and their global denominators are in
 :mod:`agpo_trainer.algorithms.aggregation`.
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -105,19 +111,33 @@ class PolicyLossOutput:
     ratio: Tensor
     clipped_low: Tensor  # Bool: the lower clip bound was the active term
     clipped_high: Tensor  # Bool: the upper clip bound was the active term
+    extra: dict[str, Tensor] = field(default_factory=dict)  # scalar metrics of the loss
 
 
-# fn(log_ratio[B,T], advantages[B,1], token_mask[B,T], clip_low, clip_high) -> PolicyLossOutput
-PolicyLossFn = Callable[[Tensor, Tensor, Tensor, float, float], PolicyLossOutput]
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    """The settings every policy loss receives (each uses what it needs)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    beta: float = 0.1  # GVPO's beta (spec algorithm.gvpoBeta)
+    group_size: int | None = None  # G; GVPO needs whole contiguous groups
+
+
+# fn(log_ratio[B,T], advantages[B,1], token_mask[B,T], config) -> PolicyLossOutput
+PolicyLossFn = Callable[[Tensor, Tensor, Tensor, PolicyLossConfig], PolicyLossOutput]
 
 POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
-    """Decorator: register ``fn(log_ratio, advantages, token_mask, clip_low, clip_high)``.
+    """Decorator: register ``fn(log_ratio, advantages, token_mask, config)`` (spec
+    ``algorithm.policyLoss``).
 
-    ``log_ratio = logp - old_logp`` and ``token_mask`` are ``[B, T]``, ``advantages`` ``[B, 1]``;
-    the function returns a :class:`PolicyLossOutput`.
+    ``log_ratio = logp - old_logp`` (0 on padding) and ``token_mask`` (float, excluded samples
+    zeroed) are ``[B, T]``, ``advantages`` ``[B, 1]``, ``config`` a :class:`PolicyLossConfig`;
+    the function returns a :class:`PolicyLossOutput` whose ``per_token_loss`` the spec's
+    aggregation reduces.
     """
     return POLICY_LOSSES.register(name)
 
@@ -140,16 +160,81 @@ def _clipped_surrogate(
     return PolicyLossOutput(loss, ratio, clipped_low, clipped_high)
 
 
-@register_policy_loss("ppo_clip")
-def ppo_clip_loss(
-    log_ratio: Tensor, advantages: Tensor, token_mask: Tensor, clip_low: float, clip_high: float
+@register_policy_loss("clipped")
+def clipped_loss(
+    log_ratio: Tensor, advantages: Tensor, token_mask: Tensor, config: PolicyLossConfig
 ) -> PolicyLossOutput:
-    """Token-level clipped surrogate (PPO; DAPO clip-higher, arXiv 2503.14476).
+    """Token-level clipped surrogate (PPO, arXiv 1707.06347; DAPO clip-higher, 2503.14476).
 
     ``rho_t = exp(logp_t - old_logp_t)``, ``loss_t = -min(rho_t A, clip(rho_t, 1-low, 1+high) A)``.
+    Shapes: ``[B, T]`` log-ratio and mask, ``[B, 1]`` advantages.
     """
     ratio = torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
-    return _clipped_surrogate(ratio, advantages, clip_low, clip_high)
+    return _clipped_surrogate(ratio, advantages, config.clip_low, config.clip_high)
+
+
+def gvpo_weights(
+    log_ratio: Tensor, advantages: Tensor, token_mask: Tensor, beta: float, group_size: int
+) -> tuple[Tensor, Tensor]:
+    """GVPO's per-response weights and log-ratio sums (arXiv 2504.19599).
+
+    ``D_i = sum_t m_it (logp_it - old_logp_it)`` and ``w_i = A_i - beta * (D_i - mean_g D)``,
+    the mean over the ``G`` responses of ``i``'s group (rows ``[g*G:(g+1)*G]``).
+
+    Args:
+        log_ratio: ``Tensor[B, T]``; token_mask: ``Tensor[B, T]`` (float); advantages ``[B, 1]``
+            (the centred rewards ``R_i - mean R`` for the paper's objective).
+        beta: GVPO's beta; group_size: ``G`` (``B % G == 0``).
+
+    Returns:
+        ``(w Tensor[B], D Tensor[B])``; ``w`` is detached (a constant of the loss), ``D`` is not.
+    """
+    b = log_ratio.shape[0]
+    if group_size < 2 or b % group_size != 0:
+        raise ValueError(
+            f"gvpo needs whole groups of size >= 2: {b} rows, group_size={group_size} (all "
+            f"responses of a prompt must be in the same micro-batch)"
+        )
+    d = (log_ratio * token_mask).sum(dim=-1)
+    dg = d.detach().view(-1, group_size)
+    centred = (dg - dg.mean(dim=-1, keepdim=True)).reshape(-1)
+    w = advantages.detach().reshape(-1) - beta * centred
+    return w, d
+
+
+@register_policy_loss("gvpo")
+def gvpo_loss(
+    log_ratio: Tensor, advantages: Tensor, token_mask: Tensor, config: PolicyLossConfig
+) -> PolicyLossOutput:
+    """GVPO (Group Variance Policy Optimization, arXiv 2504.19599): no ratio, no clip.
+
+    Per group of ``k = G`` responses the paper minimises
+    ``L_g = 1/2 sum_i [beta (D_i - mean D) - (R_i - mean R)]^2 / (k - 1)`` with
+    ``D_i = sum_t log(pi_theta / pi_old)``. Its gradient is
+    ``-beta sum_i w_i grad D_i / (k - 1)``, ``w_i = (R_i - mean R) - beta (D_i - mean D)``
+    (the cross term with ``mean grad D`` vanishes because the bracket sums to 0 over a
+    group), so the per-token loss is ``l_it = -beta * k / (k - 1) * w_i * log_ratio_it`` with
+    ``w`` constant: summed over tokens and averaged over the batch's sequences
+    (``lossAggregation: seq-mean-token-sum``) it is ``mean_g`` of the paper's gradient.
+    ``A_i`` stands for ``R_i - mean R`` (``advantage: dr_grpo``). Rows of a group must be
+    contiguous and together (``config.group_size``). ``extra["gvpo/mse"]`` is the paper's
+    ``L_g`` averaged over the included groups (0 when rewards equal the implied rewards).
+    """
+    if config.group_size is None:
+        raise ValueError("policy loss gvpo needs group_size (completions per prompt)")
+    k = config.group_size
+    w, _ = gvpo_weights(log_ratio, advantages, token_mask, config.beta, k)
+    scale = -config.beta * k / (k - 1)
+    per_token = scale * w.unsqueeze(-1) * log_ratio
+    with torch.no_grad():
+        kept = (token_mask.sum(dim=-1) > 0).view(-1, k).any(dim=-1)
+        # (A_i - mean A) - beta (D_i - mean D): the paper's bracket (A = R - mean R already)
+        residual = w.view(-1, k) - advantages.detach().view(-1, k).mean(dim=-1, keepdim=True)
+        per_group = 0.5 * (residual**2).sum(dim=-1) / (k - 1)
+        mse = (per_group * kept).sum() / kept.sum().clamp(min=1)
+    ratio = torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)).detach()
+    none = torch.zeros_like(log_ratio, dtype=torch.bool)
+    return PolicyLossOutput(per_token, ratio, none, none, {"gvpo/mse": mse})
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -219,9 +304,11 @@ def compute_policy_loss(
     sample_mask: Tensor | None = None,
     max_tokens: int | None = None,
     logits: Tensor | None = None,
-    loss_type: str = "ppo_clip",
+    loss_type: str = "clipped",
+    gvpo_beta: float = 0.1,
+    group_size: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped policy-gradient loss with optional k3 KL, masked groups and aggregation.
+    """Policy loss (clipped surrogate or GVPO) with optional k3 KL, masked groups, aggregation.
 
     Args:
         logprobs: ``Tensor[B, T]`` log-probs of the response tokens under the current policy
@@ -237,7 +324,10 @@ def compute_policy_loss(
         sample_mask: ``Bool[B]``; False rows (excluded groups) leave numerator and denominator.
         max_tokens: constant divisor of ``seq-mean-token-sum-norm`` (default ``T``).
         logits: ``Tensor[B, T, V]``, only for the entropy metric (no gradient through it).
-        loss_type: registered policy loss (``ppo_clip``, the only one so far).
+        loss_type: registered policy loss, spec ``algorithm.policyLoss``: ``clipped`` |
+            ``gvpo`` (which ignores the clip and needs ``group_size`` and whole groups).
+        gvpo_beta: GVPO's ``beta`` (spec ``algorithm.gvpoBeta``).
+        group_size: ``G``; rows ``[g*G:(g+1)*G]`` are one prompt's responses (GVPO).
 
     Returns:
         ``(loss, metrics)``: ``loss`` a scalar (float32/float64) with a graph to ``logprobs``;
@@ -245,7 +335,7 @@ def compute_policy_loss(
         ``loss``, ``policy_loss``, ``kl`` (when ``ref_logprobs`` given), ``entropy`` (when
         ``logits`` given), ``clip_ratio/low_mean``, ``clip_ratio/high_mean``,
         ``clip_ratio/region_mean``, ``ratio/mean``, ``ratio/min``, ``ratio/max``,
-        ``num_tokens``, ``frac_samples_masked``.
+        ``num_tokens``, ``frac_samples_masked``; ``gvpo/mse`` with ``gvpo``.
     """
     _check_shapes(
         logprobs, old_logprobs, advantages, response_mask, ref_logprobs, sample_mask, logits
@@ -274,7 +364,8 @@ def compute_policy_loss(
     zero = torch.zeros((), dtype=dtype, device=logp.device)
     log_ratio = torch.where(valid, logp - old, zero)
 
-    out = loss_fn(log_ratio, adv, token_mask, clip_low, clip_high)
+    config = PolicyLossConfig(clip_low, clip_high, gvpo_beta, group_size)
+    out = loss_fn(log_ratio, adv, token_mask, config)
     policy_loss = agg_fn(out.per_token_loss, token_mask, seq_mask, max_tokens)
 
     kl: Tensor | None = None
@@ -304,6 +395,7 @@ def compute_policy_loss(
             "ratio/min": _masked_extreme(out.ratio, counted, largest=False),
             "ratio/max": _masked_extreme(out.ratio, counted, largest=True),
             "num_tokens": count,
+            **out.extra,
         }
         if sample_mask is not None and sample_mask.numel() > 0:
             values["frac_samples_masked"] = (~sample_mask.bool()).float().mean()

@@ -66,21 +66,26 @@ def combine_rewards(components: Mapping[str, Tensor], weights: Mapping[str, floa
     return total
 
 
-def attainable_reward_range(rewards: Sequence[tuple[str, float]]) -> tuple[float, float] | None:
-    """``(min, max)`` of ``sum_k w_k r_k`` over the named rewards' declared bounds.
+def attainable_reward_range(
+    rewards: Sequence[tuple[str, float]],
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+) -> tuple[float, float] | None:
+    """``(min, max)`` of ``sum_k w_k r_k`` over the rewards' bounds.
 
     This is what AGPO's zero-variance rule compares a homogeneous group's reward with (pass it
-    as ``compute_advantages(..., min_reward=lo, max_reward=hi)``). Length rewards are left out:
-    they are 0 on homogeneous groups (AGPO by construction; Kimi when lengths are equal;
-    overlong below the buffer). Returns None when a reward (a custom function) declares no
-    bounds; the caller must then supply them.
+    as ``apply_zero_variance(..., min_reward=lo, max_reward=hi)``). ``bounds`` gives the range
+    of custom functions by name (spec ``rewards[].bounds``); builtin rewards declare theirs.
+    Length rewards are left out: they are 0 on homogeneous groups (AGPO by construction; Kimi
+    when lengths are equal; overlong below the buffer). Returns None when a reward has no
+    known range (the spec refuses zeroVariance agpo then).
     """
+    declared = dict(bounds or {})
     lo = hi = 0.0
     for name, weight in rewards:
-        bounds = reward_bounds(name)
-        if bounds is None:
+        bound = declared.get(name) or reward_bounds(name)
+        if bound is None:
             return None
-        a, b = weight * bounds[0], weight * bounds[1]
+        a, b = weight * bound[0], weight * bound[1]
         lo += min(a, b)
         hi += max(a, b)
     return lo, hi
@@ -100,6 +105,7 @@ def score(
     group_size: int,
     rewards: Sequence[tuple[str, float]] = (("accuracy", 1.0),),
     length_reward: tuple[str, float] | tuple[str, float, int | None, int | None] | None = None,
+    correct: tuple[str, float] = ("accuracy", CORRECT_THRESHOLD),
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Score ``N`` completions: rewards, their weighted sum and the length reward.
 
@@ -115,9 +121,10 @@ def score(
     Returns:
         ``(total Tensor[N] float32, components {name: Tensor[N]}, correct Bool[N])``.
         ``components`` holds every reward by name and, with a length reward, ``"length"``
-        (already scaled by ``coef``, weight 1). ``correct`` is ``accuracy > 0.5``; accuracy is
-        computed for it even when it is not among ``rewards`` (it is then not in the total).
-        All tensors live on the device of ``lengths``.
+        (already scaled by ``coef``, weight 1). ``correct`` is ``value > threshold`` of the
+        reward ``correct = (name, threshold)`` names (spec ``algorithm.correct``; default
+        ``accuracy > 0.5``), unweighted; ``accuracy`` is computed for it even when it is not
+        among ``rewards`` (it is then not in the total). Tensors live on ``lengths``' device.
     """
     n = len(completions)
     if len(prompts) != n or len(answers) != n:
@@ -143,14 +150,20 @@ def score(
         components[name] = torch.tensor(values, dtype=torch.float32, device=device)
         weights[name] = float(weight)
 
-    if "accuracy" in components:
-        accuracy = components["accuracy"]
-    else:
+    judge, threshold = correct
+    if judge in components:
+        decisive = components[judge]
+    elif judge == "accuracy":
         values = call_reward_function(
             REWARD_FUNCTIONS.get("accuracy"), prompts, completions, answers, name="accuracy"
         )
-        accuracy = torch.tensor(values, dtype=torch.float32, device=device)
-    correct = accuracy > CORRECT_THRESHOLD
+        decisive = torch.tensor(values, dtype=torch.float32, device=device)
+    else:
+        raise ValueError(
+            f"correct names reward {judge!r}, which is not among the rewards {names}; "
+            f"name one of them or accuracy"
+        )
+    is_correct = decisive > float(threshold)
 
     if length_reward is not None and length_reward[0] != "none":
         kind, coef, *rest = length_reward
@@ -159,7 +172,7 @@ def score(
         components[LENGTH_COMPONENT] = compute_length_reward(
             kind,
             length_t,
-            correct,
+            is_correct,
             group_size,
             coef=float(coef),
             max_tokens=max_tokens,
@@ -168,4 +181,4 @@ def score(
 
     if not components:
         raise ValueError("score needs at least one reward or a length reward")
-    return combine_rewards(components, weights), components, correct
+    return combine_rewards(components, weights), components, is_correct
