@@ -46,13 +46,12 @@ def test_a_replaced_server_is_noticed_and_served_the_weights_again(
     server: Any, tiny_model_dir: Path
 ) -> None:
     import torch
+    from conftest import load_reference
 
     from agpo_trainer.metrics import TrainerMetrics
     from agpo_trainer.rollout.client import RolloutClient
     from agpo_trainer.rollout.weight_sync import WeightSyncer
     from agpo_trainer.train import ensure_served, push_weights
-
-    from conftest import load_reference
 
     model = load_reference(tiny_model_dir)
     with torch.no_grad():

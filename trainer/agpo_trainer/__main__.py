@@ -36,7 +36,6 @@ from agpo_api.termination import (
 )
 
 
-
 def _init_distributed() -> None:
     import torch
     import torch.distributed as dist
