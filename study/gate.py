@@ -1,0 +1,559 @@
+"""Learnability gate for the builtin bit-counting task (run before any study code).
+
+    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python study/gate.py --variant tiny-mix
+
+1. builds a byte-level Qwen2 (a variant's size), 2. runs the supervised warm-up on the
+``warmup`` split only (mixed formats, stopped early on a held-out slice of the warm-up split),
+cached in ``~/.cache/agpo/gate/`` by a hash of its config, 3. measures the gate figures on
+the ``eval`` split with in-process sampling (T=1, G=8), 4. runs a short plain-GRPO run on
+the ``train`` split and reports greedy eval accuracy before/after, 5. prints the gate table
+with PASS/FAIL per criterion (the thresholds below were fixed before any figure was seen) and
+appends a record to ``study/gate_log.jsonl``.
+
+Never run by pytest: it is a command (minutes of CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agpo_trainer.algorithms import compute_advantages_and_mask, compute_policy_loss, token_logprobs
+from agpo_trainer.models.tiny import TinyModelSpec, build_config, build_tokenizer
+from agpo_trainer.tasks import bitcount as task
+
+# ------------------------------------------------------------------ decision rules (fixed)
+ACC_RANGE = (0.30, 0.65)  # mean sampled accuracy on eval (T=1, G=8)
+SPREAD_MIN = 0.20  # accuracy(2-6 bits) - accuracy(11-14 bits)
+ZERO_VAR_RANGE = (0.20, 0.60)  # fraction of groups with zero reward variance
+ALL_CORRECT_MIN = 0.05  # fraction of groups all correct
+ALL_WRONG_MIN = 0.05  # fraction of groups all wrong
+SCRATCH_RANGE = (0.35, 0.65)  # fraction of completions with scratch work
+LENGTH_CV_MIN = 0.30  # coefficient of variation of completion tokens of correct answers
+GRPO_GAIN_MIN = 0.05  # greedy eval accuracy after - before the short GRPO run
+
+GROUP = 8
+TEMPERATURE = 1.0
+EVAL_PER_DIFFICULTY = 40  # gate sampling set: up to 40 eval problems per bit count
+GREEDY_PER_DIFFICULTY = 100  # greedy before/after set
+MAX_NEW_TOKENS = 64  # longest grammatical completion is 6 + 34 + 1 + 9 + EOS = 51
+CACHE_VERSION = 2  # bump when the warm-up code changes meaning
+LOG = Path(__file__).with_name("gate_log.jsonl")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A task/warm-up/model variant; ``warmup_*`` fields define the cached warm model."""
+
+    hidden: int = 128
+    intermediate: int = 256
+    layers: int = 2
+    heads: int = 2
+    kv_heads: int = 1
+    init_range: float = 0.02
+    warmup_lr: float = 1e-3
+    warmup_batch: int = 64
+    warmup_max_steps: int = 3000
+    warmup_check_every: int = 25
+    warmup_target_acc: float = 0.45  # stop once warm-up-val sampled accuracy reaches this
+    scratch_prob: float = 0.5  # warm-up completions with scratch
+    # warm-up draws a bit count n with weight decay ** max(0, n - decay_from) (1.0: uniform), up to
+    # warmup_max_bits: long strings seen rarely (or never) stay hard
+    warmup_decay: float = 1.0
+    warmup_decay_from: int = 8
+    warmup_max_bits: int = task.MAX_BITS
+    filler_max: int = task.MAX_FILLER  # warm-up filler uniform in 0..filler_max
+    grpo_steps: int = 40
+    grpo_prompts: int = 16
+    grpo_lr: float = 1e-4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def warm_key(self, seed: int) -> str:
+        d = asdict(self)
+        for k in ("grpo_steps", "grpo_prompts", "grpo_lr", "extra"):
+            d.pop(k)
+        d.update(seed=seed, version=CACHE_VERSION)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+VARIANTS: dict[str, Variant] = {
+    # 0.36M: the builtin:tiny shape (hidden 128, 2 layers, head_dim 64)
+    "tiny-mix": Variant(),
+    # 4 layers, hidden 128: more depth for lookup + add
+    # long strings rarely seen in the warm-up (weight 0.6 ** (n - 8) above 8 bits)
+    "tiny-skew": Variant(warmup_decay=0.6),
+    # the warm-up never sees more than 10 bits: 11-14 are extrapolation
+    "tiny-cap10": Variant(warmup_max_bits=10),
+    # uniform, trained further (warm-up-val accuracy 0.7): does confidence give zero variance?
+    "tiny-mix-long": Variant(warmup_target_acc=0.7),
+    # short strings learned well, long ones rarely seen (weight 0.5 ** (n - 6) above 6 bits)
+    "tiny-skew6": Variant(warmup_decay=0.5, warmup_decay_from=6, warmup_target_acc=0.55),
+    "small-mix": Variant(layers=4, intermediate=512, heads=4, kv_heads=2),
+    # hidden 256, 4 layers, head_dim 64 (~2.4M)
+    "medium-mix": Variant(hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2),
+}
+
+
+# ------------------------------------------------------------------ model and sampling
+def build_model(v: Variant, seed: int) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM
+
+    spec = TinyModelSpec(
+        hidden_size=v.hidden,
+        intermediate_size=v.intermediate,
+        num_layers=v.layers,
+        num_heads=v.heads,
+        num_kv_heads=v.kv_heads,
+        initializer_range=v.init_range,
+    )
+    tok = build_tokenizer()
+    config = build_config(spec, vocab_size=len(tok))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model, tok
+
+
+def encode(tok: Any, text: str) -> list[int]:
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class Sample:
+    prompt: str
+    ids: list[int]  # completion token ids (EOS included when finished)
+    text: str
+    finished: bool
+
+
+@torch.no_grad()
+def generate(
+    model: Any, tok: Any, prompts: list[str], n: int, *, greedy: bool, gen: torch.Generator
+) -> list[Sample]:
+    """``n`` completions per prompt (contiguous groups), KV-cached, batched by prompt length
+    (equal lengths: no padding), T=1 multinomial or greedy."""
+    model.eval()
+    eos = tok.eos_token_id
+    out: list[Sample | None] = [None] * (len(prompts) * n)
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    for idxs in by_len.values():
+        rows = [(i, j) for i in idxs for j in range(n)]
+        ids = torch.tensor([[tok.bos_token_id, *encode(tok, prompts[i])] for i, _ in rows])
+        res = model(input_ids=ids, use_cache=True)
+        past, logits = res.past_key_values, res.logits[:, -1]
+        done = torch.zeros(len(rows), dtype=torch.bool)
+        toks: list[torch.Tensor] = []
+        for _ in range(MAX_NEW_TOKENS):
+            logits = logits.float() / TEMPERATURE
+            if greedy:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1)
+            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+            toks.append(nxt)
+            done |= nxt == eos
+            if bool(done.all()):
+                break
+            res = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
+            past, logits = res.past_key_values, res.logits[:, -1]
+        seq = torch.stack(toks, 1).tolist()
+        for (i, j), s in zip(rows, seq, strict=True):
+            finished = eos in s
+            ids_ = s[: s.index(eos) + 1] if finished else s
+            text = tok.decode([t for t in ids_ if t != eos])
+            out[i * n + j] = Sample(prompts[i], ids_, text, finished)
+    return [s for s in out if s is not None]
+
+
+def seq_logprobs(model: Any, tok: Any, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of each completion under ``model`` (with grad), and the mask."""
+    seqs = [[tok.bos_token_id, *encode(tok, s.prompt), *s.ids] for s in samples]
+    plen = [len(q) - len(s.ids) for q, s in zip(seqs, samples, strict=True)]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, q in enumerate(seqs):
+        ids[r, : len(q)] = torch.tensor(q)
+        attn[r, : len(q)] = 1
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    lp = token_logprobs(logits, ids[:, 1:])
+    mask = torch.zeros_like(lp, dtype=torch.bool)
+    for r, (p, q) in enumerate(zip(plen, seqs, strict=True)):
+        mask[r, p - 1 : len(q) - 1] = True
+    return lp, mask
+
+
+# ------------------------------------------------------------------ warm-up
+def warm_example(p: task.Problem, v: Variant, rng: random.Random) -> str:
+    filler = rng.randint(0, v.filler_max)
+    return task.make_completion(p.bits, filler=filler, scratch=rng.random() < v.scratch_prob)
+
+
+@functools.lru_cache(maxsize=1)
+def warmup_val() -> list[task.Problem]:
+    """A held-out slice of the warm-up split (1 in 8 by a second hash), never trained on."""
+    return [p for p in task.problems("warmup") if task.stable_hash(p.prompt + "#wval") % 8 == 0]
+
+
+def sampled_accuracy(model: Any, tok: Any, probs: list[task.Problem], n: int, seed: int) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    samples = generate(model, tok, [p.prompt for p in probs], n, greedy=False, gen=gen)
+    return statistics.fmean(task.reward(s.prompt, s.text, finished=s.finished) for s in samples)
+
+
+def warm_up(v: Variant, seed: int, log: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """The warm model, from the cache when there (keyed by the warm-up config and seed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = Path(os.environ.get("AGPO_CACHE_DIR", Path.home() / ".cache" / "agpo")) / "gate"
+    target = cache / f"bitcount-warm-{v.warm_key(seed)}"
+    if (target / "warmup.json").exists():
+        meta = json.loads((target / "warmup.json").read_text())
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(target)
+        log.append(f"warm model from cache {target}")
+        return model, tok, meta | {"cached": True}
+    model, tok = build_model(v, seed)
+    rng = random.Random(seed + 7)
+    val = set(p.prompt for p in warmup_val())
+    train = [p for p in task.problems("warmup") if p.prompt not in val]
+    buckets: dict[int, list[task.Problem]] = {}
+    for p in train:
+        buckets.setdefault(p.difficulty, []).append(p)
+    keys = sorted(n for n in buckets if n <= v.warmup_max_bits)
+    weights = [v.warmup_decay ** max(0, n - v.warmup_decay_from) for n in keys]
+    val_rng = random.Random(seed + 11)
+    val_probs = [
+        val_rng.choice([p for p in warmup_val() if p.difficulty == n] or buckets[n])
+        for n in sorted(buckets)
+        for _ in range(8)
+    ]
+    opt = torch.optim.AdamW(model.parameters(), lr=v.warmup_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    eos = tok.eos_token_id
+    t0 = time.time()
+    history: list[tuple[int, float, float]] = []
+    step, loss_v = 0, float("nan")
+    for step in range(1, v.warmup_max_steps + 1):
+        model.train()
+        batch = [rng.choice(buckets[rng.choices(keys, weights)[0]]) for _ in range(v.warmup_batch)]
+        samples = [
+            Sample(p.prompt, [*encode(tok, warm_example(p, v, rng)), eos], "", True) for p in batch
+        ]
+        lp, mask = seq_logprobs(model, tok, samples)
+        loss = -(lp * mask).sum() / mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = v.warmup_lr * min(1.0, step / 50)
+        opt.step()
+        loss_v = float(loss.detach())
+        if step % v.warmup_check_every == 0:
+            acc = sampled_accuracy(model, tok, val_probs, 4, seed + step)
+            history.append((step, round(loss_v, 4), round(acc, 4)))
+            log.append(f"warm-up step {step}: loss {loss_v:.3f}, warm-up-val sampled acc {acc:.3f}")
+            print(log[-1], flush=True)
+            if acc >= v.warmup_target_acc:
+                break
+    meta = {
+        "steps": step,
+        "seconds": round(time.time() - t0, 1),
+        "final_loss": loss_v,
+        "history": history,
+    }
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "warmup.json").write_text(json.dumps(meta, indent=1))
+    if not target.exists():
+        os.replace(tmp, target)
+    return model, tok, meta | {"cached": False}
+
+
+# ------------------------------------------------------------------ gate figures
+def gate_figures(model: Any, tok: Any, seed: int) -> dict[str, Any]:
+    probs = task.stratified("eval", EVAL_PER_DIFFICULTY)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    samples = generate(model, tok, [p.prompt for p in probs], GROUP, greedy=False, gen=gen)
+    grades = [task.grade(s.prompt, s.text, finished=s.finished) for s in samples]
+    correct = [g.correct for g in grades]
+    groups = [correct[i : i + GROUP] for i in range(0, len(correct), GROUP)]
+    all_c = sum(all(g) for g in groups) / len(groups)
+    all_w = sum(not any(g) for g in groups) / len(groups)
+    lens = [len(s.ids) for s, c in zip(samples, correct, strict=True) if c]
+    reason = [g.reasoning_tokens for g in grades if g.correct]
+    by_diff: dict[int, list[bool]] = {}
+    for p, g in zip(probs, groups, strict=True):
+        by_diff.setdefault(p.difficulty, []).extend(g)
+    acc_d = {n: round(statistics.fmean(c), 3) for n, c in sorted(by_diff.items())}
+    split_d: dict[str, dict[int, list[bool]]] = {"scratch": {}, "direct": {}}
+    for p_, g_ in zip((p for p in probs for _ in range(GROUP)), grades, strict=True):
+        kind = "scratch" if g_.used_scratch else "direct"
+        split_d[kind].setdefault(p_.difficulty, []).append(g_.correct)
+    acc_kind = {
+        k: {n: round(statistics.fmean(c), 2) for n, c in sorted(d.items())}
+        for k, d in split_d.items()
+    }
+    short = [c for n, cs in by_diff.items() if n <= 6 for c in cs]
+    long_ = [c for n, cs in by_diff.items() if n >= 11 for c in cs]
+
+    def scratch_acc(flag: bool) -> float | None:
+        sel = [g.correct for g in grades if g.used_scratch == flag]
+        return round(statistics.fmean(sel), 3) if sel else None
+
+    mean_len = statistics.fmean(lens) if lens else 0.0
+    return {
+        "prompts": len(probs),
+        "samples": len(samples),
+        "accuracy": statistics.fmean(correct),
+        "spread": statistics.fmean(short) - statistics.fmean(long_),
+        "zero_var": all_c + all_w,
+        "all_correct": all_c,
+        "all_wrong": all_w,
+        "scratch_use": statistics.fmean(g.used_scratch for g in grades),
+        "length_cv": (statistics.pstdev(lens) / mean_len) if len(lens) > 1 else 0.0,
+        "correct_len_mean": mean_len,
+        "correct_reasoning_mean": statistics.fmean(reason) if reason else 0.0,
+        "filler_mean": statistics.fmean(g.filler_tokens for g in grades),
+        "finished": statistics.fmean(s.finished for s in samples),
+        "well_formed": statistics.fmean(g.well_formed for g in grades),
+        "acc_with_scratch": scratch_acc(True),
+        "acc_without_scratch": scratch_acc(False),
+        "acc_by_bits": acc_d,
+        "acc_by_bits_scratch": acc_kind["scratch"],
+        "acc_by_bits_direct": acc_kind["direct"],
+    }
+
+
+def greedy_accuracy(model: Any, tok: Any) -> float:
+    probs = task.stratified("eval", GREEDY_PER_DIFFICULTY)
+    samples = generate(model, tok, [p.prompt for p in probs], 1, greedy=True, gen=torch.Generator())
+    return statistics.fmean(task.reward(s.prompt, s.text, finished=s.finished) for s in samples)
+
+
+# ------------------------------------------------------------------ GRPO
+def grpo(model: Any, tok: Any, v: Variant, seed: int, log: list[str]) -> list[dict[str, float]]:
+    """Plain GRPO: grpo advantages, zero-variance groups kept at advantage 0, no length
+    reward, no KL, one on-policy update per batch (ratio 1), token-mean aggregation."""
+    opt = torch.optim.AdamW(model.parameters(), lr=v.grpo_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    rng = random.Random(seed + 2000)
+    gen = torch.Generator().manual_seed(seed + 3000)
+    curve: list[dict[str, float]] = []
+    for step in range(1, v.grpo_steps + 1):
+        probs = task.sample_by_difficulty("train", v.grpo_prompts, rng)
+        samples = generate(model, tok, [p.prompt for p in probs], GROUP, greedy=False, gen=gen)
+        rewards = torch.tensor(
+            [task.reward(s.prompt, s.text, finished=s.finished) for s in samples]
+        )
+        adv, smask = compute_advantages_and_mask(
+            rewards, GROUP, advantage="grpo", zero_variance="keep"
+        )
+        model.train()
+        lp, mask = seq_logprobs(model, tok, samples)
+        loss, _ = compute_policy_loss(
+            lp, lp.detach(), adv, mask, sample_mask=smask, aggregation="token-mean"
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        grouped = rewards.view(-1, GROUP)
+        zv = float(((grouped.max(1).values - grouped.min(1).values) == 0).float().mean())
+        rec = {
+            "step": step,
+            "reward": float(rewards.mean()),
+            "zero_var": zv,
+            "tokens": statistics.fmean(len(s.ids) for s in samples),
+            "grad_norm": float(gn),
+        }
+        curve.append(rec)
+        if step % 10 == 0:
+            last = curve[-10:]
+            log.append(
+                f"grpo step {step}: reward(last 10) {statistics.fmean(r['reward'] for r in last):.3f}, "
+                f"tokens {statistics.fmean(r['tokens'] for r in last):.1f}, zero-var {statistics.fmean(r['zero_var'] for r in last):.2f}"
+            )
+            print(log[-1], flush=True)
+    return curve
+
+
+# ------------------------------------------------------------------ report
+def verdicts(f: dict[str, Any], gain: float | None) -> list[tuple[str, str, str, bool]]:
+    def inside(x: float, lo_hi: tuple[float, float]) -> bool:
+        return lo_hi[0] <= x <= lo_hi[1]
+
+    rows = [
+        (
+            "accuracy (T=1)",
+            f"{f['accuracy']:.3f}",
+            f"{ACC_RANGE[0]}-{ACC_RANGE[1]}",
+            inside(f["accuracy"], ACC_RANGE),
+        ),
+        (
+            "spread acc(2-6) - acc(11-14)",
+            f"{f['spread']:.3f}",
+            f">= {SPREAD_MIN}",
+            f["spread"] >= SPREAD_MIN,
+        ),
+        (
+            "zero-variance groups",
+            f"{f['zero_var']:.3f}",
+            f"{ZERO_VAR_RANGE[0]}-{ZERO_VAR_RANGE[1]}",
+            inside(f["zero_var"], ZERO_VAR_RANGE),
+        ),
+        (
+            "  all-correct groups",
+            f"{f['all_correct']:.3f}",
+            f">= {ALL_CORRECT_MIN}",
+            f["all_correct"] >= ALL_CORRECT_MIN,
+        ),
+        (
+            "  all-wrong groups",
+            f"{f['all_wrong']:.3f}",
+            f">= {ALL_WRONG_MIN}",
+            f["all_wrong"] >= ALL_WRONG_MIN,
+        ),
+        (
+            "scratch use",
+            f"{f['scratch_use']:.3f}",
+            f"{SCRATCH_RANGE[0]}-{SCRATCH_RANGE[1]}",
+            inside(f["scratch_use"], SCRATCH_RANGE),
+        ),
+        (
+            "CV of correct lengths",
+            f"{f['length_cv']:.3f}",
+            f">= {LENGTH_CV_MIN}",
+            f["length_cv"] >= LENGTH_CV_MIN,
+        ),
+    ]
+    if gain is not None:
+        rows.append(
+            (
+                "GRPO gain (greedy eval)",
+                f"{gain:+.3f}",
+                f">= {GRPO_GAIN_MIN}",
+                gain >= GRPO_GAIN_MIN,
+            )
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--variant", default="tiny-mix", choices=sorted(VARIANTS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--grpo-lr", type=float, default=None, help="override the variant's GRPO learning rate"
+    )
+    ap.add_argument("--grpo-steps", type=int, default=None)
+    ap.add_argument(
+        "--warmup-target", type=float, default=None, help="override the warm-up stop accuracy"
+    )
+    ap.add_argument("--warmup-max-steps", type=int, default=None)
+    ap.add_argument(
+        "--skip-grpo", action="store_true", help="only the warm-up and the sampling figures"
+    )
+    ap.add_argument("--no-log", action="store_true", help="do not append to study/gate_log.jsonl")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    v = VARIANTS[args.variant]
+    over: dict[str, Any] = {}
+    if args.grpo_lr is not None:
+        over["grpo_lr"] = args.grpo_lr
+    if args.grpo_steps is not None:
+        over["grpo_steps"] = args.grpo_steps
+    if args.warmup_target is not None:
+        over["warmup_target_acc"] = args.warmup_target
+    if args.warmup_max_steps is not None:
+        over["warmup_max_steps"] = args.warmup_max_steps
+    v = Variant(**(asdict(v) | over))
+    t0 = time.time()
+    log: list[str] = []
+    model, tok, meta = warm_up(v, args.seed, log)
+    n_params = sum(p.numel() for p in model.parameters())
+    t_warm = time.time() - t0
+    figs = gate_figures(model, tok, args.seed)
+    t_fig = time.time() - t0 - t_warm
+    gain, before, after, curve = None, None, None, []
+    if not args.skip_grpo:
+        before = greedy_accuracy(model, tok)
+        curve = grpo(model, tok, v, args.seed, log)
+        after = greedy_accuracy(model, tok)
+        gain = after - before
+    runtime = time.time() - t0
+    rows = verdicts(figs, gain)
+    passed = all(r[3] for r in rows) and gain is not None
+    print(
+        f"\nlearnability gate: variant {args.variant}, seed {args.seed}, {n_params / 1e6:.2f}M params"
+    )
+    print(
+        f"warm-up: {meta['steps']} steps, {meta['seconds']} s{' (cached)' if meta.get('cached') else ''}"
+    )
+    print(
+        f"eval set: {figs['prompts']} prompts x G={GROUP}, T={TEMPERATURE}; greedy set {GREEDY_PER_DIFFICULTY}/bit count"
+    )
+    print(f"{'criterion':32} {'value':>8}  {'rule':>12}  verdict")
+    for name, val, rule, ok in rows:
+        print(f"{name:32} {val:>8}  {rule:>12}  {'PASS' if ok else 'FAIL'}")
+    if gain is None:
+        print("GRPO gain (greedy eval)               -  not run       FAIL")
+    else:
+        print(
+            f"greedy eval accuracy before {before:.3f}, after {after:.3f} ({v.grpo_steps} steps, lr {v.grpo_lr})"
+        )
+    print(f"accuracy by bits: {figs['acc_by_bits']}")
+    print(f"  with scratch:   {figs['acc_by_bits_scratch']}")
+    print(f"  direct:         {figs['acc_by_bits_direct']}")
+    print(
+        f"acc with scratch {figs['acc_with_scratch']}, without {figs['acc_without_scratch']}; "
+        f"finished {figs['finished']:.3f}, well-formed {figs['well_formed']:.3f}, "
+        f"correct length mean {figs['correct_len_mean']:.1f}, filler mean {figs['filler_mean']:.2f}"
+    )
+    print(f"GATE {'PASS' if passed else 'FAIL'}")
+    print(
+        f"runtime {runtime:.0f} s (warm-up {t_warm:.0f} s, figures {t_fig:.0f} s); torch {torch.__version__}, "
+        f"python {platform.python_version()}, {platform.machine()}, threads {torch.get_num_threads()}, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+    if not args.no_log:
+        rec = {
+            "variant": args.variant,
+            "config": asdict(v),
+            "seed": args.seed,
+            "params": n_params,
+            "warmup": meta,
+            "figures": figs,
+            "greedy_before": before,
+            "greedy_after": after,
+            "gain": gain,
+            "verdicts": {r[0].strip(): r[3] for r in rows},
+            "pass": passed,
+            "runtime_s": round(runtime, 1),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "grpo_curve": curve,
+        }
+        with LOG.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
