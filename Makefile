@@ -24,8 +24,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Test-only tools that do not belong in the project's environment.
-tools: $(CHECKOV_VENV)/.installed
+VERL_DIR ?= .venv-verl
+tools: $(CHECKOV_VENV)/.installed $(VERL_DIR)/.installed
 	@command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
+
+# verl 0.9.1 for tests/trainer/test_verl_parity.py (our advantages and losses vs its
+# core_algos). --no-deps into a plain folder: verl's requirements (vLLM, flash-attn, its own
+# torch) would replace ours; core_algos needs only these modules, pinned (ray is the big one).
+$(VERL_DIR)/.installed:
+	$(PIP) install -q --no-deps --target $(VERL_DIR) verl==0.9.1 omegaconf==2.4.0 \
+		antlr4-python3-runtime==4.13.2 tensordict==0.15.3 pyvers==0.2.3 codetiming==1.4.0 \
+		orjson==3.13.0 ray==2.60.0 msgpack==1.2.4
+	touch $@
 
 # checkov pins versions that conflict with vLLM's, so it lives in its own environment.
 $(CHECKOV_VENV)/.installed:

@@ -1,0 +1,124 @@
+"""Peer parity: our advantages (GRPO, Dr. GRPO), aggregations and clipped loss equal verl
+0.9.1's ``core_algos`` on the same random inputs.
+
+verl is not a dependency: ``make tools`` installs it (``--no-deps``) into ``.venv-verl/``
+(``AGPO_VERL_DIR`` points elsewhere). verl's ``__init__`` imports heavy things, so the
+subprocess below registers an empty ``verl`` package and imports ``core_algos`` alone.
+Tolerances: float64 inputs, ``atol=1e-10, rtol=1e-7`` (verl's seq-mean-token-mean divides by
+``tokens + 1e-8``; clip fraction ``1e-6``: verl averages it in float32); verl's dual clip is disabled (``clip_ratio_c`` 1e9)
+because our loss has none.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agpo_trainer.algorithms import aggregate_loss, compute_advantages, compute_policy_loss
+
+from agpo_testlib import ROOT
+
+VERL_DIR = Path(os.environ.get("AGPO_VERL_DIR", ROOT / ".venv-verl"))
+AGGREGATIONS = [
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+]
+
+VERL_SCRIPT = r"""
+import importlib.util, sys, types
+import numpy as np, torch
+spec = importlib.util.find_spec("verl")
+pkg = types.ModuleType("verl"); pkg.__path__ = list(spec.submodule_search_locations)
+sys.modules["verl"] = pkg
+import verl.trainer.ppo.core_algos as ca
+from omegaconf import OmegaConf
+
+x = torch.load(sys.argv[1])
+out = {}
+n, t = x["response_mask"].shape
+index = np.array([i // x["group_size"] for i in range(n)])
+token_rewards = torch.zeros(n, t, dtype=torch.float64)
+token_rewards[:, 0] = x["rewards"]
+for name, norm in (("grpo", True), ("dr_grpo", False)):
+    adv, _ = ca.compute_grpo_outcome_advantage(
+        token_rewards, x["response_mask"].double(), index, epsilon=1e-4,
+        norm_adv_by_std_in_grpo=norm,
+    )
+    out["adv_" + name] = adv[:, 0]
+mask = x["response_mask"].double()
+for mode in x["aggregations"]:
+    out["agg_" + mode] = ca.agg_loss(x["loss_mat"], mask, mode)
+    config = OmegaConf.create({"clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28,
+                               "clip_ratio_c": 1e9, "global_batch_info": {}})
+    loss, metrics = ca.compute_policy_loss_vanilla(
+        x["old"], x["logp"], x["advantages"].unsqueeze(-1).expand(n, t), mask,
+        loss_agg_mode=mode, config=config,
+    )
+    out["pg_" + mode] = loss
+    out["clipfrac_" + mode] = torch.tensor(metrics["actor/pg_clipfrac"], dtype=torch.float64)
+torch.save(out, sys.argv[2])
+"""
+
+
+def inputs(seed: int) -> dict[str, object]:
+    g = torch.Generator().manual_seed(seed)
+    group_size, groups, t = 4, 6, 9
+    n = group_size * groups
+    rewards = torch.randn(n, generator=g, dtype=torch.float64)
+    rewards[:group_size] = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)  # binary
+    lengths = torch.randint(1, t + 1, (n,), generator=g)
+    old = -torch.rand(n, t, generator=g, dtype=torch.float64) * 3
+    return {
+        "group_size": group_size,
+        "rewards": rewards,
+        "response_mask": torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1),
+        "loss_mat": torch.randn(n, t, generator=g, dtype=torch.float64),
+        "old": old,
+        "logp": old + 0.4 * torch.randn(n, t, generator=g, dtype=torch.float64),
+        "advantages": torch.randn(n, generator=g, dtype=torch.float64),
+        "aggregations": AGGREGATIONS,
+    }
+
+
+@pytest.mark.skipif(
+    not (VERL_DIR / "verl").is_dir(),
+    reason=f"verl 0.9.1 is not installed in {VERL_DIR} (run `make tools`)",
+)
+@pytest.mark.parametrize("seed", [0])
+def test_matches_verl_core_algos(seed: int, tmp_path: Path) -> None:
+    x = inputs(seed)
+    torch.save(x, tmp_path / "in.pt")
+    env = {**os.environ, "PYTHONPATH": f"{VERL_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", VERL_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    verl = torch.load(tmp_path / "out.pt")
+    # rtol 1e-7: verl's seq-mean-token-mean divides by (tokens + 1e-8)
+    close = {"atol": 1e-10, "rtol": 1e-7}
+    g = int(x["group_size"])  # type: ignore[call-overload]
+    for name in ("grpo", "dr_grpo"):
+        ours = compute_advantages(x["rewards"], g, name)  # type: ignore[arg-type]
+        torch.testing.assert_close(ours, verl["adv_" + name], **close)
+    mask = x["response_mask"]
+    t = mask.shape[-1]  # type: ignore[union-attr]
+    for mode in AGGREGATIONS:
+        ours = aggregate_loss(x["loss_mat"], mask, mode)  # type: ignore[arg-type]
+        torch.testing.assert_close(ours, verl["agg_" + mode], **close)
+        loss, metrics = compute_policy_loss(
+            x["logp"], x["old"], x["advantages"], mask,  # type: ignore[arg-type]
+            clip_low=0.2, clip_high=0.28, aggregation=mode, max_tokens=t,
+        )  # fmt: skip
+        torch.testing.assert_close(loss, verl["pg_" + mode], **close)
+        # verl's pg_clipfrac: the clipped branch was strictly larger (= our low + high)
+        ours_frac = metrics["clip_ratio/low_mean"] + metrics["clip_ratio/high_mean"]
+        # (verl takes its masked mean in float32)
+        assert ours_frac == pytest.approx(float(verl["clipfrac_" + mode]), abs=1e-6)
