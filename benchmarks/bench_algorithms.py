@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         bonus = agpo_length_reward(lengths, correct, g, 0.1)
         rewards = accuracy + bonus
         adv, keep = compute_advantages_and_mask(
-            rewards, g, advantage="agpo", zero_variance=args.zero_variance
+            rewards, g, advantage="grpo", zero_variance=args.zero_variance
         )
         return rewards, adv, keep
 
