@@ -101,6 +101,16 @@ VARIANTS: dict[str, Variant] = {
     "tiny-mix-long": Variant(warmup_target_acc=0.7),
     # short strings learned well, long ones rarely seen (weight 0.5 ** (n - 6) above 6 bits)
     "tiny-skew6": Variant(warmup_decay=0.5, warmup_decay_from=6, warmup_target_acc=0.55),
+    # tiny-skew6's warm-up on a 4-layer model (head_dim 32): can scratch become useful?
+    "small-skew6": Variant(
+        layers=4,
+        intermediate=512,
+        heads=4,
+        kv_heads=2,
+        warmup_decay=0.5,
+        warmup_decay_from=6,
+        warmup_target_acc=0.55,
+    ),
     "small-mix": Variant(layers=4, intermediate=512, heads=4, kv_heads=2),
     # hidden 256, 4 layers, head_dim 64 (~2.4M)
     "medium-mix": Variant(hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2),
@@ -308,6 +318,7 @@ def gate_figures(model: Any, tok: Any, seed: int) -> dict[str, Any]:
         k: {n: round(statistics.fmean(c), 2) for n, c in sorted(d.items())}
         for k, d in split_d.items()
     }
+    long_kind = {k: [c for n, cs in d.items() if n >= 11 for c in cs] for k, d in split_d.items()}
     short = [c for n, cs in by_diff.items() if n <= 6 for c in cs]
     long_ = [c for n, cs in by_diff.items() if n >= 11 for c in cs]
 
@@ -336,6 +347,12 @@ def gate_figures(model: Any, tok: Any, seed: int) -> dict[str, Any]:
         "acc_by_bits": acc_d,
         "acc_by_bits_scratch": acc_kind["scratch"],
         "acc_by_bits_direct": acc_kind["direct"],
+        # informational (not a gate rule): does scratch help where it should (11-14 bits)?
+        "scratch_gain_long": (
+            statistics.fmean(long_kind["scratch"]) - statistics.fmean(long_kind["direct"])
+            if long_kind["scratch"] and long_kind["direct"]
+            else None
+        ),
     }
 
 
@@ -452,6 +469,34 @@ def verdicts(f: dict[str, Any], gain: float | None) -> list[tuple[str, str, str,
     return rows
 
 
+def summary(path: Path = LOG) -> str:
+    """The log as a markdown table (one row per gate run), for docs/results.md."""
+    head = (
+        "| # | variant | seed | params | warm-up steps (s) | GRPO lr | acc | spread | zero-var "
+        "| all-correct | all-wrong | scratch | len CV | greedy before -> after | gate |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
+    lines = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        r = json.loads(line)
+        f, c, w = r["figures"], r["config"], r["warmup"]
+        fails = [k for k, ok in r["verdicts"].items() if not ok]
+        gate = "PASS" if r["pass"] else "FAIL: " + ", ".join(fails)
+        greedy = (
+            f"{r['greedy_before']:.3f} -> {r['greedy_after']:.3f}"
+            if r["greedy_before"] is not None
+            else "-"
+        )
+        lines.append(
+            f"| {i} | {r['variant']} | {r['seed']} | {r['params'] / 1e6:.2f}M "
+            f"| {w['steps']} ({w['seconds']:.0f}) | {c['grpo_lr']:g} | {f['accuracy']:.3f} "
+            f"| {f['spread']:.3f} | {f['zero_var']:.3f} | {f['all_correct']:.3f} "
+            f"| {f['all_wrong']:.3f} | {f['scratch_use']:.3f} | {f['length_cv']:.3f} "
+            f"| {greedy} | {gate} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -470,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-grpo", action="store_true", help="only the warm-up and the sampling figures"
     )
     ap.add_argument("--no-log", action="store_true", help="do not append to study/gate_log.jsonl")
+    ap.add_argument("--summary", action="store_true", help="print the log as a markdown table")
     args = ap.parse_args(argv)
+    if args.summary:
+        print(summary(), end="")
+        return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     v = VARIANTS[args.variant]
     over: dict[str, Any] = {}
@@ -520,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"accuracy by bits: {figs['acc_by_bits']}")
     print(f"  with scratch:   {figs['acc_by_bits_scratch']}")
     print(f"  direct:         {figs['acc_by_bits_direct']}")
+    if figs["scratch_gain_long"] is not None:
+        print(f"info: acc(scratch) - acc(direct) on 11-14 bits {figs['scratch_gain_long']:+.3f}")
     print(
         f"acc with scratch {figs['acc_with_scratch']}, without {figs['acc_without_scratch']}; "
         f"finished {figs['finished']:.3f}, well-formed {figs['well_formed']:.3f}, "
