@@ -105,7 +105,18 @@ def fail(rank: int, kind: FailureKind, reason: str) -> int:
     return ExitCode.PERMANENT if kind == FailureKind.PERMANENT else ExitCode.TRANSIENT
 
 
+def _die_with_torchrun() -> None:
+    """torchrun starts each worker in a session of its own, so a SIGKILLed torchrun (an OOM
+    kill, `agpo run` stopping a group) would leave its workers waiting in a collective for
+    its 30-minute timeout; this way the kernel stops them with it (Linux)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # set by torchrun for its workers
+        from agpo_trainer.rollout.server import die_with_parent
+
+        die_with_parent()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_torchrun()
     parser = argparse.ArgumentParser(prog="agpo-train", description=__doc__.splitlines()[0])
     parser.add_argument("--job", default=os.environ.get(EnvVar.JOB_FILE), help="AGPOJob YAML")
     args = parser.parse_args(argv)

@@ -231,6 +231,12 @@ def start_over(checkpoints: Path, *, fresh: bool, resume: bool) -> str:
     )
 
 
+def say(console: Any, line: str) -> None:
+    """One console line, printed as it is: a reason may hold brackets rich would read as
+    markup (``[/__w/pytorch/...]`` in a gloo error)."""
+    console.print(line, markup=False, highlight=False)
+
+
 @dataclass
 class Restarts:
     """The launcher's share of ``runPolicy.backoffLimit``: trainer groups and servers
@@ -244,7 +250,7 @@ class Restarts:
         if self.used >= self.limit:
             raise LaunchError(f"{what}; runPolicy.backoffLimit={self.limit} restarts spent")
         self.used += 1
-        console.print(f"agpo run: {what}; restart {self.used} of {self.limit}")
+        say(console, f"agpo run: {what}; restart {self.used} of {self.limit}")
 
 
 def _run(
@@ -268,7 +274,7 @@ def _run(
     workdir = (workdir or Path("runs") / name).resolve()
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    console.print(start_over(workdir / "checkpoints", fresh=fresh, resume=spec.training.resume))
+    say(console, start_over(workdir / "checkpoints", fresh=fresh, resume=spec.training.resume))
     token = secrets.token_urlsafe(24)  # per run; only the trainer and the servers know it
     total = min(spec.training.steps, steps) if steps else spec.training.steps
     restarts = Restarts(spec.run_policy.backoff_limit)
@@ -328,7 +334,7 @@ def _run(
             dead.stop()  # whatever is left of its process group
             servers[i] = new_server(i, port=dead.port).start()  # same URL: the trainer rejoins
             wait_ready(servers[i])
-            console.print(f"agpo run: vLLM server {servers[i].url} is serving again")
+            say(console, f"agpo run: vLLM server {servers[i].url} is serving again")
 
         console.print(f"starting torchrun with {spec.trainer.procs_per_node} process(es) ...")
         trainers = [start_trainer()]
@@ -344,20 +350,20 @@ def _run(
                 if code == 0:
                     progress.update(task, completed=total)  # the last step may end between polls
                     break
-                reason = _failure(termination, trainer_log)
+                reason = _failure(termination, trainer_log, code)
                 what = f"trainer failed (exit {code}): {reason} (log: {trainer_log})"
                 kind = parse_termination(_read(termination))
                 if kind is not None and kind.kind == FailureKind.PERMANENT:
                     raise LaunchError(what)  # it can never succeed: no restart
                 _stop(trainers[-1])  # torchrun's workers, if any is left
                 restarts.take(what, progress.console)
-                progress.console.print(
-                    "agpo run: " + start_over(workdir / "checkpoints", fresh=False, resume=True)
-                )
+                again = start_over(workdir / "checkpoints", fresh=False, resume=True)
+                say(progress.console, f"agpo run: {again}")
                 trainers.append(start_trainer())
-    console.print(
+    say(
+        console,
         f"done: {total} steps.\n  checkpoints: {workdir / 'checkpoints'}\n  logs: {logs}\n"
-        f"  metrics were served on http://127.0.0.1:{port}/metrics while running"
+        f"  metrics were served on http://127.0.0.1:{port}/metrics while running",
     )
     return EXIT_OK
 
@@ -409,9 +415,15 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _failure(termination: Path, trainer_log: Path) -> str:
-    """Why the trainer stopped: its termination line, else its last error line."""
+def _failure(termination: Path, trainer_log: Path, code: int) -> str:
+    """Why the trainer stopped: its termination line, else its last error line, else how
+    torchrun ended (a killed group writes nothing)."""
     parsed = parse_termination(_read(termination))
     if parsed is not None and parsed.kind is not None:
         return f"{parsed.kind.value}: {parsed.reason}"
-    return _error_line(trainer_log) or "no reason given (killed?)"
+    lines = [ln for ln in _read(trainer_log).splitlines() if "agpo-train: error" in ln]
+    if lines:
+        return lines[-1].split("agpo-train: ", 1)[1]
+    if code < 0:
+        return f"no reason given (torchrun was killed by {signal.Signals(-code).name})"
+    return "no reason given (a rank was killed?)"
