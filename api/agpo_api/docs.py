@@ -13,7 +13,7 @@ from agpo_api.models import AGPOJobSpec, AGPOJobStatus
 INTRO = """\
 # AGPOJob API reference (`agpo.dev/v1alpha1`)
 
-Generated from `api/agpo_api/models.py` by `make generate`; do not edit.
+Generated from `api/agpo_api/models/` by `make generate`; do not edit.
 Field names are as written in YAML. A field without a default is optional unless marked
 **required**. Cross-field rules are enforced by `agpo validate`, by the operator, and by the
 API server (CEL rules in the CRD).

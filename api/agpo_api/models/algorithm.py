@@ -1,0 +1,300 @@
+"""``spec.algorithm``: rewards, the length reward, the clip range, the estimator, the zero-variance policy and the policy loss."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from agpo_api.base import (
+    CALLABLE_PATTERN,
+    ApiModel,
+    Rule,
+    exactly_one,
+)
+from agpo_api.models.common import PositiveInt
+from agpo_api.models.presets import (
+    DEFAULT_CLIP,
+    LENGTH_COEFFICIENTS,
+    AdvantageName,
+    LengthRewardName,
+    LossAggregationName,
+    PolicyLossName,
+    PresetName,
+    ZeroVarianceName,
+    cel_effective,
+    resolve_algorithm,
+)
+
+
+class RewardBounds(ApiModel):
+    """The attainable range of a custom reward function, ``[min, max]``."""
+
+    min: float = Field(description="The lowest value the function returns.")
+    max: float = Field(description="The highest value the function returns.")
+
+    rules = (
+        Rule(
+            "max",
+            "self.max >= self.min",
+            "bounds.max must be >= bounds.min",
+            lambda s: s.max >= s.min,
+        ),
+    )
+
+
+class RewardSpec(ApiModel):
+    """One reward term: a builtin reward by name, or a Python function ``module:callable``."""
+
+    name: Literal["accuracy", "format"] | None = Field(
+        default=None,
+        description="Builtin reward: accuracy (math-verify, [0, 1]) or format ([0, 1]).",
+    )
+    function: Annotated[str, Field(pattern=CALLABLE_PATTERN, max_length=256)] | None = Field(
+        default=None,
+        description="Custom reward 'module:callable', called as fn(prompts, completions, answers) "
+        "-> list[float].",
+    )
+    weight: float = Field(default=1.0, description="Weight in the summed reward.")
+    bounds: RewardBounds | None = Field(
+        default=None,
+        description="A custom function's attainable range; zeroVariance agpo needs it (it gives "
+        "a homogeneous group +v at the maximum of the summed range and -v at its minimum).",
+    )
+
+    rules = (
+        Rule(
+            "name",
+            # `function` is a CEL keyword; Kubernetes exposes such fields as __name__.
+            "has(self.name) != has(self.__function__)",
+            "set exactly one of name or function in each reward",
+            exactly_one("name", "function"),
+        ),
+        Rule(
+            "bounds",
+            "!has(self.bounds) || has(self.__function__)",
+            "bounds are for custom functions; builtin rewards have theirs (accuracy and format: "
+            "[0, 1]); remove bounds",
+            lambda s: s.bounds is None or s.function is not None,
+        ),
+    )
+
+
+class CorrectSpec(ApiModel):
+    """What counts as a correct answer (for the length rewards and the accuracy metric)."""
+
+    reward: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None,
+        description="The reward that decides it: accuracy, or the name or function of one of "
+        "algorithm.rewards; default accuracy (required when the rewards are custom functions "
+        "only).",
+    )
+    threshold: float = Field(
+        default=0.5, description="A completion is correct when that reward is above this."
+    )
+
+
+class LengthRewardSpec(ApiModel):
+    """Length shaping: AGPO's reward for short correct answers, Kimi k1.5's, or DAPO's penalty."""
+
+    type: LengthRewardName | None = Field(
+        default=None,
+        description="agpo: coef*(1-(L-Lmin)/(Lmax-Lmin)) for correct answers in mixed groups; "
+        "kimi: Kimi k1.5 length penalty; overlong: DAPO soft overlong penalty; none: off. "
+        "Default: the preset's.",
+    )
+    coefficient: float | None = Field(
+        default=None,
+        ge=0,
+        description="Scale of the length term; default the preset's, or for another type "
+        "agpo 0.1, kimi 1, overlong 1.",
+    )
+    max_tokens: PositiveInt | None = Field(
+        default=None,
+        description="overlong: hard limit L_max; default training.maxCompletionTokens.",
+    )
+    buffer_tokens: PositiveInt | None = Field(
+        default=None,
+        description="overlong: the penalty ramps over the last bufferTokens tokens; default a "
+        "fifth of maxTokens (DAPO: 4096 of 20480).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            kind = data.setdefault("type", "none")
+            if data.get("coefficient") is None and isinstance(kind, str):
+                data["coefficient"] = LENGTH_COEFFICIENTS.get(kind, 0.0)
+        return data
+
+    rules = (
+        Rule(
+            "bufferTokens",
+            "!has(self.bufferTokens) || !has(self.maxTokens) || self.bufferTokens < self.maxTokens",
+            "bufferTokens must be smaller than maxTokens",
+            lambda s: (
+                s.buffer_tokens is None or s.max_tokens is None or s.buffer_tokens < s.max_tokens
+            ),
+        ),
+    )
+
+
+class ClipSpec(ApiModel):
+    """PPO ratio clip range [1 - low, 1 + high] (DAPO's clip-higher when high > low)."""
+
+    low: float | None = Field(
+        default=None, gt=0, lt=1, description="Lower clip epsilon; default the preset's."
+    )
+    high: float | None = Field(
+        default=None, gt=0, description="Upper clip epsilon; default the preset's."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**DEFAULT_CLIP, **{k: v for k, v in data.items() if v is not None}}
+        return data
+
+    rules = (
+        Rule(
+            "high",
+            "!has(self.low) || !has(self.high) || self.high >= self.low",
+            "clip.high must be >= clip.low; raise clip.high or lower clip.low",
+            lambda s: s.low is None or s.high is None or s.high >= s.low,
+        ),
+    )
+
+
+def _default_rewards() -> list[RewardSpec]:
+    return [RewardSpec(name="accuracy", weight=1.0)]
+
+
+_S = "self"
+_ZV = cel_effective(_S, "zeroVariance")
+_LOSS = cel_effective(_S, "policyLoss")
+_AGG = cel_effective(_S, "lossAggregation")
+
+
+class AlgorithmSpec(ApiModel):
+    """The RL objective: a named preset, or its fields one by one (each overrides the preset).
+
+    One knob per concept: ``advantage`` normalises groups with reward variance,
+    ``zeroVariance`` alone decides groups without, ``policyLoss`` is the loss, and
+    ``lossAggregation`` how token losses are averaged. ``agpo validate`` and ``agpo render``
+    show the resolved fields.
+    """
+
+    preset: PresetName | None = Field(
+        default=None,
+        description="agpo | grpo | dr_grpo | dapo | reinforce_rej | gvpo: expands to advantage, "
+        "zeroVariance, policyLoss, lossAggregation, clip, lengthReward and klCoefficient "
+        "(docs/algorithm.md); fields set here override it. Unset: agpo, or grpo when one of "
+        "advantage, zeroVariance, policyLoss is set.",
+    )
+    advantage: AdvantageName | None = Field(
+        default=None,
+        description="Groups with reward variance: grpo (r-mean)/(std+eps); dr_grpo r-mean; "
+        "reinforce r. Default: the preset's.",
+    )
+    zero_variance: ZeroVarianceName | None = Field(
+        default=None,
+        description="Groups whose rewards are all equal: agpo: +-zeroVarianceAdvantage at the "
+        "top/bottom of the reward range; mask: left out of the loss; resample: draw more prompts "
+        "(DAPO); keep: advantage 0. Default: the preset's.",
+    )
+    policy_loss: PolicyLossName | None = Field(
+        default=None,
+        description="clipped: token-level clipped surrogate (PPO/DAPO clip); gvpo: GVPO "
+        "(arXiv 2504.19599; no ratio, no clip). Default: the preset's.",
+    )
+    gvpo_beta: float = Field(
+        default=0.1, gt=0, description="policyLoss gvpo: beta of GVPO's implied reward."
+    )
+    zero_variance_advantage: float = Field(
+        default=1.0, gt=0, description="Magnitude of AGPO's advantage for zero-variance groups."
+    )
+    max_resample_rounds: PositiveInt = Field(
+        default=4, description="zeroVariance resample: extra prompt batches drawn at most per step."
+    )
+    group_size: int = Field(default=8, ge=2, le=1024, description="Completions per prompt (G).")
+    rewards: list[RewardSpec] = Field(
+        default_factory=_default_rewards,
+        min_length=1,
+        max_length=16,
+        description="Reward terms, summed with their weights.",
+    )
+    correct: CorrectSpec | None = Field(
+        default=None,
+        description="What counts as a correct answer (length rewards, accuracy metric); "
+        "default: accuracy above 0.5.",
+    )
+    length_reward: LengthRewardSpec | None = Field(
+        default=None, description="Length shaping; default: the preset's."
+    )
+    clip: ClipSpec | None = Field(
+        default=None, description="Ratio clip range (policyLoss clipped); default the preset's."
+    )
+    kl_coefficient: float | None = Field(
+        default=None,
+        ge=0,
+        description="k3 KL penalty to the initial policy; 0 = no reference model. Default: the "
+        "preset's.",
+    )
+    loss_aggregation: LossAggregationName | None = Field(
+        default=None,
+        description="token-mean (DAPO, AGPO), seq-mean-token-mean (GRPO), seq-mean-token-sum "
+        "(GVPO), seq-mean-token-sum-norm (Dr. GRPO). Default: the preset's.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any) -> Any:
+        return resolve_algorithm(data) if isinstance(data, dict) else data
+
+    rules = (
+        Rule(
+            "rewards",
+            f"{_ZV} != 'agpo' || self.rewards.all(r, has(r.name) || has(r.bounds))",
+            "zeroVariance agpo gives a homogeneous group +-zeroVarianceAdvantage at the top or "
+            "bottom of the attainable reward range, which a custom function does not declare: "
+            "add bounds: {min: ..., max: ...} to each rewards[] entry with a function, or choose "
+            "zeroVariance mask, resample or keep",
+            lambda s: (
+                s.zero_variance != "agpo"
+                or all(r.name is not None or r.bounds is not None for r in s.rewards)
+            ),
+        ),
+        Rule(
+            "correct.reward",
+            "(has(self.correct) && has(self.correct.reward)) || "
+            "self.rewards.all(r, has(r.name)) || "
+            "self.rewards.exists(r, has(r.name) && r.name == 'accuracy')",
+            "the rewards are custom functions only: say what a correct answer is with "
+            "correct: {reward: <one of the rewards' function>, threshold: ...}, or "
+            "correct: {reward: accuracy} for math answers",
+            lambda s: s.correct is not None and s.correct.reward is not None,
+        ),
+        Rule(
+            "correct.reward",
+            "!has(self.correct) || !has(self.correct.reward) || "
+            "self.correct.reward == 'accuracy' || self.rewards.exists(r, "
+            "(has(r.name) && r.name == self.correct.reward) || "
+            "(has(r.__function__) && r.__function__ == self.correct.reward))",
+            "correct.reward must be accuracy or the name or function of one of algorithm.rewards",
+            lambda s: (
+                s.correct is None
+                or s.correct.reward in (None, "accuracy")
+                or any(s.correct.reward in (r.name, r.function) for r in s.rewards)
+            ),
+        ),
+        Rule(
+            "lossAggregation",
+            f"{_LOSS} != 'gvpo' || {_AGG} == 'seq-mean-token-sum'",
+            "policyLoss gvpo is written in per-sequence log-probability sums: set "
+            "lossAggregation: seq-mean-token-sum (or leave it to preset: gvpo)",
+            lambda s: s.policy_loss != "gvpo" or s.loss_aggregation == "seq-mean-token-sum",
+        ),
+    )

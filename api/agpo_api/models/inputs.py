@@ -1,0 +1,166 @@
+"""What is trained and on what: ``spec.model`` and ``spec.dataset``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from agpo_api.base import (
+    ApiModel,
+    DnsSubdomain,
+    Rule,
+    cel_count_set,
+    exactly_one,
+)
+from agpo_api.models.common import PositiveInt, SecretKeyRef
+
+
+# --------------------------------------------------------------------------- model
+class ModelSource(ApiModel):
+    """Where the weights come from when not from ``name``: a PVC (+ subPath) or a local path."""
+
+    pvc: DnsSubdomain | None = Field(
+        default=None, description="PersistentVolumeClaim holding the model."
+    )
+    sub_path: str | None = Field(default=None, description="Directory inside the PVC.")
+    path: str | None = Field(default=None, description="A directory on the node/pod filesystem.")
+
+    rules = (
+        Rule(
+            "pvc",
+            "has(self.pvc) != has(self.path)",
+            "set exactly one of model.source.pvc or model.source.path",
+            exactly_one("pvc", "path"),
+        ),
+        Rule(
+            "subPath",
+            "!has(self.subPath) || has(self.pvc)",
+            "subPath is only meaningful with pvc; set pvc or remove subPath",
+            lambda s: s.sub_path is None or s.pvc is not None,
+        ),
+    )
+
+
+class ModelSpec(ApiModel):
+    """The policy model to train."""
+
+    name: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+        description="Hugging Face model id, a local directory, or builtin:tiny (a small "
+        "Qwen2 built on the fly; no download)."
+    )
+    revision: str | None = Field(default=None, description="Model revision (branch, tag, commit).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="bfloat16", description="Parameter dtype for training and serving."
+    )
+    source: ModelSource | None = Field(default=None, description="Load the weights from here.")
+    tokenizer: str | None = Field(
+        default=None, description="Tokenizer id/path; default: the model's."
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a Hugging Face token (HF_TOKEN)."
+    )
+
+    rules = (
+        Rule(
+            "name",
+            "!self.name.startsWith('builtin:') || self.name == 'builtin:tiny'",
+            "the only builtin model is builtin:tiny",
+            lambda s: not s.name.startswith("builtin:") or s.name == "builtin:tiny",
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- dataset
+class BuiltinSource(ApiModel):
+    """A synthetic task generated in code with verifiable answers (no download)."""
+
+    task: Literal["arithmetic"] = Field(
+        default="arithmetic",
+        description="arithmetic: multi-step integer expressions with single-digit results.",
+    )
+    size: PositiveInt = Field(default=2000, description="Number of generated problems.")
+    operands: int = Field(
+        default=2, ge=2, le=5, description="Numbers per expression (3+ = multi-step)."
+    )
+    seed: int = Field(default=0, description="Generator seed.")
+
+
+class FileSource(ApiModel):
+    """A JSONL or Parquet file, on a local path or in a PVC."""
+
+    path: str | None = Field(default=None, description="File path (local or inside the pod).")
+    pvc: DnsSubdomain | None = Field(default=None, description="PVC holding the file.")
+    sub_path: str | None = Field(default=None, description="File path inside the PVC.")
+    format: Literal["jsonl", "parquet"] = Field(default="jsonl", description="File format.")
+
+    rules = (
+        Rule(
+            "path",
+            "has(self.path) != has(self.pvc)",
+            "set exactly one of dataset.source.file.path or dataset.source.file.pvc (+ subPath)",
+            exactly_one("path", "pvc"),
+        ),
+        Rule(
+            "subPath",
+            "has(self.pvc) == has(self.subPath)",
+            "a file on a PVC needs subPath (the file's path inside the PVC), and only then",
+            lambda s: (s.pvc is None) == (s.sub_path is None),
+        ),
+    )
+
+
+class HfSource(ApiModel):
+    """A dataset loaded with ``datasets.load_dataset`` (a hub id or a local directory)."""
+
+    name: Annotated[str, Field(min_length=1)] = Field(description="Dataset id or local path.")
+    config: str | None = Field(default=None, description="Dataset configuration name.")
+    split: str = Field(default="train", description="Split to train on.")
+
+
+class DatasetSource(ApiModel):
+    """Exactly one of builtin, file, hf."""
+
+    builtin: BuiltinSource | None = None
+    file: FileSource | None = None
+    hf: HfSource | None = None
+
+    rules = (
+        Rule(
+            "",
+            f"{cel_count_set('builtin', 'file', 'hf')} == 1",
+            "set exactly one dataset source: builtin, file or hf",
+            exactly_one("builtin", "file", "hf"),
+        ),
+    )
+
+
+class DatasetSpec(ApiModel):
+    """The prompts and reference answers."""
+
+    source: DatasetSource = Field(description="Where the rows come from (exactly one source).")
+    prompt_field: str = Field(default="prompt", description="Row field holding the question.")
+    answer_field: str = Field(
+        default="answer", description="Row field holding the reference answer."
+    )
+    prompt_template: Annotated[str, Field(max_length=4096)] = Field(
+        default="{prompt}",
+        description="Python format string applied to each row; {prompt} is the question.",
+    )
+    system_prompt: Annotated[str, Field(max_length=16384)] | None = Field(
+        default=None, description="System prompt (chat models)."
+    )
+    bad_rows: Literal["fail", "skip"] = Field(
+        default="fail",
+        description="A row with a missing field or an empty prompt: fail the job (naming the row) "
+        "or skip it with a warning and a counter.",
+    )
+
+    rules = (
+        Rule(
+            "promptTemplate",
+            "self.promptTemplate.contains('{prompt}')",
+            "promptTemplate must contain {prompt}",
+            lambda s: "{prompt}" in s.prompt_template,
+        ),
+    )

@@ -1,0 +1,138 @@
+"""The pods and their policy: ``spec.trainer``, ``spec.rollout``, ``spec.runPolicy``, ``spec.metrics``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from agpo_api.base import (
+    DNS1123_LABEL,
+    ApiModel,
+    DnsSubdomain,
+    Rule,
+)
+from agpo_api.models.common import (
+    EnvVar,
+    NonNegativeInt,
+    Port,
+    PositiveInt,
+    ResourceRequirements,
+    Toleration,
+)
+
+
+# --------------------------------------------------------------------------- pods
+class TrainerSpec(ApiModel):
+    """The torchrun training group: ``nodes`` pods x ``procsPerNode`` processes."""
+
+    image: str | None = Field(default=None, description="Trainer image; default: the operator's.")
+    nodes: PositiveInt = Field(default=1, description="Trainer pods (torchrun nnodes).")
+    procs_per_node: PositiveInt = Field(
+        default=1, description="Processes per pod (nproc_per_node)."
+    )
+    gpus_per_node: NonNegativeInt = Field(default=1, description="nvidia.com/gpu per pod; 0 = CPU.")
+    strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="ddp or fsdp (FSDP2).")
+    resources: ResourceRequirements | None = Field(default=None, description="Pod resources.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra env.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+
+    rules = (
+        Rule(
+            "procsPerNode",
+            "self.gpusPerNode == 0 || self.procsPerNode <= self.gpusPerNode",
+            "procsPerNode must not exceed gpusPerNode on GPU nodes (one process per GPU)",
+            lambda s: s.gpus_per_node == 0 or s.procs_per_node <= s.gpus_per_node,
+        ),
+    )
+
+
+class WeightSyncSpec(ApiModel):
+    """How new weights reach the vLLM servers."""
+
+    backend: Literal["nccl", "gloo"] = Field(
+        default="nccl", description="nccl on GPU; gloo (TCP broadcast) on CPU."
+    )
+    every_steps: PositiveInt = Field(default=1, description="Push weights every N steps.")
+    port: Port = Field(default=29600, description="Trainer port the rollout workers join.")
+
+
+class RolloutSpec(ApiModel):
+    """vLLM rollout servers: ``replicas`` individually addressable OpenAI-compatible servers."""
+
+    image: str | None = Field(default=None, description="vLLM image; default: the operator's.")
+    replicas: PositiveInt = Field(default=1, description="vLLM servers; each receives weights.")
+    gpus_per_replica: NonNegativeInt = Field(default=1, description="GPUs per server; 0 = CPU.")
+    tensor_parallel_size: PositiveInt = Field(default=1, description="vLLM tensor parallelism.")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM memory share.")
+    max_model_len: PositiveInt = Field(default=4096, description="vLLM context length.")
+    resources: ResourceRequirements | None = Field(default=None, description="Pod resources.")
+    extra_args: list[str] = Field(default_factory=list, max_length=64, description="vLLM flags.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra env.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    weight_sync: WeightSyncSpec = Field(default_factory=WeightSyncSpec, description="Weight sync.")
+
+    rules = (
+        Rule(
+            "tensorParallelSize",
+            "self.gpusPerReplica == 0 ? self.tensorParallelSize == 1 : "
+            "self.gpusPerReplica % self.tensorParallelSize == 0",
+            "tensorParallelSize must divide gpusPerReplica (and be 1 on CPU)",
+            lambda s: (
+                s.tensor_parallel_size == 1
+                if s.gpus_per_replica == 0
+                else s.gpus_per_replica % s.tensor_parallel_size == 0
+            ),
+        ),
+    )
+
+
+#: Pods wait at most this long to run by default (an image pull or a scale-up takes minutes).
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 1800
+
+
+class RunPolicy(ApiModel):
+    """Restarts, deadlines, cleanup and scheduling (Kubeflow-style run policy)."""
+
+    backoff_limit: NonNegativeInt = Field(
+        default=3, description="Group restarts (from the newest checkpoint) before Failed."
+    )
+    active_deadline_seconds: PositiveInt | None = Field(
+        default=None, description="Fail with DeadlineExceeded after this many seconds running."
+    )
+    startup_timeout_seconds: PositiveInt | None = Field(
+        default=DEFAULT_STARTUP_TIMEOUT_SECONDS,
+        description="Fail with StartupTimeout (naming the waiting pod and its reason, e.g. "
+        "ImagePullBackOff or Unschedulable) when the pods are not all running and ready this "
+        "many seconds after the job was created, resumed or restarted; time a Kueue-suspended "
+        "trainer Job waits for admission does not count. null: wait forever.",
+    )
+    progress_timeout_seconds: PositiveInt | None = Field(
+        default=None,
+        description="Restart the group from its newest checkpoint (ProgressTimeout, counted "
+        "against backoffLimit) when a running trainer reports no new step in /status for this "
+        "many seconds; make it longer than the slowest step plus a checkpoint. Unset: off.",
+    )
+    ttl_seconds_after_finished: NonNegativeInt | None = Field(
+        default=None, description="Delete the finished job after this many seconds."
+    )
+    suspend: bool = Field(default=False, description="Tear down pods, keep checkpoints.")
+    clean_pod_policy: Literal["All", "Running", "None"] = Field(
+        default="Running", description="Pods deleted when the job finishes."
+    )
+    scheduler_name: DnsSubdomain | None = Field(default=None, description="Pod scheduler.")
+    priority_class_name: DnsSubdomain | None = Field(default=None, description="PriorityClass.")
+    queue_name: Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)] | None = Field(
+        default=None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name)."
+    )
+
+
+class MetricsSpec(ApiModel):
+    """Prometheus metrics of the trainer."""
+
+    port: Port = Field(default=9400, description="Trainer metrics and /status port.")
+    pod_monitor: bool = Field(
+        default=False, description="Create a PodMonitor (Prometheus Operator)."
+    )
