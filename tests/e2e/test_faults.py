@@ -19,6 +19,11 @@ from agpo_trainer.rollout.server import free_port
 from e2e_support import job_file, kill_group, wait_for
 
 pytestmark = [pytest.mark.e2e]
+CORRECT = {"algorithm__correct": {"reward": "accuracy"}}
+
+
+def custom(function: str) -> dict[str, Any]:
+    return {"function": function, "bounds": {"min": 0.0, "max": 1.0}}
 
 
 def agpo_run(
@@ -39,8 +44,10 @@ def error_lines(stderr: str) -> list[str]:
     [
         ({"dataset__source": {"file": {"path": "missing.jsonl"}}}, "does not exist"),
         ({"dataset__source": {"file": {"path": "rows.jsonl"}}}, "row 2 has no field 'answer'"),
-        ({"algorithm__rewards": [{"function": "no_such_module:score"}]}, "no_such_module"),
-        ({"algorithm__rewards": [{"function": "my_rewards:nope"}]}, "nope"),
+        # A custom reward needs its range (for zeroVariance: agpo) and a definition of a
+        # correct answer to pass validation: the run must get as far as importing it.
+        ({"algorithm__rewards": [custom("no_such_module:score")], **CORRECT}, "no_such_module"),
+        ({"algorithm__rewards": [custom("my_rewards:nope")], **CORRECT}, "nope"),
         ({"training__checkpoint": {"pvc": "ckpts"}}, "spec.training.checkpoint.pvc"),
     ],
     ids=["missing-dataset", "malformed-row", "reward-module-missing", "reward-attr-missing", "pvc"],

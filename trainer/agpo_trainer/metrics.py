@@ -9,6 +9,7 @@ polls to fill ``status.step``, ``status.rewardMean``, ... (schema:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -158,11 +159,14 @@ def serve(
             else:
                 self.send_error(404)
                 return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            # A poller that gave up (agpo run stopping, a scrape timeout) closes early; that is
+            # not an error worth a traceback in the trainer's log.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # scrapes every few seconds would flood the trainer log
