@@ -111,6 +111,17 @@ VARIANTS: dict[str, Variant] = {
         warmup_decay_from=6,
         warmup_target_acc=0.55,
     ),
+    # the same on hidden 256 / 4 layers (~2.4M)
+    "medium-skew6": Variant(
+        hidden=256,
+        intermediate=768,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        warmup_decay=0.5,
+        warmup_decay_from=6,
+        warmup_target_acc=0.55,
+    ),
     "small-mix": Variant(layers=4, intermediate=512, heads=4, kv_heads=2),
     # hidden 256, 4 layers, head_dim 64 (~2.4M)
     "medium-mix": Variant(hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2),
