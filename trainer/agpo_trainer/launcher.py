@@ -34,13 +34,10 @@ from agpo_api.layout import STATUS_PATH
 from agpo_api.models import AGPOJob
 from agpo_api.progress import TrainerProgress
 from agpo_api.termination import FailureKind, parse_termination
+from agpo_trainer.preflight import LaunchError, preflight
 
 EXIT_OK, EXIT_FAILED = 0, 1
 POLL_S = 0.5
-
-
-class LaunchError(RuntimeError):
-    """Something the launcher started failed; the message says what and where the log is."""
 
 
 def trainer_command(job_file: Path, procs: int) -> list[str]:
@@ -114,67 +111,6 @@ def _status(port: int) -> TrainerProgress | None:
         return TrainerProgress.model_validate(data)
     except (requests.RequestException, ValueError):  # pydantic's ValidationError included
         return None
-
-
-def _no_pvcs(job: AGPOJob) -> None:
-    spec = job.spec
-    pvcs = [
-        (where, claim)
-        for where, claim in (
-            ("spec.model.source.pvc", spec.model.source and spec.model.source.pvc),
-            (
-                "spec.dataset.source.file.pvc",
-                spec.dataset.source.file and spec.dataset.source.file.pvc,
-            ),
-            ("spec.training.checkpoint.pvc", spec.training.checkpoint.pvc),
-        )
-        if claim
-    ]
-    if pvcs:
-        where, claim = pvcs[0]
-        raise LaunchError(
-            f"{where}: agpo run cannot mount PersistentVolumeClaim {claim!r} on this machine; "
-            "use a local path instead (e.g. source.path / file.path) or run it in a cluster"
-        )
-
-
-def preflight(job: AGPOJob, base_dir: Path, cache_dir: Path | None = None) -> str:
-    """Check what can be checked before minutes of server start-up: the dataset and its
-    template, the model (a directory that exists, a hub id that can be fetched), the
-    tokenizer and that some prompt fits ``maxPromptTokens``, the reward functions. Returns
-    the model's location; raises :class:`LaunchError` with one line naming the problem."""
-    from agpo_trainer.data import DataError, check_prompts_fit, load_examples
-    from agpo_trainer.experience import encode_prompt
-    from agpo_trainer.models.location import (
-        ModelError,
-        check_model,
-        load_tokenizer,
-        model_location,
-    )
-    from agpo_trainer.rewards.base import RewardFunctionError
-    from agpo_trainer.rewards.scoring import get_reward_function
-
-    _no_pvcs(job)
-    spec = job.spec
-    # Custom reward modules may sit next to the job file (the trainer gets it on PYTHONPATH).
-    sys.path.insert(0, str(base_dir))
-    cache = cache_dir or Path(os.environ.get(EnvVar.CACHE_DIR, Path.home() / ".cache" / "agpo"))
-    try:
-        examples = load_examples(spec.dataset, base_dir)
-        for reward in spec.algorithm.rewards:
-            get_reward_function(reward.name or reward.function or "")
-        location = model_location(spec.model, cache)
-        check_model(spec.model, location)
-        tokenizer = load_tokenizer(spec.model, location)
-        system = spec.dataset.system_prompt
-        check_prompts_fit(
-            examples,
-            lambda text: encode_prompt(tokenizer, text, system),
-            spec.training.max_prompt_tokens,
-        )
-    except (DataError, RewardFunctionError, ModelError) as err:
-        raise LaunchError(str(err)) from None
-    return location
 
 
 def run_local(
