@@ -171,6 +171,15 @@ def test_rows_for_data_py() -> None:
     assert all(bc.answer_of(r["prompt"]) == r["answer"] for r in rows)
 
 
+def test_sampled_rows_are_seeded_difficulty_uniform_and_in_their_split() -> None:
+    rows = bc.sampled_rows("train", 1300, seed=3)
+    assert rows == bc.sampled_rows("train", 1300, seed=3)
+    assert rows != bc.sampled_rows("train", 1300, seed=4)
+    assert {bc.split_of(r["prompt"]) for r in rows} == {"train"}
+    by_len = Counter(int(r["difficulty"]) for r in rows)
+    assert max(by_len.values()) < 3 * min(by_len.values())
+
+
 def test_unknown_split() -> None:
     with pytest.raises(ValueError, match="unknown split"):
         bc.problems("dev")

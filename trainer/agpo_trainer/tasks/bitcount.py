@@ -266,3 +266,14 @@ def rows(split: str) -> list[dict[str, str]]:
         {"prompt": p.prompt, "answer": p.answer, "difficulty": str(p.difficulty)}
         for p in problems(split)
     ]
+
+
+def sampled_rows(split: str, size: int, seed: int) -> list[dict[str, str]]:
+    """``size`` rows of ``split`` drawn by :func:`sample_by_difficulty` (seeded): the
+    difficulty-uniform prompt distribution of the learnability gate's RL run. Short strings
+    repeat (there are only 4 two-bit prompts); :func:`rows` is string-uniform instead (half
+    of it 14-bit strings)."""
+    drawn = sample_by_difficulty(split, size, random.Random(seed))
+    return [
+        {"prompt": p.prompt, "answer": p.answer, "difficulty": str(p.difficulty)} for p in drawn
+    ]
