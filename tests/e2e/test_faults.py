@@ -91,7 +91,7 @@ def descendants(pid: int) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_vllm_server_dying_mid_run_stops_everything(tmp_path: Path, cache_dir: Path) -> None:
     port = free_port()
-    # backoffLimit 0: no restart of the server (tests/e2e/test_chaos.py has the restarts)
+    # backoffLimit 0: no restart of the server (tests/e2e/test_agpo_run_chaos.py has the restarts)
     job = job_file(tmp_path, training__steps=200, runPolicy={"backoffLimit": 0})
     proc = subprocess.Popen(
         [sys.executable, "-m", "agpo_cli", "run", str(job), "--workdir", str(tmp_path / "run")],

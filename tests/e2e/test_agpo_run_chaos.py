@@ -7,7 +7,7 @@ uninterrupted run (the seeded sampler's order: the job never resamples or skips 
 and no process may be left. Everything waits on conditions (step records, process states),
 never on plain sleeps.
 
-    .venv/bin/python -m pytest -q -s -p no:cacheprovider tests/e2e/test_chaos.py
+    .venv/bin/python -m pytest -q -s -p no:cacheprovider tests/e2e/test_agpo_run_chaos.py
 """
 
 from __future__ import annotations
