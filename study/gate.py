@@ -111,7 +111,7 @@ VARIANTS: dict[str, Variant] = {
         warmup_decay_from=6,
         warmup_target_acc=0.55,
     ),
-    # the same on hidden 256 / 4 layers (~2.4M)
+    # the same on hidden 256 / 4 layers (3.28M)
     "medium-skew6": Variant(
         hidden=256,
         intermediate=768,
@@ -123,7 +123,7 @@ VARIANTS: dict[str, Variant] = {
         warmup_target_acc=0.55,
     ),
     "small-mix": Variant(layers=4, intermediate=512, heads=4, kv_heads=2),
-    # hidden 256, 4 layers, head_dim 64 (~2.4M)
+    # hidden 256, 4 layers, head_dim 64 (3.28M)
     "medium-mix": Variant(hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2),
 }
 
@@ -373,6 +373,29 @@ def greedy_accuracy(model: Any, tok: Any) -> float:
     return statistics.fmean(task.reward(s.prompt, s.text, finished=s.finished) for s in samples)
 
 
+def forced_formats(model: Any, tok: Any, seed: int) -> dict[str, dict[int, float]]:
+    """Accuracy by bit count with the format forced by a completion prefix: ``direct``
+    (``Answer:``) or ``scratch`` (``a``, the first scratch token), greedy and T=1 (G=8).
+    Informational: is scratch useful when the model is made to use it?"""
+    probs = task.stratified("eval", EVAL_PER_DIFFICULTY)
+    out: dict[str, dict[int, float]] = {}
+    for fmt, prefix in (("direct", task.ANSWER_PREFIX), ("scratch", task.TAGS[0])):
+        for mode, n in (("greedy", 1), ("T=1", GROUP)):
+            gen = torch.Generator().manual_seed(seed + 4000)
+            samples = generate(
+                model, tok, [p.prompt + prefix for p in probs], n, greedy=n == 1, gen=gen
+            )
+            acc: dict[int, list[bool]] = {}
+            for i, s_ in enumerate(samples):
+                p = probs[i // n]
+                ok = task.grade(p.prompt, prefix + s_.text, finished=s_.finished).correct
+                acc.setdefault(p.difficulty, []).append(ok)
+            out[f"{fmt} {mode}"] = {
+                k: round(statistics.fmean(v), 2) for k, v in sorted(acc.items())
+            }
+    return out
+
+
 # ------------------------------------------------------------------ GRPO
 def grpo(model: Any, tok: Any, v: Variant, seed: int, log: list[str]) -> list[dict[str, float]]:
     """Plain GRPO: grpo advantages, zero-variance groups kept at advantage 0, no length
@@ -527,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-log", action="store_true", help="do not append to study/gate_log.jsonl")
     ap.add_argument("--summary", action="store_true", help="print the log as a markdown table")
+    ap.add_argument(
+        "--formats",
+        action="store_true",
+        help="also print accuracy by bit count with the format forced, before and after GRPO",
+    )
     args = ap.parse_args(argv)
     if args.summary:
         print(summary(), end="")
@@ -551,9 +579,15 @@ def main(argv: list[str] | None = None) -> int:
     figs = gate_figures(model, tok, args.seed)
     t_fig = time.time() - t0 - t_warm
     gain, before, after, curve = None, None, None, []
+    forced_before: dict[str, dict[int, float]] = {}
+    forced_after: dict[str, dict[int, float]] = {}
     if not args.skip_grpo:
         before = greedy_accuracy(model, tok)
+        if args.formats:
+            forced_before = forced_formats(model, tok, args.seed)
         curve = grpo(model, tok, v, args.seed, log)
+        if args.formats:
+            forced_after = forced_formats(model, tok, args.seed)
         after = greedy_accuracy(model, tok)
         gain = after - before
     runtime = time.time() - t0
@@ -587,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         f"finished {figs['finished']:.3f}, well-formed {figs['well_formed']:.3f}, "
         f"correct length mean {figs['correct_len_mean']:.1f}, filler mean {figs['filler_mean']:.2f}"
     )
+    for when, forced in (("before", forced_before), ("after", forced_after)):
+        for name, accs in forced.items():
+            print(f"forced {name:14} {when:6} GRPO: {accs}")
     print(f"GATE {'PASS' if passed else 'FAIL'}")
     print(
         f"runtime {runtime:.0f} s (warm-up {t_warm:.0f} s, figures {t_fig:.0f} s); torch {torch.__version__}, "
@@ -611,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "grpo_curve": curve,
+            "forced_formats": {"before": forced_before, "after": forced_after},
         }
         with LOG.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
