@@ -36,6 +36,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Steps", "type": "integer", "jsonPath": ".status.totalSteps", "priority": 1},
     {"name": "Reward", "type": "number", "jsonPath": ".status.rewardMean"},
     {"name": "Tokens", "type": "number", "jsonPath": ".status.completionTokensMean"},
+    {"name": "Eval", "type": "number", "jsonPath": ".status.evalAccuracy"},
     {
         "name": "Rollout-Ready",
         "type": "string",

@@ -40,6 +40,12 @@ class TrainerProgress(BaseModel):
     train_seconds: float | None = None
     weight_sync_seconds: float | None = None
     prompts: list[int] | None = None  # dataset indices of the step's prompts, in order
+    # The latest evaluation (spec.evaluation), kept until the next one.
+    eval_step: int | None = None
+    eval_accuracy: float | None = None  # greedy
+    eval_mean_at_k: float | None = None
+    eval_pass_at_k: float | None = None
+    eval_reasoning_tokens: float | None = None  # of correct greedy answers
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object served (camelCase, unset fields left out)."""
@@ -54,6 +60,11 @@ CR_STATUS_FIELDS = (
     "completion_tokens_mean",
     "zero_variance_fraction",
     "policy_version",
+    "eval_step",
+    "eval_accuracy",
+    "eval_mean_at_k",
+    "eval_pass_at_k",
+    "eval_reasoning_tokens",
 )
 
 

@@ -238,6 +238,39 @@ BAD_CASES: list[BadCase] = [
         "spec.training.formatWarmupSteps",
     ),
     BadCase(
+        "two evaluation sources",
+        {"spec.evaluation": {"source": {"split": "eval", "fraction": 0.1}}},
+        "spec.evaluation.source",
+    ),
+    BadCase(
+        "evaluation fraction above a half",
+        {"spec.evaluation": {"source": {"fraction": 0.6}}},
+        "spec.evaluation.source.fraction",
+    ),
+    BadCase(
+        "evaluation source never used",
+        {"spec.evaluation": {"atEnd": False, "source": {"fraction": 0.1}}},
+        "spec.evaluation.atEnd",
+    ),
+    BadCase(
+        "eval split of a task without splits",
+        {"spec.evaluation": {"source": {"split": "eval"}}},
+        "spec.evaluation.source",
+    ),
+    BadCase(
+        "evaluation without a source on a file dataset",
+        {
+            "spec.evaluation": {"everySteps": 5},
+            "spec.dataset.source": {"file": {"path": "/data/train.jsonl"}},
+        },
+        "spec.evaluation.source",
+    ),
+    BadCase(
+        "unknown builtin task",
+        {"spec.dataset.source": {"builtin": {"task": "sudoku"}}},
+        "spec.dataset.source.builtin.task",
+    ),
+    BadCase(
         "six operands",
         {"spec.dataset.source": {"builtin": {"operands": 6}}},
         "spec.dataset.source.builtin.operands",

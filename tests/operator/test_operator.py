@@ -151,6 +151,27 @@ async def test_running_progress_success_and_cleanup(world: World, operator: Oper
     clean(world)
 
 
+async def test_eval_figures_reach_the_cr_status(world: World, operator: Operator) -> None:
+    """The trainer's /status serves the latest evaluation; the operator copies it into the CR
+    (and leaves it out while the trainer has not evaluated yet)."""
+    await world.create_job(sample(name="evals"))
+    await run_to_running(world, "evals")
+    world.set_progress("evals", step=3, totalSteps=30, rewardMean=0.5, phase="Running")
+    status = await eventually(
+        lambda: world.status("evals").get("step") == 3 and world.status("evals")
+    )
+    assert not {k for k in status if k.startswith("eval")}
+    world.set_progress("evals", step=5, totalSteps=30, rewardMean=0.5, evalStep=5,
+                       evalAccuracy=0.625, evalMeanAtK=0.5, evalPassAtK=0.875,
+                       evalReasoningTokens=7.25, phase="Running")  # fmt: skip
+    status = await eventually(
+        lambda: world.status("evals").get("evalStep") == 5 and world.status("evals")
+    )
+    assert status["evalAccuracy"] == 0.625 and status["evalMeanAtK"] == 0.5
+    assert status["evalPassAtK"] == 0.875 and status["evalReasoningTokens"] == 7.25
+    clean(world)
+
+
 @pytest.mark.parametrize(
     ("policy", "sts_kept", "job_kept"), [("All", False, False), ("None", True, True)]
 )

@@ -18,6 +18,7 @@ from typing import Any
 
 from agpo_api.layout import DATA_DIR
 from agpo_api.models import BuiltinSource, DatasetSpec
+from agpo_trainer.tasks import bitcount
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,48 @@ def arithmetic_rows(size: int, seed: int, operands: int = 2) -> list[dict[str, s
 
 BUILTIN_TASKS: dict[str, Callable[[BuiltinSource], list[dict[str, str]]]] = {
     "arithmetic": lambda src: arithmetic_rows(src.size, src.seed, src.operands),
+    # RL prompts from the train split only (difficulty-uniform, seeded); never eval or test.
+    "bitcount": lambda src: bitcount.sampled_rows("train", src.size, src.seed),
 }
+
+
+def builtin_eval_rows(src: BuiltinSource, prompts: int) -> list[dict[str, str]]:
+    """Rows of the builtin task's held-out ``eval`` split (never ``test``), at least
+    ``prompts`` of them when the split has that many: the same number per difficulty
+    (:func:`bitcount.stratified`; short buckets hold what they have), so short strings are
+    not crowded out by the many long ones."""
+    if src.task != "bitcount":
+        raise DataError(f"builtin task {src.task!r} has no held-out split")
+    buckets = bitcount.MAX_BITS - bitcount.MIN_BITS + 1
+    per = -(-prompts // buckets)
+    chosen = bitcount.stratified("eval", per)
+    total = len(bitcount.problems("eval"))
+    while len(chosen) < min(prompts, total):  # short buckets hold fewer: the long ones give more
+        per += 1
+        chosen = bitcount.stratified("eval", per)
+    return [
+        {"prompt": p.prompt, "answer": p.answer, "difficulty": str(p.difficulty)} for p in chosen
+    ]
+
+
+# --------------------------------------------------------------------------- held-out rows
+_HOLDOUT_SALT = "#agpo-holdout"
+
+
+def in_holdout(prompt: str, fraction: float) -> bool:
+    """Whether a prompt belongs to the held-out ``fraction`` (``evaluation.source.fraction``):
+    by a stable hash (sha256) of its text, the same in every process and on every machine."""
+    return bitcount.stable_hash(prompt + _HOLDOUT_SALT) < fraction * (1 << 64)
+
+
+def split_holdout(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """(training rows, held-out rows): the one function both sides use, so the training data
+    never holds an evaluation prompt. Examples keep their dataset indices."""
+    train = [e for e in examples if not in_holdout(e.prompt, fraction)]
+    held = [e for e in examples if in_holdout(e.prompt, fraction)]
+    if not train:
+        raise DataError(f"evaluation.source.fraction {fraction} leaves no training rows")
+    return train, held
 
 
 # --------------------------------------------------------------------------- loading

@@ -296,9 +296,11 @@ def _run(
                 again = start_over(workdir / "checkpoints", fresh=False, resume=True)
                 say(progress.console, f"agpo run: {again}")
                 trainers.append(start_trainer())
+    final = parse_termination(_read(termination))
+    figures = eval_summary(TrainerProgress.model_validate(final.progress) if final else None)
     say(
         console,
-        f"done: {total} steps.\n  checkpoints: {workdir / 'checkpoints'}\n  logs: {logs}\n"
+        f"done: {total} steps.\n{figures}  checkpoints: {workdir / 'checkpoints'}\n  logs: {logs}\n"
         f"  metrics were served on http://127.0.0.1:{port}/metrics while running",
     )
     return EXIT_OK
@@ -338,10 +340,27 @@ def _supervise(
                     f"acc {status.accuracy or 0:.2f}  "
                     f"tokens {status.completion_tokens_mean or 0:.1f}  "
                     f"step {status.step_seconds or 0:.2f}s"
+                    + (
+                        f"  eval {status.eval_accuracy:.2f} (step {status.eval_step})"
+                        if status.eval_accuracy is not None
+                        else ""
+                    )
                 ),
             )
         time.sleep(POLL_S)
     return code
+
+
+def eval_summary(progress: TrainerProgress | None) -> str:
+    """The final evaluation's figures as summary lines (empty without an evaluation)."""
+    if progress is None or progress.eval_accuracy is None:
+        return ""
+    parts = [f"greedy accuracy {progress.eval_accuracy:.3f}"]
+    if progress.eval_mean_at_k is not None and progress.eval_pass_at_k is not None:
+        parts.append(f"mean@k {progress.eval_mean_at_k:.3f}, pass@k {progress.eval_pass_at_k:.3f}")
+    if progress.eval_reasoning_tokens is not None:
+        parts.append(f"reasoning tokens (correct) {progress.eval_reasoning_tokens:.1f}")
+    return f"  evaluation (step {progress.eval_step}): {'; '.join(parts)}\n"
 
 
 def _read(path: Path) -> str:

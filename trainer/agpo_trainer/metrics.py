@@ -21,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agpo_api.layout import METRICS_PATH, STATUS_PATH
 from agpo_api.progress import TrainerProgress
-from agpo_trainer.stats import StepStats
+from agpo_trainer.stats import EvalStats, StepStats
 
 TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -97,6 +97,27 @@ class TrainerMetrics:
         self.skipped_prompts = Counter(
             "agpo_skipped_prompts", "Prompts skipped for exceeding maxPromptTokens.", registry=r
         )
+        # The latest evaluation (spec.evaluation); unset until the first one.
+        self.eval_step = Gauge("agpo_eval_step", "Step of the latest evaluation.", registry=r)
+        self.eval_accuracy = Gauge(
+            "agpo_eval_accuracy", "Greedy accuracy on the evaluation prompts.", registry=r
+        )
+        self.eval_mean_at_k = Gauge(
+            "agpo_eval_mean_at_k", "Mean accuracy of the k sampled evaluation answers.", registry=r
+        )
+        self.eval_pass_at_k = Gauge(
+            "agpo_eval_pass_at_k",
+            "Fraction of evaluation prompts with a correct answer among k samples.",
+            registry=r,
+        )
+        self.eval_reasoning_tokens = Gauge(
+            "agpo_eval_reasoning_tokens",
+            "Mean tokens before the answer marker of correct greedy evaluation answers.",
+            registry=r,
+        )
+        self.eval_duration = Gauge(
+            "agpo_eval_duration_seconds", "Wall time of the latest evaluation.", registry=r
+        )
 
     def record_step(self, s: StepStats) -> None:
         """Publish a finished step (each series set from the stats field of its name)."""
@@ -120,6 +141,18 @@ class TrainerMetrics:
         self.rollout_tokens.inc(r.rollout_tokens)
         for name, value in r.reward_components.items():
             self.reward_component.labels(reward=name).set(value)
+
+    def record_eval(self, e: EvalStats) -> None:
+        """Publish an evaluation (a figure it has not, e.g. pass@k with k = 0, is left)."""
+        self.eval_step.set(e.step)
+        self.eval_accuracy.set(e.accuracy)
+        if e.mean_at_k is not None:
+            self.eval_mean_at_k.set(e.mean_at_k)
+        if e.pass_at_k is not None:
+            self.eval_pass_at_k.set(e.pass_at_k)
+        if e.reasoning_tokens is not None:
+            self.eval_reasoning_tokens.set(e.reasoning_tokens)
+        self.eval_duration.set(e.seconds)
 
 
 class StatusBoard:

@@ -107,6 +107,41 @@ class StepStats:
         return "step " + json.dumps(self.progress().to_wire())
 
 
+@dataclass(frozen=True)
+class EvalStats:
+    """One evaluation (``spec.evaluation``) of the policy the servers serve at ``step``."""
+
+    step: int
+    policy_version: int
+    prompts: int
+    accuracy: float  # greedy
+    samples: int  # k; 0 = greedy only
+    mean_at_k: float | None  # mean correctness of the k samples
+    pass_at_k: float | None  # prompts with at least one correct sample
+    reasoning_tokens: float | None  # mean tokens before the answer marker, correct greedy ones
+    seconds: float
+
+    def progress(self) -> TrainerProgress:
+        """The ``/status`` fields of this evaluation (kept until the next one)."""
+        return TrainerProgress(
+            eval_step=self.step,
+            eval_accuracy=self.accuracy,
+            eval_mean_at_k=self.mean_at_k,
+            eval_pass_at_k=self.pass_at_k,
+            eval_reasoning_tokens=self.reasoning_tokens,
+        )
+
+    def log_line(self) -> str:
+        """``eval {...}``: every field, camelCase (a line apart from the ``step`` lines)."""
+        wire = {
+            "step": self.step, "policyVersion": self.policy_version, "prompts": self.prompts,
+            "accuracy": self.accuracy, "samples": self.samples, "meanAtK": self.mean_at_k,
+            "passAtK": self.pass_at_k, "reasoningTokens": self.reasoning_tokens,
+            "seconds": round(self.seconds, 3),
+        }  # fmt: skip
+        return "eval " + json.dumps(wire)
+
+
 def mean_of(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """The mean of each metric over several optimizer steps (a metric missing from a step,
     e.g. ``kl`` without a reference model, is averaged over the steps that have it)."""

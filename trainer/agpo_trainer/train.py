@@ -28,6 +28,7 @@ from agpo_api.progress import TrainerProgress
 from agpo_trainer.checkpoint import CheckpointMeta, resume_training_state, save_training_state
 from agpo_trainer.data import PromptSampler, check_prompts_fit, load_examples
 from agpo_trainer.distributed import broadcast_object
+from agpo_trainer.evaluation import Evaluator, evaluation_sets
 from agpo_trainer.experience import Batch, Experience, encode_prompt, reward_terms
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics, serve
 from agpo_trainer.policy import Policy
@@ -58,6 +59,10 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
     torch.manual_seed(t.seed)
     # Every rank loads the data: a bad dataset must stop every rank with the same error.
     examples = load_examples(spec.dataset, rt.base_dir, dataset_path=rt.dataset_path)
+    # Held-out rows (evaluation.source.fraction) leave the training data on every rank.
+    examples, eval_examples = evaluation_sets(
+        spec, examples, rt.base_dir, dataset_path=rt.dataset_path
+    )
     sampler = PromptSampler(examples, t.seed)
     policy = Policy.load(spec, rt)
     system = spec.dataset.system_prompt
@@ -75,6 +80,7 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
     # ----------------------------------------------------------------- rank 0: the servers
     weights = policy.gather_weights()  # a collective under FSDP: every rank joins
     experience: Experience | None = None
+    evaluator: Evaluator | None = None
     syncer: Any = None
     if rt.is_main:
         if rt.metrics_port:
@@ -84,10 +90,27 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
         experience = Experience(
             spec, tokenizer=policy.tokenizer, sampler=sampler, client=client, metrics=metrics
         )
+        ev = spec.effective_evaluation()
+        if ev is not None and eval_examples:
+            evaluator = Evaluator(
+                spec, ev, tokenizer=policy.tokenizer, client=client, examples=eval_examples
+            )
         board.update(TrainerProgress(phase="Running", policy_version=version))
         # The servers start from the trainer's weights (after a resume too).
         push_weights(syncer, policy, weights, version, metrics)
     served = version  # the version every server serves (weight pushes may be spaced out)
+
+    def evaluate() -> None:  # rank 0, between steps: no training request is in flight
+        if evaluator is None or not evaluator.due(step, total_steps):
+            return
+        ensure_served(syncer, policy, weights, served)
+        result = evaluator.run(step, served)
+        metrics.record_eval(result)
+        board.update(result.progress())
+        log.info("%s", result.log_line())
+
+    if step < total_steps:
+        evaluate()  # the start (everySteps > 0), e.g. right after the format warm-up
 
     # ----------------------------------------------------------------- the loop
     every_sync = spec.rollout.weight_sync.every_steps
@@ -141,6 +164,7 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
             metrics.record_step(stats)
             board.update(stats.progress())
             log.info("%s", stats.log_line())
+            evaluate()
         if rt.is_main and step == rt.crash_after_step:
             log.warning("AGPO_CRASH_AFTER_STEP=%d: killing the trainer group", step)
             os.killpg(os.getpgid(0), signal.SIGKILL)

@@ -31,6 +31,7 @@ from agpo_api.models.common import (
     SecretKeyRef,
     Toleration,
 )
+from agpo_api.models.evaluation import TASKS_WITH_SPLITS, EvaluationSource, EvaluationSpec
 from agpo_api.models.inputs import (
     BuiltinSource,
     DatasetSource,
@@ -96,6 +97,7 @@ __all__ = [
     "PRESETS",
     "SHORT_NAMES",
     "SINGULAR",
+    "TASKS_WITH_SPLITS",
     "VERSION",
     "AGPOJob",
     "AGPOJobSpec",
@@ -112,6 +114,8 @@ __all__ = [
     "DatasetSource",
     "DatasetSpec",
     "EnvVar",
+    "EvaluationSource",
+    "EvaluationSpec",
     "FileSource",
     "HfSource",
     "LengthRewardName",

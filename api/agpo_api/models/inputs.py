@@ -75,9 +75,11 @@ class ModelSpec(ApiModel):
 class BuiltinSource(ApiModel):
     """A synthetic task generated in code with verifiable answers (no download)."""
 
-    task: Literal["arithmetic"] = Field(
+    task: Literal["arithmetic", "bitcount"] = Field(
         default="arithmetic",
-        description="arithmetic: multi-step integer expressions with single-digit results.",
+        description="arithmetic: multi-step integer expressions with single-digit results. "
+        "bitcount: count the 1s of a tagged bit string (a1b0c1= -> Answer:2), 2-14 bits; RL "
+        "prompts from its train split, evaluation from its eval split.",
     )
     size: PositiveInt = Field(default=2000, description="Number of generated problems.")
     operands: int = Field(

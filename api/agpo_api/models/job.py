@@ -14,6 +14,7 @@ from agpo_api.base import (
 )
 from agpo_api.models.algorithm import AlgorithmSpec
 from agpo_api.models.common import MAX_JOB_NAME_LENGTH, LocalObjectReference, NonNegativeInt
+from agpo_api.models.evaluation import TASKS_WITH_SPLITS, EvaluationSpec
 from agpo_api.models.inputs import DatasetSpec, ModelSpec
 from agpo_api.models.presets import cel_effective
 from agpo_api.models.training import TrainingSpec
@@ -32,6 +33,11 @@ class AGPOJobSpec(ApiModel):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    evaluation: EvaluationSpec | None = Field(
+        default=None,
+        description="Held-out evaluation; unset = the defaults (at the end, on the builtin "
+        "task's eval split when it has one; no evaluation for other datasets).",
+    )
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list, max_length=16, description="Pull secrets for every pod."
     )
@@ -136,7 +142,36 @@ class AGPOJobSpec(ApiModel):
                 or s.algorithm.length_reward.buffer_tokens < s.training.max_completion_tokens
             ),
         ),
+        Rule(
+            "evaluation.source",
+            "!has(self.evaluation) || (has(self.evaluation.source) && "
+            "!has(self.evaluation.source.split)) || "
+            "(has(self.dataset.source.builtin) && "
+            f"self.dataset.source.builtin.task in {list(TASKS_WITH_SPLITS)})",
+            "evaluation needs a source (file, hf or fraction) unless the dataset is a builtin "
+            f"task with a held-out split ({', '.join(TASKS_WITH_SPLITS)}); split: eval is only "
+            "for those",
+            lambda s: (
+                s.evaluation is None
+                or (s.evaluation.source is not None and s.evaluation.source.split is None)
+                or (
+                    s.dataset.source.builtin is not None
+                    and s.dataset.source.builtin.task in TASKS_WITH_SPLITS
+                )
+            ),
+        ),
     )
+
+    def effective_evaluation(self) -> EvaluationSpec | None:
+        """The evaluation that runs: ``evaluation`` (or its defaults), None when none does
+        (disabled, or no source: a dataset without a held-out split and none given)."""
+        ev = self.evaluation or EvaluationSpec()
+        if not ev.enabled():
+            return None
+        builtin = self.dataset.source.builtin
+        if ev.source is None and (builtin is None or builtin.task not in TASKS_WITH_SPLITS):
+            return None
+        return ev
 
 
 # --------------------------------------------------------------------------- status
@@ -169,6 +204,19 @@ class AGPOJobStatus(ApiModel):
     completion_tokens_mean: float | None = None
     zero_variance_fraction: float | None = None
     policy_version: int | None = None
+    eval_step: int | None = Field(default=None, description="Step of the latest evaluation.")
+    eval_accuracy: float | None = Field(
+        default=None, description="Greedy accuracy on the evaluation prompts (latest)."
+    )
+    eval_mean_at_k: float | None = Field(
+        default=None, description="Mean accuracy of the k sampled evaluation completions."
+    )
+    eval_pass_at_k: float | None = Field(
+        default=None, description="Fraction of evaluation prompts with a correct sample of k."
+    )
+    eval_reasoning_tokens: float | None = Field(
+        default=None, description="Mean reasoning tokens of correct greedy evaluation answers."
+    )
     restarts: int | None = None
     start_time: str | None = None
     # The times the run policy's timeouts count from (decisions read them from here, never

@@ -4,7 +4,9 @@ Answer extraction (:func:`extract_answer`) takes, in order:
 
 1. the content of the *last* ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced;
 2. else the text after the last line starting with ``Answer:`` / ``Final answer:``
-   (case-insensitive, markdown ``**``/``#`` decorations allowed).
+   (case-insensitive, markdown ``**``/``#`` decorations allowed);
+3. else a trailing ``Answer:<value>`` after anything on its line (the builtin bitcount
+   task's ``..Answer:3``: filler before the marker).
 
 ``accuracy`` (1.0/0.0): the extracted answer is compared with the reference answer (itself
 extracted from ``\\boxed{}`` or a GSM8K ``#### x`` line when present):
@@ -41,6 +43,7 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_LINE = re.compile(
     r"^[\s>#*_]*(?:final\s+answer|answer)\s*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE
 )
+_TRAILING_ANSWER = re.compile(r"Answer:\s*([^\s:]+)\s*$")
 _GSM8K = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
 _PLAIN_TEXT = re.compile(r"[A-Za-z][A-Za-z '\-]*[A-Za-z]")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
@@ -91,6 +94,9 @@ def extract_answer(completion: str, *, bare: bool = True) -> str | None:
         inner = _last_boxed(answer)
         answer = inner if inner is not None else answer
         return answer or None
+    trailing = _TRAILING_ANSWER.search(completion)
+    if trailing is not None:
+        return _clean(trailing.group(1)) or None
     text = completion.strip()
     return text if bare and _BARE_ANSWER.fullmatch(text) else None
 

@@ -1,0 +1,166 @@
+"""Held-out evaluation (``spec.evaluation``), rank 0, through the rollout servers.
+
+The prompts are a fixed seeded sample of the evaluation source (the builtin task's ``eval``
+split, a separate file or ``datasets`` dataset, or a hash-chosen fraction of the training
+rows that the training data then excludes: :func:`agpo_trainer.data.split_holdout`). Each
+evaluation asks the servers for one greedy completion (temperature 0) and ``samples``
+sampled ones per prompt, with seeds of its own: it uses neither the trainer's RNG nor the
+prompt sampler, so no training batch changes. Correct = the job's ``algorithm.correct``
+rule on its rewards (the training definition). Reasoning tokens = tokens before the last
+answer marker (``answerMarker``, or ``</think>``) of the correct greedy answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+from agpo_api.models import AGPOJobSpec, DatasetSource, EvaluationSpec
+from agpo_trainer.data import (
+    Example,
+    apply_template,
+    builtin_eval_rows,
+    load_examples,
+    split_holdout,
+)
+from agpo_trainer.experience import correct_rule, encode_prompt, reward_terms
+from agpo_trainer.rewards.scoring import score
+from agpo_trainer.stats import EvalStats
+
+log = logging.getLogger("agpo_trainer")
+
+#: Evaluation seeds live far from the rollout seeds (``experience.rollout_seed``).
+EVAL_SEED_OFFSET = 987_654_321
+THINK_END = "</think>"
+
+
+def evaluation_sets(
+    spec: AGPOJobSpec,
+    examples: list[Example],
+    base_dir: Any = None,
+    *,
+    dataset_path: str | None = None,
+) -> tuple[list[Example], list[Example]]:
+    """(training examples, evaluation examples): the training rows without the held-out ones
+    (``source.fraction``), and the fixed evaluation sample (empty: no evaluation)."""
+    ev = spec.effective_evaluation()
+    if ev is None:
+        return examples, []
+    src, ds = ev.source, spec.dataset
+    held: list[Example]
+    if src is None or src.split is not None:
+        assert ds.source.builtin is not None  # the spec's rule
+        rows = builtin_eval_rows(ds.source.builtin, ev.prompts)
+        held = [
+            Example(i, apply_template(ds.prompt_template, r["prompt"]), r["answer"])
+            for i, r in enumerate(rows)
+        ]
+    elif src.fraction is not None:
+        examples, held = split_holdout(examples, src.fraction)
+    else:
+        other = ds.model_copy(update={"source": DatasetSource(file=src.file, hf=src.hf)})
+        held = load_examples(other, base_dir, dataset_path=None)
+    return examples, pick(held, ev.prompts, spec.training.seed)
+
+
+def pick(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """A fixed sample of ``n`` examples (all when fewer), in dataset order; seeded by its own
+    generator (the trainer's RNG is not touched)."""
+    if len(examples) <= n:
+        return list(examples)
+    chosen = random.Random(seed + EVAL_SEED_OFFSET).sample(range(len(examples)), n)
+    return [examples[i] for i in sorted(chosen)]
+
+
+def reasoning_tokens(tokenizer: Any, text: str, marker: str) -> int:
+    """Tokens before the last ``marker`` (or ``</think>``) of a completion; all of it when it
+    has neither."""
+    cut = max(text.rfind(marker), text.rfind(THINK_END))
+    head = text[:cut] if cut >= 0 else text
+    return len(tokenizer.encode(head, add_special_tokens=False)) if head else 0
+
+
+class Evaluator:
+    """Rank 0's evaluation of the served policy on a fixed prompt set."""
+
+    def __init__(
+        self, spec: AGPOJobSpec, ev: EvaluationSpec, *, tokenizer: Any, client: Any,
+        examples: list[Example],
+    ) -> None:  # fmt: skip
+        self.spec, self.ev, self.tokenizer, self.client = spec, ev, tokenizer, client
+        system, limit = spec.dataset.system_prompt, spec.training.max_prompt_tokens
+        encoded = [(e, encode_prompt(tokenizer, e.prompt, system)) for e in examples]
+        kept = [(e, ids) for e, ids in encoded if len(ids) <= limit]
+        if len(kept) < len(encoded):
+            log.warning(
+                "evaluation: %d of %d prompts exceed maxPromptTokens and are left out",
+                len(encoded) - len(kept), len(encoded),
+            )  # fmt: skip
+        self.examples = [e for e, _ in kept]
+        self.prompt_ids = [ids for _, ids in kept]
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """Whether to evaluate after ``step`` (0 = before the first step)."""
+        every = self.ev.every_steps
+        if not self.examples:
+            return False
+        if every and step % every == 0:
+            return True
+        return self.ev.at_end and step == total_steps
+
+    def run(self, step: int, policy_version: int) -> EvalStats:
+        """Greedy and ``samples`` sampled completions per prompt; the figures."""
+        start = time.perf_counter()
+        t, k = self.spec.training, self.ev.samples
+        seed = self.spec.training.seed + EVAL_SEED_OFFSET
+        greedy = self.client.generate(
+            self.prompt_ids, n=1, max_tokens=t.max_completion_tokens, temperature=0.0,
+            top_p=1.0, seed=seed,
+        )  # fmt: skip
+        g_texts, g_right = self._correct(greedy, 1)
+        marker = self.ev.answer_marker
+        lengths = [
+            reasoning_tokens(self.tokenizer, text, marker)
+            for text, right in zip(g_texts, g_right, strict=True)
+            if right
+        ]
+        mean_at_k = pass_at_k = None
+        if k:
+            sampled = self.client.generate(
+                self.prompt_ids, n=k, max_tokens=t.max_completion_tokens,
+                temperature=self.ev.temperature, top_p=1.0, seed=seed + 1,
+            )  # fmt: skip
+            _, s_right = self._correct(sampled, k)
+            mean_at_k = sum(s_right) / len(s_right)
+            groups = [s_right[i : i + k] for i in range(0, len(s_right), k)]
+            pass_at_k = sum(any(g) for g in groups) / len(groups)
+        return EvalStats(
+            step=step,
+            policy_version=policy_version,
+            prompts=len(self.examples),
+            accuracy=sum(g_right) / len(g_right),
+            samples=k,
+            mean_at_k=mean_at_k,
+            pass_at_k=pass_at_k,
+            reasoning_tokens=sum(lengths) / len(lengths) if lengths else None,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _correct(self, completions: list[Any], n: int) -> tuple[list[str], list[bool]]:
+        """Decoded texts and correctness (``algorithm.correct``; a truncated one is wrong)."""
+        texts = [self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+        _, _, correct = score(
+            prompts=[self.examples[i // n].prompt for i in range(len(completions))],
+            completions=texts,
+            answers=[self.examples[i // n].answer for i in range(len(completions))],
+            lengths=[len(c.token_ids) for c in completions],
+            group_size=n,
+            rewards=reward_terms(self.spec),
+            correct=correct_rule(self.spec),
+        )
+        right = [
+            bool(x) and not c.truncated for x, c in zip(correct.tolist(), completions, strict=True)
+        ]
+        return texts, right
