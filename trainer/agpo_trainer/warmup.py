@@ -6,7 +6,8 @@
 * ``bitcount``: the learnability gate's ``tiny-skew6`` warm-up (``study/gate.py``,
   docs/results.md): the task's mixed formats (filler 0..6, scratch with probability 0.5) with
   the *right* answers, on the ``warmup`` split only (never an RL, eval or test prompt), bit
-  counts drawn with weight ``0.5 ** max(0, n - 6)`` so long strings stay hard; its own AdamW
+  counts drawn with weight ``0.5 ** max(0, n - 6)`` so long strings stay hard; ``builtin:tiny``
+  re-initialised as in the gate (std 0.02, seeded by ``training.seed``); its own AdamW
   (lr 1e-3, 50-step linear warm-up, betas 0.9/0.98, clip 1), batch 64. The warmed weights are
   cached (``AGPO_CACHE_DIR/warmup/``, keyed by the recipe, steps, seed, model and prompt
   format), so a second run with the same settings loads them instead of training again.
@@ -79,7 +80,7 @@ def digit_warmup(policy: Policy, examples: list[Example], spec: AGPOJobSpec, ste
 # --------------------------------------------------------------------------- bitcount
 #: The gate's tiny-skew6 recipe (study/gate.py); bump VERSION when its meaning changes.
 BITCOUNT_RECIPE: dict[str, Any] = {
-    "version": 1, "lr": 1e-3, "lr_warmup": 50, "betas": (0.9, 0.98), "clip": 1.0,
+    "version": 2, "init_std": 0.02, "lr": 1e-3, "lr_warmup": 50, "betas": (0.9, 0.98), "clip": 1.0,
     "batch": 64, "scratch_prob": 0.5, "decay": 0.5, "decay_from": 6, "seed_offset": 7,
 }  # fmt: skip
 
@@ -132,6 +133,8 @@ def bitcount_warmup(policy: Policy, spec: AGPOJobSpec, steps: int) -> None:
         _load_weights(policy, state)
         log.info("format warm-up (bitcount): %d steps, from the cache %s", steps, path)
         return
+    if spec.model.name == "builtin:tiny":
+        _reinitialise(policy, spec.training.seed)
     loss = _train_bitcount(policy, spec, steps)
     weights = policy.gather_weights()  # a collective under FSDP: every rank joins
     if rt.is_main:
@@ -182,6 +185,24 @@ def _train_bitcount(policy: Policy, spec: AGPOJobSpec, steps: int) -> float:
         loss_v = float(loss.detach())
     policy.optimizer.zero_grad(set_to_none=True)
     return loss_v
+
+
+def _reinitialise(policy: Policy, seed: int) -> None:
+    """The gate's initialisation of the builtin model (std 0.02, seeded): builtin:tiny is
+    built with std 0.2 (peaked greedy choices for the vLLM parity tests), from which 200
+    warm-up steps reach a much weaker start. Its own RNG: the trainer's is not consumed."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(policy.module.config)
+    config.initializer_range = BITCOUNT_RECIPE["init_std"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = AutoModelForCausalLM.from_config(
+            config, dtype=next(policy.module.parameters()).dtype
+        )
+    _load_weights(policy, fresh.state_dict())
 
 
 def _load_weights(policy: Policy, state: dict[str, torch.Tensor]) -> None:
