@@ -4,6 +4,7 @@ then excludes), the figures of a fake rollout client, and their way to Prometheu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import socket
@@ -15,7 +16,13 @@ import pytest
 from agpo_api import parse_job
 from agpo_api.progress import TrainerProgress
 from agpo_trainer.data import Example, in_holdout, load_examples, split_holdout
-from agpo_trainer.evaluation import Evaluator, evaluation_sets, pick, reasoning_tokens
+from agpo_trainer.evaluation import (
+    EVAL_SEED_OFFSET,
+    Evaluator,
+    evaluation_sets,
+    pick,
+    reasoning_tokens,
+)
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics, serve
 from agpo_trainer.models.tiny import build_tokenizer
 from agpo_trainer.rollout.client import Completion
@@ -185,3 +192,23 @@ def test_the_accuracy_reward_reads_the_bitcount_answer_format(completion: str, r
 
     assert answer_is_correct(completion, "3") is right
     assert bitcount.grade("a1b0c1d1=", completion).correct is (right and "Answer:" in completion)
+
+
+def test_requests_are_chunked_to_a_training_batch_with_per_prompt_seeds() -> None:
+    """At most promptsPerStep x groupSize sequences per request batch (vLLM on CPU fails
+    seeded requests that get preempted); prompt i keeps seed base + i * n."""
+    ev, client = evaluator()
+    ev.spec = job(BITCOUNT, {"prompts": 2, "samples": 2}, promptsPerStep=1)
+    ev.spec = ev.spec.model_copy(
+        update={"algorithm": ev.spec.algorithm.model_copy(update={"group_size": 2})}
+    )
+    chunked = ev.run(step=4, policy_version=4)
+    assert [(c["n"], c["seed"]) for c in client.calls] == [
+        (1, ev.spec.training.seed + EVAL_SEED_OFFSET),  # 2 greedy sequences: one request batch
+        (2, ev.spec.training.seed + EVAL_SEED_OFFSET + 1),  # 2 x 2 sampled: one prompt each
+        (2, ev.spec.training.seed + EVAL_SEED_OFFSET + 1 + 2),
+    ]
+    whole, _ = evaluator()
+    assert chunked == dataclasses.replace(
+        whole.run(step=4, policy_version=4), seconds=chunked.seconds
+    )

@@ -113,12 +113,9 @@ class Evaluator:
     def run(self, step: int, policy_version: int) -> EvalStats:
         """Greedy and ``samples`` sampled completions per prompt; the figures."""
         start = time.perf_counter()
-        t, k = self.spec.training, self.ev.samples
+        k = self.ev.samples
         seed = self.spec.training.seed + EVAL_SEED_OFFSET
-        greedy = self.client.generate(
-            self.prompt_ids, n=1, max_tokens=t.max_completion_tokens, temperature=0.0,
-            top_p=1.0, seed=seed,
-        )  # fmt: skip
+        greedy = self._generate(1, 0.0, seed)
         g_texts, g_right = self._correct(greedy, 1)
         marker = self.ev.answer_marker
         lengths = [
@@ -128,10 +125,7 @@ class Evaluator:
         ]
         mean_at_k = pass_at_k = None
         if k:
-            sampled = self.client.generate(
-                self.prompt_ids, n=k, max_tokens=t.max_completion_tokens,
-                temperature=self.ev.temperature, top_p=1.0, seed=seed + 1,
-            )  # fmt: skip
+            sampled = self._generate(k, self.ev.temperature, seed + 1)
             _, s_right = self._correct(sampled, k)
             mean_at_k = sum(s_right) / len(s_right)
             groups = [s_right[i : i + k] for i in range(0, len(s_right), k)]
@@ -147,6 +141,21 @@ class Evaluator:
             reasoning_tokens=sum(lengths) / len(lengths) if lengths else None,
             seconds=time.perf_counter() - start,
         )
+
+    def _generate(self, n: int, temperature: float, seed: int) -> list[Any]:
+        """``n`` completions per prompt, in chunks of at most a training batch's sequences
+        (``promptsPerStep x groupSize``) in flight: evaluation puts no more load on the
+        servers' KV cache than a rollout does (vLLM on CPU fails seeded requests that get
+        preempted). Prompt ``i`` gets seed ``seed + i * n`` whatever the chunking."""
+        t = self.spec.training
+        per = max(1, (t.prompts_per_step * self.spec.algorithm.group_size) // n)
+        out: list[Any] = []
+        for start in range(0, len(self.prompt_ids), per):
+            out += self.client.generate(
+                self.prompt_ids[start : start + per], n=n, max_tokens=t.max_completion_tokens,
+                temperature=temperature, top_p=1.0, seed=seed + start * n,
+            )  # fmt: skip
+        return out
 
     def _correct(self, completions: list[Any], n: int) -> tuple[list[str], list[bool]]:
         """Decoded texts and correctness (``algorithm.correct``; a truncated one is wrong)."""
