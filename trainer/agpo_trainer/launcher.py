@@ -126,8 +126,12 @@ def run_local(
 
     console = Console(stderr=True)
     # A supervisor's SIGTERM (or a plain `kill`) must unwind like Ctrl-C, so the servers and
-    # torchrun are stopped instead of left behind as orphans.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # torchrun are stopped instead of left behind as orphans. SIGINT too, explicitly: a
+    # process started from a script's background job (`agpo run job.yaml &`) inherits an
+    # ignored SIGINT, and Python then never raises KeyboardInterrupt for it.
+    previous = {
+        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         return _run(job, steps=steps, workdir=workdir, source=source, console=console, fresh=fresh)
     except LaunchError as err:
@@ -138,7 +142,8 @@ def run_local(
         console.print("agpo run: interrupted; every process stopped")
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
