@@ -30,7 +30,12 @@ def test_each_preset_resolves_to_its_fields(preset: str) -> None:
     for field in FIELDS:
         assert resolved[field] == table[field], field
     assert resolved["clip"] == table["clip"]
-    assert resolved["lengthReward"] == table["lengthReward"]
+    # the preset sets type and coefficient; scope and target keep their defaults
+    assert resolved["lengthReward"] == {
+        **table["lengthReward"],
+        "scope": "mixed",
+        "target": "completion",
+    }
 
 
 def test_the_docs_table_is_the_presets_table() -> None:
@@ -62,7 +67,12 @@ def test_default_is_agpo_exactly_as_before() -> None:
     assert resolved["preset"] == "agpo"
     assert (resolved["advantage"], resolved["zeroVariance"]) == ("grpo", "agpo")
     assert resolved["clip"] == {"low": 0.2, "high": 0.28}
-    assert resolved["lengthReward"] == {"type": "agpo", "coefficient": 0.1}
+    assert resolved["lengthReward"] == {
+        "type": "agpo",
+        "coefficient": 0.1,
+        "scope": "mixed",
+        "target": "completion",
+    }
     assert resolved["lossAggregation"] == "token-mean" and resolved["klCoefficient"] == 0.0
 
 
@@ -89,6 +99,8 @@ def test_explicit_fields_override_the_preset() -> None:
     assert algorithm({"preset": "agpo", "lengthReward": {"type": "kimi"}})["lengthReward"] == {
         "type": "kimi",
         "coefficient": 1.0,
+        "scope": "mixed",
+        "target": "completion",
     }
 
 

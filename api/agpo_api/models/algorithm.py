@@ -118,6 +118,17 @@ class LengthRewardSpec(ApiModel):
         description="overlong: the penalty ramps over the last bufferTokens tokens; default a "
         "fifth of maxTokens (DAPO: 4096 of 20480).",
     )
+    scope: Literal["mixed", "all"] = Field(
+        default="mixed",
+        description="agpo: which groups get the bonus. mixed: correct answers of mixed groups "
+        "only (the paper); all: also all-correct groups, where AGPO's +1 advantage otherwise "
+        "puts no pressure on length.",
+    )
+    target: Literal["completion", "reasoning"] = Field(
+        default="completion",
+        description="The length that is rewarded: every completion token, or only the "
+        "reasoning tokens before evaluation.answerMarker (or </think>).",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -82,7 +82,8 @@ class EvaluationSpec(ApiModel):
     answer_marker: Annotated[str, Field(min_length=1, max_length=64)] = Field(
         default="Answer:",
         description="Reasoning tokens are the tokens before the last occurrence of this marker "
-        "(or of </think>); a completion without either counts whole.",
+        "(or of </think>); a completion without either counts whole. Also used for the "
+        "training reasoning-token metrics and lengthReward.target: reasoning.",
     )
 
     rules = (

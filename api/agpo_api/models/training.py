@@ -141,6 +141,14 @@ class TrainingSpec(ApiModel):
         description="Passes over the rollout batch (verl ppo_epochs, TRL num_iterations); each "
         "pass takes miniBatches optimizer steps. Old log-probs stay the rollout's.",
     )
+    max_staleness: int = Field(
+        default=0,
+        ge=0,
+        le=1,
+        description="Overlapped rollouts: 1 = the servers generate step t+1's batch with step "
+        "t's weights while the trainer trains on step t (one-step off-policy; the importance "
+        "ratio is taken against the rollout log-probs); 0 = strictly on-policy.",
+    )
     seed: int = Field(default=0, description="Seed for data order, sampling and init.")
     format_warmup_steps: NonNegativeInt = Field(
         default=0,

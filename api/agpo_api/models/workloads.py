@@ -33,6 +33,20 @@ class TrainerSpec(ApiModel):
     )
     gpus_per_node: NonNegativeInt = Field(default=1, description="nvidia.com/gpu per pod; 0 = CPU.")
     strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="ddp or fsdp (FSDP2).")
+    micro_batch_tokens: PositiveInt | None = Field(
+        default=None,
+        description="Micro-batches by a token budget (prompt + completion tokens, whole groups "
+        "of sequences up to this many); unset = a fixed count of sequences.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in backward (less memory, about a third more compute).",
+    )
+    logprob_chunk_tokens: PositiveInt = Field(
+        default=1024,
+        description="Log-probs and entropy are computed over this many response positions at a "
+        "time, so the full-vocabulary logits are never held for a whole micro-batch.",
+    )
     resources: ResourceRequirements | None = Field(default=None, description="Pod resources.")
     env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra env.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
