@@ -7,7 +7,14 @@ Facts about vLLM 0.32 baked in here (see docs/weight-sync.md):
 - the RL endpoints (``/pause``, ``/update_weights``, ...) exist only with
   ``VLLM_SERVER_DEV_MODE=1``;
 - on CPU, ``VLLM_CPU_KVCACHE_SPACE`` (GiB) sizes the KV cache;
-- ``--api-key`` guards only ``/v1/...``, so a token middleware guards every path.
+- ``--api-key`` guards only ``/v1/...``, so a token middleware guards every path;
+- on CPU, chunked prefill kills the engine for seeded requests: a request whose prefill is
+  split over two steps has its sampled token discarded and its generator rewound
+  (``gpu_model_runner._bookkeeping_sync``: ``set_offset``), which a CPU generator refuses
+  (``CPU Generator does not use offset``). A rollout step (16 prompts x 8 seeded samples of
+  ~30 tokens) overflows the default 2,048-token step budget, so CPU servers run with
+  ``--no-enable-chunked-prefill``: a prompt that does not fit the step's budget waits for
+  the next step whole (vLLM then sizes the budget to at least ``--max-model-len``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from agpo_api.models import AGPOJobSpec
 #: ``/health``; it lives in the rollout plugin package.
 AUTH_MIDDLEWARE = "agpo_rollout.auth.TokenAuthMiddleware"
 DEFAULT_PORT = ROLLOUT_PORT
+#: Why CPU servers pass it: the module docstring (seeded requests and chunked prefill).
+NO_CHUNKED_PREFILL = "--no-enable-chunked-prefill"
 
 
 def build_server_command(
@@ -42,9 +51,13 @@ def build_server_command(
     seed: int = 0,
     max_num_seqs: int | None = None,
     tensor_parallel_size: int = 1,
+    cpu: bool = False,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The vLLM server command line. Pure: the same arguments give the same list.
+
+    ``cpu``: the server runs on vLLM's CPU platform (no chunked prefill: see the module
+    docstring).
 
     ``logprobs_mode="processed_logprobs"`` makes the returned log-probs those of the
     distribution actually sampled from (after temperature), i.e. what the trainer's
@@ -70,6 +83,8 @@ def build_server_command(
         cmd += ["--tensor-parallel-size", str(tensor_parallel_size)]
     if max_num_seqs is not None:
         cmd += ["--max-num-seqs", str(max_num_seqs)]
+    if cpu:
+        cmd.append(NO_CHUNKED_PREFILL)
     if weight_transfer_backend:
         cmd += ["--weight-transfer-config", json.dumps({"backend": weight_transfer_backend})]
     if auth:
@@ -112,6 +127,7 @@ def job_server_command(
         auth=True,
         seed=spec.training.seed,
         tensor_parallel_size=rollout.tensor_parallel_size,
+        cpu=rollout.gpus_per_replica == 0,
         extra_args=[*extra, *rollout.extra_args],
     )
 

@@ -145,9 +145,8 @@ class Evaluator:
     def _generate(self, n: int, temperature: float, seed: int) -> list[Any]:
         """``n`` completions per prompt, in chunks of at most a training batch's sequences
         (``promptsPerStep x groupSize``) in flight: evaluation puts no more load on the
-        servers than a rollout does (vLLM on CPU kills its engine when a seeded request's
-        prefill is chunked, which many long prompts at once make likely). Prompt ``i`` gets
-        seed ``seed + i * n`` whatever the chunking."""
+        servers than a rollout does. Prompt ``i`` gets seed ``seed + i * n`` whatever the
+        chunking."""
         t = self.spec.training
         per = max(1, (t.prompts_per_step * self.spec.algorithm.group_size) // n)
         out: list[Any] = []

@@ -104,6 +104,7 @@ class VLLMServer:
             weight_transfer_backend=weight_transfer_backend,
             auth=True,
             seed=seed,
+            cpu=device == "cpu",
             extra_args=extra_args,
         )
         # The auth variables come only from `token`, never from the parent environment,
