@@ -34,6 +34,7 @@ import torch
 from agpo_trainer.algorithms import compute_advantages_and_mask, compute_policy_loss, token_logprobs
 from agpo_trainer.models.tiny import TinyModelSpec, build_config, build_tokenizer
 from agpo_trainer.tasks import bitcount as task
+from sampling import sample_rows
 
 # ------------------------------------------------------------------ decision rules (fixed)
 ACC_RANGE = (0.30, 0.65)  # mean sampled accuracy on eval (T=1, G=8)
@@ -159,45 +160,26 @@ class Sample:
     finished: bool
 
 
-@torch.no_grad()
 def generate(
     model: Any, tok: Any, prompts: list[str], n: int, *, greedy: bool, gen: torch.Generator
 ) -> list[Sample]:
-    """``n`` completions per prompt (contiguous groups), KV-cached, batched by prompt length
-    (equal lengths: no padding), T=1 multinomial or greedy."""
-    model.eval()
+    """``n`` completions per prompt (contiguous groups) of BOS + prompt, T=1 or greedy
+    (:func:`sampling.sample_rows`: KV-cached, batched by prompt length)."""
     eos = tok.eos_token_id
-    out: list[Sample | None] = [None] * (len(prompts) * n)
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p), []).append(i)
-    for idxs in by_len.values():
-        rows = [(i, j) for i in idxs for j in range(n)]
-        ids = torch.tensor([[tok.bos_token_id, *encode(tok, prompts[i])] for i, _ in rows])
-        res = model(input_ids=ids, use_cache=True)
-        past, logits = res.past_key_values, res.logits[:, -1]
-        done = torch.zeros(len(rows), dtype=torch.bool)
-        toks: list[torch.Tensor] = []
-        for _ in range(MAX_NEW_TOKENS):
-            logits = logits.float() / TEMPERATURE
-            if greedy:
-                nxt = logits.argmax(-1)
-            else:
-                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1)
-            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-            toks.append(nxt)
-            done |= nxt == eos
-            if bool(done.all()):
-                break
-            res = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-            past, logits = res.past_key_values, res.logits[:, -1]
-        seq = torch.stack(toks, 1).tolist()
-        for (i, j), s in zip(rows, seq, strict=True):
-            finished = eos in s
-            ids_ = s[: s.index(eos) + 1] if finished else s
-            text = tok.decode([t for t in ids_ if t != eos])
-            out[i * n + j] = Sample(prompts[i], ids_, text, finished)
-    return [s for s in out if s is not None]
+    ids = [[tok.bos_token_id, *encode(tok, p)] for p in prompts]
+    rows = sample_rows(
+        model,
+        ids,
+        n,
+        eos=eos,
+        max_new_tokens=MAX_NEW_TOKENS,
+        temperature=0.0 if greedy else TEMPERATURE,
+        gen=gen,
+    )
+    return [
+        Sample(prompts[k // n], s, tok.decode([t for t in s if t != eos]), finished)
+        for k, (s, _, finished) in enumerate(rows)
+    ]
 
 
 def seq_logprobs(model: Any, tok: Any, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
