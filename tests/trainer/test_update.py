@@ -32,10 +32,15 @@ def tiny_model() -> torch.nn.Module:
     return Qwen2ForCausalLM(config)
 
 
-def make_policy(training: dict[str, Any], algorithm: dict[str, Any] | None = None) -> Policy:
+def make_policy(
+    training: dict[str, Any],
+    algorithm: dict[str, Any] | None = None,
+    trainer: dict[str, Any] | None = None,
+) -> Policy:
     doc = copy.deepcopy(MINIMAL)
     doc["spec"]["training"] = {"learningRate": 0.05, "promptsPerStep": PROMPTS, **training}
     doc["spec"]["algorithm"] = {"groupSize": G, **(algorithm or {})}
+    doc["spec"].setdefault("trainer", {}).update(trainer or {})
     spec = parse_job(doc).spec
     rt = Runtime(
         rank=0, world_size=1, local_rank=0, rollout_urls=[], rollout_token=None,

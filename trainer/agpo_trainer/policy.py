@@ -1,6 +1,7 @@
 """The policy of one rank: the model (DDP/FSDP-wrapped), its tokenizer, optimizer and LR
 schedule; gathering full weights from shards; the frozen reference model of the KL term; and
-the one function that turns a model's logits into the response tokens' log-probs.
+the one function that gives the response tokens' log-probs (and entropies) of the policy or
+the reference, over chunks of response positions.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from agpo_api.models import AGPOJobSpec
-from agpo_trainer.algorithms import token_logprobs
 from agpo_trainer.distributed import barrier, broadcast_object, is_distributed
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.schedule import lr_lambda
@@ -65,17 +65,43 @@ class Responses:
         return Responses(ids, attn, tokens, positions, mask)
 
 
-def response_logprobs(model: nn.Module, x: Responses, temperature: float) -> tuple[Tensor, Tensor]:
-    """Log-probs ``[B, T]`` of the completion tokens under ``model`` (policy or reference),
-    and the tempered logits ``[B, T, V]`` they come from.
+def response_logprobs(
+    model: nn.Module,
+    x: Responses,
+    temperature: float,
+    *,
+    chunk_tokens: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs ``[B, T]`` of the completion tokens under ``model`` (policy or reference), and
+    their entropies ``[B, T]`` when ``with_entropy`` (0 on padding in both).
 
-    The logits are divided by the sampling temperature because vLLM's processed log-probs
-    (the rollout policy's, in the importance ratio) are taken after it too.
+    Only the response positions go through the lm_head, ``chunk_tokens`` at a time
+    (:class:`agpo_trainer.models.response.ResponseModel`): memory grows with the chunk, not
+    with tokens x vocabulary. The logits are divided by the sampling temperature because
+    vLLM's processed log-probs (the rollout policy's, in the importance ratio) are taken after
+    it too.
     """
-    logits = model(input_ids=x.input_ids, attention_mask=x.attention_mask).logits
-    logits = torch.gather(logits, 1, x.positions.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
-    logits = logits.float() / temperature
-    return token_logprobs(logits, x.tokens), logits
+    from agpo_trainer.models.response import as_response_model
+
+    rows, cols = x.mask.nonzero(as_tuple=True)
+    where = torch.stack([rows, x.positions[rows, cols]])  # [2, N]: (row, logit position)
+    logp, entropy = as_response_model(model)(
+        input_ids=x.input_ids,
+        attention_mask=x.attention_mask,
+        response_positions=where,
+        response_tokens=x.tokens[rows, cols],
+        temperature=temperature,
+        chunk_tokens=chunk_tokens,
+        with_entropy=with_entropy,
+    )
+    return _scatter(logp, x.mask), None if entropy is None else _scatter(entropy, x.mask)
+
+
+def _scatter(values: Tensor, mask: Tensor) -> Tensor:
+    """``values[N]`` back into ``[B, T]`` at the True entries of ``mask`` (0 elsewhere)."""
+    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    return out.masked_scatter(mask, values)
 
 
 # --------------------------------------------------------------------------- the policy
@@ -94,6 +120,11 @@ class Policy:
     ) -> None:
         self.spec, self.rt, self.model_dir, self.tokenizer = spec, rt, model_dir, tokenizer
         self.device = device
+        self.lm = model  # the causal LM (``module``); ``model`` is what trains, wrapped
+        if spec.trainer.gradient_checkpointing:
+            from agpo_trainer.models.response import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(model)
         self.model = self._wrap(model)
         t = spec.training
         self.optimizer = torch.optim.AdamW(
@@ -125,13 +156,19 @@ class Policy:
             spec, rt, model_dir=model_dir, tokenizer=tokenizer, model=model, device=device
         )
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
+    def _wrap(self, lm: nn.Module) -> nn.Module:
+        """The :class:`ResponseModel` around ``lm``, DDP- or FSDP2-wrapped across ranks: the
+        wrapper's forward computes the log-probs, so the lm_head is used inside the forward
+        DDP and FSDP hook (under FSDP2 the wrapper is the root that unshards the lm_head)."""
+        from agpo_trainer.models.response import ResponseModel
+
+        model = ResponseModel(lm)
         if self.rt.world_size == 1:
             return model
         if self.spec.trainer.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
-            for layer in getattr(getattr(model, "model", model), "layers", []):
+            for layer in getattr(getattr(lm, "model", lm), "layers", []):
                 fully_shard(layer)
             fully_shard(model)
             return model
@@ -142,9 +179,9 @@ class Policy:
 
     @property
     def module(self) -> nn.Module:
-        """The unwrapped model (DDP keeps it in ``.module``)."""
-        unwrapped: nn.Module = getattr(self.model, "module", self.model)
-        return unwrapped
+        """The causal LM itself (``save_pretrained``, ``config``); its parameters are those of
+        ``model`` (under FSDP2 they are the sharded ones)."""
+        return self.lm
 
     @property
     def sharded(self) -> bool:
@@ -230,7 +267,9 @@ class Policy:
             raise RuntimeError(f"reference weights do not fit the model: {missing[:3]}")
         if getattr(ref.config, "tie_word_embeddings", False):
             ref.tie_weights()
-        self.ref_model = ref.to(self.device).eval().requires_grad_(False)
+        from agpo_trainer.models.response import ResponseModel
+
+        self.ref_model = ResponseModel(ref.to(self.device)).eval().requires_grad_(False)
 
     def _reference_on_main(
         self, path: Path, resumed: bool, weights: dict[str, Tensor] | None

@@ -11,6 +11,13 @@ importance ratio leaves 1 and the clip acts. ``policyLoss: gvpo`` needs each pro
 in the same gradient step: micro-batches are cut at group boundaries and the spec makes rank
 slices and mini-batches whole groups.
 
+A micro-batch is ``AGPO_MICRO_BATCH_SIZE`` sequences (default 64), or with
+``trainer.microBatchTokens`` as many consecutive sequences (whole groups under gvpo) as fit
+that many padded tokens; either way each is weighted by its share of the global denominator,
+so the update is the same whatever the cut (``tests/trainer/test_micro_batch_tokens.py``).
+Log-probs and entropy are computed ``trainer.logprobChunkTokens`` response positions at a time
+(``policy.response_logprobs``).
+
 The LR scheduler steps once per rollout batch (as verl), not per optimizer step, so
 ``training.steps``, ``warmupSteps`` and the schedule count rollout steps whatever
 ``miniBatches``/``epochs`` are. With the defaults 1/1 this is one optimizer step per batch,
@@ -43,6 +50,28 @@ def micro_batches(n: int, size: int, align: int = 1) -> list[range]:
     to a multiple of ``align`` (but at least ``align``) so no group of ``align`` rows is cut."""
     step = max(align, size // align * align)
     return [range(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def token_micro_batches(lengths: Sequence[int], budget: int, align: int = 1) -> list[range]:
+    """Consecutive index ranges covering ``range(len(lengths))``, cut between whole groups of
+    ``align`` rows, each as long as its padded size ``rows x longest sequence`` stays within
+    ``budget`` tokens (``trainer.microBatchTokens``); a group over the budget on its own is
+    one micro-batch. ``lengths`` are prompt + completion tokens per row.
+
+    The padded size is the budget because the micro-batch is one right-padded forward pass:
+    its activations grow with ``rows x longest``, not with the sum of the lengths."""
+    out: list[range] = []
+    start, longest = 0, 0
+    for g in range(0, len(lengths), align):
+        group = range(g, min(g + align, len(lengths)))
+        wider = max(longest, *(lengths[i] for i in group))
+        if g > start and (group.stop - start) * wider > budget:
+            out.append(range(start, g))
+            start, wider = g, max(lengths[i] for i in group)
+        longest = wider
+    if len(lengths) > start:
+        out.append(range(start, len(lengths)))
+    return out
 
 
 def mini_batch_counts(
@@ -113,10 +142,15 @@ def optimizer_step(
     algo, device = spec.algorithm, policy.device
     temperature = spec.training.temperature
     align = algo.group_size if algo.policy_loss == "gvpo" else 1
+    budget, chunk_tokens = spec.trainer.micro_batch_tokens, spec.trainer.logprob_chunk_tokens
     policy.optimizer.zero_grad(set_to_none=True)
     summed: dict[str, float] = {}
-    chunks = [range(rows.start + c.start, rows.start + c.stop)
-              for c in micro_batches(len(rows), micro, align)]  # fmt: skip
+    if budget is None:
+        parts = micro_batches(len(rows), micro, align)
+    else:
+        sizes = [len(mine.prompt_ids[i]) + len(mine.completion_ids[i]) for i in rows]
+        parts = token_micro_batches(sizes, budget, align)
+    chunks = [range(rows.start + c.start, rows.start + c.stop) for c in parts]
     for k, idx in enumerate(chunks):
         x = Responses.build(
             [mine.prompt_ids[i] for i in idx],
@@ -129,11 +163,15 @@ def optimizer_step(
             old[r, : len(mine.completion_ids[i])] = torch.tensor(mine.old_logprobs[i])
         sample_mask = [mine.sample_mask[i] for i in idx]
         with policy.no_sync(skip=k < len(chunks) - 1):
-            logp, logits = response_logprobs(policy.model, x, temperature)
+            logp, entropy = response_logprobs(
+                policy.model, x, temperature, chunk_tokens=chunk_tokens, with_entropy=True
+            )
             ref = None
             if policy.ref_model is not None:
                 with torch.no_grad():
-                    ref, _ = response_logprobs(policy.ref_model, x, temperature)
+                    ref, _ = response_logprobs(
+                        policy.ref_model, x, temperature, chunk_tokens=chunk_tokens
+                    )
             loss, metrics = compute_policy_loss(
                 logp,
                 old,
@@ -146,7 +184,7 @@ def optimizer_step(
                 aggregation=algo.loss_aggregation or "token-mean",
                 sample_mask=torch.tensor(sample_mask, device=device),
                 max_tokens=spec.training.max_completion_tokens,
-                logits=logits.detach(),
+                entropy=entropy,
                 loss_type=algo.policy_loss or "clipped",
                 gvpo_beta=algo.gvpo_beta,
                 group_size=algo.group_size,

@@ -1,5 +1,5 @@
 """The group-relative family's core: advantage estimators, zero-variance policies, policy losses
-(clipped, GVPO) and aggregations (pure torch).
+(clipped, GVPO), aggregations and chunked log-probs (pure torch).
 
 See ``docs/algorithm.md`` for the formulas, the zero-variance rule and the spec mapping.
 """
@@ -32,6 +32,7 @@ from agpo_trainer.algorithms.aggregation import (
     rank_loss,
     register_loss_aggregation,
 )
+from agpo_trainer.algorithms.logprobs import linear_token_logprobs
 from agpo_trainer.algorithms.losses import (
     POLICY_LOSSES,
     PolicyLossConfig,
@@ -74,6 +75,7 @@ __all__ = [
     "get_policy_loss",
     "gvpo_weights",
     "kl_k3",
+    "linear_token_logprobs",
     "micro_batch_share",
     "rank_loss",
     "register_advantage_estimator",

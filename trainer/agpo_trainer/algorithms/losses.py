@@ -304,6 +304,7 @@ def compute_policy_loss(
     sample_mask: Tensor | None = None,
     max_tokens: int | None = None,
     logits: Tensor | None = None,
+    entropy: Tensor | None = None,
     loss_type: str = "clipped",
     gvpo_beta: float = 0.1,
     group_size: int | None = None,
@@ -324,6 +325,8 @@ def compute_policy_loss(
         sample_mask: ``Bool[B]``; False rows (excluded groups) leave numerator and denominator.
         max_tokens: constant divisor of ``seq-mean-token-sum-norm`` (default ``T``).
         logits: ``Tensor[B, T, V]``, only for the entropy metric (no gradient through it).
+        entropy: ``Tensor[B, T]``, the per-token entropies themselves (the chunked
+            log-prob path computes them without ``[B, T, V]`` logits); instead of ``logits``.
         loss_type: registered policy loss, spec ``algorithm.policyLoss``: ``clipped`` |
             ``gvpo`` (which ignores the clip and needs ``group_size`` and whole groups).
         gvpo_beta: GVPO's ``beta`` (spec ``algorithm.gvpoBeta``).
@@ -333,7 +336,7 @@ def compute_policy_loss(
         ``(loss, metrics)``: ``loss`` a scalar (float32/float64) with a graph to ``logprobs``;
         ``metrics`` python floats computed over the included response tokens:
         ``loss``, ``policy_loss``, ``kl`` (when ``ref_logprobs`` given), ``entropy`` (when
-        ``logits`` given), ``clip_ratio/low_mean``, ``clip_ratio/high_mean``,
+        ``logits`` or ``entropy`` given), ``clip_ratio/low_mean``, ``clip_ratio/high_mean``,
         ``clip_ratio/region_mean``, ``ratio/mean``, ``ratio/min``, ``ratio/max``,
         ``num_tokens``, ``frac_samples_masked``; ``gvpo/mse`` with ``gvpo``.
     """
@@ -346,6 +349,11 @@ def compute_policy_loss(
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
     if kl_coef > 0 and ref_logprobs is None:
         raise ValueError("kl_coef > 0 needs ref_logprobs (reference-policy log-probs)")
+    if entropy is not None and (logits is not None or entropy.shape != logprobs.shape):
+        raise ValueError(
+            f"entropy must be [B, T]={tuple(logprobs.shape)} and not given with logits, got "
+            f"{tuple(entropy.shape)}"
+        )
     if max_tokens is not None and max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     loss_fn = get_policy_loss(loss_type)
@@ -404,7 +412,9 @@ def compute_policy_loss(
         if kl_loss is not None:
             values["kl_loss"] = kl_loss
         if logits is not None:
-            values["entropy"] = _masked_mean(entropy_from_logits(logits.detach()), counted, count)
+            entropy = entropy_from_logits(logits.detach())
+        if entropy is not None:
+            values["entropy"] = _masked_mean(entropy.detach(), counted, count)
         metrics = _to_floats(values)
     metrics.setdefault("frac_samples_masked", 0.0)
     return loss, metrics

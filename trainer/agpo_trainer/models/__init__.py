@@ -1,4 +1,5 @@
-"""Model helpers: the builtin tiny model and model-name resolution (no hub downloads).
+"""Model helpers: the builtin tiny model, model-name resolution (no hub downloads) and the
+response-log-prob wrapper the policy trains (``response.py``).
 
 Names are resolved lazily so that `python -m agpo_trainer.models.tiny DIR` (the rollout
 pod's init container) does not import the module twice.
@@ -16,6 +17,9 @@ _HOMES = {
     "build_tokenizer": "tiny",
     "resolve_model_path": "tiny",
     "model_location": "location",
+    "ResponseModel": "response",
+    "as_response_model": "response",
+    "enable_gradient_checkpointing": "response",
 }
 
 __all__ = sorted(_HOMES)
