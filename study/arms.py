@@ -77,6 +77,10 @@ CONFIGS: dict[str, Budget] = {
         k=2,
         dataset_size=256,
     ),
+    # a second, longer budget, fixed after the full run's timings (its grpo arms took ~50 s
+    # instead of the pilot's ~4 min: the pilot ran under load 5) and before any of its
+    # outcomes were read; same arms, seeds and rules
+    "long": Budget(steps=160),
     # the pilot that sized the full budget (timing only)
     "pilot": Budget(steps=10, seeds=(0,), arms=("grpo", "resample"), eval_every=5),
 }
