@@ -7,7 +7,9 @@ replace the served weights or run methods on the workers. This middleware closes
 paths except `/health` (kubelet probes carry no token) and, when
 `AGPO_AUTH_ALLOW_METRICS=1`, `/metrics` (for a Prometheus scrape without a secret).
 
-Load it with `--middleware agpo_rollout.auth.TokenAuthMiddleware`.
+Load it with `--middleware agpo_rollout.auth.TokenAuthMiddleware`. Behind the check it
+also mounts the plugin's one-round-trip weight push (`agpo_rollout.routes`, only with
+`VLLM_SERVER_DEV_MODE=1`), so the one flag every server already has brings both.
 
 Configuration (environment of the vLLM process):
 - `AGPO_ROLLOUT_TOKEN`: the shared secret; requests need `Authorization: Bearer <token>`.
@@ -32,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agpo_api.env import AUTH_DISABLED as DISABLED
 from agpo_api.env import EnvVar
+from agpo_rollout.routes import PushRoute
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ class TokenAuthMiddleware:
     """Pure ASGI middleware; vLLM instantiates it with the app as the only argument."""
 
     def __init__(self, app: ASGIApp, config: AuthConfig | None = None) -> None:
-        self.app = app
+        self.app = PushRoute(app)  # after the token check, like every other path
         self.config = AuthConfig.from_env() if config is None else config
         if self.config.token_digest is None:
             logger.warning("token auth DISABLED (%s=%s): every path is open", MODE_ENV, DISABLED)

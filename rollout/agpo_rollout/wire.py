@@ -10,6 +10,10 @@ two sides cannot drift apart. See docs/weight-sync.md.
 - `update_info` = `{"buckets": [{"dtype": "float32", "names": [...], "shapes": [...]}]}`,
   the buckets in the order rank 0 broadcasts them.
 - Names are the Hugging Face checkpoint names: wrapper prefixes are stripped.
+- A push is one request, `POST /agpo/push_weights` (`PUSH_PATH`, served by
+  `agpo_rollout.routes`): `{"update_info": ..., "weight_version": "7", "pause_mode": "wait"}`
+  (`push_request` builds it, `parse_push_request` checks it), while the buckets are
+  broadcast.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from typing import Any
 import torch
 
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
+#: The plugin's one-round-trip push (pause, start, update, finish, resume, version).
+PUSH_PATH = "/agpo/push_weights"
+PAUSE_MODES = ("wait", "abort", "keep")
 # Wrapper prefixes that DDP/FSDP1 (`module.`) and torch.compile (`_orig_mod.`) add to
 # parameter names; vLLM's `load_weights` expects the bare Hugging Face names.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -142,10 +149,13 @@ def pack_weights(
     max_bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     cast_dtype: torch.dtype | None = None,
 ) -> PackedWeights:
-    """Copy detached CPU tensors into per-dtype byte buffers.
+    """Copy detached tensors into per-dtype byte buffers on the CPU.
 
-    `cast_dtype` converts floating-point tensors first (e.g. a float32 master copy sent as
-    bfloat16 to a bfloat16 server halves the bytes); vLLM's loaders cast on copy anyway.
+    Each bucket is concatenated where its tensors live (a GPU policy: one kernel, then one
+    device-to-host copy per bucket, not one per tensor) and moved to the CPU, where gloo
+    sends from. `cast_dtype` converts floating-point tensors first (e.g. a float32 master
+    copy sent as bfloat16 to a bfloat16 server halves the bytes); vLLM's loaders cast on
+    copy anyway.
     """
     tensors: dict[str, torch.Tensor] = {}
     for raw_name, t in named_tensors:
@@ -157,11 +167,14 @@ def pack_weights(
             t = t.full_tensor()
         if cast_dtype is not None and t.is_floating_point():
             t = t.to(cast_dtype)
-        tensors[name] = t.to("cpu")
+        tensors[name] = t
     buckets = plan_buckets(((n, t.dtype, t.shape) for n, t in tensors.items()), max_bucket_bytes)
     buffers = []
     for bucket in buckets:
-        flat = torch.cat([tensors[n].contiguous().reshape(-1) for n in bucket.names])
+        parts = [tensors[n].reshape(-1) for n in bucket.names]
+        if len({p.device for p in parts}) > 1:  # mixed placement: gather on the CPU
+            parts = [p.cpu() for p in parts]
+        flat = torch.cat(parts).cpu()
         buffers.append(flat.view(torch.uint8))
     return PackedWeights(buckets=buckets, buffers=buffers)
 
@@ -175,3 +188,37 @@ def unpack_bucket(buffer: torch.Tensor, bucket: Bucket) -> Iterator[tuple[str, t
     for name, shape, numel in zip(bucket.names, bucket.shapes, bucket.numels, strict=True):
         yield name, flat[offset : offset + numel].view(shape)
         offset += numel
+
+
+class PushRequestError(ValueError):
+    """A malformed push request: answered 400 before the server is touched."""
+
+
+def push_request(packed: PackedWeights, version: str, pause_mode: str) -> dict[str, Any]:
+    """The JSON body of `POST PUSH_PATH` for `packed`."""
+    return {
+        "update_info": packed.update_info(),
+        "weight_version": version,
+        "pause_mode": pause_mode,
+    }
+
+
+def parse_push_request(data: Any) -> tuple[dict[str, Any], str, str]:
+    """`(update_info, weight_version, pause_mode)` of a push body, the whole bucket plan
+    validated (raises PushRequestError)."""
+    if not isinstance(data, dict):
+        raise PushRequestError("body must be a JSON object")
+    info = data.get("update_info")
+    if not isinstance(info, dict) or not isinstance(info.get("buckets"), list):
+        raise PushRequestError("update_info.buckets must be a list")
+    try:
+        parse_buckets(info["buckets"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PushRequestError(f"update_info: {exc}") from None
+    version = data.get("weight_version")
+    if not isinstance(version, str) or not version:
+        raise PushRequestError("weight_version must be a non-empty string")
+    mode = data.get("pause_mode", "wait")
+    if mode not in PAUSE_MODES:
+        raise PushRequestError(f"pause_mode must be one of {PAUSE_MODES}, got {mode!r}")
+    return info, version, str(mode)

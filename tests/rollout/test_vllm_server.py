@@ -241,11 +241,11 @@ def test_the_gloo_transport_alone_drives_the_plugin_engine_in_the_server(cluster
     transport.init(target, "transport-test")
     good = {"Authorization": f"Bearer {cluster.token}"}
     try:
-        requests.post(f"{server.url}/pause", headers=good, timeout=30).raise_for_status()
-        transport.send(target, transport.prepare(model), "20")
-        requests.post(f"{server.url}/resume", headers=good, timeout=30).raise_for_status()
+        answer = transport.push(target, transport.prepare(model), "20", "wait")
     finally:
         transport.close()
+    assert answer.version == "20"
+    assert set(answer.phases) == {"pause", "start", "update", "finish", "resume"}
     cluster.served[server.url] = model
     info = requests.get(f"{server.url}/weight_info", headers=good, timeout=10).json()
     assert info == {"weight_version": "20"}
@@ -263,6 +263,7 @@ def test_every_path_but_health_needs_the_token(cluster: Cluster) -> None:
     bad = {"Authorization": "Bearer wrong-token"}
     for method, path, body in [
         ("POST", "/update_weights", {"update_info": {"buckets": []}}),
+        ("POST", "/agpo/push_weights", {"update_info": {"buckets": []}, "weight_version": "x"}),
         ("POST", "/collective_rpc", {"method": "reload_weights"}),
         ("POST", "/v1/completions", {"prompt": [1, 2], "max_tokens": 2}),
         ("POST", "/pause", None),
@@ -318,8 +319,8 @@ def test_server_killed_mid_rollout_gives_clear_errors_and_no_orphans(cluster: Cl
     assert victim.url in str(errors[0]) and "\n" not in str(errors[0])
     assert process_group_members(pgid) == []  # API server, engine core, workers: all gone
 
-    # The next weight push fails fast, naming the dead server, and the live server is
-    # resumed (its weights were not touched yet) instead of being left paused.
+    # The next weight push fails fast, naming the dead server; the live server got its
+    # push (each server is one round trip of its own) and is serving, not left paused.
     try:
         start = time.monotonic()
         with pytest.raises(WeightSyncError, match=victim.url):

@@ -16,8 +16,17 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs torch")
 
+from agpo_rollout import routes  # noqa: E402
 from agpo_rollout.gloo import broadcast_buffer, join_gloo_group  # noqa: E402
-from agpo_rollout.wire import pack_weights, parse_buckets, plan_buckets, unpack_bucket  # noqa: E402
+from agpo_rollout.wire import (  # noqa: E402  # noqa: E402
+    PUSH_PATH,
+    PushRequestError,
+    pack_weights,
+    parse_buckets,
+    parse_push_request,
+    plan_buckets,
+    unpack_bucket,
+)
 from agpo_trainer.rollout.server import free_port  # noqa: E402
 from agpo_trainer.rollout.weight_sync import (  # noqa: E402
     WeightSyncer,
@@ -154,15 +163,16 @@ class FakeHandler(BaseHTTPRequestHandler):
                 info["world_size"],
                 info["timeout_s"],
             )
-        elif self.path == "/update_weights":
+        elif self.path == PUSH_PATH:  # the plugin's route: pause .. resume in one call
+            info, version, _ = parse_push_request(body)
             if s.fail_update:
-                return self._answer(400, {"error": "bad update_info"})
-            for bucket in parse_buckets(body["update_info"]["buckets"]):
+                return self._answer(500, {"error": "update failed: bad", "phase": "update"})
+            for bucket in parse_buckets(info["buckets"]):
                 buffer = torch.empty(bucket.nbytes, dtype=torch.uint8)
                 broadcast_buffer(s.group, buffer, timeout_s=s.timeout_s)
                 s.weights.update({n: t.clone() for n, t in unpack_bucket(buffer, bucket)})
-        elif self.path == "/finish_weight_update":
-            s.version = body["weight_version"]
+            s.version = version
+            return self._answer(body={"weight_version": version, "phases": {"update": 0.0}})
         self._answer()
 
     def log_message(self, *args: object) -> None:
@@ -189,7 +199,7 @@ def refusing() -> Iterator[FakeServer]:
     yield from _serve(FakeServer(fail_update=True))
 
 
-def test_a_push_runs_the_rl_round_trip_in_order_over_gloo(fake: FakeServer) -> None:
+def test_a_push_is_one_round_trip_per_server_over_gloo(fake: FakeServer) -> None:
     state = {"module.w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.bfloat16)}
     with WeightSyncer([fake.url], master_address="127.0.0.1", master_port=0, timeout_s=30) as s:
         s.init()
@@ -199,23 +209,99 @@ def test_a_push_runs_the_rl_round_trip_in_order_over_gloo(fake: FakeServer) -> N
     assert fake.calls == [
         "GET /get_world_size",
         "POST /init_weight_transfer_engine",
-        "POST /pause?mode=wait",
-        "POST /start_weight_update",
-        "POST /update_weights",
-        "POST /finish_weight_update",
-        "POST /resume",
-        "GET /weight_info",
-        "GET /weight_info",
+        f"POST {PUSH_PATH}",  # one round trip per push
+        "GET /weight_info",  # the test's own weight_versions()
     ]
     assert set(fake.weights) == {"w", "b"}
     assert torch.equal(fake.weights["w"], state["module.w"])
     assert torch.equal(fake.weights["b"], state["b"])
 
 
-def test_a_refused_update_surfaces_the_server_error(refusing: FakeServer) -> None:
-    syncer = WeightSyncer([refusing.url], master_address="127.0.0.1", master_port=0, timeout_s=3)
+def test_a_refused_update_surfaces_the_server_error_at_once(refusing: FakeServer) -> None:
+    syncer = WeightSyncer([refusing.url], master_address="127.0.0.1", master_port=0, timeout_s=30)
     syncer.init()
-    with pytest.raises(WeightSyncError, match=r"update_weights failed: HTTP 400"):
+    start = time.monotonic()
+    with pytest.raises(WeightSyncError, match=r"push_weights failed: HTTP 500"):
         syncer.push({"w": torch.zeros(4)}, version=1)
+    # The server's answer ends the push; the broadcast it never joined is not waited for.
+    assert time.monotonic() - start < 10
     assert not syncer._initialized  # the group is in an unknown state: init again
     syncer.close()
+
+
+def test_servers_are_pushed_at_once_and_each_gets_every_byte() -> None:
+    servers = [FakeServer() for _ in range(3)]
+    serving = [_serve(s) for s in servers]
+    for gen in serving:
+        next(gen)
+    try:
+        gen_ = torch.Generator().manual_seed(1)
+        state = {f"layer{i}.weight": torch.randn(64, 32, generator=gen_) for i in range(5)}
+        urls = [s.url for s in servers]
+        with WeightSyncer(
+            urls, master_address="127.0.0.1", master_port=0, timeout_s=30,
+            max_bucket_bytes=3 * 64 * 32 * 4,  # two buckets
+        ) as syncer:  # fmt: skip
+            syncer.init()
+            for version in (1, 2):
+                state = {k: v + 1 for k, v in state.items()}
+                syncer.push(state, version=version)
+            assert syncer.weight_versions() == dict.fromkeys(urls, "2")
+        for s in servers:
+            assert s.calls.count(f"POST {PUSH_PATH}") == 2
+            assert set(s.weights) == set(state)
+            assert all(torch.equal(s.weights[k], v) for k, v in state.items())
+    finally:
+        for gen in serving:
+            next(gen, None)
+
+
+def test_push_requests_are_checked_before_the_server_is_touched() -> None:
+    packed = pack_weights([("w", torch.zeros(2))])
+    body = json.loads(json.dumps({"update_info": packed.update_info(), "weight_version": "3"}))
+    assert parse_push_request(body) == (packed.update_info(), "3", "wait")
+    bad = [
+        ([], "JSON object"),
+        ({"weight_version": "3"}, "buckets"),
+        ({**body, "weight_version": 3}, "weight_version"),
+        ({**body, "pause_mode": "later"}, "pause_mode"),
+        ({**body, "update_info": {"buckets": [{"dtype": "float99", "names": [], "shapes": []}]}},
+         "unknown dtype"),
+    ]  # fmt: skip
+    for data, message in bad:
+        with pytest.raises(PushRequestError, match=message):
+            parse_push_request(data)
+    assert routes.PUSH_PATH == PUSH_PATH  # repeated there so matching needs no torch
+
+
+def test_the_push_route_exists_only_in_dev_mode_and_passes_other_paths_on() -> None:
+    import asyncio
+
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def request(route: routes.PushRoute, path: str, body: bytes) -> list[Any]:
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": ""}
+        await route(scope, receive, send)
+        return sent
+
+    on = routes.PushRoute(app, env={"VLLM_SERVER_DEV_MODE": "1"})
+    off = routes.PushRoute(app, env={})
+    answer = asyncio.run(request(on, PUSH_PATH, b'{"weight_version": "1"}'))
+    assert answer[0]["status"] == 400 and b"buckets" in answer[1]["body"]
+    assert reached == []  # answered by the route, the server never saw it
+    assert asyncio.run(request(on, "/v1/completions", b"{}"))[0]["status"] == 204
+    assert asyncio.run(request(off, PUSH_PATH, b"{}"))[0]["status"] == 204  # vLLM's 404
+    assert reached == ["/v1/completions", PUSH_PATH]

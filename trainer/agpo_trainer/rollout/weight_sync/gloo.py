@@ -2,7 +2,9 @@
 
 CPU and GPU, over TCP, torch only (no vLLM in the trainer image). One `TCPStore` on the
 trainer serves every server's group; the buckets are packed once per push and broadcast
-to all groups concurrently. Wire format and groups: `agpo_rollout.wire`, `agpo_rollout.gloo`.
+to all groups concurrently. A push is one HTTP round trip per server (the plugin's
+`POST /agpo/push_weights`, `agpo_rollout.routes`) while the buckets are broadcast. Wire
+format and groups: `agpo_rollout.wire`, `agpo_rollout.gloo`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ from typing import Any
 import torch
 
 from agpo_rollout.gloo import GlooInitInfo, GlooSender, trainer_store
-from agpo_rollout.wire import DEFAULT_BUCKET_BYTES, PackedWeights, pack_weights
+from agpo_rollout.wire import (
+    DEFAULT_BUCKET_BYTES,
+    PUSH_PATH,
+    PackedWeights,
+    pack_weights,
+    push_request,
+)
 from agpo_trainer.rollout.weight_sync.transport import (
+    PushAnswer,
     Server,
     ServerCalls,
     Weights,
@@ -90,20 +99,24 @@ class GlooTransport:
             named, max_bucket_bytes=self.max_bucket_bytes, cast_dtype=self.cast_dtype
         )
 
-    def send(self, server: Server, payload: Any, version: str) -> None:
+    def push(self, server: Server, payload: Any, version: str, pause_mode: str) -> PushAnswer:
         packed: PackedWeights = payload
         sender = self.senders[server.url]
-        self.calls(server, "POST", "/start_weight_update")
-        body = {"update_info": packed.update_info()}
+        body = push_request(packed, version, pause_mode)
+        answers: list[Any] = []
         during_http(
-            lambda: self.calls(server, "POST", "/update_weights", json=body),
+            lambda: answers.append(self.calls(server, "POST", PUSH_PATH, json=body)),
             lambda: sender.send(packed),
             timeout_s=self.timeout_s,
             failure=lambda exc: WeightSyncError(
                 f"weight sync (gloo): broadcast to {server.url} failed: {exc}"
             ),
         )
-        self.calls(server, "POST", "/finish_weight_update", json={"weight_version": version})
+        answer = answers[0] or {}
+        return PushAnswer(
+            version=str(answer.get("weight_version")),
+            phases={k: float(v) for k, v in (answer.get("phases") or {}).items()},
+        )
 
     def close(self) -> None:
         for sender in self.senders.values():

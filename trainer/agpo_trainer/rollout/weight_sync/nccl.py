@@ -10,6 +10,7 @@ broadcasting" step. Not exercised here (no GPU); written against vllm 0.32's
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,13 @@ import torch
 
 from agpo_rollout.wire import normalize_name
 from agpo_trainer.rollout.http import HttpCallError, call
-from agpo_trainer.rollout.weight_sync.transport import Server, Weights, WeightSyncError
+from agpo_trainer.rollout.weight_sync.transport import (
+    PushAnswer,
+    Server,
+    ServerCalls,
+    Weights,
+    WeightSyncError,
+)
 
 
 @dataclass
@@ -43,8 +50,15 @@ class NcclTransport:
     parallel = False
 
     def __init__(
-        self, *, token: str | None, master_address: str, master_port: int, timeout_s: float
+        self,
+        calls: ServerCalls,
+        *,
+        token: str | None,
+        master_address: str,
+        master_port: int,
+        timeout_s: float,
     ) -> None:
+        self.calls = calls
         self.token = token
         self.master_address = master_address
         self.master_port = master_port
@@ -79,15 +93,28 @@ class NcclTransport:
             return NcclPayload(ModuleSource(weights))
         return NcclPayload(_DictSource(weights))
 
-    def send(self, server: Server, payload: Any, version: str) -> None:
+    def push(self, server: Server, payload: Any, version: str, pause_mode: str) -> PushAnswer:
+        # vLLM's engine runs start -> update + broadcast -> finish itself (three calls), so
+        # pause, resume and the version check are three more: six round trips, not one.
         session = self.sessions[server.url]
+        phases: dict[str, float] = {}
+        t = time.perf_counter()
+        self.calls(server, "POST", "/pause", params={"mode": pause_mode})
+        phases["pause"] = time.perf_counter() - t
         session.engine.source = payload.source
         # vLLM's engine calls finish_weight_update() without a version: hand it over here.
         session.client.pending_version = version
+        t = time.perf_counter()
         try:
-            session.engine.send_weights()  # start -> update + broadcast -> finish(version)
+            session.engine.send_weights()
         finally:
             session.client.pending_version = None
+        phases["update"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.calls(server, "POST", "/resume")
+        phases["resume"] = time.perf_counter() - t
+        served = (self.calls(server, "GET", "/weight_info") or {}).get("weight_version")
+        return PushAnswer(version=str(served), phases=phases)
 
     def close(self) -> None:
         for session in self.sessions.values():

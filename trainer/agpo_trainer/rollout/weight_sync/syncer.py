@@ -1,5 +1,6 @@
-"""The orchestrator: one push = pause every server, let the transport move the weights,
-resume, check the served version. What moves the bytes is a `Transport` (gloo or nccl).
+"""The orchestrator: one push = pack once, let the transport push into every server at
+once (pause, load, resume: one HTTP round trip per server with gloo), check the served
+versions. What moves the bytes is a `Transport` (gloo or nccl).
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
 
 from agpo_api.env import EnvVar
 from agpo_api.layout import WEIGHT_SYNC_PORT
-from agpo_rollout.wire import DEFAULT_BUCKET_BYTES
+from agpo_rollout.wire import DEFAULT_BUCKET_BYTES, PAUSE_MODES
 from agpo_trainer.rollout.weight_sync.gloo import GlooTransport
 from agpo_trainer.rollout.weight_sync.nccl import NcclTransport
 from agpo_trainer.rollout.weight_sync.transport import (
+    PushAnswer,
     Server,
     ServerCalls,
     Transport,
@@ -32,14 +34,18 @@ from agpo_trainer.rollout.weight_sync.transport import (
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("gloo", "nccl")
-PAUSE_MODES = ("wait", "abort", "keep")
 
 T = TypeVar("T")
 
 
 @dataclass
 class SyncStats:
-    """Timings of the last push (seconds) and its payload size."""
+    """Timings of the last push (seconds) and its payload size.
+
+    `transfer_s` is every server's round trip (all at once), from the first byte sent to
+    the last answer; `pause_s` and `resume_verify_s` are the slowest server's own pause
+    and resume inside it, `server_phases` that server's whole split as it measured it.
+    """
 
     version: int = -1
     total_s: float = 0.0
@@ -48,6 +54,7 @@ class SyncStats:
     transfer_s: float = 0.0
     resume_verify_s: float = 0.0
     bytes: int = 0
+    server_phases: dict[str, float] = field(default_factory=dict)
 
 
 def default_master_address() -> str:
@@ -109,6 +116,7 @@ class WeightSyncer:
             )
         else:
             self.transport = NcclTransport(
+                self.calls,
                 token=token,
                 master_address=self.master_address,
                 master_port=self.master_port,
@@ -131,12 +139,10 @@ class WeightSyncer:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _each_for_transport(self, fn: Callable[[Server], None]) -> None:
+    def _each_for_transport(self, fn: Callable[[Server], T], *, wait_all: bool = False) -> list[T]:
         if self.transport.parallel:
-            self._each(fn)
-        else:
-            for server in self.servers:
-                fn(server)
+            return self._each(fn, wait_all=wait_all)
+        return [fn(server) for server in self.servers]
 
     # --- init ----------------------------------------------------------------------
 
@@ -170,37 +176,46 @@ class WeightSyncer:
         `_orig_mod.` are stripped). Sharded DTensors are gathered with `full_tensor()`,
         a collective: with FSDP pass a full state dict gathered on all ranks instead.
 
-        Returns the wall time in seconds (pause to verified resume). Raises
-        `WeightSyncError` on any failure; servers may then stay paused with partially
-        loaded weights, so treat it as fatal for the run (restart rollouts and re-init).
+        Returns the wall time in seconds (pack to verified resume on every server). With
+        gloo each server gets one HTTP round trip (the plugin's `/agpo/push_weights`:
+        pause, load, resume, version) while the buckets, packed once, are broadcast to
+        all servers at once. Raises `WeightSyncError` on any failure; a server may then
+        stay paused with partially loaded weights, so the next push joins again first
+        (`push_weights` in the loop resyncs).
         """
         if not self._initialized:
             raise WeightSyncError("WeightSyncer.init() must succeed before push()")
         stats = SyncStats(version=version)
         start = time.perf_counter()
-        self._pause_all()
-        stats.pause_s = time.perf_counter() - start
         try:
-            t = time.perf_counter()
             payload = self.transport.prepare(model)
-            stats.pack_s = time.perf_counter() - t
+            stats.pack_s = time.perf_counter() - start
             stats.bytes = payload.nbytes
             t = time.perf_counter()
-            self._each_for_transport(lambda s: self.transport.send(s, payload, str(version)))
+            # wait_all: when one server fails, the others' pushes still end (each is
+            # bounded by its timeout) before this raises, so none is left mid-push.
+            answers: list[PushAnswer] = self._each_for_transport(
+                lambda s: self.transport.push(s, payload, str(version), self.pause_mode),
+                wait_all=True,
+            )
             stats.transfer_s = time.perf_counter() - t
         except Exception:
             # The groups are in an unknown state; the next push must re-init.
             self._initialized = False
             raise
-        t = time.perf_counter()
-        self._each(lambda s: self.calls(s, "POST", "/resume"))
-        versions = self.weight_versions()
-        stats.resume_verify_s = time.perf_counter() - t
-        stale = {url: v for url, v in versions.items() if v != str(version)}
+        stale = {
+            s.url: a.version
+            for s, a in zip(self.servers, answers, strict=True)
+            if a.version != str(version)
+        }
         if stale:
             raise WeightSyncError(
                 f"weight sync: servers report versions {stale} after pushing {version}"
             )
+        slowest = max(answers, key=lambda a: sum(a.phases.values()))
+        stats.server_phases = dict(slowest.phases)
+        stats.pause_s = slowest.phases.get("pause", 0.0)
+        stats.resume_verify_s = slowest.phases.get("resume", 0.0)
         stats.total_s = time.perf_counter() - start
         self.last = stats
         logger.info(
@@ -211,25 +226,6 @@ class WeightSyncer:
             stats.total_s,
         )
         return stats.total_s
-
-    def _pause_all(self) -> None:
-        """Pause every server; if one fails, resume the others (their weights are still
-        untouched, so serving on is safe) and raise."""
-        paused: list[Server] = []
-
-        def pause(server: Server) -> None:
-            self.calls(server, "POST", "/pause", params={"mode": self.pause_mode})
-            paused.append(server)
-
-        try:
-            self._each(pause, wait_all=True)
-        except WeightSyncError:
-            for server in paused:
-                try:
-                    self.calls(server, "POST", "/resume")
-                except WeightSyncError as exc:
-                    logger.warning("could not resume %s after a failed pause: %s", server.url, exc)
-            raise
 
     # --- served weights, verified --------------------------------------------------------
 

@@ -5,8 +5,10 @@ and the "HTTP call on a thread while this thread joins the collective" step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -68,6 +70,15 @@ class ServerCalls:
         return response.json() if response.content else None
 
 
+@dataclass(frozen=True)
+class PushAnswer:
+    """What one server says after a push: the version it now serves, and the seconds of
+    each phase as it measured them (pause, start, update, finish, resume)."""
+
+    version: str
+    phases: dict[str, float]
+
+
 class Payload(Protocol):
     """Weights prepared once per push for every server (`Transport.prepare`)."""
 
@@ -76,8 +87,8 @@ class Payload(Protocol):
 
 
 class Transport(Protocol):
-    """Moves weights into servers; `WeightSyncer` does the rest (discover, pause, resume,
-    verify). Per-server state (groups, engines) lives in the transport."""
+    """Moves weights into servers; `WeightSyncer` does the rest (discover, pack once, all
+    servers at once, verify). Per-server state (groups, engines) lives in the transport."""
 
     #: May `init`/`send` run for all servers at once (threads), or one server at a time?
     parallel: bool
@@ -95,8 +106,9 @@ class Transport(Protocol):
         """What `send` ships, built once per push (the gloo buckets are packed here)."""
         ...
 
-    def send(self, server: Server, payload: Payload, version: str) -> None:
-        """start -> update (+ collective) -> finish(version) on a paused server."""
+    def push(self, server: Server, payload: Payload, version: str, pause_mode: str) -> PushAnswer:
+        """pause -> start -> update (+ collective) -> finish(version) -> resume on one
+        server, in as few HTTP round trips as its API allows; the served version after."""
         ...
 
     def close(self) -> None:
@@ -110,33 +122,47 @@ def during_http(
     *,
     timeout_s: float,
     failure: Callable[[Exception], Exception],
+    grace_s: float = 1.0,
 ) -> T:
-    """Run `collective` here while `http` runs on a worker thread; return its result.
+    """Run `http` and `collective` at once (each on a worker thread); return the
+    collective's result once both succeeded.
 
-    The server answers `/init_weight_transfer_engine` and `/update_weights` only once its
-    workers took part in the collective, which needs this process in it too. If the
-    collective fails, the HTTP call's error is usually the clearer cause (the server said
-    why), so it wins when it is already there; else `failure(exc)` is raised.
+    The server answers `/init_weight_transfer_engine` and `/agpo/push_weights` only once
+    its workers took part in the collective, which needs this process in it too. Whichever
+    fails first ends the wait: a server that refuses the call (or is gone) gives its error
+    at once, not after the collective's timeout. If the collective fails, the HTTP error
+    is usually the clearer cause (the server said why), so it wins when it arrives within
+    `grace_s`; else `failure(exc)` is raised.
     """
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsync-http")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wsync-http")
+    deadline = time.monotonic() + timeout_s
     try:
-        future = pool.submit(http)
-        try:
-            result = collective()
-        except Exception as exc:
-            error = future.exception() if future.done() else None
+        http_f = pool.submit(http)
+        coll_f = pool.submit(collective)
+        wait([http_f, coll_f], timeout=timeout_s, return_when=FIRST_EXCEPTION)
+        if http_f.done() and http_f.exception() is not None:
+            raise http_f.exception()  # type: ignore[misc]
+        if coll_f.done() and coll_f.exception() is not None:
+            exc = coll_f.exception()
+            wait([http_f], timeout=grace_s)
+            error = http_f.exception() if http_f.done() else None
             if error is not None:
                 raise error from exc
-            raise failure(exc) from None
-        future.result(timeout=timeout_s)
+            raise failure(exc) from None  # type: ignore[arg-type]
+        try:
+            result = coll_f.result(timeout=max(0.0, deadline - time.monotonic()))
+            http_f.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise failure(TimeoutError(f"no answer within {timeout_s:.0f}s")) from None
         return result
     finally:
-        # Never join a thread whose peer may be dead; its own HTTP timeout ends it.
+        # Never join a thread whose peer may be dead; its own timeout ends it.
         pool.shutdown(wait=False)
 
 
 __all__ = [
     "Payload",
+    "PushAnswer",
     "Server",
     "ServerCalls",
     "Transport",
