@@ -85,6 +85,18 @@ bench: setup
 	$(PY) benchmarks/bench_algorithms.py
 	$(PY) benchmarks/bench_operator.py
 
+# The AGPO-vs-GRPO study (docs/results.md "AGPO vs GRPO study"): 6 arms x 3 seeds through the
+# trainer's own loop with in-process generation, ~40 min on 2 cores; results under
+# study/results/<run-id>/, plots in docs/images/study-*.png. study-smoke is CI's version
+# (1 seed, 3 arms, 4 steps, about a minute; tests/study/test_study_smoke.py runs it).
+STUDY := OMP_NUM_THREADS=1 nice -n 10 $(PY) study/study.py run --workers 2
+.PHONY: study study-smoke
+study: setup
+	$(STUDY) --config full --images docs/images
+
+study-smoke: setup
+	$(STUDY) --config smoke --out runs/study-smoke --images runs/study-smoke/images
+
 # kind-cluster end-to-end test (tests/e2e_kind): builds the operator + CPU images, kind-loads
 # them, helm-installs the chart, runs manifests/samples/tiny-cpu.yaml to Succeeded.
 # Needs Docker + kind; skips and prints why where they are missing. A light venv: `.[all]`

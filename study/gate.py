@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sampling import sample_rows
 
 from agpo_trainer.algorithms import compute_advantages_and_mask, compute_policy_loss, token_logprobs
 from agpo_trainer.models.tiny import TinyModelSpec, build_config, build_tokenizer
 from agpo_trainer.tasks import bitcount as task
-from sampling import sample_rows
 
 # ------------------------------------------------------------------ decision rules (fixed)
 ACC_RANGE = (0.30, 0.65)  # mean sampled accuracy on eval (T=1, G=8)

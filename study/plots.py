@@ -15,10 +15,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from analysis import read_jsonl, test_at  # noqa: E402
-from arms import ARMS, Budget  # noqa: E402
+import matplotlib.pyplot as plt
+from analysis import read_jsonl, test_at
+from arms import ARMS, Budget
 
 COLOURS = {
     "grpo": "tab:blue",

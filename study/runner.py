@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from arms import Budget, manifest
+from sampling import LocalRollout
 
 from agpo_api.models import AGPOJob
 from agpo_trainer.data import PromptSampler, apply_template, load_examples
@@ -36,8 +38,6 @@ from agpo_trainer.runtime import MICRO_BATCH_SIZE, Runtime
 from agpo_trainer.tasks import bitcount as task
 from agpo_trainer.update import train_step
 from agpo_trainer.warmup import format_warmup
-from arms import Budget, manifest
-from sampling import LocalRollout
 
 TEST_SEED = 31_337  # sampling seed of the mean@k set (per seed, the same in every arm)
 

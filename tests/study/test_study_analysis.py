@@ -1,0 +1,80 @@
+"""The study's statistics and decision rules (study/analysis.py), on hand-made numbers."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "study"))
+
+import analysis
+
+
+def test_drawdown_is_the_largest_fall_below_the_running_max() -> None:
+    assert analysis.drawdown([0.5, 0.6, 0.55, 0.7, 0.62, 0.8]) == pytest.approx(8.0)
+    assert analysis.drawdown([0.1, 0.2, 0.3]) == 0.0
+
+
+def test_t_interval_uses_t_4303_for_three_seeds() -> None:
+    m, lo, hi = analysis.t_interval([1.0, 2.0, 3.0])
+    assert m == 2.0
+    assert hi - m == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert m - lo == pytest.approx(hi - m)
+
+
+def summaries(ref: list[float], arm: list[float], key: str) -> dict:
+    def run(v: float) -> dict:
+        return {"budget": {key: v}, "steps": {key: v}}
+
+    return {"ref": {s: run(v) for s, v in enumerate(ref)},
+            "arm": {s: run(v) for s, v in enumerate(arm)}}  # fmt: skip
+
+
+def test_token_ratio_is_a_geometric_mean_of_per_seed_ratios() -> None:
+    s = summaries([10.0, 20.0, 40.0], [5.0, 10.0, 20.0], "reasoning_std")
+    p = analysis.paired(s, "arm", "ref", "reasoning_std", "budget", log=True)
+    assert p is not None
+    assert p["mean"] == pytest.approx(0.5) and p["lo"] == pytest.approx(0.5)
+    assert analysis.rule_tokens(p) == "reproduced"
+    same = summaries([10.0, 20.0, 40.0], [10.5, 19.0, 41.0], "reasoning_std")
+    q = analysis.paired(same, "arm", "ref", "reasoning_std", "budget", log=True)
+    assert analysis.rule_tokens(q) == "not reproduced"
+
+
+@pytest.mark.parametrize(
+    ("diffs", "verdict"),
+    [
+        ([0.0, 1.0, 2.0], "reproduced"),  # lower bound -1.5 >= -3
+        ([-10.0, -9.0, -8.0], "not reproduced"),  # clearly worse by more than 3 points
+        ([-10.0, 5.0, 2.0], "inconclusive"),  # wide interval
+    ],
+)
+def test_accuracy_rule(diffs: list[float], verdict: str) -> None:
+    s = summaries([50.0, 50.0, 50.0], [50.0 + d for d in diffs], "greedy_acc")
+    assert (
+        analysis.rule_accuracy(analysis.paired(s, "arm", "ref", "greedy_acc", "budget")) == verdict
+    )
+
+
+def test_stability_rule_calls_an_interval_within_2_points_no_gain() -> None:
+    s = summaries([5.0, 5.0, 5.0], [5.1, 4.9, 5.0], "drawdown")
+    p = analysis.paired(s, "arm", "ref", "drawdown", "budget")
+    assert analysis.rule_stability(p) == "not reproduced"
+    s = summaries([9.0, 10.0, 11.0], [2.0, 3.0, 3.5], "drawdown")
+    assert (
+        analysis.rule_stability(analysis.paired(s, "arm", "ref", "drawdown", "budget"))
+        == "reproduced"
+    )
+
+
+def test_bucket_standardised_mean_weights_bit_counts_equally() -> None:
+    buckets = {
+        "5": {"correct": 10, "reasoning": 10.0},  # mean 1
+        "14": {"correct": 4, "reasoning": 40.0},  # mean 10
+        "13": {"correct": 2, "reasoning": 99.0},  # too few correct answers: left out
+    }
+    assert analysis.bucket_mean(buckets, "reasoning") == pytest.approx(5.5)
+    assert analysis.pooled_mean(buckets, "reasoning") == pytest.approx(149 / 16)
