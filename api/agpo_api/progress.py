@@ -39,6 +39,10 @@ class TrainerProgress(BaseModel):
     reward_seconds: float | None = None
     train_seconds: float | None = None
     weight_sync_seconds: float | None = None
+    # The weight version that generated the step's batch; the policy version it trained
+    # minus that (0 on-policy; at most training.maxStaleness + weightSync.everySteps - 1).
+    rollout_policy_version: int | None = None
+    batch_staleness: int | None = None
     prompts: list[int] | None = None  # dataset indices of the step's prompts, in order
     # The latest evaluation (spec.evaluation), kept until the next one.
     eval_step: int | None = None

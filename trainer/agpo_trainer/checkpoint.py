@@ -109,17 +109,25 @@ def load_state(path: Path) -> tuple[CheckpointMeta, dict[str, Any]]:
 
 # --------------------------------------------------------------------------- the trainer's state
 def save_training_state(
-    policy: Policy, sampler: PromptSampler, meta: CheckpointMeta, root: Path, keep: int
+    policy: Policy,
+    sampler: PromptSampler,
+    meta: CheckpointMeta,
+    root: Path,
+    keep: int,
+    *,
+    cursor: dict[str, int] | None = None,
 ) -> None:
     """Checkpoint everything a resume needs. Every rank calls it (FSDP gathers collectively);
-    rank 0 writes."""
+    rank 0 writes. ``cursor``, when given, is saved instead of the sampler's own state: with
+    overlapped rollouts the sampler has already drawn a batch that is not trained yet, and a
+    resume must draw it again (``RolloutPipeline.cursor``)."""
     full = policy.gather_weights()
     optimizer = policy.optimizer_state()
     if policy.rt.is_main:
         state = {
             "optimizer": optimizer,
             "scheduler": policy.scheduler.state_dict(),
-            "sampler": sampler.state_dict(),
+            "sampler": sampler.state_dict() if cursor is None else cursor,
             "rng": rng_state(),
         }
         path = save_checkpoint(

@@ -42,6 +42,12 @@ class TrainerMetrics:
             "agpo_served_policy_version", "Policy version the rollout servers report.", registry=r
         )
         self.total_steps = Gauge("agpo_total_steps", "Steps the job will take.", registry=r)
+        self.batch_staleness = Gauge(
+            "agpo_batch_staleness",
+            "Policy versions between the weights that generated the step's batch and the "
+            "policy it trained (training.maxStaleness).",
+            registry=r,
+        )
         self.reward_mean = Gauge("agpo_reward_mean", "Mean total reward of the step.", registry=r)
         self.reward_std = Gauge(
             "agpo_reward_std", "Std of the total reward of the step.", registry=r
@@ -124,6 +130,8 @@ class TrainerMetrics:
         r, u = s.rollout, s.update
         self.steps.inc()
         self.policy_version.set(s.policy_version)
+        if s.batch_staleness is not None:
+            self.batch_staleness.set(s.batch_staleness)
         self.reward_mean.set(r.reward_mean)
         self.reward_std.set(r.reward_std)
         self.accuracy.set(r.accuracy)

@@ -76,6 +76,10 @@ class StepStats:
     train_seconds: float
     weight_sync_seconds: float
     prompts: list[int]  # dataset indices of the step's prompts, in order
+    # The weight version the servers served while generating the batch, and how many
+    # versions older that is than the policy the batch trained (training.maxStaleness).
+    rollout_policy_version: int | None = None
+    batch_staleness: int | None = None
 
     def progress(self) -> TrainerProgress:
         """The ``/status`` fields of this step."""
@@ -99,6 +103,8 @@ class StepStats:
             reward_seconds=r.reward_seconds,
             train_seconds=self.train_seconds,
             weight_sync_seconds=self.weight_sync_seconds,
+            rollout_policy_version=self.rollout_policy_version,
+            batch_staleness=self.batch_staleness,
             prompts=self.prompts,
         )
 

@@ -31,6 +31,7 @@ from agpo_trainer.distributed import broadcast_object
 from agpo_trainer.evaluation import Evaluator, evaluation_sets
 from agpo_trainer.experience import Batch, Experience, encode_prompt, reward_terms
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics, serve
+from agpo_trainer.overlap import RolloutPipeline, check_staleness, staleness_bound
 from agpo_trainer.policy import Policy
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.stats import StepStats, algorithm_line
@@ -79,9 +80,11 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
 
     # ----------------------------------------------------------------- rank 0: the servers
     weights = policy.gather_weights()  # a collective under FSDP: every rank joins
-    experience: Experience | None = None
+    pipeline: RolloutPipeline[Batch, dict[str, Tensor] | None] | None = None
     evaluator: Evaluator | None = None
     syncer: Any = None
+    every_sync = spec.rollout.weight_sync.every_steps
+    bound = staleness_bound(t.max_staleness, every_sync)
     if rt.is_main:
         if rt.metrics_port:
             serve(metrics, board, rt.metrics_port)
@@ -98,13 +101,31 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
         board.update(TrainerProgress(phase="Running", policy_version=version))
         # The servers start from the trainer's weights (after a resume too).
         push_weights(syncer, policy, weights, version, metrics)
-    served = version  # the version every server serves (weight pushes may be spaced out)
+
+        def generate(i: int, served: int, w: dict[str, Tensor] | None, may_push: bool) -> Any:
+            return rollout(experience, sampler, syncer, policy, w, served, i, may_push=may_push)
+
+        def push(w: dict[str, Tensor] | None, v: int) -> float:
+            return push_weights(syncer, policy, w, v, metrics)
+
+        # maxStaleness 0: generate each step's batch at its start, push right after the
+        # update (the sequential loop); 1: prefetch the next batch while training (overlap.py).
+        pipeline = RolloutPipeline(
+            depth=t.max_staleness,
+            total_steps=total_steps,
+            generate=generate,
+            push=push,
+            sampler_state=sampler.state_dict,
+            served=version,
+            weights=weights,
+        )
 
     def evaluate() -> None:  # rank 0, between steps: no training request is in flight
-        if evaluator is None or not evaluator.due(step, total_steps):
+        if evaluator is None or pipeline is None or not evaluator.due(step, total_steps):
             return
-        ensure_served(syncer, policy, weights, served)
-        result = evaluator.run(step, served)
+        pipeline.drain()  # the in-flight batch done and the newest weights pushed
+        ensure_served(syncer, policy, pipeline.served_weights, pipeline.served)
+        result = evaluator.run(step, pipeline.served)
         metrics.record_eval(result)
         board.update(result.progress())
         log.info("%s", result.log_line())
@@ -113,15 +134,15 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
         evaluate()  # the start (everySteps > 0), e.g. right after the format warm-up
 
     # ----------------------------------------------------------------- the loop
-    every_sync = spec.rollout.weight_sync.every_steps
     every_checkpoint = t.checkpoint.every_steps
     while step < total_steps:
         t0 = time.perf_counter()
-        # rollout (rank 0, on servers verified to serve `served`) -> broadcast to every rank
-        collected = None
-        if experience is not None:
-            collected = rollout(experience, sampler, syncer, policy, weights, served, step)
+        # rollout (rank 0: generated now, or prefetched during the last update) -> every rank
+        collected, generated, sync_s = None, version, 0.0
+        if pipeline is not None:
+            collected, generated, sync_s = pipeline.batch(step)
         batch: Batch = broadcast_object(collected, rt.rank)
+        staleness = check_staleness(version, generated, bound)  # rank 0's figure; 0 elsewhere
         t1 = time.perf_counter()
         # train step (every rank, on its slice)
         update = train_step(
@@ -136,17 +157,19 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
         step += 1
         version += 1
         last = step == total_steps
-        # weight push (rank 0; every rank gathers under FSDP)
-        sync_s = 0.0
+        # weight push (rank 0, now or at the boundary; every rank gathers under FSDP)
         if step % every_sync == 0 or last:
             weights = policy.gather_weights()
-            if rt.is_main:
-                sync_s = push_weights(syncer, policy, weights, version, metrics)
-            served = version
-        # checkpoint (every rank gathers, rank 0 writes)
+            if pipeline is not None:
+                sync_s += pipeline.weights_ready(weights, version)
+        # checkpoint (every rank gathers, rank 0 writes; the cursor is before any batch
+        # generated but not trained yet)
         if step % every_checkpoint == 0 or last:
             meta = CheckpointMeta(step, version, job.metadata.name or "")
-            save_training_state(policy, sampler, meta, rt.checkpoint_dir, t.checkpoint.keep)
+            cursor = pipeline.cursor() if pipeline is not None else None
+            save_training_state(
+                policy, sampler, meta, rt.checkpoint_dir, t.checkpoint.keep, cursor=cursor
+            )
         # report (rank 0)
         if rt.is_main:
             assert batch.stats is not None  # rank 0 built the batch
@@ -160,6 +183,8 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
                 train_seconds=train_s,
                 weight_sync_seconds=sync_s,
                 prompts=batch.example_indices,
+                rollout_policy_version=generated,
+                batch_staleness=staleness,
             )
             metrics.record_step(stats)
             board.update(stats.progress())
@@ -183,22 +208,31 @@ def rollout(
     weights: dict[str, Tensor] | None,
     served: int,
     step: int,
-) -> Batch:
+    *,
+    may_push: bool = True,
+) -> Batch | None:
     """Rank 0: one step's batch, generated only by servers that serve version ``served``.
 
     Before generating, each server's ``/weight_info`` is read (one GET each); a replaced
     server (it serves its initial weights) gets the served weights again. If a server was
     replaced while generating, the same prompts are drawn and generated again, so the data
-    order stays that of an uninterrupted run.
+    order stays that of an uninterrupted run. Without ``may_push`` (a prefetch, while the
+    module trains) a server that does not serve ``served`` is not pushed to: the sampler is
+    put back and None returned, and the caller generates the batch again later.
     """
     while True:
-        ensure_served(syncer, policy, weights, served)
+        if may_push:
+            ensure_served(syncer, policy, weights, served)
+        elif syncer.lagging(served):
+            return None
         cursor = sampler.state_dict()
         batch = experience.collect(step)
         if not syncer.lagging(served):
             return batch
         log.warning("a rollout server was replaced during step %d's rollout: again", step + 1)
         sampler.load_state_dict(cursor)
+        if not may_push:
+            return None
 
 
 def ensure_served(
