@@ -119,6 +119,29 @@ def test_overlong_penalty_hard_cutoff_and_coef() -> None:
     close(overlong_penalty(L([90]), 100, 20, coef=0.5), [-0.25])
 
 
+def test_agpo_scope_all_rewards_all_correct_groups_too_but_never_all_wrong_ones() -> None:
+    # groups: all-correct (10, 20, 30, 40), all-wrong (5, 6, 7, 8), mixed (10, 20, -, 40)
+    lengths = L([10, 20, 30, 40, 5, 6, 7, 8, 10, 20, 30, 40])
+    correct = C([1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 1])
+    mixed = agpo_length_reward(lengths, correct, 4, scope="mixed")
+    every = agpo_length_reward(lengths, correct, 4, scope="all")
+    d = 30 + 1e-6
+    bonus = [0.1, 0.1 * (1 - 10 / d), 0.1 * (1 - 20 / d), 0.1 * (1 - 30 / d)]
+    in_mixed = [0.1, 0.1 * (1 - 10 / d), 0.0, 0.1 * (1 - 30 / d)]
+    close(every, bonus + [0.0] * 4 + in_mixed)
+    close(mixed, [0.0] * 8 + in_mixed)  # the paper's rule: all-correct groups get nothing
+    # An all-correct group of equal lengths: a tie, the full bonus each (still homogeneous).
+    close(agpo_length_reward(L([9, 9]), C([1, 1]), 2, scope="all"), [0.1, 0.1])
+
+
+def test_agpo_scope_is_checked_and_reaches_the_dispatch() -> None:
+    lengths, correct = L([10, 20]), C([1, 1])
+    close(compute_length_reward("agpo", lengths, correct, 2, scope="all"), [0.1, 0.0])
+    close(compute_length_reward("agpo", lengths, correct, 2), [0.0, 0.0])
+    with pytest.raises(ValueError, match="length reward scope 'some'; valid names: all, mixed"):
+        agpo_length_reward(lengths, correct, 2, scope="some")
+
+
 @pytest.mark.parametrize("max_tokens,buffer_tokens", [(0, 0), (100, -1), (100, 101)])
 def test_overlong_penalty_rejects_bad_config(max_tokens: int, buffer_tokens: int) -> None:
     with pytest.raises(ValueError):

@@ -26,14 +26,16 @@ from agpo_trainer.data import (
     split_holdout,
 )
 from agpo_trainer.experience import correct_rule, encode_prompt, reward_terms
+from agpo_trainer.rewards.reasoning import THINK_END, reasoning_tokens
 from agpo_trainer.rewards.scoring import score
 from agpo_trainer.stats import EvalStats
 
 log = logging.getLogger("agpo_trainer")
 
+__all__ = ["THINK_END", "Evaluator", "evaluation_sets", "pick", "reasoning_tokens"]
+
 #: Evaluation seeds live far from the rollout seeds (``experience.rollout_seed``).
 EVAL_SEED_OFFSET = 987_654_321
-THINK_END = "</think>"
 
 
 def evaluation_sets(
@@ -72,14 +74,6 @@ def pick(examples: list[Example], n: int, seed: int) -> list[Example]:
         return list(examples)
     chosen = random.Random(seed + EVAL_SEED_OFFSET).sample(range(len(examples)), n)
     return [examples[i] for i in sorted(chosen)]
-
-
-def reasoning_tokens(tokenizer: Any, text: str, marker: str) -> int:
-    """Tokens before the last ``marker`` (or ``</think>``) of a completion; all of it when it
-    has neither."""
-    cut = max(text.rfind(marker), text.rfind(THINK_END))
-    head = text[:cut] if cut >= 0 else text
-    return len(tokenizer.encode(head, add_special_tokens=False)) if head else 0
 
 
 class Evaluator:

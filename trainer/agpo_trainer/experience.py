@@ -12,10 +12,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agpo_api.models import AGPOJobSpec
+from agpo_api.models import AGPOJobSpec, EvaluationSpec
 from agpo_trainer.algorithms import Counts, compute_advantages_and_mask, count_included
 from agpo_trainer.data import Example, PromptSampler, check_prompts_fit
 from agpo_trainer.metrics import TrainerMetrics
+from agpo_trainer.rewards.length import homogeneous_bonus
+from agpo_trainer.rewards.reasoning import reasoning_lengths
 from agpo_trainer.rewards.scoring import attainable_reward_range, score
 from agpo_trainer.stats import RolloutStats
 
@@ -100,7 +102,11 @@ def reward_range(spec: AGPOJobSpec) -> tuple[float, float] | None:
         for r in spec.algorithm.rewards
         if r.function is not None and r.bounds is not None
     }
-    return attainable_reward_range(reward_terms(spec), declared)
+    known = attainable_reward_range(reward_terms(spec), declared)
+    if known is None:
+        return None
+    kind, coef, *_ = length_reward_args(spec)
+    return known[0], known[1] + homogeneous_bonus(kind, coef, length_scope(spec))
 
 
 def correct_rule(spec: AGPOJobSpec) -> tuple[str, float]:
@@ -122,6 +128,27 @@ def length_reward_args(spec: AGPOJobSpec) -> tuple[str, float, int, int | None]:
     if lr.type == "overlong" and buffer is None:
         buffer = max(1, max_tokens // 5)
     return (lr.type or "none", lr.coefficient or 0.0, max_tokens, buffer)
+
+
+def length_scope(spec: AGPOJobSpec) -> str:
+    """``algorithm.lengthReward.scope``: the groups AGPO's bonus applies to (default mixed)."""
+    lr = spec.algorithm.length_reward
+    return lr.scope if lr is not None else "mixed"
+
+
+def answer_marker(spec: AGPOJobSpec) -> str:
+    """``evaluation.answerMarker``, or its default when the job has no evaluation section:
+    where reasoning ends, for the length reward as for evaluation."""
+    return (spec.evaluation or EvaluationSpec()).answer_marker
+
+
+def length_values(spec: AGPOJobSpec, tokenizer: Any, texts: list[str]) -> list[int] | None:
+    """The lengths ``lengthReward.target`` measures: None for ``completion`` (the completion
+    tokens :func:`score` already has), the reasoning tokens of each text for ``reasoning``."""
+    lr = spec.algorithm.length_reward
+    if lr is None or lr.target == "completion":
+        return None
+    return reasoning_lengths(tokenizer, texts, answer_marker(spec))
 
 
 def rollout_seed(seed: int, step: int, round_: int) -> int:
@@ -267,4 +294,6 @@ class Experience:
             rewards=reward_terms(self.spec),
             length_reward=length_reward_args(self.spec),
             correct=correct_rule(self.spec),
+            length_scope=length_scope(self.spec),
+            length_values=length_values(self.spec, self.tokenizer, texts),
         )

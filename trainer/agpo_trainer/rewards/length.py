@@ -9,6 +9,9 @@ float64) so the ``1e-6`` of the AGPO denominator is not rounded away, and return
 Spec ``algorithm.lengthReward.type`` -> function: ``agpo`` -> :func:`agpo_length_reward`,
 ``kimi`` -> :func:`kimi_length_reward`, ``overlong`` -> :func:`overlong_penalty`, ``none`` ->
 zeros; :func:`compute_length_reward` dispatches through the ``LENGTH_REWARDS`` registry.
+``lengthReward.scope`` (``mixed`` | ``all``, :data:`AGPO_SCOPES`) picks the groups AGPO's
+bonus applies to; ``lengthReward.target`` is the caller's choice of ``lengths`` (completion
+tokens, or reasoning tokens: :mod:`agpo_trainer.rewards.reasoning`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,24 @@ from agpo_trainer.algorithms.advantages import group_view
 from agpo_trainer.algorithms.registry import Registry
 
 _AGPO_EPS = 1e-6  # AGPO authors' code: 1 - (L - Lmin) / (Lmax - Lmin + 1e-6)
+
+#: ``lengthReward.scope`` -> which groups get AGPO's bonus: ``correct Bool[groups, G]`` ->
+#: ``Bool[groups, 1]``. Neither scope rewards an all-wrong group (no correct answer to
+#: prefer), so the bonus never lifts a failed group off the minimum reward.
+AGPO_SCOPES: Registry[Callable[[Tensor], Tensor]] = Registry("length reward scope")
+
+
+@AGPO_SCOPES.register("mixed")
+def _mixed_groups(ok: Tensor) -> Tensor:
+    """The paper: mixed groups only, so the bonus never creates variance in a group that
+    had none."""
+    return ok.any(dim=-1, keepdim=True) & ~ok.all(dim=-1, keepdim=True)
+
+
+@AGPO_SCOPES.register("all")
+def _groups_with_a_correct_answer(ok: Tensor) -> Tensor:
+    """Also all-correct groups, where AGPO's +1 otherwise says nothing about length."""
+    return ok.any(dim=-1, keepdim=True)
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:
@@ -46,6 +67,7 @@ def agpo_length_reward(
     group_size: int,
     coef: float = 0.1,
     *,
+    scope: str = "mixed",
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """AGPO length reward (arXiv 2503.15952; the first author's ColossalAI ``feat/agpo`` code).
@@ -59,21 +81,28 @@ def agpo_length_reward(
     ``coef``. Incorrect answers and homogeneous (all-correct / all-wrong) groups get 0, so the
     bonus never creates variance in a group that had none.
 
+    ``scope="all"`` also rewards the correct answers of all-correct groups (the same formula:
+    their shortest gets ``coef``), so such a group now has reward variance whenever its
+    lengths differ; an all-correct group of equal lengths gets ``coef`` each and stays
+    homogeneous (at ``max + coef``: the range the zero-variance rule must compare with, see
+    ``experience.reward_range``). All-wrong groups get 0 in either scope.
+
     Args:
-        lengths: ``Tensor[N]`` completion lengths in tokens.
+        lengths: ``Tensor[N]`` lengths in tokens (completion or reasoning tokens).
         correct: ``Bool[N]`` (accuracy > 0.5).
         group_size: ``G``.
         coef: bonus scale (spec ``algorithm.lengthReward.coefficient``, 0.1 in the paper).
+        scope: ``mixed`` (the paper) or ``all`` (spec ``algorithm.lengthReward.scope``).
 
     Returns:
         ``Tensor[N]`` of ``dtype``.
     """
+    groups_of = AGPO_SCOPES.get(scope)  # ValueError naming the valid scopes
     grouped_len, grouped_ok = _grouped(lengths, correct, group_size)
     inf = torch.tensor(float("inf"), dtype=grouped_len.dtype, device=grouped_len.device)
     l_min = torch.where(grouped_ok, grouped_len, inf).amin(dim=-1, keepdim=True)
     l_max = torch.where(grouped_ok, grouped_len, -inf).amax(dim=-1, keepdim=True)
-    mixed = grouped_ok.any(dim=-1, keepdim=True) & ~grouped_ok.all(dim=-1, keepdim=True)
-    eligible = grouped_ok & mixed
+    eligible = grouped_ok & groups_of(grouped_ok)
     # Non-eligible entries may hold inf - inf = NaN here; where() discards them.
     bonus = coef * (1.0 - (grouped_len - l_min) / (l_max - l_min + _AGPO_EPS))
     out = torch.where(eligible, bonus, torch.zeros_like(bonus))
@@ -147,10 +176,19 @@ def overlong_penalty(
     return (coef * penalty).to(dtype)
 
 
+def homogeneous_bonus(kind: str, coef: float, scope: str) -> float:
+    """What the length term adds to every answer of an all-correct group of equal lengths:
+    ``coef`` for ``agpo`` with scope ``all`` (ties get the full bonus), else 0. The top of the
+    attainable reward moves up by it, so AGPO's zero-variance rule still gives such a group
+    ``+1`` (it compares a homogeneous group's reward with that top)."""
+    return float(coef) if kind == "agpo" and scope == "all" else 0.0
+
+
 # ----------------------------------------------------------------------------- dispatch
 
-# fn(lengths[N], correct Bool[N], group_size, coef, max_tokens, buffer_tokens) -> Tensor[N]
-LengthRewardFn = Callable[[Tensor, Tensor, int, float, int | None, int | None], Tensor]
+# fn(lengths[N], correct Bool[N], group_size, coef, max_tokens, buffer_tokens, scope)
+#   -> Tensor[N]; scope is AGPO's (the group-wide rules of the others have no choice of groups)
+LengthRewardFn = Callable[[Tensor, Tensor, int, float, int | None, int | None, str], Tensor]
 
 LENGTH_REWARDS: Registry[LengthRewardFn] = Registry("length reward")
 
@@ -163,6 +201,7 @@ def _none(
     coef: float,
     max_tokens: int | None,
     buffer_tokens: int | None,
+    scope: str,
 ) -> Tensor:
     return torch.zeros(lengths.shape, dtype=torch.float32, device=lengths.device)
 
@@ -175,8 +214,9 @@ def _agpo(
     coef: float,
     max_tokens: int | None,
     buffer_tokens: int | None,
+    scope: str,
 ) -> Tensor:
-    return agpo_length_reward(lengths, correct, group_size, coef)
+    return agpo_length_reward(lengths, correct, group_size, coef, scope=scope)
 
 
 @LENGTH_REWARDS.register("kimi")
@@ -187,6 +227,7 @@ def _kimi(
     coef: float,
     max_tokens: int | None,
     buffer_tokens: int | None,
+    scope: str,
 ) -> Tensor:
     return kimi_length_reward(lengths, correct, group_size, coef)
 
@@ -199,6 +240,7 @@ def _overlong(
     coef: float,
     max_tokens: int | None,
     buffer_tokens: int | None,
+    scope: str,
 ) -> Tensor:
     if max_tokens is None or buffer_tokens is None:
         raise ValueError("lengthReward.type 'overlong' needs maxTokens and bufferTokens")
@@ -214,9 +256,12 @@ def compute_length_reward(
     coef: float = 0.1,
     max_tokens: int | None = None,
     buffer_tokens: int | None = None,
+    scope: str = "mixed",
 ) -> Tensor:
     """Spec ``algorithm.lengthReward`` -> ``Tensor[N]`` float32 (``none|agpo|kimi|overlong``).
 
-    ``coef`` scales every type (for ``overlong`` it multiplies DAPO's ``[-1, 0]`` penalty).
+    ``coef`` scales every type (for ``overlong`` it multiplies DAPO's ``[-1, 0]`` penalty);
+    ``scope`` is ``agpo``'s (``mixed`` | ``all``).
     """
-    return LENGTH_REWARDS.get(kind)(lengths, correct, group_size, coef, max_tokens, buffer_tokens)
+    fn = LENGTH_REWARDS.get(kind)
+    return fn(lengths, correct, group_size, coef, max_tokens, buffer_tokens, scope)

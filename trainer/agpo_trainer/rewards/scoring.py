@@ -76,8 +76,9 @@ def attainable_reward_range(
     as ``apply_zero_variance(..., min_reward=lo, max_reward=hi)``). ``bounds`` gives the range
     of custom functions by name (spec ``rewards[].bounds``); builtin rewards declare theirs.
     Length rewards are left out: they are 0 on homogeneous groups (AGPO by construction; Kimi
-    when lengths are equal; overlong below the buffer). Returns None when a reward has no
-    known range (the spec refuses zeroVariance agpo then).
+    when lengths are equal; overlong below the buffer), except AGPO's with scope ``all``,
+    whose top the caller adds (:func:`agpo_trainer.rewards.length.homogeneous_bonus`).
+    Returns None when a reward has no known range (the spec refuses zeroVariance agpo then).
     """
     declared = dict(bounds or {})
     lo = hi = 0.0
@@ -106,6 +107,9 @@ def score(
     rewards: Sequence[tuple[str, float]] = (("accuracy", 1.0),),
     length_reward: tuple[str, float] | tuple[str, float, int | None, int | None] | None = None,
     correct: tuple[str, float] = ("accuracy", CORRECT_THRESHOLD),
+    *,
+    length_scope: str = "mixed",
+    length_values: Tensor | Sequence[int] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Score ``N`` completions: rewards, their weighted sum and the length reward.
 
@@ -117,6 +121,9 @@ def score(
             ``format``) or ``"module:callable"``.
         length_reward: ``(type, coef[, max_tokens[, buffer_tokens]])`` with type
             ``none | agpo | kimi | overlong`` (spec ``algorithm.lengthReward``), or None.
+        length_scope: ``agpo``'s groups, ``mixed`` | ``all`` (``lengthReward.scope``).
+        length_values: ``[N]`` the lengths the length reward measures, default ``lengths``
+            (``lengthReward.target: reasoning`` passes the reasoning tokens).
 
     Returns:
         ``(total Tensor[N] float32, components {name: Tensor[N]}, correct Bool[N])``.
@@ -169,14 +176,18 @@ def score(
         kind, coef, *rest = length_reward
         max_tokens = rest[0] if len(rest) > 0 else None
         buffer_tokens = rest[1] if len(rest) > 1 else None
+        measured = length_t if length_values is None else _as_lengths(length_values).to(device)
+        if measured.shape != (n,):
+            raise ValueError(f"length_values must be [N]=({n},), got {tuple(measured.shape)}")
         components[LENGTH_COMPONENT] = compute_length_reward(
             kind,
-            length_t,
+            measured,
             is_correct,
             group_size,
             coef=float(coef),
             max_tokens=max_tokens,
             buffer_tokens=buffer_tokens,
+            scope=length_scope,
         ).to(device)
 
     if not components:
