@@ -11,7 +11,13 @@ from test_update import PROMPTS, VOCAB, G, make_policy
 
 from agpo_trainer.experience import Batch
 from agpo_trainer.policy import Policy, Responses, response_logprobs
-from agpo_trainer.update import micro_batches, token_micro_batches, train_step
+from agpo_trainer.update import (
+    micro_batches,
+    rank_token_micro_batches,
+    split_to,
+    token_micro_batches,
+    train_step,
+)
 
 
 def test_token_micro_batches_pack_padded_tokens_up_to_the_budget() -> None:
@@ -26,6 +32,21 @@ def test_token_micro_batches_pack_padded_tokens_up_to_the_budget() -> None:
     ]  # fmt: skip
     assert token_micro_batches([2] * 8, 100, align=4) == [range(0, 8)]
     assert token_micro_batches([], 10) == []
+
+
+def test_every_rank_gets_as_many_micro_batches_as_the_busiest() -> None:
+    """FSDP2 runs collectives in every micro-batch: a rank with fewer would hang the others."""
+    short, long = [2] * 8, [9, 9, 9, 9, 2, 2, 2, 2]
+    assert len(token_micro_batches(short, 20)) == 1 and len(token_micro_batches(long, 20)) == 3
+    cuts = [rank_token_micro_batches([short, long], r, 20) for r in (0, 1)]
+    assert [len(c) for c in cuts] == [3, 3]
+    assert cuts[0] == [range(0, 2), range(2, 4), range(4, 8)]  # halves of the largest first
+    assert cuts[1] == token_micro_batches(long, 20)
+    for cut in cuts:  # still a partition of the rank's rows, in order
+        assert [i for part in cut for i in part] == list(range(8))
+    # whole groups survive the extra cuts; a single group cannot be cut
+    assert split_to([range(0, 8)], 3, align=4) == [range(0, 4), range(4, 8)]
+    assert split_to([range(0, 12)], 3, align=4) == [range(0, 4), range(4, 8), range(8, 12)]
 
 
 def varied_batch(policy: Policy) -> Batch:

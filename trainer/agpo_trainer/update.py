@@ -74,6 +74,31 @@ def token_micro_batches(lengths: Sequence[int], budget: int, align: int = 1) -> 
     return out
 
 
+def split_to(parts: list[range], count: int, align: int = 1) -> list[range]:
+    """``parts`` cut further, the one with the most rows in halves (of whole groups of
+    ``align``) each time, until there are ``count`` of them (or no part has two groups)."""
+    out = list(parts)
+    while len(out) < count:
+        i = max(range(len(out)), key=lambda j: len(out[j]))
+        part = out[i]
+        if len(part) < 2 * align:
+            break
+        mid = part.start + len(part) // (2 * align) * align
+        out[i : i + 1] = [range(part.start, mid), range(mid, part.stop)]
+    return out
+
+
+def rank_token_micro_batches(
+    lengths_by_rank: Sequence[Sequence[int]], rank: int, budget: int, align: int = 1
+) -> list[range]:
+    """``rank``'s token-budget cut of its rows, with as many micro-batches as the rank that
+    needs the most: FSDP2 all-gathers and reduce-scatters in every micro-batch's forward and
+    backward, so every rank must run the same number (a rank with fewer would wait forever).
+    Every rank holds the whole batch, so each computes all the cuts: no collective needed."""
+    cuts = [token_micro_batches(lengths, budget, align) for lengths in lengths_by_rank]
+    return split_to(cuts[rank], max(len(c) for c in cuts), align)
+
+
 def mini_batch_counts(
     lengths: Sequence[int], sample_mask: Sequence[bool], world_size: int, mini_batches: int
 ) -> list[Counts]:
@@ -114,8 +139,11 @@ def train_step(
     for _ in range(t.epochs):
         for k in range(minis):
             rows = range(k * per, (k + 1) * per)
+            parts = micro_batch_cut(
+                batch, rows, spec, rank=rank, world_size=world_size, micro=micro
+            )
             metrics, norm = optimizer_step(
-                policy, mine, rows, totals[k], spec, world_size=world_size, micro=micro
+                policy, mine, rows, parts, totals[k], spec, world_size=world_size
             )
             steps.append(metrics)
             norms.append(norm)
@@ -127,29 +155,44 @@ def train_step(
     )
 
 
+def micro_batch_cut(
+    batch: Batch, rows: range, spec: AGPOJobSpec, *, rank: int, world_size: int, micro: int
+) -> list[range]:
+    """How ``rows`` of this rank's slice are cut into micro-batches (ranges relative to
+    ``rows``): ``micro`` sequences each, or by ``trainer.microBatchTokens`` with the same count
+    on every rank; whole groups under gvpo."""
+    algo = spec.algorithm
+    align = algo.group_size if algo.policy_loss == "gvpo" else 1
+    budget = spec.trainer.micro_batch_tokens
+    if budget is None:
+        return micro_batches(len(rows), micro, align)
+    per_rank = len(batch) // world_size
+    sizes = [len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids, strict=True)]
+    # every rank's rows of this mini-batch: rank r's slice starts at r * per_rank
+    lengths = [
+        sizes[r * per_rank + rows.start : r * per_rank + rows.stop] for r in range(world_size)
+    ]
+    return rank_token_micro_batches(lengths, rank, budget, align)
+
+
 def optimizer_step(
     policy: Policy,
     mine: Batch,
     rows: range,
+    parts: list[range],
     total: Counts,
     spec: AGPOJobSpec,
     *,
     world_size: int,
-    micro: int,
 ) -> tuple[dict[str, float], float]:
-    """One optimizer step on ``rows`` of this rank's slice (the whole mini-batch's metrics,
-    summed over ranks, and the gradient norm before clipping)."""
+    """One optimizer step on ``rows`` of this rank's slice, in the micro-batches ``parts``
+    (relative to ``rows``): the whole mini-batch's metrics, summed over ranks, and the
+    gradient norm before clipping."""
     algo, device = spec.algorithm, policy.device
     temperature = spec.training.temperature
-    align = algo.group_size if algo.policy_loss == "gvpo" else 1
-    budget, chunk_tokens = spec.trainer.micro_batch_tokens, spec.trainer.logprob_chunk_tokens
+    chunk_tokens = spec.trainer.logprob_chunk_tokens
     policy.optimizer.zero_grad(set_to_none=True)
     summed: dict[str, float] = {}
-    if budget is None:
-        parts = micro_batches(len(rows), micro, align)
-    else:
-        sizes = [len(mine.prompt_ids[i]) + len(mine.completion_ids[i]) for i in rows]
-        parts = token_micro_batches(sizes, budget, align)
     chunks = [range(rows.start + c.start, rows.start + c.stop) for c in parts]
     for k, idx in enumerate(chunks):
         x = Responses.build(
