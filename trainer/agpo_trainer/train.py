@@ -6,6 +6,10 @@ and every rank trains on an equal slice, with the loss weighted to the global de
 the update does not depend on the world size (:mod:`agpo_trainer.update`); DDP/FSDP averages
 the gradients, the optimizer steps, and rank 0 pushes the new weights into every vLLM server.
 
+With ``training.maxStaleness: 1`` rank 0 generates the next step's batch on a thread while
+every rank trains, and pushes the new weights once that generation is done
+(:mod:`agpo_trainer.overlap` decides when; the loop reads the same either way).
+
 Rank 0's duties besides its slice: the rollout servers (generation and weight pushes), the
 metrics and ``/status`` server, the log line of each step, and writing checkpoints (every rank
 joins the gathering under FSDP).
