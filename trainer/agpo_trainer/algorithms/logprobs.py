@@ -65,7 +65,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):  # type: ignore[misc, unuse
             logp[s] = z.gather(-1, tokens[s].unsqueeze(-1)).squeeze(-1) - lse[s]
             if with_entropy:
                 # H = lse - sum_v p_v z_v, the dot product row by row without a [c, V] product
-                p = torch.exp(z - lse[s].unsqueeze(-1))
+                p = (z - lse[s].unsqueeze(-1)).exp_()  # one [c, V] temporary, not two
                 entropy[s] = lse[s] - torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1)
         ctx.save_for_backward(hidden, weight, bias, tokens, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
