@@ -151,3 +151,17 @@ def test_wrapper_is_the_causal_lm_for_state_and_plain_calls() -> None:
     assert not lm.training and not lm.model.training
     model.train()
     assert lm.training and lm.model.training
+
+
+def test_models_that_transform_logits_take_their_own_forward() -> None:
+    """A config with a logit transform (Gemma's soft-capping, ...) routes to the full-logits
+    path; Qwen2 ignores the field, so both paths must agree here."""
+    lm, x = qwen(), batch()
+    lm.config.final_logit_softcapping = 30.0
+    model = ResponseModel(lm)
+    assert model.head is None
+    want, want_entropy = unchunked(lm, x, 0.7)
+    logp, entropy = response_logprobs(model, x, 0.7, with_entropy=True)
+    assert entropy is not None
+    torch.testing.assert_close(logp[x.mask], want[x.mask])
+    torch.testing.assert_close(entropy[x.mask], want_entropy[x.mask])

@@ -24,7 +24,12 @@ from agpo_trainer.algorithms import entropy_from_logits, linear_token_logprobs, 
 
 # Config fields of models whose logits are more than ``lm_head(hidden)``: those take the
 # unchunked path (their own forward), so their log-probs stay right.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",  # Gemma 2/3
+    "logit_scale",  # Cohere
+    "logits_scaling",  # Granite
+    "output_multiplier_scale",
+)
 
 
 class ResponseModel(nn.Module):
@@ -116,6 +121,4 @@ def enable_gradient_checkpointing(lm: nn.Module) -> None:
     require grad (the reentrant kind would need ``enable_input_require_grads``)."""
     lm.gradient_checkpointing_enable(  # type: ignore[operator]
         gradient_checkpointing_kwargs={"use_reentrant": False}
-    )
-    if getattr(lm, "config", None) is not None:
-        lm.config.use_cache = False  # type: ignore[union-attr]
+    )  # the config's use_cache is left alone: checkpoints keep it for inference
