@@ -123,7 +123,8 @@ def test_an_invalid_file_is_refused_with_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.yaml"
-    text = (SAMPLES / "tiny-cpu.yaml").read_text().replace("warmupSteps: 2", "warmupSteps: 5000")
-    bad.write_text(text)
+    doc = yaml.safe_load((SAMPLES / "tiny-cpu.yaml").read_text())
+    doc["spec"]["training"]["warmupSteps"] = 5000  # more LR warm-up steps than steps
+    bad.write_text(yaml.safe_dump(doc))
     code, out, err = rendered(str(bad), capsys=capsys)
     assert code == 2 and out == "" and "warmupSteps" in err

@@ -140,6 +140,31 @@ def test_figures_of_one_evaluation() -> None:
     assert json.loads(stats.log_line().removeprefix("eval "))["accuracy"] == 0.5
 
 
+def test_a_truncated_answer_is_wrong_even_when_its_text_is_right() -> None:
+    """The grader's rule (truncated = wrong, ``bitcount.grade(finished=False)``) holds in
+    evaluation: a completion cut at maxCompletionTokens before its EOS does not count."""
+    ev, client = evaluator(samples=0)
+    finished = ev.run(step=0, policy_version=0)
+    cut = ev.__class__(ev.spec, ev.ev, tokenizer=ev.tokenizer, examples=ev.examples,
+                       client=Truncating(client))  # fmt: skip
+    truncated = cut.run(step=0, policy_version=0)
+    assert bitcount.grade("a1b1=", "...Answer:2").correct  # the right text ...
+    assert not bitcount.grade("a1b1=", "...Answer:2", finished=False).correct  # ... cut
+    assert (finished.accuracy, truncated.accuracy) == (0.5, 0.0)
+    assert truncated.reasoning_tokens is None  # no correct answer left to measure
+
+
+class Truncating:
+    """The same completions, each reported as cut at the token limit."""
+
+    def __init__(self, inner: FakeClient) -> None:
+        self.inner = inner
+
+    def generate(self, prompts: list[list[int]], **kw: Any) -> list[Completion]:
+        out = self.inner.generate(prompts, **kw)
+        return [dataclasses.replace(c, finish_reason="length") for c in out]
+
+
 def test_when_it_is_due() -> None:
     ev, _ = evaluator(everySteps=5)
     assert [s for s in range(0, 13) if ev.due(s, 12)] == [0, 5, 10, 12]
@@ -195,8 +220,8 @@ def test_the_accuracy_reward_reads_the_bitcount_answer_format(completion: str, r
 
 
 def test_requests_are_chunked_to_a_training_batch_with_per_prompt_seeds() -> None:
-    """At most promptsPerStep x groupSize sequences per request batch (vLLM on CPU fails
-    seeded requests that get preempted); prompt i keeps seed base + i * n."""
+    """At most promptsPerStep x groupSize sequences per request batch (no more load on the
+    servers than a rollout); prompt i keeps seed base + i * n."""
     ev, client = evaluator()
     ev.spec = job(BITCOUNT, {"prompts": 2, "samples": 2}, promptsPerStep=1)
     ev.spec = ev.spec.model_copy(
