@@ -24,7 +24,13 @@ from vllm.distributed.weight_transfer.base import (
 )
 from vllm.logger import init_logger
 
-from agpo_rollout.gloo import DEFAULT_TIMEOUT_S, GlooInitInfo, broadcast_buffer, join_gloo_group
+from agpo_rollout.gloo import (
+    DEFAULT_TIMEOUT_S,
+    GlooInitInfo,
+    join_gloo_group,
+    start_broadcast,
+    wait_work,
+)
 from agpo_rollout.wire import Bucket, parse_buckets, unpack_bucket
 
 if TYPE_CHECKING:
@@ -132,12 +138,25 @@ class GlooWeightTransferEngine(
         )
 
         with disable_mtp_completeness_check():
+            # Bucket k+1 arrives (on gloo's thread) while bucket k is loaded here. Every
+            # bucket gets a fresh buffer: with layerwise reload, `load_weights` may keep
+            # views of it until the layer's last weight arrived (finish_weight_update), so
+            # a buffer reused within a push would overwrite weights not yet copied in
+            # (tests/rollout/test_served_weights.py caught exactly that).
+            loaded: tuple[Bucket, torch.Tensor] | None = None
             for bucket in update_info.parsed:
                 buffer = torch.empty(bucket.nbytes, dtype=torch.uint8)
-                broadcast_buffer(self.group, buffer, timeout_s=self.timeout_s)
-                weights = [(name, t.to(self.device)) for name, t in unpack_bucket(buffer, bucket)]
-                cast(Any, self.model).load_weights(weights)
-                del weights, buffer
+                work = start_broadcast(self.group, buffer)
+                if loaded is not None:
+                    self._load(*loaded)
+                wait_work(work, timeout_s=self.timeout_s)
+                loaded = (bucket, buffer)
+            if loaded is not None:
+                self._load(*loaded)
+
+    def _load(self, bucket: Bucket, buffer: torch.Tensor) -> None:
+        weights = [(name, t.to(self.device)) for name, t in unpack_bucket(buffer, bucket)]
+        cast(Any, self.model).load_weights(weights)
 
     def shutdown(self) -> None:
         self.group = None

@@ -111,9 +111,17 @@ def join_gloo_group(
     return new_gloo_group(store, group_name, rank, world_size, timeout_s)
 
 
-def broadcast_buffer(group: Any, buffer: torch.Tensor, *, timeout_s: float) -> None:
-    work = group.broadcast([buffer], dist.BroadcastOptions())  # root rank 0 by default
+def start_broadcast(group: Any, buffer: torch.Tensor) -> Any:
+    """Post a broadcast from rank 0 (gloo runs it on its own thread); returns the work."""
+    return group.broadcast([buffer], dist.BroadcastOptions())  # root rank 0 by default
+
+
+def wait_work(work: Any, *, timeout_s: float) -> None:
     work.wait(timedelta(seconds=timeout_s))
+
+
+def broadcast_buffer(group: Any, buffer: torch.Tensor, *, timeout_s: float) -> None:
+    wait_work(start_broadcast(group, buffer), timeout_s=timeout_s)
 
 
 @dataclass
@@ -136,7 +144,8 @@ class GlooSender:
         return cls(new_gloo_group(store, group_name, 0, world_size, timeout_s), timeout_s)
 
     def send(self, packed: PackedWeights) -> None:
-        for buffer in packed.buffers:
+        for i, buffer in enumerate(packed.buffers):
+            packed.wait_ready(i, self.timeout_s)  # filled while the previous one is sent
             broadcast_buffer(self.group, buffer, timeout_s=self.timeout_s)
 
     def close(self) -> None:

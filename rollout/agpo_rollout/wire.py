@@ -18,6 +18,7 @@ two sides cannot drift apart. See docs/weight-sync.md.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,10 +64,23 @@ class Bucket:
 
 @dataclass
 class PackedWeights:
-    """Buckets plus their byte buffers, ready to broadcast to any number of groups."""
+    """Buckets plus their byte buffers, ready to broadcast to any number of groups.
+
+    `ready[i]` is set once buffer `i` is filled (`Packer.pack(..., background=True)` fills
+    them on a thread while the first ones are already being sent); `None`: all filled.
+    Senders call `wait_ready(i)` before sending buffer `i`.
+    """
 
     buckets: list[Bucket]
     buffers: list[torch.Tensor] = field(repr=False)
+    ready: list[threading.Event] | None = field(default=None, repr=False)
+    errors: list[BaseException] = field(default_factory=list, repr=False)
+
+    def wait_ready(self, index: int, timeout_s: float) -> None:
+        if self.ready is not None and not self.ready[index].wait(timeout_s):
+            raise TimeoutError(f"bucket {index} not packed within {timeout_s:.0f}s")
+        if self.errors:
+            raise RuntimeError(f"packing the weights failed: {self.errors[0]}")
 
     @property
     def nbytes(self) -> int:
@@ -143,20 +157,10 @@ def plan_buckets(
     return buckets
 
 
-def pack_weights(
-    named_tensors: Iterable[tuple[str, torch.Tensor]],
-    *,
-    max_bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-    cast_dtype: torch.dtype | None = None,
-) -> PackedWeights:
-    """Copy detached tensors into per-dtype byte buffers on the CPU.
-
-    Each bucket is concatenated where its tensors live (a GPU policy: one kernel, then one
-    device-to-host copy per bucket, not one per tensor) and moved to the CPU, where gloo
-    sends from. `cast_dtype` converts floating-point tensors first (e.g. a float32 master
-    copy sent as bfloat16 to a bfloat16 server halves the bytes); vLLM's loaders cast on
-    copy anyway.
-    """
+def _collect(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], cast_dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    """Detached, gathered, optionally cast tensors under their checkpoint names."""
     tensors: dict[str, torch.Tensor] = {}
     for raw_name, t in named_tensors:
         name = normalize_name(raw_name)
@@ -168,15 +172,94 @@ def pack_weights(
         if cast_dtype is not None and t.is_floating_point():
             t = t.to(cast_dtype)
         tensors[name] = t
-    buckets = plan_buckets(((n, t.dtype, t.shape) for n, t in tensors.items()), max_bucket_bytes)
-    buffers = []
-    for bucket in buckets:
-        parts = [tensors[n].reshape(-1) for n in bucket.names]
-        if len({p.device for p in parts}) > 1:  # mixed placement: gather on the CPU
-            parts = [p.cpu() for p in parts]
-        flat = torch.cat(parts).cpu()
-        buffers.append(flat.view(torch.uint8))
-    return PackedWeights(buckets=buckets, buffers=buffers)
+    return tensors
+
+
+def _fill(buffer: torch.Tensor, bucket: Bucket, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Copy the bucket's tensors into `buffer` (uint8, CPU) in order."""
+    flat = buffer.view(dtype_from_name(bucket.dtype))
+    parts = [tensors[n].reshape(-1) for n in bucket.names]
+    if any(p.device.type != "cpu" for p in parts):
+        # Concatenate where they live (one kernel), then one device-to-host copy per
+        # bucket instead of one per tensor.
+        device = parts[0].device
+        flat.copy_(torch.cat([p.to(device) for p in parts]))
+        return
+    offset = 0
+    for part in parts:
+        flat[offset : offset + part.numel()].copy_(part)
+        offset += part.numel()
+
+
+class Packer:
+    """Packs parameters into buckets, reusing its CPU buffers from one push to the next.
+
+    The plan (names, shapes, dtypes) of a policy is the same every step, so the buffers
+    are allocated once: a push then costs one copy of the bytes, not an allocation (and,
+    on Linux, a page fault per 4 KiB page touched for the first time) plus a copy. The
+    buffers of the `PackedWeights` it returns are overwritten by the next `pack`.
+    """
+
+    def __init__(
+        self,
+        max_bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        cast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.max_bucket_bytes = max_bucket_bytes
+        self.cast_dtype = cast_dtype
+        self._plan: list[Bucket] = []
+        self._buffers: list[torch.Tensor] = []
+        self._filling: threading.Thread | None = None
+
+    def pack(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]], *, background: bool = False
+    ) -> PackedWeights:
+        """The packed weights. `background`: return at once and fill the buckets in order
+        on a thread (`PackedWeights.ready`), so that bucket k+1 is copied while bucket k
+        is on the wire; the caller must not change the tensors until all are sent."""
+        if self._filling is not None:  # a failed push may have left one running
+            self._filling.join()
+            self._filling = None
+        tensors = _collect(named_tensors, self.cast_dtype)
+        plan = plan_buckets(
+            ((n, t.dtype, t.shape) for n, t in tensors.items()), self.max_bucket_bytes
+        )
+        if plan != self._plan:
+            self._buffers = [torch.empty(b.nbytes, dtype=torch.uint8) for b in plan]
+            self._plan = plan
+        packed = PackedWeights(buckets=plan, buffers=list(self._buffers))
+        if not background:
+            for bucket, buffer in zip(plan, packed.buffers, strict=True):
+                _fill(buffer, bucket, tensors)
+            return packed
+        packed.ready = [threading.Event() for _ in plan]
+
+        def fill_all() -> None:
+            try:
+                for bucket, buffer, event in zip(plan, packed.buffers, packed.ready, strict=True):
+                    _fill(buffer, bucket, tensors)
+                    event.set()
+            except BaseException as exc:  # handed to the senders
+                packed.errors.append(exc)
+                for event in packed.ready or ():
+                    event.set()
+
+        self._filling = threading.Thread(target=fill_all, name="agpo-pack", daemon=True)
+        self._filling.start()
+        return packed
+
+
+def pack_weights(
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+    *,
+    max_bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    cast_dtype: torch.dtype | None = None,
+) -> PackedWeights:
+    """Copy detached tensors into fresh per-dtype byte buffers on the CPU (where gloo sends
+    from). `cast_dtype` converts floating-point tensors first (e.g. a float32 master copy
+    sent as bfloat16 to a bfloat16 server halves the bytes); vLLM's loaders cast on copy
+    anyway. `Packer` does the same with buffers kept between pushes."""
+    return Packer(max_bucket_bytes, cast_dtype).pack(named_tensors)
 
 
 def unpack_bucket(buffer: torch.Tensor, bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:

@@ -58,6 +58,27 @@ def test_pack_unpack_round_trip_across_dtypes_and_buckets() -> None:
     assert plan_buckets([("x", torch.float32, [10])], 1)[0].names == ["x"]
 
 
+def test_the_packer_reuses_its_buffers_and_always_sends_the_current_values() -> None:
+    from agpo_rollout.wire import Packer
+
+    packer = Packer(max_bucket_bytes=64)
+    state = {"a": torch.arange(10.0), "b": torch.arange(12.0).reshape(3, 4)}
+    first = packer.pack(state.items())
+    pointers = [b.data_ptr() for b in first.buffers]
+    state = {k: v * -2 for k, v in state.items()}
+    second = packer.pack(state.items())
+    assert [b.data_ptr() for b in second.buffers] == pointers  # no new allocation
+    got = {n: t for b, buf in zip(second.buckets, second.buffers, strict=True)
+           for n, t in unpack_bucket(buf, b)}  # fmt: skip
+    assert all(torch.equal(got[k], v) for k, v in state.items())
+    third = packer.pack([*state.items(), ("c", torch.ones(3))])  # a new plan: new buffers
+    assert [b.names for b in third.buckets] == [["a"], ["b", "c"]]
+    # In the background the buckets are filled in order on a thread; each one is waited for.
+    later = packer.pack([("a", torch.full((10,), 7.0))], background=True)
+    later.wait_ready(0, timeout_s=10)
+    assert torch.equal(later.buffers[0].view(torch.float32), torch.full((10,), 7.0))
+
+
 def test_plugin_entry_point_registers_gloo_on_the_engine_factory_idempotently() -> None:
     pytest.importorskip("vllm", reason="needs vllm")
     from importlib.metadata import entry_points

@@ -19,7 +19,7 @@ from agpo_rollout.wire import (
     DEFAULT_BUCKET_BYTES,
     PUSH_PATH,
     PackedWeights,
-    pack_weights,
+    Packer,
     push_request,
 )
 from agpo_trainer.rollout.weight_sync.transport import (
@@ -51,8 +51,7 @@ class GlooTransport:
         self.master_address = master_address
         self.master_port = master_port
         self.timeout_s = timeout_s
-        self.max_bucket_bytes = max_bucket_bytes
-        self.cast_dtype = cast_dtype
+        self.packer = Packer(max_bucket_bytes, cast_dtype)  # buffers reused every push
         self.store: Any = None
         self.senders: dict[str, GlooSender] = {}
 
@@ -95,9 +94,9 @@ class GlooTransport:
         named = (
             weights.named_parameters() if isinstance(weights, torch.nn.Module) else weights.items()
         )
-        return pack_weights(
-            named, max_bucket_bytes=self.max_bucket_bytes, cast_dtype=self.cast_dtype
-        )
+        # Filled on a thread, bucket by bucket, while the first buckets are already on
+        # the wire (every server's sender waits for each bucket it sends).
+        return self.packer.pack(named, background=True)
 
     def push(self, server: Server, payload: Any, version: str, pause_mode: str) -> PushAnswer:
         packed: PackedWeights = payload
