@@ -2,7 +2,8 @@
 
 Usage (from the repository root, in the project's environment, under the heavy-job lock)::
 
-    python benchmarks/bench_weight_sync.py [--models tiny,50m] [--repeats 7] [--step-s 0.88]
+    python benchmarks/bench_weight_sync.py [--models tiny,50m] [--repeats 7] [--step-s 0.88] \
+        [--bucket-mb 32]
 
 For each model one vLLM server is started (the command line ``agpo run`` and the rollout pods
 use, ``--enforce-eager``, float32) and joined by a ``WeightSyncer``. Then, alternating (the
@@ -45,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 for sub in ("trainer", "rollout", "api"):
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
+
+from agpo_rollout.wire import DEFAULT_BUCKET_BYTES  # noqa: E402  (after the path setup)
 
 HANDSHAKE_TIMEOUT_S = 120.0
 RAW_METHOD = "agpo_bench_receive"
@@ -266,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--step-s", type=float, default=0.88, help="training step seconds for the share"
     )
-    parser.add_argument("--bucket-mb", type=float, default=256.0, help="max bucket size, MiB")
+    parser.add_argument(
+        "--bucket-mb",
+        type=float,
+        default=DEFAULT_BUCKET_BYTES / 2**20,
+        help="max bucket size, MiB (default: the syncer's)",
+    )
     parser.add_argument("--lr", type=float, default=5e-4, help="AdamW lr (tiny-cpu sample)")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)

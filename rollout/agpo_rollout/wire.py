@@ -25,7 +25,11 @@ from typing import Any
 
 import torch
 
-DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
+# 32 MiB: large enough that gloo's per-message cost is noise (~0.1 ms against ~15 ms of
+# bytes on loopback), small enough that packing, sending and loading overlap across buckets
+# (benchmarks/bench_weight_sync.py, 50M parameters: 1.4x a raw transfer with 32 MiB, one
+# 203 MB bucket cannot overlap anything).
+DEFAULT_BUCKET_BYTES = 32 * 1024 * 1024
 #: The plugin's one-round-trip push (pause, start, update, finish, resume, version).
 PUSH_PATH = "/agpo/push_weights"
 PAUSE_MODES = ("wait", "abort", "keep")
