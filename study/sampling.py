@@ -9,6 +9,7 @@ the live training module, so there is no weight push.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,6 +18,49 @@ from agpo_trainer.rollout.client import Completion
 
 #: Token ids, per-token log-probs (after temperature) and whether EOS was reached.
 Row = tuple[list[int], list[float], bool]
+
+
+#: One decoding step: (the sampled tokens [B], the KV cache) -> the model's output.
+Step = Callable[[torch.Tensor, Any], Any]
+
+
+def _decode(
+    res: Any,
+    step: Step,
+    *,
+    eos: int,
+    max_new_tokens: int,
+    temperature: float,
+    gen: torch.Generator,
+) -> list[Row]:
+    """The token loop shared by both samplers: from the prefill's output ``res``, sample (or
+    take the argmax when ``temperature == 0``) up to ``max_new_tokens`` tokens per row, EOS
+    repeated once a row has finished, and cut each row after its EOS."""
+    past, logits = res.past_key_values, res.logits[:, -1]
+    greedy = temperature == 0
+    done = torch.zeros(logits.shape[0], dtype=torch.bool)
+    toks: list[torch.Tensor] = []
+    lps: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        logits = logits.float() / (1.0 if greedy else temperature)
+        if greedy:
+            nxt = logits.argmax(-1)
+        else:
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1)
+        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+        lps.append(torch.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1))
+        toks.append(nxt)
+        done |= nxt == eos
+        if bool(done.all()):
+            break
+        res = step(nxt, past)
+        past, logits = res.past_key_values, res.logits[:, -1]
+    out: list[Row] = []
+    for s, l_ in zip(torch.stack(toks, 1).tolist(), torch.stack(lps, 1).tolist(), strict=True):
+        finished = eos in s
+        k = s.index(eos) + 1 if finished else len(s)
+        out.append((s[:k], l_[:k], finished))
+    return out
 
 
 @torch.no_grad()
@@ -42,35 +86,23 @@ def sample_rows(
     by_len: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
-    greedy = temperature == 0
+
+    def step(nxt: torch.Tensor, past: Any) -> Any:
+        return model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
+
     for idxs in by_len.values():
         rows = [(i, j) for i in idxs for j in range(n)]
         ids = torch.tensor([prompts[i] for i, _ in rows])
-        res = model(input_ids=ids, use_cache=True)
-        past, logits = res.past_key_values, res.logits[:, -1]
-        done = torch.zeros(len(rows), dtype=torch.bool)
-        toks: list[torch.Tensor] = []
-        lps: list[torch.Tensor] = []
-        for _ in range(max_new_tokens):
-            logits = logits.float() / (1.0 if greedy else temperature)
-            if greedy:
-                nxt = logits.argmax(-1)
-            else:
-                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1)
-            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-            lps.append(torch.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1))
-            toks.append(nxt)
-            done |= nxt == eos
-            if bool(done.all()):
-                break
-            res = model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-            past, logits = res.past_key_values, res.logits[:, -1]
-        seq = torch.stack(toks, 1).tolist()
-        lp = torch.stack(lps, 1).tolist()
-        for (i, j), s, l_ in zip(rows, seq, lp, strict=True):
-            finished = eos in s
-            k = s.index(eos) + 1 if finished else len(s)
-            out[i * n + j] = (s[:k], l_[:k], finished)
+        decoded = _decode(
+            model(input_ids=ids, use_cache=True),
+            step,
+            eos=eos,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            gen=gen,
+        )
+        for (i, j), row in zip(rows, decoded, strict=True):
+            out[i * n + j] = row
     return [r for r in out if r is not None]
 
 
@@ -99,43 +131,28 @@ def sample_padded(
         ids[r, width - len(p) :] = torch.tensor(p)
         attn[r, width - len(p) :] = 1
     pos = (attn.cumsum(1) - 1).clamp(min=0)
-    res = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-    past, logits = res.past_key_values, res.logits[:, -1]
-    last = pos[:, -1]
-    greedy = temperature == 0
-    done = torch.zeros(len(rows), dtype=torch.bool)
-    toks: list[torch.Tensor] = []
-    lps: list[torch.Tensor] = []
-    for _ in range(max_new_tokens):
-        logits = logits.float() / (1.0 if greedy else temperature)
-        if greedy:
-            nxt = logits.argmax(-1)
-        else:
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1)
-        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-        lps.append(torch.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1))
-        toks.append(nxt)
-        done |= nxt == eos
-        if bool(done.all()):
-            break
-        attn = torch.cat([attn, torch.ones((len(rows), 1), dtype=torch.long)], 1)
-        last = last + 1
-        res = model(
+    state = {"attn": attn, "last": pos[:, -1]}
+
+    def step(nxt: torch.Tensor, past: Any) -> Any:
+        # one more attended position per row; its position id follows the row's own last
+        state["attn"] = torch.cat([state["attn"], torch.ones((len(rows), 1), dtype=torch.long)], 1)
+        state["last"] = state["last"] + 1
+        return model(
             input_ids=nxt[:, None],
-            attention_mask=attn,
-            position_ids=last[:, None],
+            attention_mask=state["attn"],
+            position_ids=state["last"][:, None],
             past_key_values=past,
             use_cache=True,
         )
-        past, logits = res.past_key_values, res.logits[:, -1]
-    seq = torch.stack(toks, 1).tolist()
-    lp = torch.stack(lps, 1).tolist()
-    out: list[Row] = []
-    for s, l_ in zip(seq, lp, strict=True):
-        finished = eos in s
-        k = s.index(eos) + 1 if finished else len(s)
-        out.append((s[:k], l_[:k], finished))
-    return out
+
+    return _decode(
+        model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True),
+        step,
+        eos=eos,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        gen=gen,
+    )
 
 
 class LocalRollout:
