@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -159,6 +160,33 @@ class Launch:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         return killed
+
+
+@contextlib.contextmanager
+def agpo_run_process(cmd: list[str], env: dict[str, str], timeout_s: float) -> Iterator[Launch]:
+    """Start ``cmd`` (an ``agpo run``) in its own session, wait until it exits (remembering
+    every process group the launcher starts), then yield its :class:`Launch`; on leaving,
+    every leftover process group is killed (and said on stderr)."""
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    launch = Launch(proc)
+    reader = threading.Thread(target=launch.reader, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None:
+            launch.track()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"agpo run did not finish in {timeout_s:.0f}s")
+            time.sleep(0.5)
+        reader.join(timeout=5)
+        yield launch
+    finally:
+        killed = launch.stop()
+        if killed:
+            print(f"note: killed leftover process groups {killed}", file=sys.stderr)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -313,39 +341,23 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = False
     t_launch = time.time()
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-    )  # fmt: skip
-    launch = Launch(proc)
-    reader = threading.Thread(target=launch.reader, daemon=True)
-    reader.start()
     try:
-        deadline = time.monotonic() + args.timeout
-        while proc.poll() is None:
-            launch.track()  # remember every process group the launcher starts
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"agpo run did not finish in {args.timeout:.0f}s")
-            time.sleep(0.5)
-        t_exit = time.time()
-        reader.join(timeout=5)
-        load_after = loadavg()
-        trainer_log = workdir / "logs" / "trainer.log"
-        if proc.returncode != 0:
-            tail = "\n".join(line for _, line in launch.lines[-20:])
-            print(f"agpo run failed (exit {proc.returncode}):\n{tail}", file=sys.stderr)
-            return 1
-        steps, marks = parse_trainer_log(trainer_log)
-        report(args, job, launch, t_launch, t_exit, steps, marks)
-        print(f"\nload average after: {load_after}")
-        ok = True
+        with agpo_run_process(cmd, env, args.timeout) as launch:
+            t_exit = time.time()
+            load_after = loadavg()
+            trainer_log = workdir / "logs" / "trainer.log"
+            if launch.proc.returncode != 0:
+                tail = "\n".join(line for _, line in launch.lines[-20:])
+                print(f"agpo run failed (exit {launch.proc.returncode}):\n{tail}", file=sys.stderr)
+                return 1
+            steps, marks = parse_trainer_log(trainer_log)
+            report(args, job, launch, t_launch, t_exit, steps, marks)
+            print(f"\nload average after: {load_after}")
+            ok = True
     except KeyboardInterrupt:
         print("interrupted; stopping every process", file=sys.stderr)
         return 130
     finally:
-        killed = launch.stop()
-        if killed:
-            print(f"note: killed leftover process groups {killed}", file=sys.stderr)
         if args.keep_workdir or not ok:
             print(f"workdir kept: {workdir}")
         else:

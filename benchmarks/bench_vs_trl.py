@@ -63,7 +63,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -79,7 +78,7 @@ for sub in ("api", "trainer", "operator", "cli"):
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from bench_trainer import Launch, loadavg, parse_trainer_log  # noqa: E402
+from bench_trainer import agpo_run_process, loadavg, parse_trainer_log  # noqa: E402
 
 DEFAULT_JOB = HERE / "jobs" / "tiny-trl-parity.yaml"
 HEAVY_LOCK = Path("/tmp/agpo-heavy.lock")
@@ -390,27 +389,11 @@ def run_ours(args: argparse.Namespace, repeat: int, tmp: Path) -> RunResult:
     }
     load_before = loadavg()
     t_launch = time.time()
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-    )  # fmt: skip
-    launch = Launch(proc)
-    reader = threading.Thread(target=launch.reader, daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + args.timeout
-        while proc.poll() is None:
-            launch.track()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"agpo run did not finish in {args.timeout:.0f}s")
-            time.sleep(0.5)
+    with agpo_run_process(cmd, env, args.timeout) as launch:
         wall = time.time() - t_launch
-        reader.join(timeout=5)
-    finally:
-        launch.stop()
-    if proc.returncode != 0:
+    if launch.proc.returncode != 0:
         tail = "\n".join(line for _, line in launch.lines[-25:])
-        raise RuntimeError(f"agpo run {repeat} failed (exit {proc.returncode}):\n{tail}")
+        raise RuntimeError(f"agpo run {repeat} failed (exit {launch.proc.returncode}):\n{tail}")
     steps, _ = parse_trainer_log(workdir / "logs" / "trainer.log")
     records = [r for _, r in steps]
     # No completion can exceed max_tokens, so a step mean equal to it means every completion
