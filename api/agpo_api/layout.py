@@ -22,6 +22,9 @@ TINY_MODEL_DIR = "/model"
 CHECKPOINTS_DIR = "/checkpoints"
 #: A dataset file from a PVC (``spec.dataset.source.file.pvc``).
 DATA_DIR = "/data"
+#: An evaluation file from a PVC (``spec.evaluation.source.file.pvc``): the trainer reads
+#: ``EVAL_DATA_DIR/<subPath>``.
+EVAL_DATA_DIR = "/eval-data"
 
 #: The key of the rollout token in the job's Secret.
 TOKEN_KEY = "token"

@@ -374,3 +374,21 @@ def test_builders_do_not_import_kopf() -> None:
     code = "import sys, agpo_operator.render, agpo_operator.builders; print('kopf' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_evaluation_file_on_a_pvc_is_mounted_read_only_where_the_trainer_reads_it() -> None:
+    from agpo_api.layout import EVAL_DATA_DIR
+
+    source = {"file": {"pvc": "eval-sets", "subPath": "math/test.jsonl"}}
+    objs = children(job(evaluation={"source": source}))
+    pod = trainer_pod(objs)
+    claim = {"claimName": "eval-sets", "readOnly": True}
+    assert {"name": "eval-data", "persistentVolumeClaim": claim} in pod["volumes"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[EVAL_DATA_DIR] == {
+        "name": "eval-data",
+        "mountPath": EVAL_DATA_DIR,
+        "readOnly": True,
+    }
+    # no evaluation file, no extra volume
+    assert all(v["name"] != "eval-data" for v in trainer_pod(children(job()))["volumes"])

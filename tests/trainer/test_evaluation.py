@@ -237,3 +237,21 @@ def test_requests_are_chunked_to_a_training_batch_with_per_prompt_seeds() -> Non
     assert chunked == dataclasses.replace(
         whole.run(step=4, policy_version=4), seconds=chunked.seconds
     )
+
+
+def test_an_evaluation_file_on_a_pvc_is_read_where_the_operator_mounts_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator mounts ``evaluation.source.file.pvc`` at ``layout.EVAL_DATA_DIR``; the
+    trainer reads ``<that>/<subPath>``, not the dataset's ``/data``."""
+    import agpo_trainer.evaluation as evaluation
+
+    rows = [{"prompt": f"a{i}b1=", "answer": "1"} for i in range(5)]
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(evaluation, "EVAL_DATA_DIR", str(tmp_path))
+    source = {"file": {"pvc": "eval-sets", "subPath": "/sets/eval.jsonl"}}
+    spec = job(BITCOUNT, {"source": source})
+    assert evaluation.eval_file_in_pod(spec.evaluation.source) == f"{tmp_path}/sets/eval.jsonl"
+    _, held = evaluation_sets(spec, load_examples(spec.dataset))
+    assert [e.answer for e in held] == ["1"] * 5 and held[0].prompt.startswith("a0b1")

@@ -17,6 +17,7 @@ import random
 import time
 from typing import Any
 
+from agpo_api.layout import EVAL_DATA_DIR
 from agpo_api.models import AGPOJobSpec, DatasetSource, EvaluationSpec
 from agpo_trainer.data import (
     Example,
@@ -63,8 +64,17 @@ def evaluation_sets(
         examples, held = split_holdout(examples, src.fraction)
     else:
         other = ds.model_copy(update={"source": DatasetSource(file=src.file, hf=src.hf)})
-        held = load_examples(other, base_dir, dataset_path=None)
+        held = load_examples(other, base_dir, dataset_path=eval_file_in_pod(src))
     return examples, pick(held, ev.prompts, spec.training.seed)
+
+
+def eval_file_in_pod(src: Any) -> str | None:
+    """Where the operator mounted an evaluation file's PVC (``layout.EVAL_DATA_DIR``); None
+    for every other source."""
+    file = src.file
+    if file is None or not file.pvc:
+        return None
+    return f"{EVAL_DATA_DIR}/{(file.sub_path or '').strip('/')}"
 
 
 def pick(examples: list[Example], n: int, seed: int) -> list[Example]:

@@ -23,7 +23,9 @@ class EvaluationSource(ApiModel):
         "builtin tasks that have splits.",
     )
     file: FileSource | None = Field(
-        default=None, description="A separate JSONL/Parquet file (same fields as the dataset)."
+        default=None,
+        description="A separate JSONL/Parquet file (same fields as the dataset); a file on a "
+        "PVC is mounted read-only at /eval-data in the trainer pods.",
     )
     hf: HfSource | None = Field(
         default=None, description="A separate datasets dataset (e.g. its test split)."

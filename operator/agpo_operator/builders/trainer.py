@@ -16,6 +16,7 @@ from agpo_api.env import EnvVar, TrainerSettings
 from agpo_api.layout import (
     CHECKPOINTS_DIR,
     DATA_DIR,
+    EVAL_DATA_DIR,
     JOB_FILE,
     RENDEZVOUS_PORT,
     TINY_MODEL,
@@ -165,6 +166,12 @@ def _volumes(job: AGPOJob, n: Names) -> tuple[list[Obj], list[Obj]]:
             {"name": "data", "persistentVolumeClaim": {"claimName": file.pvc, "readOnly": True}}
         )
         mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
+    ev = job.spec.evaluation
+    eval_file = ev.source.file if ev is not None and ev.source is not None else None
+    if eval_file is not None and eval_file.pvc:
+        claim = {"claimName": eval_file.pvc, "readOnly": True}
+        volumes.append({"name": "eval-data", "persistentVolumeClaim": claim})
+        mounts.append({"name": "eval-data", "mountPath": EVAL_DATA_DIR, "readOnly": True})
     return volumes, mounts
 
 
