@@ -32,6 +32,7 @@ def policy(world_size: int, rank: int, trainer: dict[str, Any]) -> Policy:
     doc = copy.deepcopy(MINIMAL)
     # one mini-batch: mini-batch k is the k-th part of *every rank's* slice, so with two it
     # would hold other rows on 2 ranks than in 1 process; epochs repeat it (the ratio moves)
+    doc["spec"]["model"] = {**doc["spec"]["model"], "dtype": "float32"}  # exact comparisons
     doc["spec"]["training"] = {"promptsPerStep": PROMPTS, "epochs": 2}
     doc["spec"]["algorithm"] = {"groupSize": G}
     doc["spec"].setdefault("trainer", {}).update(trainer)

@@ -38,6 +38,7 @@ def make_policy(
     trainer: dict[str, Any] | None = None,
 ) -> Policy:
     doc = copy.deepcopy(MINIMAL)
+    doc["spec"]["model"] = {**doc["spec"]["model"], "dtype": "float32"}  # exact comparisons
     doc["spec"]["training"] = {"learningRate": 0.05, "promptsPerStep": PROMPTS, **training}
     doc["spec"]["algorithm"] = {"groupSize": G, **(algorithm or {})}
     doc["spec"].setdefault("trainer", {}).update(trainer or {})

@@ -22,6 +22,17 @@ from agpo_trainer.runtime import Runtime
 from agpo_trainer.schedule import lr_lambda
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The trainer's parameters (AdamW's master copy) are float32 whatever ``model.dtype`` is:
+#: ``model.dtype`` is the compute and serving dtype. An update of lr x ~1 is far below bf16's
+#: spacing near a typical weight (1e-6 vs ~1e-4 at 0.02), so bf16 parameters would round most
+#: updates away. verl does the same (float32 actor, FSDP casting to bf16 for compute).
+MASTER_DTYPE = torch.float32
+
+
+def compute_dtype_of(spec: AGPOJobSpec) -> torch.dtype | None:
+    """The mixed-precision compute dtype (``model.dtype``), or None when it is float32."""
+    dtype = DTYPES[spec.model.dtype]
+    return None if dtype == MASTER_DTYPE else dtype
 
 
 # --------------------------------------------------------------------------- model inputs
@@ -149,9 +160,9 @@ class Policy:
         tokenizer = load_tokenizer(spec.model, model_dir)
         device = torch.device(f"cuda:{rt.local_rank}" if torch.cuda.is_available() else "cpu")
         kwargs = {"revision": spec.model.revision} if spec.model.revision else {}
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=DTYPES[spec.model.dtype], **kwargs
-        ).to(device)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=MASTER_DTYPE, **kwargs).to(
+            device
+        )
         return Policy(
             spec, rt, model_dir=model_dir, tokenizer=tokenizer, model=model, device=device
         )
@@ -162,15 +173,20 @@ class Policy:
         DDP and FSDP hook (under FSDP2 the wrapper is the root that unshards the lm_head)."""
         from agpo_trainer.models.response import ResponseModel
 
-        model = ResponseModel(lm)
-        if self.rt.world_size == 1:
-            return model
-        if self.spec.trainer.strategy == "fsdp":
-            from torch.distributed.fsdp import fully_shard
+        compute = compute_dtype_of(self.spec)
+        if self.sharded:
+            # FSDP2 casts the float32 shards to the compute dtype when it gathers them and
+            # reduces gradients in float32: the optimizer steps the float32 shards.
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+            mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=MASTER_DTYPE)
+            model = ResponseModel(lm)
             for layer in getattr(getattr(lm, "model", lm), "layers", []):
-                fully_shard(layer)
-            fully_shard(model)
+                fully_shard(layer, mp_policy=mp)
+            fully_shard(model, mp_policy=mp)
+            return model
+        model = ResponseModel(lm, autocast_dtype=compute)  # autocast over float32 parameters
+        if self.rt.world_size == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel
 

@@ -36,7 +36,7 @@ from agpo_trainer.evaluation import Evaluator, evaluation_sets
 from agpo_trainer.experience import Batch, Experience, encode_prompt, reward_terms
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics, serve
 from agpo_trainer.overlap import RolloutPipeline, check_staleness, staleness_bound
-from agpo_trainer.policy import Policy
+from agpo_trainer.policy import Policy, compute_dtype_of
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.stats import StepStats, algorithm_line
 from agpo_trainer.update import train_step
@@ -278,6 +278,8 @@ def connect(spec: AGPOJobSpec, rt: Runtime) -> tuple[Any, Any]:
         master_port=rt.weight_sync_port,
         timeout_s=min(WEIGHT_SYNC_CALL_TIMEOUT_S, timeout),
         ready_timeout_s=timeout,
+        # float32 master weights travel in the dtype the servers serve (model.dtype)
+        cast_dtype=compute_dtype_of(spec),
     )
     syncer.init()
     return client, syncer

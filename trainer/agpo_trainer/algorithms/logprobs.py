@@ -14,8 +14,8 @@ the lm_head over positions; TRL's ``selective_log_softmax`` takes ``logit[id] - 
 per row. This one is plain torch (no Triton), so it also runs on CPU and is checked against
 autograd in float64 (``tests/trainer/test_chunked_logprobs.py``).
 
-Precision follows the unchunked path it replaces: the matmul in the weight's dtype (bf16 on
-GPU), the softmax in float32 (float64 kept); the weight gradient is summed over chunks in
+Precision follows the unchunked path it replaces: the matmul in the activations' dtype (bf16
+under mixed precision, the float32 master lm_head cast once per call), the softmax in float32 (float64 kept); the weight gradient is summed over chunks in
 float32 and cast once (a bf16 sum over many chunks would round at every chunk).
 """
 
@@ -32,9 +32,21 @@ from agpo_trainer.algorithms.advantages import compute_dtype
 def _chunk_logits(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float
 ) -> Tensor:
-    """Tempered logits ``[c, V]`` of one chunk, in float32 (float64 kept)."""
+    """Tempered logits ``[c, V]`` of one chunk, in float32 (float64 kept). ``weight`` and
+    ``bias`` are already in ``hidden``'s dtype (see :func:`_as_activation_dtype`)."""
     z = torch.nn.functional.linear(hidden, weight, bias).to(compute_dtype(hidden.dtype))
     return z.div_(temperature) if temperature != 1.0 else z
+
+
+def _as_activation_dtype(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """The lm_head in the activations' dtype, cast once per call: with float32 master
+    weights under autocast the hidden states are bf16 and the weight float32 (autocast casts
+    in forward, but backward runs outside autocast)."""
+    if weight.dtype == hidden.dtype:
+        return weight, bias
+    return weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype)
 
 
 def _spans(n: int, chunk: int) -> list[slice]:
@@ -56,11 +68,12 @@ class _LinearTokenLogprobs(torch.autograd.Function):  # type: ignore[misc, unuse
         with_entropy: bool,
     ) -> tuple[Tensor, Tensor]:
         n, dtype = hidden.shape[0], compute_dtype(hidden.dtype)
+        w, b = _as_activation_dtype(hidden, weight, bias)
         logp = torch.empty(n, dtype=dtype, device=hidden.device)
         lse = torch.empty(n, dtype=dtype, device=hidden.device)
         entropy = torch.empty(n if with_entropy else 0, dtype=dtype, device=hidden.device)
         for s in _spans(n, chunk):
-            z = _chunk_logits(hidden[s], weight, bias, temperature)
+            z = _chunk_logits(hidden[s], w, b, temperature)
             lse[s] = torch.logsumexp(z, dim=-1)
             logp[s] = z.gather(-1, tokens[s].unsqueeze(-1)).squeeze(-1) - lse[s]
             if with_entropy:
@@ -80,17 +93,18 @@ class _LinearTokenLogprobs(torch.autograd.Function):  # type: ignore[misc, unuse
         acc = compute_dtype(weight.dtype)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+        w, b = _as_activation_dtype(hidden, weight, bias)
         for s in _spans(hidden.shape[0], ctx.chunk):
             g = grad_logp[s].to(lse.dtype).unsqueeze(-1)
             # d logp_n / d z = onehot(token_n) - softmax(z), times 1/T for the tempering
-            gz = _chunk_logits(hidden[s], weight, bias, ctx.temperature)
+            gz = _chunk_logits(hidden[s], w, b, ctx.temperature)
             gz.sub_(lse[s].unsqueeze(-1)).exp_().mul_(-g)
             gz.scatter_add_(-1, tokens[s].unsqueeze(-1), g)
             if ctx.temperature != 1.0:
                 gz.div_(ctx.temperature)
-            gz = gz.to(weight.dtype)  # the matmuls in the weight's dtype, like the unchunked path
+            gz = gz.to(w.dtype)  # the matmuls in the activations' dtype, like the unchunked path
             if grad_h is not None:
-                grad_h[s] = gz @ weight
+                grad_h[s] = gz @ w
             if grad_w is not None:
                 grad_w += (gz.t() @ hidden[s]).to(acc)
             if grad_b is not None:

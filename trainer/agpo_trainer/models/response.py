@@ -16,8 +16,10 @@ is registered twice. Called without ``response_tokens`` it is the causal LM's fo
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from agpo_trainer.algorithms import entropy_from_logits, linear_token_logprobs, token_logprobs
@@ -37,8 +39,11 @@ class ResponseModel(nn.Module):
     returns ``(logp [N], entropy [N] | None)`` for the ``N`` response tokens; any other call
     is the causal LM's own forward."""
 
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: nn.Module, *, autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        # Mixed precision without FSDP: float32 parameters, the forward under autocast to
+        # this dtype (None: no autocast). Under FSDP2 its MixedPrecisionPolicy casts instead.
+        self.autocast_dtype = autocast_dtype
         if next(lm.named_parameters(recurse=False), None) is not None:
             raise ValueError(f"{type(lm).__name__} holds parameters outside its submodules")
         for name, child in lm.named_children():
@@ -68,6 +73,25 @@ class ResponseModel(nn.Module):
         temperature: float = 1.0,
         chunk_tokens: int = 1024,
         with_entropy: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        dtype = self.autocast_dtype
+        device = next(self.parameters()).device.type
+        ctx = contextlib.nullcontext() if dtype is None else torch.autocast(device, dtype=dtype)
+        with ctx:
+            return self._forward(*args, response_positions=response_positions,
+                                 response_tokens=response_tokens, temperature=temperature,
+                                 chunk_tokens=chunk_tokens, with_entropy=with_entropy,
+                                 **kwargs)  # fmt: skip
+
+    def _forward(
+        self,
+        *args: Any,
+        response_positions: Tensor | None,
+        response_tokens: Tensor | None,
+        temperature: float,
+        chunk_tokens: int,
+        with_entropy: bool,
         **kwargs: Any,
     ) -> Any:
         if response_tokens is None:

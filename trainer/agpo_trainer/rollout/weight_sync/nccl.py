@@ -57,8 +57,10 @@ class NcclTransport:
         master_address: str,
         master_port: int,
         timeout_s: float,
+        cast_dtype: torch.dtype | None = None,
     ) -> None:
         self.calls = calls
+        self.cast_dtype = cast_dtype  # float32 master weights -> the served dtype
         self.token = token
         self.master_address = master_address
         self.master_port = master_port
@@ -89,6 +91,11 @@ class NcclTransport:
     def prepare(self, weights: Weights) -> NcclPayload:
         from vllm.distributed.weight_transfer.base import ModuleSource
 
+        if self.cast_dtype is not None:  # a cast copy (the servers serve model.dtype)
+            named = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+            return NcclPayload(
+                _DictSource({k: _cast(v, self.cast_dtype) for k, v in named.items()})
+            )
         if isinstance(weights, torch.nn.Module):
             return NcclPayload(ModuleSource(weights))
         return NcclPayload(_DictSource(weights))
@@ -120,6 +127,11 @@ class NcclTransport:
         for session in self.sessions.values():
             session.engine.shutdown()
         self.sessions.clear()
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    t = t.detach()
+    return t.to(dtype) if t.is_floating_point() else t
 
 
 class _DictSource:

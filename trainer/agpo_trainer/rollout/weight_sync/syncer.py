@@ -117,6 +117,7 @@ class WeightSyncer:
         else:
             self.transport = NcclTransport(
                 self.calls,
+                cast_dtype=cast_dtype,
                 token=token,
                 master_address=self.master_address,
                 master_port=self.master_port,
