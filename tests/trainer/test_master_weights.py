@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from test_chunked_logprobs import COMPLETIONS, PROMPTS, qwen, weighted_sum
 from torch import nn
 
 from agpo_api.models import AGPOJobSpec
@@ -15,8 +16,6 @@ from agpo_trainer.algorithms import linear_token_logprobs
 from agpo_trainer.models.response import ResponseModel
 from agpo_trainer.policy import MASTER_DTYPE, Policy, Responses, compute_dtype_of, response_logprobs
 from agpo_trainer.runtime import Runtime
-
-from test_chunked_logprobs import COMPLETIONS, PROMPTS, qwen, weighted_sum
 
 
 def spec(dtype: str) -> AGPOJobSpec:
@@ -67,7 +66,9 @@ def adam_step(model: nn.Module, lm: nn.Module, lr: float) -> float:
     logp, _ = response_logprobs(model, x, 1.0, chunk_tokens=4)
     weighted_sum(logp, x).backward()
     opt.step()
-    changed = sum(int((p.detach() != b).sum()) for p, b in zip(lm.parameters(), before, strict=True))
+    changed = sum(
+        int((p.detach() != b).sum()) for p, b in zip(lm.parameters(), before, strict=True)
+    )
     return changed / sum(b.numel() for b in before)
 
 
