@@ -6,6 +6,8 @@ A minimal spec needs only ``model`` and ``dataset``; every default below is what
 """
 
 from agpo_api.models.algorithm import (
+    DEFAULT_CORRECT_THRESHOLD,
+    DEFAULT_ZERO_VARIANCE_ADVANTAGE,
     AlgorithmSpec,
     ClipSpec,
     CorrectSpec,
@@ -31,7 +33,12 @@ from agpo_api.models.common import (
     SecretKeyRef,
     Toleration,
 )
-from agpo_api.models.evaluation import TASKS_WITH_SPLITS, EvaluationSource, EvaluationSpec
+from agpo_api.models.evaluation import (
+    TASKS_WITH_SPLITS,
+    EvaluationSource,
+    EvaluationSpec,
+    has_eval_split,
+)
 from agpo_api.models.inputs import (
     BuiltinSource,
     DatasetSource,
@@ -52,7 +59,6 @@ from agpo_api.models.presets import (
     DEFAULT_CLIP,
     DEFAULT_PRESET,
     FAMILY_FIELDS,
-    LENGTH_COEFFICIENTS,
     PLAIN_PRESET,
     PRESETS,
     AdvantageName,
@@ -60,8 +66,10 @@ from agpo_api.models.presets import (
     LossAggregationName,
     PolicyLossName,
     PresetName,
+    RewardName,
     ZeroVarianceName,
     cel_effective,
+    default_coefficient,
     preset_of,
     resolve_algorithm,
 )
@@ -85,12 +93,13 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_CHECKPOINT_SIZE",
     "DEFAULT_CLIP",
+    "DEFAULT_CORRECT_THRESHOLD",
     "DEFAULT_PRESET",
     "DEFAULT_STARTUP_TIMEOUT_SECONDS",
+    "DEFAULT_ZERO_VARIANCE_ADVANTAGE",
     "FAMILY_FIELDS",
     "GROUP",
     "KIND",
-    "LENGTH_COEFFICIENTS",
     "MAX_JOB_NAME_LENGTH",
     "PLAIN_PRESET",
     "PLURAL",
@@ -132,6 +141,7 @@ __all__ = [
     "PositiveInt",
     "PresetName",
     "ResourceRequirements",
+    "RewardName",
     "RewardBounds",
     "RewardSpec",
     "RolloutSpec",
@@ -143,6 +153,8 @@ __all__ = [
     "WeightSyncSpec",
     "ZeroVarianceName",
     "cel_effective",
+    "has_eval_split",
+    "default_coefficient",
     "preset_of",
     "resolve_algorithm",
 ]

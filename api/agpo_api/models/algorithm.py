@@ -12,19 +12,26 @@ from agpo_api.base import (
     Rule,
     exactly_one,
 )
+from agpo_api.catalog import ADVANTAGES, POLICY_LOSSES, ZERO_VARIANCE, aggregations_for, cel_list
 from agpo_api.models.common import PositiveInt
 from agpo_api.models.presets import (
     DEFAULT_CLIP,
-    LENGTH_COEFFICIENTS,
     AdvantageName,
     LengthRewardName,
     LossAggregationName,
     PolicyLossName,
     PresetName,
+    RewardName,
     ZeroVarianceName,
     cel_effective,
+    default_coefficient,
     resolve_algorithm,
 )
+
+#: A completion is correct when the deciding reward is above this (``correct.threshold``).
+DEFAULT_CORRECT_THRESHOLD = 0.5
+#: AGPO's advantage magnitude for zero-variance groups (``zeroVarianceAdvantage``).
+DEFAULT_ZERO_VARIANCE_ADVANTAGE = 1.0
 
 
 class RewardBounds(ApiModel):
@@ -46,7 +53,7 @@ class RewardBounds(ApiModel):
 class RewardSpec(ApiModel):
     """One reward term: a builtin reward by name, or a Python function ``module:callable``."""
 
-    name: Literal["accuracy", "format"] | None = Field(
+    name: RewardName | None = Field(
         default=None,
         description="Builtin reward: accuracy (math-verify, [0, 1]) or format ([0, 1]).",
     )
@@ -90,7 +97,8 @@ class CorrectSpec(ApiModel):
         "only).",
     )
     threshold: float = Field(
-        default=0.5, description="A completion is correct when that reward is above this."
+        default=DEFAULT_CORRECT_THRESHOLD,
+        description="A completion is correct when that reward is above this.",
     )
 
 
@@ -137,7 +145,7 @@ class LengthRewardSpec(ApiModel):
             data = dict(data)
             kind = data.setdefault("type", "none")
             if data.get("coefficient") is None and isinstance(kind, str):
-                data["coefficient"] = LENGTH_COEFFICIENTS.get(kind, 0.0)
+                data["coefficient"] = default_coefficient(kind)
         return data
 
     rules = (
@@ -187,6 +195,14 @@ _S = "self"
 _ZV = cel_effective(_S, "zeroVariance")
 _LOSS = cel_effective(_S, "policyLoss")
 _AGG = cel_effective(_S, "lossAggregation")
+_ADV = cel_effective(_S, "advantage")
+# The CRD's rules are written over the shipped parts' traits (agpo_api.catalog), never a name.
+_RANGE_ZV = ZERO_VARIANCE.having(lambda t: t.uses_reward_range)
+_RANGE_ADV = ADVANTAGES.having(lambda t: t.uses_reward_range)
+_OWN_AGGREGATION = POLICY_LOSSES.having(lambda t: t.aggregation is not None)
+_USES_RANGE = " || ".join(
+    f"{field} in {cel_list(names)}" for field, names in ((_ZV, _RANGE_ZV), (_ADV, _RANGE_ADV)) if names
+)
 
 
 class AlgorithmSpec(ApiModel):
@@ -225,7 +241,9 @@ class AlgorithmSpec(ApiModel):
         default=0.1, gt=0, description="policyLoss gvpo: beta of GVPO's implied reward."
     )
     zero_variance_advantage: float = Field(
-        default=1.0, gt=0, description="Magnitude of AGPO's advantage for zero-variance groups."
+        default=DEFAULT_ZERO_VARIANCE_ADVANTAGE,
+        gt=0,
+        description="Magnitude of AGPO's advantage for zero-variance groups.",
     )
     max_resample_rounds: PositiveInt = Field(
         default=4, description="zeroVariance resample: extra prompt batches drawn at most per step."
@@ -265,16 +283,28 @@ class AlgorithmSpec(ApiModel):
     def _resolve(cls, data: Any) -> Any:
         return resolve_algorithm(data) if isinstance(data, dict) else data
 
+    def needs_whole_groups(self) -> bool:
+        """Whether the policy loss needs all responses of a prompt in one gradient step."""
+        return bool(self.policy_loss and POLICY_LOSSES.traits(self.policy_loss).whole_groups)
+
+    def uses_reward_range(self) -> bool:
+        """Whether the estimator or the zero-variance policy reads the attainable reward range
+        (their catalog traits), so every reward must have known bounds."""
+        return bool(
+            (self.zero_variance and ZERO_VARIANCE.traits(self.zero_variance).uses_reward_range)
+            or (self.advantage and ADVANTAGES.traits(self.advantage).uses_reward_range)
+        )
+
     rules = (
         Rule(
             "rewards",
-            f"{_ZV} != 'agpo' || self.rewards.all(r, has(r.name) || has(r.bounds))",
+            f"!({_USES_RANGE}) || self.rewards.all(r, has(r.name) || has(r.bounds))",
             "zeroVariance agpo gives a homogeneous group +-zeroVarianceAdvantage at the top or "
             "bottom of the attainable reward range, which a custom function does not declare: "
             "add bounds: {min: ..., max: ...} to each rewards[] entry with a function, or choose "
             "zeroVariance mask, resample or keep",
             lambda s: (
-                s.zero_variance != "agpo"
+                not s.uses_reward_range()
                 or all(r.name is not None or r.bounds is not None for r in s.rewards)
             ),
         ),
@@ -303,9 +333,12 @@ class AlgorithmSpec(ApiModel):
         ),
         Rule(
             "lossAggregation",
-            f"{_LOSS} != 'gvpo' || {_AGG} == 'seq-mean-token-sum'",
+            " && ".join(
+                f"({_LOSS} != '{loss}' || {_AGG} == '{aggregations_for(loss)[0]}')"
+                for loss in _OWN_AGGREGATION
+            ),
             "policyLoss gvpo is written in per-sequence log-probability sums: set "
             "lossAggregation: seq-mean-token-sum (or leave it to preset: gvpo)",
-            lambda s: s.policy_loss != "gvpo" or s.loss_aggregation == "seq-mean-token-sum",
+            lambda s: s.policy_loss is None or s.loss_aggregation in aggregations_for(s.policy_loss),
         ),
     )

@@ -7,11 +7,18 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from agpo_api.base import ApiModel, Rule, cel_count_set, exactly_one
+from agpo_api.catalog import TASKS
 from agpo_api.models.common import NonNegativeInt, PositiveInt
 from agpo_api.models.inputs import FileSource, HfSource
 
-#: The builtin tasks that have a held-out ``eval`` split (the default evaluation source).
-TASKS_WITH_SPLITS = ("bitcount",)
+#: The shipped builtin tasks that have a held-out ``eval`` split (the default evaluation
+#: source), from their catalog traits; :func:`has_eval_split` also knows tasks registered since.
+TASKS_WITH_SPLITS = TASKS.having(lambda t: t.eval_split)
+
+
+def has_eval_split(task: str) -> bool:
+    """Whether the builtin task ``task`` has a held-out ``eval`` split."""
+    return task in TASKS and TASKS.traits(task).eval_split
 
 
 class EvaluationSource(ApiModel):

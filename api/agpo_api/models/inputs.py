@@ -13,6 +13,7 @@ from agpo_api.base import (
     cel_count_set,
     exactly_one,
 )
+from agpo_api.catalog import TASKS
 from agpo_api.models.common import PositiveInt, SecretKeyRef
 
 
@@ -75,7 +76,7 @@ class ModelSpec(ApiModel):
 class BuiltinSource(ApiModel):
     """A synthetic task generated in code with verifiable answers (no download)."""
 
-    task: Literal["arithmetic", "bitcount"] = Field(
+    task: Annotated[str, TASKS.validator(), TASKS.json_schema()] = Field(
         default="arithmetic",
         description="arithmetic: multi-step integer expressions with single-digit results. "
         "bitcount: count the 1s of a tagged bit string (a1b0c1= -> Answer:2), 2-14 bits; RL "

@@ -12,14 +12,18 @@ from agpo_api.base import (
     DnsLabel,
     Rule,
 )
+from agpo_api.catalog import POLICY_LOSSES, cel_list
 from agpo_api.models.algorithm import AlgorithmSpec
 from agpo_api.models.common import MAX_JOB_NAME_LENGTH, LocalObjectReference, NonNegativeInt
-from agpo_api.models.evaluation import TASKS_WITH_SPLITS, EvaluationSpec
+from agpo_api.models.evaluation import TASKS_WITH_SPLITS, EvaluationSpec, has_eval_split
 from agpo_api.models.inputs import DatasetSpec, ModelSpec
 from agpo_api.models.presets import cel_effective
 from agpo_api.models.training import TrainingSpec
 from agpo_api.models.workloads import MetricsSpec, RolloutSpec, RunPolicy, TrainerSpec
 from agpo_api.vocabulary import Phase
+
+# Policy losses that need every response of a prompt in one gradient step (catalog traits).
+_WHOLE_GROUPS = POLICY_LOSSES.having(lambda t: t.whole_groups)
 
 
 class AGPOJobSpec(ApiModel):
@@ -81,14 +85,14 @@ class AGPOJobSpec(ApiModel):
         ),
         Rule(
             "algorithm.policyLoss",
-            f"{cel_effective('self.algorithm', 'policyLoss')} != 'gvpo' || "
+            f"!({cel_effective('self.algorithm', 'policyLoss')} in {cel_list(_WHOLE_GROUPS)}) || "
             "self.training.promptsPerStep % "
             "(self.trainer.nodes * self.trainer.procsPerNode * self.training.miniBatches) == 0",
             "policyLoss gvpo needs all responses of a prompt in the same gradient step: "
             "training.promptsPerStep must be divisible by trainer.nodes * trainer.procsPerNode "
             "* training.miniBatches (whole groups per process and mini-batch)",
             lambda s: (
-                s.algorithm.policy_loss != "gvpo"
+                not s.algorithm.needs_whole_groups()
                 or s.training.prompts_per_step
                 % (s.trainer.nodes * s.trainer.procs_per_node * s.training.mini_batches)
                 == 0
@@ -156,7 +160,7 @@ class AGPOJobSpec(ApiModel):
                 or (s.evaluation.source is not None and s.evaluation.source.split is None)
                 or (
                     s.dataset.source.builtin is not None
-                    and s.dataset.source.builtin.task in TASKS_WITH_SPLITS
+                    and has_eval_split(s.dataset.source.builtin.task)
                 )
             ),
         ),
@@ -169,7 +173,7 @@ class AGPOJobSpec(ApiModel):
         if not ev.enabled():
             return None
         builtin = self.dataset.source.builtin
-        if ev.source is None and (builtin is None or builtin.task not in TASKS_WITH_SPLITS):
+        if ev.source is None and (builtin is None or not has_eval_split(builtin.task)):
             return None
         return ev
 

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from agpo_api.base import (
     ApiModel,
 )
+from agpo_api.catalog import (
+    ADVANTAGES,
+    LENGTH_REWARDS,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+    REWARDS,
+    ZERO_VARIANCE,
+)
 
 # --------------------------------------------------------------------------- algorithm
 PresetName = Literal["agpo", "grpo", "dr_grpo", "dapo", "reinforce_rej", "gvpo"]
-AdvantageName = Literal["grpo", "dr_grpo", "reinforce"]
-ZeroVarianceName = Literal["agpo", "mask", "resample", "keep"]
-PolicyLossName = Literal["clipped", "gvpo"]
-LossAggregationName = Literal[
-    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+# The names of registered parts: checked against their catalog (agpo_api.catalog), which the
+# trainer's registries extend; the CRD gets the shipped names as an enum.
+AdvantageName = Annotated[str, ADVANTAGES.validator(), ADVANTAGES.json_schema()]
+ZeroVarianceName = Annotated[str, ZERO_VARIANCE.validator(), ZERO_VARIANCE.json_schema()]
+PolicyLossName = Annotated[str, POLICY_LOSSES.validator(), POLICY_LOSSES.json_schema()]
+LossAggregationName = Annotated[
+    str, LOSS_AGGREGATIONS.validator(), LOSS_AGGREGATIONS.json_schema()
 ]
-LengthRewardName = Literal["none", "agpo", "kimi", "overlong"]
+LengthRewardName = Annotated[str, LENGTH_REWARDS.validator(), LENGTH_REWARDS.json_schema()]
+RewardName = Annotated[str, REWARDS.validator(), REWARDS.json_schema()]
 
 #: The named algorithms of the group-relative family: each expands to these fields (YAML
 #: names) unless the spec sets them. docs/algorithm.md shows the same table with its papers.
@@ -89,10 +100,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "agpo"
 PLAIN_PRESET = "grpo"
 FAMILY_FIELDS = ("advantage", "zeroVariance", "policyLoss")
-#: The coefficient a length reward gets when its type is set without one.
-LENGTH_COEFFICIENTS = {"none": 0.0, "agpo": 0.1, "kimi": 1.0, "overlong": 1.0}
 #: The clip range when a ClipSpec is built on its own (the agpo preset's).
 DEFAULT_CLIP = {"low": 0.2, "high": 0.28}
+
+
+def default_coefficient(kind: str) -> float:
+    """The coefficient a length reward of type ``kind`` gets when the spec sets none (0 for an
+    unknown type: the type's own check reports it)."""
+    return LENGTH_REWARDS.traits(kind).coefficient if kind in LENGTH_REWARDS else 0.0
 
 
 def _python_name(alias: str) -> str:
@@ -151,7 +166,7 @@ def resolve_algorithm(data: dict[str, Any]) -> dict[str, Any]:
         base = table["lengthReward"] if kind == table["lengthReward"]["type"] else {}
         length = {**base, **length, "type": kind}
         if "coefficient" not in length and isinstance(kind, str):
-            length["coefficient"] = LENGTH_COEFFICIENTS.get(kind, 0.0)
+            length["coefficient"] = default_coefficient(kind)
     out["lengthReward"] = length
     correct = _take(out, "correct")
     rewards = out.get("rewards")
