@@ -1,4 +1,8 @@
-"""Act: each decided action as one API operation (or a few, for the static children).
+"""Act: each decided action as one API operation per child object it touches.
+
+Which children an action creates or deletes is data: the children of its lifetime in the
+registry (``ActContext.children``, the operator's :data:`agpo_operator.builders.CHILDREN`),
+created in their ``order``, each checked after a 409 as its ``identity`` says.
 
 :func:`perform` takes everything it needs as arguments (:class:`ActContext`, built by the
 job's loop for one pass); nothing is kept between actions. What the loop must remember of an
@@ -13,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from agpo_api import API_VERSION, KIND, AGPOJob, AGPOJobSpec
-from agpo_api.vocabulary import EventType, Reason
+from agpo_api.vocabulary import EventType
 from agpo_operator import builders
 from agpo_operator.actions import (
     Action,
@@ -27,16 +31,13 @@ from agpo_operator.actions import (
     Event,
     SuspendTrainer,
 )
-from agpo_operator.builders import BuildOptions
+from agpo_operator.builders import BuildOptions, Child, Registry
+from agpo_operator.builders.child import AGPOJOB, POD, Built, Creation, Identity, Lifetime, waves
 from agpo_operator.builders.common import JOB_LABEL, Names
-from agpo_operator.builders.monitoring import PODMONITOR_API_GROUP
 from agpo_operator.builders.storage import retained
+from agpo_operator.builders.trainer import TRAINER_JOB
 from agpo_operator.kube import ApiError, Kube, Obj
 from agpo_operator.observe import child_key, owned_by
-
-# Created before the rest of a job's static children: network isolation (and the pods'
-# identity) exists before anything else of the job.
-FIRST_KINDS = frozenset({"NetworkPolicy", "ServiceAccount"})
 
 
 class ChildConflictError(Exception):
@@ -54,6 +55,7 @@ class ActContext:
     spec: AGPOJobSpec | None  # the spec to build children from
     has_api_group: Callable[[str], Awaitable[bool]]
     post_event: Callable[[Event], None]  # an Event on the AGPOJob
+    children: Registry = builders.CHILDREN  # what the create and delete actions touch
 
     def job(self) -> AGPOJob:
         """The job to build children for: this job's name with the spec to act on."""
@@ -61,6 +63,12 @@ class ActContext:
         meta = {"name": self.names.job, "namespace": self.names.namespace}
         return AGPOJob.model_validate(
             {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": self.spec}
+        )
+
+    def build(self, lifetime: Lifetime, creation: Creation | None = None) -> list[Built]:
+        """This job's children of one lifetime, in creation order."""
+        return self.children.build(
+            lifetime, self.job(), self.names.namespace, self.options, creation or Creation()
         )
 
 
@@ -71,74 +79,77 @@ async def perform(ctx: ActContext, action: Action) -> None:
         case CreateStatic(only):
             await _create_static(ctx, only)
         case CreateRollout():
-            for obj in builders.rollout_children(ctx.job(), n.namespace, ctx.options):
-                await create_child(ctx, obj)
+            await create_in_order(ctx, ctx.build(Lifetime.ROLLOUT))
         case CreateTrainer(attempt):
-            children = builders.trainer_children(ctx.job(), n.namespace, ctx.options, attempt)
-            for obj in children:
-                await create_child(ctx, obj)
+            await create_in_order(ctx, ctx.build(Lifetime.ATTEMPT, Creation(attempt=attempt)))
         case DeleteRollout():
-            await kube.delete("apps/v1", "StatefulSet", n.namespace, n.rollout)
+            await _delete(ctx, Lifetime.ROLLOUT)
         case DeleteTrainer():
-            await kube.delete("batch/v1", "Job", n.namespace, n.trainer)
+            await _delete(ctx, Lifetime.ATTEMPT)
         case SuspendTrainer():
-            await kube.patch("batch/v1", "Job", n.namespace, n.trainer, {"spec": {"suspend": True}})
+            suspend = {"spec": {"suspend": True}}
+            await kube.patch(TRAINER_JOB.kind, n.namespace, TRAINER_JOB.name(n), suspend)
         case DeletePods(names):
             await asyncio.gather(
-                *(kube.delete("v1", "Pod", n.namespace, p, propagation="Background") for p in names)
+                *(kube.delete(POD, n.namespace, p, propagation="Background") for p in names)
             )
         case DeleteJob():
-            await kube.delete(API_VERSION, KIND, n.namespace, n.job, propagation="Background")
+            await kube.delete(AGPOJOB, n.namespace, n.job, propagation="Background")
 
 
-async def expected_static(ctx: ActContext, token: str | None = None) -> list[Obj]:
-    """The static children this job should have here (no PodMonitor without its API)."""
-    children = builders.static_children(ctx.job(), ctx.names.namespace, ctx.options, token)
-    if any(c["kind"] == "PodMonitor" for c in children) and not await ctx.has_api_group(
-        PODMONITOR_API_GROUP
-    ):
-        return [c for c in children if c["kind"] != "PodMonitor"]
-    return children
+async def expected_static(
+    ctx: ActContext, token: str | None = None, *, warn: bool = False
+) -> list[Built]:
+    """The static children this job should have here: none whose optional API the cluster
+    lacks (with ``warn``, a Warning event says so, once per child: at the job's creation)."""
+    spec = ctx.spec
+    assert spec is not None
+    out = []
+    for child, obj in ctx.build(Lifetime.STATIC, Creation(token=token)):
+        need = child.requires
+        if need is not None and not await ctx.has_api_group(need.group):
+            if warn:
+                message = need.message(spec, ctx.names)
+                ctx.post_event(Event(EventType.WARNING, need.reason, message))
+            continue
+        out.append((child, obj))
+    return out
 
 
 async def _create_static(ctx: ActContext, only: tuple[str, ...] = ()) -> None:
-    spec = ctx.spec
-    assert spec is not None
-    token = secrets.token_urlsafe(32)
-    children = builders.static_children(ctx.job(), ctx.names.namespace, ctx.options, token)
-    if only:  # recreating deleted children: the warning was posted when the job was created
+    # Recreating deleted children (``only``): the warning was posted when the job was created.
+    children = await expected_static(ctx, secrets.token_urlsafe(32), warn=not only)
+    if only:
         wanted = set(only)
-        children = [c for c in await expected_static(ctx, token) if child_key(c) in wanted]
-    monitors = [c for c in children if c["kind"] == "PodMonitor"]
-    if monitors and not await ctx.has_api_group(PODMONITOR_API_GROUP):
-        children = [c for c in children if c["kind"] != "PodMonitor"]
-        message = (
-            "spec.metrics.podMonitor is true but the monitoring.coreos.com API (Prometheus "
-            "Operator) is not installed: no PodMonitor is created; the trainer still serves "
-            f"metrics on port {spec.metrics.port} (Service {ctx.names.metrics})"
-        )
-        ctx.post_event(Event(EventType.WARNING, Reason.POD_MONITOR_UNAVAILABLE, message))
-    first = [c for c in children if c["kind"] in FIRST_KINDS]
-    rest = [c for c in children if c not in first]
-    await asyncio.gather(*(create_child(ctx, c) for c in first))
-    await asyncio.gather(*(create_child(ctx, c) for c in rest))
+        children = [(c, obj) for c, obj in children if child_key(obj) in wanted]
+    await create_in_order(ctx, children)
 
 
-async def create_child(ctx: ActContext, obj: Obj) -> None:
+async def create_in_order(ctx: ActContext, built: list[Built]) -> None:
+    """Children of a lower ``order`` first; those of one order together."""
+    for wave in waves(built):
+        await asyncio.gather(*(create_child(ctx, child, obj) for child, obj in wave))
+
+
+async def _delete(ctx: ActContext, lifetime: Lifetime) -> None:
+    n = ctx.names
+    for child in ctx.children.of(lifetime):
+        await ctx.kube.delete(child.kind, n.namespace, child.name(n))
+
+
+async def create_child(ctx: ActContext, child: Child, obj: Obj) -> None:
     """Create an owned child (a retained one unowned); one that exists already must be ours."""
     keep = retained(obj)
     owned = obj if keep else builders.adopt(obj, ctx.names.job, ctx.uid)
     try:
-        await ctx.kube.create(owned)
+        await ctx.kube.create(child.kind, owned)
     except ApiError as err:
         if err.status != 409:
             raise
-        if obj["kind"] == "Secret":
-            return  # no read access to Secrets by design; the name is the job's own
+        if child.identity is Identity.NAMED:
+            return  # it cannot be read back (by design): the name is the job's own
         meta = obj["metadata"]
-        current = await ctx.kube.get(
-            obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]
-        )
+        current = await ctx.kube.get(child.kind, meta["namespace"], meta["name"])
         if current is None or owned_by(current, ctx.uid):
             return
         # A retained claim is left by an earlier job of this name: resume from it.

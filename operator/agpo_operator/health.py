@@ -18,6 +18,7 @@ from agpo_api.termination import Termination
 from agpo_api.vocabulary import ConditionType, EventType, Phase, Reason
 from agpo_operator.actions import CreateStatic, DeletePods, DeleteTrainer, Outcome
 from agpo_operator.builders.common import Names
+from agpo_operator.builders.security import TOKEN_SECRET
 from agpo_operator.conditions import condition, is_true, parse_time
 from agpo_operator.lifecycle import fail, succeed
 from agpo_operator.machine import Machine
@@ -88,11 +89,12 @@ def _token_missing(m: Machine, trainer: list[PodView], rollout: list[PodView]) -
     (re)starts. A new Secret holds a new token, and running pods keep the old one: every pod
     must restart to agree on it. So: recreate it and restart the group (counted).
     """
-    token = Names(m.obs.name, m.obs.namespace).token_secret
+    n = Names(m.obs.name, m.obs.namespace)
+    token = TOKEN_SECRET.name(n)
     waiting = next((p for p in [*trainer, *rollout] if p.missing_secret == token), None)
     if waiting is None:
         return False
-    m.act(CreateStatic((f"Secret/{token}",)))
+    m.act(CreateStatic((TOKEN_SECRET.key(n),)))
     restarting = condition(m.st, C.RESTARTING) or {}
     if m.st.get("phase") == Phase.RESTARTING and restarting.get("reason") == R.TOKEN_SECRET_MISSING:
         return True  # already restarting for it: the new pods will find the new Secret

@@ -3,18 +3,20 @@
 The official ``kubernetes`` client does the HTTP (its in-cluster configuration refreshes
 projected service-account tokens); we use it untyped -- plain dicts in, plain dicts out -- so
 the pure builders' output is sent as is. Its calls block, so they run in a bounded thread pool.
-Every verb used here must be granted in :mod:`agpo_operator.rbac`.
+Every verb used here must be granted in :mod:`agpo_operator.rbac`. Calls name their resource
+by a :class:`~agpo_operator.builders.child.Kind` (a child's, or the AGPOJob's, a Pod's), which
+carries the plural of its REST path.
 
-Why a path table and not the client's typed APIs (``CoreV1Api``, ``AppsV1Api``,
-``BatchV1Api``, ``CustomObjectsApi``) or ``kubernetes.dynamic``: the typed APIs have one
-method per kind and verb (``create_namespaced_stateful_set``...), so the one generic
-create/get/list/patch/delete over eleven kinds would become a dispatch table of method names
-anyway, and they deserialise answers into model objects (plain dicts need
+Why our own paths (each ``Kind`` knows its plural) and not the client's typed APIs
+(``CoreV1Api``, ``AppsV1Api``, ``BatchV1Api``, ``CustomObjectsApi``) or ``kubernetes.dynamic``:
+the typed APIs have one method per kind and verb (``create_namespaced_stateful_set``...), so
+the one generic create/get/list/patch/delete over a dozen kinds would become a dispatch table
+of method names anyway, and they deserialise answers into model objects (plain dicts need
 ``_preload_content=False`` and our own JSON parsing on every call); the CR and the PodMonitor
 would still go through ``CustomObjectsApi``. ``kubernetes.dynamic`` reads the server's
 discovery documents before the first call, which costs discovery requests (and their RBAC)
-at every login, and is itself a path table built at run time. One ``path()`` for every kind,
-with the merge-patch content type chosen here, stays smaller than either.
+at every login, and builds the same kind-to-path table at run time. One ``path()`` for every
+kind, with the merge-patch content type chosen here, stays smaller than either.
 """
 
 from __future__ import annotations
@@ -29,25 +31,11 @@ from typing import Any
 import kubernetes.client
 import kubernetes.config
 
+from agpo_operator.builders.child import Kind
+
 Obj = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
-
-# (apiVersion, kind) -> plural; every kind the operator reads or writes (all namespaced).
-KINDS: dict[tuple[str, str], str] = {
-    ("v1", "ConfigMap"): "configmaps",
-    ("v1", "Secret"): "secrets",
-    ("v1", "Service"): "services",
-    ("v1", "ServiceAccount"): "serviceaccounts",
-    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
-    ("v1", "Pod"): "pods",
-    ("v1", "Event"): "events",
-    ("apps/v1", "StatefulSet"): "statefulsets",
-    ("batch/v1", "Job"): "jobs",
-    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
-    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
-    ("agpo.dev/v1alpha1", "AGPOJob"): "agpojobs",
-}
 
 
 class ApiError(Exception):
@@ -59,18 +47,17 @@ class ApiError(Exception):
 
 
 def path(
-    api_version: str,
-    kind: str,
+    kind: Kind,
     namespace: str | None = None,
     name: str | None = None,
     subresource: str | None = None,
 ) -> str:
     """The REST path of a collection or an object (``/api/v1/namespaces/ns/pods/name``)."""
-    root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    root = "/api/v1" if kind.api_version == "v1" else f"/apis/{kind.api_version}"
     parts = [root]
     if namespace:
         parts.append(f"namespaces/{namespace}")
-    parts.append(KINDS[(api_version, kind)])
+    parts.append(kind.plural)
     if name:
         parts.append(name)
     if subresource:
@@ -134,38 +121,36 @@ class Kube:
         )
 
     # ------------------------------------------------------------------ verbs
-    async def create(self, obj: Obj) -> Obj:
+    async def create(self, kind: Kind, obj: Obj) -> Obj:
         """POST an object; raises ApiError (409 when it exists)."""
-        meta = obj["metadata"]
-        url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        url = path(kind, obj["metadata"].get("namespace"))
         created: Obj = await self.request("POST", url, obj)
         return created
 
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+    async def get(self, kind: Kind, namespace: str, name: str) -> Obj | None:
         try:
-            obj: Obj = await self.request("GET", path(api_version, kind, namespace, name))
+            obj: Obj = await self.request("GET", path(kind, namespace, name))
             return obj
         except ApiError as err:
             if err.status == 404:
                 return None
             raise
 
-    async def list(self, api_version: str, kind: str, namespace: str,
-                   labels: Mapping[str, str]) -> list[Obj]:  # fmt: skip
+    async def list(self, kind: Kind, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
         """Objects whose labels match (filtered here too, should a server ignore the selector)."""
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
         result = await self.request(
-            "GET", path(api_version, kind, namespace), query=[("labelSelector", selector)]
+            "GET", path(kind, namespace), query=[("labelSelector", selector)]
         )
         items: list[Obj] = (result or {}).get("items", [])
         return [i for i in items if matches(i.get("metadata", {}).get("labels"), labels)]
 
-    async def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Any,
-                    *, subresource: str | None = None,
+    async def patch(self, kind: Kind, namespace: str, name: str, patch: Any, *,
+                    subresource: str | None = None,
                     content_type: str = MERGE_PATCH) -> Obj | None:  # fmt: skip
         """PATCH an object; None when it is gone."""
         try:
-            url = path(api_version, kind, namespace, name, subresource)
+            url = path(kind, namespace, name, subresource)
             obj: Obj = await self.request("PATCH", url, patch, content_type)
             return obj
         except ApiError as err:
@@ -173,12 +158,12 @@ class Kube:
                 return None
             raise
 
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str, *,
+    async def delete(self, kind: Kind, namespace: str, name: str, *,
                      propagation: str = "Foreground") -> bool:  # fmt: skip
         """DELETE an object (its dependents first, by default); False when it was gone."""
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         try:
-            await self.request("DELETE", path(api_version, kind, namespace, name), body)
+            await self.request("DELETE", path(kind, namespace, name), body)
             return True
         except ApiError as err:
             if err.status == 404:

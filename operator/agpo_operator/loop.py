@@ -24,12 +24,13 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from agpo_api import API_VERSION, KIND, AGPOJobSpec
+from agpo_api import AGPOJobSpec
 from agpo_api.vocabulary import FINALIZER, TERMINAL_PHASES, ConditionType, EventType, Reason
 from agpo_operator import metrics
 from agpo_operator.act import ActContext, expected_static, perform
 from agpo_operator.actions import Action, CreateStatic, Decision, DeleteJob, Event, is_create
 from agpo_operator.builders import BuildOptions
+from agpo_operator.builders.child import AGPOJOB, Identity
 from agpo_operator.builders.common import Names
 from agpo_operator.conditions import is_true
 from agpo_operator.config import Config
@@ -206,7 +207,7 @@ class JobLoop:
         self, body: Mapping[str, Any], spec: AGPOJobSpec, status: Mapping[str, Any]
     ) -> tuple[str, ...]:
         """The static children someone deleted, looked for at most every resync_seconds (one
-        GET each; the token Secret cannot be read, see decide._token_missing)."""
+        GET each of those that can be read: not the token Secret, see health._token_missing)."""
         now = time.monotonic()
         if status.get("phase") in TERMINAL_PHASES:
             return ()
@@ -214,7 +215,8 @@ class JobLoop:
             return ()
         self.last_static_check = now
         expected = await expected_static(self.context(body, spec))
-        return await read_missing(self.rt.kube, (c for c in expected if c["kind"] != "Secret"))
+        readable = [(c, obj) for c, obj in expected if c.identity is Identity.OWNED]
+        return await read_missing(self.rt.kube, readable)
 
     async def poll_progress(
         self, spec: AGPOJobSpec, trainer: tuple[PodView, ...]
@@ -284,7 +286,7 @@ class JobLoop:
         if not patch:
             return
         result = await self.rt.kube.patch(
-            API_VERSION, KIND, self.namespace, self.name, {"status": patch}, subresource="status"
+            AGPOJOB, self.namespace, self.name, {"status": patch}, subresource="status"
         )
         if result is not None:
             self.status = status

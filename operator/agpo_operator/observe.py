@@ -23,7 +23,11 @@ from agpo_api import API_VERSION, KIND, AGPOJob, AGPOJobSpec, InvalidJobError, p
 from agpo_api.layout import JOB_FILE_KEY
 from agpo_api.termination import Termination, last_line, parse_termination
 from agpo_api.vocabulary import Reason
+from agpo_operator.builders.child import POD, Built
 from agpo_operator.builders.common import COMPLETION_INDEX, JOB_LABEL, Names
+from agpo_operator.builders.config import SPEC_CONFIGMAP
+from agpo_operator.builders.rollout import ROLLOUT_STATEFULSET
+from agpo_operator.builders.trainer import TRAINER_JOB
 from agpo_operator.kube import Kube, Obj
 
 
@@ -253,9 +257,9 @@ async def read_children(kube: Kube, names: Names) -> Children:
     """
     select = {JOB_LABEL: names.job}
     stss, jobs, pods = await asyncio.gather(
-        kube.list("apps/v1", "StatefulSet", names.namespace, select),
-        kube.list("batch/v1", "Job", names.namespace, select),
-        kube.list("v1", "Pod", names.namespace, select),
+        kube.list(ROLLOUT_STATEFULSET.kind, names.namespace, select),
+        kube.list(TRAINER_JOB.kind, names.namespace, select),
+        kube.list(POD, names.namespace, select),
     )
     return children_of(names, stss, jobs, pods)
 
@@ -265,23 +269,20 @@ def child_key(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
 
-async def read_missing(kube: Kube, expected: Iterable[Obj]) -> tuple[str, ...]:
+async def read_missing(kube: Kube, expected: Iterable[Built]) -> tuple[str, ...]:
     """The expected children (``Kind/name``) that do not exist or are being deleted: one GET
     each (the rights the 409 check needs anyway; a LIST per kind would need more)."""
     wanted = list(expected)
     found = await asyncio.gather(
-        *(
-            kube.get(o["apiVersion"], o["kind"], o["metadata"]["namespace"], o["metadata"]["name"])
-            for o in wanted
-        )
+        *(kube.get(c.kind, o["metadata"]["namespace"], o["metadata"]["name"]) for c, o in wanted)
     )
     return tuple(
-        child_key(o) for o, f in zip(wanted, found, strict=True) if f is None or deleting(f)
+        child_key(o) for (_, o), f in zip(wanted, found, strict=True) if f is None or deleting(f)
     )
 
 
 async def load_applied(kube: Kube, names: Names) -> AGPOJobSpec | None:
-    cm = await kube.get("v1", "ConfigMap", names.namespace, names.spec_configmap)
+    cm = await kube.get(SPEC_CONFIGMAP.kind, names.namespace, SPEC_CONFIGMAP.name(names))
     return parse_applied(cm)
 
 

@@ -4,13 +4,13 @@ Only the verbs the operator uses (the operator tests check every API request the
 these rules). Trainer and rollout pods run as ``<job>-workload``, a service account with no
 Role bound and no token mounted: they need no API access.
 
+Derived, not kept by hand: every child's grants (its ``Child`` in ``agpo_operator.builders``,
+with the reason for each verb) plus :data:`OTHERS`, what the operator does besides creating
+its children. One rule per resource, in first-use order; a resource several children share
+(Services, NetworkPolicies) gets the union of their verbs.
+
 ``rbac_rules()`` is what the chart and ``manifests/rbac`` render; ``cluster_role()`` and
 ``role()`` wrap them for cluster-wide and single-namespace installs.
-
-``get`` on a static child serves two purposes: after a create answered 409, checking that the
-object is the job's own; and the periodic check that recreates deleted static children.
-Secrets are the exception: create only (a deleted token Secret shows in the pods, see
-``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agpo_api import GROUP, PLURAL
+from agpo_operator.builders import CHILDREN, Registry
+from agpo_operator.builders.child import AGPOJOB, EVENT, POD, VERBS, Grant, Kind
 
 NAME = "agpo-operator"
 
@@ -41,28 +42,39 @@ class Rule:
         }
 
 
-RULES: tuple[Rule, ...] = (
-    Rule(GROUP, (PLURAL,), ("list", "watch", "patch", "delete"),
-         "watch jobs; kopf's finalizer (patch); delete a finished job after ttlSecondsAfterFinished"),
-    Rule(GROUP, (f"{PLURAL}/status",), ("patch",), "write phase, conditions and progress"),
-    Rule("", ("pods",), ("list", "watch", "delete"),
-         "follow pod phases; replace a failed rollout pod"),
-    Rule("", ("configmaps",), ("get", "create"),
-         "the job file; read back the running spec to refuse immutable changes"),
-    Rule("", ("secrets",), ("create",), "the rollout token (never read back)"),
-    Rule("", ("services", "serviceaccounts"), ("get", "create"),
-         "headless and metrics Services; the workload service account"),
-    Rule("", ("persistentvolumeclaims",), ("get", "create"),
-         "the job's checkpoint claim (never deleted: garbage collection or the user does)"),
-    Rule("", ("events",), ("create",), "Kubernetes Events for transitions and failures"),
-    Rule("apps", ("statefulsets",), ("list", "create", "delete"),
-         "the vLLM rollout servers (deleted when suspended or finished)"),
-    Rule("batch", ("jobs",), ("list", "watch", "create", "patch", "delete"),
-         "the torchrun group (replaced on restart; suspended on cleanup)"),
-    Rule("networking.k8s.io", ("networkpolicies",), ("get", "create"), "per-job network isolation"),
-    Rule("monitoring.coreos.com", ("podmonitors",), ("get", "create"),
-         "the optional PodMonitor (only where the Prometheus Operator is installed)"),
+#: What the operator reads or writes that it does not create as a child.
+OTHERS: tuple[tuple[Kind, Grant], ...] = (
+    (AGPOJOB, Grant(("list", "watch", "patch", "delete"),
+                    "watch jobs; kopf's finalizer (patch); delete a finished job after "
+                    "ttlSecondsAfterFinished")),
+    (AGPOJOB, Grant(("patch",), "write phase, conditions and progress", subresource="status")),
+    (POD, Grant(("list", "watch", "delete"), "follow pod phases; replace a failed rollout pod")),
+    (EVENT, Grant(("create",), "Kubernetes Events for transitions and failures")),
 )  # fmt: skip
+
+
+def derive(grants: Iterable[tuple[Kind, Grant]]) -> tuple[Rule, ...]:
+    """One rule per (group, resource): the union of its verbs, every distinct reason."""
+    verbs: dict[tuple[str, str], set[str]] = {}
+    whys: dict[tuple[str, str], list[str]] = {}
+    for kind, grant in grants:
+        resource = f"{kind.plural}/{grant.subresource}" if grant.subresource else kind.plural
+        key = (kind.group, resource)
+        verbs.setdefault(key, set()).update(grant.verbs)
+        if grant.why not in whys.setdefault(key, []):
+            whys[key].append(grant.why)
+    return tuple(
+        Rule(group, (resource,), tuple(v for v in VERBS if v in verbs[group, resource]),
+             "; ".join(whys[group, resource]))
+        for group, resource in verbs
+    )  # fmt: skip
+
+
+def rules(children: Registry = CHILDREN) -> tuple[Rule, ...]:
+    return derive((*OTHERS, *children.grants()))
+
+
+RULES: tuple[Rule, ...] = rules()
 
 # Only with AGPO_PEERING set (several replicas coordinated by kopf peering).
 PEERING_RULES: tuple[Rule, ...] = (
@@ -71,9 +83,9 @@ PEERING_RULES: tuple[Rule, ...] = (
 )  # fmt: skip
 
 
-def rbac_rules(*, peering: bool = False) -> list[dict[str, Any]]:
+def rbac_rules(*, peering: bool = False, children: Registry = CHILDREN) -> list[dict[str, Any]]:
     """The PolicyRules of the operator's ClusterRole (or Role)."""
-    return [r.to_dict() for r in (*RULES, *(PEERING_RULES if peering else ()))]
+    return [r.to_dict() for r in (*rules(children), *(PEERING_RULES if peering else ()))]
 
 
 def _labels() -> dict[str, str]:

@@ -29,26 +29,24 @@ import yaml
 from kube_emulator import Cluster, Served
 
 import agpo_operator  # noqa: F401
+from agpo_api import parse_job
 from agpo_operator import handlers  # noqa: F401
+from agpo_operator.act import ActContext
+from agpo_operator.actions import Event
+from agpo_operator.builders import CHILDREN, BuildOptions, Registry
+from agpo_operator.builders.child import AGPOJOB, EVENT, POD, Kind
+from agpo_operator.builders.common import Names
+from agpo_operator.kube import ApiError
 from agpo_operator.rbac import allows, rbac_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "manifests" / "samples"
 NS = "ml"
 AGPOJOBS = kmock.resource("agpo.dev", "v1alpha1", "agpojobs")
+# By plural: every kind the operator creates (its child registry), reads or writes.
 RESOURCES = {
-    "pods": kmock.resource("", "v1", "pods"),
-    "configmaps": kmock.resource("", "v1", "configmaps"),
-    "secrets": kmock.resource("", "v1", "secrets"),
-    "services": kmock.resource("", "v1", "services"),
-    "serviceaccounts": kmock.resource("", "v1", "serviceaccounts"),
-    "persistentvolumeclaims": kmock.resource("", "v1", "persistentvolumeclaims"),
-    "events": kmock.resource("", "v1", "events"),
-    "statefulsets": kmock.resource("apps", "v1", "statefulsets"),
-    "jobs": kmock.resource("batch", "v1", "jobs"),
-    "networkpolicies": kmock.resource("networking.k8s.io", "v1", "networkpolicies"),
-    "podmonitors": kmock.resource("monitoring.coreos.com", "v1", "podmonitors"),
-    "agpojobs": AGPOJOBS,
+    k.plural: kmock.resource(k.group, k.version, k.plural)
+    for k in (*CHILDREN.kinds(), POD, EVENT, AGPOJOB)
 }
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
 
@@ -283,6 +281,59 @@ def sample(file: str = "tiny-cpu", **changes: Any) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[leaf] = value
     return manifest
+
+
+# ---------------------------------------------------------------------- acting without a cluster
+Call = tuple[str, str, str]  # (verb, kind, name)
+
+
+class FakeKube:
+    """Records every call as (verb, kind, name); ``existing`` objects answer a create with 409
+    and a get with themselves."""
+
+    def __init__(self, existing: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
+        self.calls: list[Call] = []
+        self.existing = existing or {}
+
+    async def create(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", kind.kind, obj["metadata"]["name"]))
+        if (kind.kind, obj["metadata"]["name"]) in self.existing:
+            raise ApiError(409, "AlreadyExists")
+        return obj
+
+    async def get(self, kind: Kind, ns: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", kind.kind, name))
+        return self.existing.get((kind.kind, name))
+
+    async def delete(self, kind: Kind, ns: str, name: str, **_: Any) -> bool:
+        self.calls.append(("delete", kind.kind, name))
+        return True
+
+    async def patch(self, kind: Kind, ns: str, name: str, patch: Any, **_: Any) -> dict[str, Any]:
+        self.calls.append(("patch", kind.kind, name))
+        return {}
+
+
+def act_context(kube: FakeKube, events: list[Event], children: Registry = CHILDREN,
+                api_groups: frozenset[str] = frozenset(), **spec_changes: Any) -> ActContext:  # fmt: skip
+    """What the actions of one pass get: job ``j`` in namespace ``ns`` from a sample, the API
+    groups the cluster serves, a list for the Events, the child registry."""
+    manifest = sample(**spec_changes)
+    manifest["metadata"] = {"name": "j"}
+
+    async def has_api_group(group: str) -> bool:
+        return group in api_groups
+
+    return ActContext(
+        kube=kube,  # type: ignore[arg-type]
+        options=BuildOptions(),
+        names=Names(job="j", namespace="ns"),
+        uid="uid-1",
+        spec=parse_job(manifest).spec,
+        has_api_group=has_api_group,
+        post_event=events.append,
+        children=children,
+    )
 
 
 # ---------------------------------------------------------------------- fixtures

@@ -8,13 +8,15 @@ import pytest
 import yaml
 
 from agpo_operator import kube
+from agpo_operator.builders.child import AGPOJOB, POD
+from agpo_operator.builders.trainer import TRAINER_JOB
 
 
 def test_paths() -> None:
-    assert kube.path("v1", "Pod", "ns") == "/api/v1/namespaces/ns/pods"
-    assert kube.path("batch/v1", "Job", "ns", "j") == "/apis/batch/v1/namespaces/ns/jobs/j"
+    assert kube.path(POD, "ns") == "/api/v1/namespaces/ns/pods"
+    assert kube.path(TRAINER_JOB.kind, "ns", "j") == "/apis/batch/v1/namespaces/ns/jobs/j"
     assert (
-        kube.path("agpo.dev/v1alpha1", "AGPOJob", "ns", "x", "status")
+        kube.path(AGPOJOB, "ns", "x", "status")
         == "/apis/agpo.dev/v1alpha1/namespaces/ns/agpojobs/x/status"
     )
 

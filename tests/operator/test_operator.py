@@ -14,26 +14,14 @@ import kmock
 import pytest
 
 from agpo_operator import metrics
-from agpo_operator.builders import build_children
+from agpo_operator.builders import CHILDREN, build_children
+from agpo_operator.builders.child import Lifetime
 from agpo_operator.config import Config
 
 from operator_support import NS, Operator, World, eventually, sample
 
-CHILD_PLURALS = {
-    "ServiceAccount": "serviceaccounts",
-    "NetworkPolicy": "networkpolicies",
-    "Secret": "secrets",
-    "ConfigMap": "configmaps",
-    "Service": "services",
-    "StatefulSet": "statefulsets",
-    "Job": "jobs",
-    "PodMonitor": "podmonitors",
-    "PersistentVolumeClaim": "persistentvolumeclaims",
-}
-STATIC_PLURALS = (
-    "serviceaccounts", "networkpolicies", "secrets", "configmaps", "services",
-    "persistentvolumeclaims",
-)  # fmt: skip
+CHILD_PLURALS = {k.kind: k.plural for k in CHILDREN.kinds()}
+STATIC_PLURALS = {c.kind.plural for c in CHILDREN.of(Lifetime.STATIC)}
 
 
 def clean(world: World) -> None:

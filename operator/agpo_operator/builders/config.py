@@ -8,6 +8,7 @@ from agpo_api import API_VERSION, KIND, AGPOJob
 from agpo_api.layout import (
     JOB_FILE_KEY,
 )
+from agpo_operator.builders.child import READ_BACK, Child, Grant, Kind, plain
 from agpo_operator.builders.common import (
     BuildOptions,
     Names,
@@ -43,3 +44,15 @@ def build_spec_configmap(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
         "immutable": True,
         "data": {JOB_FILE_KEY: text},
     }
+
+
+SPEC_CONFIGMAP = Child(
+    kind=Kind("v1", "ConfigMap", "configmaps"),
+    build=plain(build_spec_configmap),
+    name=lambda n: n.spec_configmap,
+    grants=(
+        Grant(("create",), "the job file"),
+        READ_BACK,
+        Grant(("get",), "read back the running spec to refuse immutable changes"),
+    ),
+)

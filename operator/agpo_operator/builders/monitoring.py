@@ -7,7 +7,17 @@ creates it only where that API exists (else a Warning event; the job runs all th
 
 from __future__ import annotations
 
-from agpo_api import AGPOJob
+from agpo_api import AGPOJob, AGPOJobSpec
+from agpo_api.vocabulary import Reason
+from agpo_operator.builders.child import (
+    READ_BACK,
+    SERVICE,
+    Child,
+    Grant,
+    Kind,
+    OptionalApi,
+    plain,
+)
 from agpo_operator.builders.common import (
     COMPLETION_INDEX,
     JOB_LABEL,
@@ -55,3 +65,32 @@ def build_pod_monitor(job: AGPOJob, n: Names, options: BuildOptions) -> Obj | No
             "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
         },
     }
+
+
+def _no_prometheus_operator(spec: AGPOJobSpec, n: Names) -> str:
+    return (
+        "spec.metrics.podMonitor is true but the monitoring.coreos.com API (Prometheus "
+        "Operator) is not installed: no PodMonitor is created; the trainer still serves "
+        f"metrics on port {spec.metrics.port} (Service {n.metrics})"
+    )
+
+
+METRICS_SERVICE = Child(
+    kind=SERVICE,
+    build=plain(build_metrics_service),
+    name=lambda n: n.metrics,
+    grants=(Grant(("create",), "rank 0's metrics Service"), READ_BACK),
+)
+POD_MONITOR = Child(
+    kind=Kind(f"{PODMONITOR_API_GROUP}/v1", "PodMonitor", "podmonitors"),
+    build=plain(build_pod_monitor),
+    name=lambda n: n.metrics,
+    grants=(
+        Grant(("create",), "the optional PodMonitor (only where the Prometheus Operator is "
+                           "installed)"),
+        READ_BACK,
+    ),
+    requires=OptionalApi(
+        PODMONITOR_API_GROUP, Reason.POD_MONITOR_UNAVAILABLE, _no_prometheus_operator
+    ),
+)  # fmt: skip

@@ -14,6 +14,15 @@ from agpo_api.layout import (
     TOKEN_KEY,
 )
 from agpo_api.vllm_server import job_server_command, server_env
+from agpo_operator.builders.child import (
+    READ_BACK,
+    SERVICE,
+    Child,
+    Grant,
+    Kind,
+    Lifetime,
+    plain,
+)
 from agpo_operator.builders.common import (
     BuildOptions,
     Names,
@@ -169,3 +178,22 @@ def build_rollout_statefulset(job: AGPOJob, n: Names, options: BuildOptions) -> 
             },
         },
     }
+
+
+ROLLOUT_SERVICE = Child(
+    kind=SERVICE,
+    build=plain(build_rollout_service),
+    name=lambda n: n.rollout,
+    grants=(Grant(("create",), "the vLLM pods' headless Service"), READ_BACK),
+)
+ROLLOUT_STATEFULSET = Child(
+    kind=Kind("apps/v1", "StatefulSet", "statefulsets"),
+    build=plain(build_rollout_statefulset),
+    name=lambda n: n.rollout,
+    grants=(
+        Grant(("create",), "the vLLM rollout servers"),
+        Grant(("list",), "read with the trainer Job and the pods on every pass"),
+        Grant(("delete",), "removed while suspended and when finished"),
+    ),
+    lifetime=Lifetime.ROLLOUT,
+)

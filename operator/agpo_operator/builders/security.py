@@ -22,6 +22,16 @@ from agpo_api.layout import (
     ROLLOUT_PORT,
     TOKEN_KEY,
 )
+from agpo_operator.builders.child import (
+    FIRST,
+    READ_BACK,
+    Child,
+    Creation,
+    Grant,
+    Identity,
+    Kind,
+    plain,
+)
 from agpo_operator.builders.common import (
     JOB_LABEL,
     ROLE_LABEL,
@@ -33,6 +43,7 @@ from agpo_operator.builders.common import (
 )
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 
 
 def build_service_account(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
@@ -45,10 +56,9 @@ def build_service_account(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
     }
 
 
-def build_token_secret(
-    job: AGPOJob, n: Names, options: BuildOptions, token: str | None = None
-) -> Obj:
-    """The Secret holding the rollout token; without ``token`` it has no data (for rendering)."""
+def build_token_secret(job: AGPOJob, n: Names, options: BuildOptions, creation: Creation) -> Obj:
+    """The Secret holding the rollout token; without a token it has no data (for rendering)."""
+    token = creation.token
     secret: Obj = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -153,3 +163,36 @@ def build_trainer_network_policy(job: AGPOJob, n: Names, options: BuildOptions) 
             ],
         },
     }
+
+
+# ---------------------------------------------------------------------- the children
+SERVICE_ACCOUNT = Child(
+    kind=Kind("v1", "ServiceAccount", "serviceaccounts"),
+    build=plain(build_service_account),
+    name=lambda n: n.service_account,
+    grants=(Grant(("create",), "the pods' service account (no API rights)"), READ_BACK),
+    order=FIRST,
+)
+ROLLOUT_NETWORK_POLICY = Child(
+    kind=NETWORK_POLICY,
+    build=plain(build_rollout_network_policy),
+    name=lambda n: n.rollout,
+    grants=(Grant(("create",), "per-job network isolation"), READ_BACK),
+    order=FIRST,
+)
+TRAINER_NETWORK_POLICY = Child(
+    kind=NETWORK_POLICY,
+    build=plain(build_trainer_network_policy),
+    name=lambda n: n.trainer,
+    grants=(Grant(("create",), "per-job network isolation"), READ_BACK),
+    order=FIRST,
+)
+# Create only: the operator never reads a Secret; a deleted one shows in the pods
+# (docs/reliability.md), so it is not looked for by the periodic check either.
+TOKEN_SECRET = Child(
+    kind=Kind("v1", "Secret", "secrets"),
+    build=build_token_secret,
+    name=lambda n: n.token_secret,
+    grants=(Grant(("create",), "the rollout token (never read back)"),),
+    identity=Identity.NAMED,
+)

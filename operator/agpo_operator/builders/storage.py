@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from agpo_api import AGPOJob, AGPOJobSpec
 from agpo_api.models import DEFAULT_CHECKPOINT_SIZE
+from agpo_operator.builders.child import READ_BACK, Child, Grant, Kind, plain
 from agpo_operator.builders.common import BuildOptions, Names, Obj, metadata
 
 #: On a child that must not be owned by the job (a retained checkpoint claim).
@@ -38,6 +39,18 @@ def build_checkpoint_pvc(job: AGPOJob, n: Names, options: BuildOptions) -> Obj |
     if storage.storage_class_name:
         spec["storageClassName"] = storage.storage_class_name
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
+
+
+CHECKPOINT_CLAIM = Child(
+    kind=Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    build=plain(build_checkpoint_pvc),
+    name=lambda n: n.checkpoints,
+    grants=(
+        Grant(("create",), "the job's checkpoint claim (never deleted: garbage collection or "
+                           "the user does)"),
+        READ_BACK,
+    ),
+)  # fmt: skip
 
 
 def checkpoint_volume_source(job: AGPOJob, n: Names) -> Obj:

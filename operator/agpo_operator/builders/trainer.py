@@ -23,6 +23,16 @@ from agpo_api.layout import (
     TOKEN_KEY,
 )
 from agpo_api.termination import TERMINATION_LOG
+from agpo_operator.builders.child import (
+    READ_BACK,
+    SERVICE,
+    Child,
+    Creation,
+    Grant,
+    Kind,
+    Lifetime,
+    plain,
+)
 from agpo_operator.builders.common import (
     ATTEMPT_LABEL,
     COMPLETION_INDEX,
@@ -234,8 +244,9 @@ def build_trainer_service(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
     }  # fmt: skip
 
 
-def build_trainer_job(job: AGPOJob, n: Names, options: BuildOptions, attempt: int = 0) -> Obj:
+def build_trainer_job(job: AGPOJob, n: Names, options: BuildOptions, creation: Creation) -> Obj:
     """The torchrun group of one attempt (``agpo.dev/attempt``; a restart is a new Job)."""
+    attempt = creation.attempt
     nodes = job.spec.trainer.nodes
     meta = metadata(n, n.trainer, "trainer")
     meta["labels"] = {**workload_labels(job, n, "trainer"), ATTEMPT_LABEL: str(attempt)}
@@ -256,3 +267,24 @@ def build_trainer_job(job: AGPOJob, n: Names, options: BuildOptions, attempt: in
             },
         },
     }
+
+
+TRAINER_SERVICE = Child(
+    kind=SERVICE,
+    build=plain(build_trainer_service),
+    name=lambda n: n.trainer,
+    grants=(Grant(("create",), "the trainer pods' headless Service"), READ_BACK),
+)
+TRAINER_JOB = Child(
+    kind=Kind("batch/v1", "Job", "jobs"),
+    build=build_trainer_job,
+    name=lambda n: n.trainer,
+    grants=(
+        Grant(("create",), "the torchrun group of one attempt"),
+        Grant(("list",), "read with the StatefulSet and the pods on every pass"),
+        Grant(("watch",), "its changes wake the job's loop"),
+        Grant(("patch",), "suspended when the job finishes (cleanPodPolicy Running)"),
+        Grant(("delete",), "replaced on every restart"),
+    ),
+    lifetime=Lifetime.ATTEMPT,
+)
