@@ -1,9 +1,17 @@
-"""`kopf run -m agpo_operator` registers the handlers; plain imports of the package do not."""
+"""The documented entry points: `kopf run -m agpo_operator` serves jobs; a plain import of the
+package (the CLI, the trainer image) does not pull kopf in."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from operator_support import World, eventually, sample
 
 
 def run(code: str) -> str:
@@ -11,15 +19,38 @@ def run(code: str) -> str:
     return out.stdout.strip()
 
 
-def test_kopf_run_module_registers_handlers() -> None:
-    # kopf imports itself before importing the -m module, as `kopf run -m agpo_operator` does
-    code = (
-        "import kopf, agpo_operator; r = kopf.get_default_registry(); "
-        "print(sum(1 for _ in r._spawning.get_all_handlers()), "
-        "sum(1 for _ in r._watching.get_all_handlers()))"
-    )
-    daemons, watchers = map(int, run(code).split())
-    assert daemons >= 1 and watchers >= 1
+@contextmanager
+def process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A process with the test's environment (the world fixture's KUBECONFIG and AGPO_*)."""
+    proc = subprocess.Popen(args, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+async def test_kopf_run_module_serves_jobs(world: World) -> None:
+    # kopf imports itself before the -m module: agpo_operator then registers its handlers.
+    command = (sys.executable, "-m", "kopf", "run", "-m", "agpo_operator", "--standalone",
+               "--all-namespaces")  # fmt: skip
+    with process(*command) as proc:
+        await world.create_job(sample(name="cli"))
+
+        def created() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"the operator exited with {proc.returncode}")
+            return world.condition("cli", "Created").get("status") == "True"
+
+        await eventually(created, timeout=60, what="the children made by `kopf run -m ...`")
+        assert world.get("jobs", "cli-trainer") and world.get("statefulsets", "cli-rollout")
+    assert world.errors() == [] and world.forbidden() == []
 
 
 def test_importing_the_package_alone_pulls_in_no_kopf() -> None:
