@@ -85,7 +85,7 @@ def step_records(log: Path) -> list[tuple[float, dict[str, Any]]]:
 def run_once(
     args: argparse.Namespace, staleness: int, server: Any, work: Path, index: int
 ) -> dict[str, float]:
-    from agpo_trainer.launcher import trainer_command, trainer_env
+    from agpo_trainer.local.trainer_group import trainer_command, trainer_env
     from agpo_trainer.rollout.server import free_port, stop_process_group
 
     run_dir = work / f"run-{index}-s{staleness}"

@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from agpo_trainer.launcher import trainer_command, trainer_env
+from agpo_trainer.local.trainer_group import trainer_command, trainer_env
 from agpo_trainer.models import resolve_model_path
 from agpo_trainer.rollout.server import VLLMServer, free_port
 

@@ -9,7 +9,7 @@ import pytest
 
 from agpo_api.env import TrainerSettings
 from agpo_api.models import AGPOJob
-from agpo_trainer.launcher import trainer_env
+from agpo_trainer.local.trainer_group import trainer_env
 from agpo_trainer.runtime import ConfigError, Runtime
 
 

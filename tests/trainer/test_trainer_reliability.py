@@ -15,7 +15,7 @@ from agpo_api.models import AGPOJob, AGPOJobSpec
 from agpo_api.termination import ExitCode, FailureKind, format_termination, parse_termination
 from agpo_trainer.__main__ import main, termination_path, write_termination
 from agpo_trainer.data import DataError, PromptSampler, load_examples
-from agpo_trainer.launcher import start_over
+from agpo_trainer.local.restarts import start_over
 from agpo_trainer.preflight import LaunchError, preflight
 
 JOB: dict[str, Any] = {

@@ -18,6 +18,20 @@ class LaunchError(RuntimeError):
     """Something the launcher checked or started failed; the message says what and where."""
 
 
+def default_cache_dir() -> Path:
+    """Where ``builtin:`` models (and the format warm-up) are built: ``AGPO_CACHE_DIR``, else
+    ``~/.cache/agpo``."""
+    return Path(os.environ.get(EnvVar.CACHE_DIR, Path.home() / ".cache" / "agpo"))
+
+
+def export_cache_dir() -> Path:
+    """:func:`default_cache_dir`, also set in this process's environment: the servers and the
+    trainer inherit it, so they find the model that :func:`preflight` built."""
+    cache = default_cache_dir()
+    os.environ[EnvVar.CACHE_DIR] = str(cache)
+    return cache
+
+
 def _no_pvcs(job: AGPOJob) -> None:
     spec = job.spec
     pvcs = [
@@ -60,7 +74,7 @@ def preflight(job: AGPOJob, base_dir: Path, cache_dir: Path | None = None) -> st
     spec = job.spec
     # Custom reward modules may sit next to the job file (the trainer gets it on PYTHONPATH).
     sys.path.insert(0, str(base_dir))
-    cache = cache_dir or Path(os.environ.get(EnvVar.CACHE_DIR, Path.home() / ".cache" / "agpo"))
+    cache = cache_dir or default_cache_dir()
     try:
         examples = load_examples(spec.dataset, base_dir)
         for reward in spec.algorithm.rewards:
