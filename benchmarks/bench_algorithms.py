@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
 
 from agpo_trainer.algorithms import (
+    AdvantageOptions,
     compute_advantages_and_mask,
     compute_policy_loss,
     entropy_from_logits,
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         bonus = agpo_length_reward(lengths, correct, g, 0.1)
         rewards = accuracy + bonus
         adv, keep = compute_advantages_and_mask(
-            rewards, g, advantage="grpo", zero_variance=args.zero_variance
-        )
+            rewards, g, advantage="grpo", zero_variance=args.zero_variance,
+            options=AdvantageOptions(reward_range=(0.0, 1.0)),  # accuracy; mixed-scope bonus
+        )  # fmt: skip
         return rewards, adv, keep
 
     t_adv, (_, adv, keep) = timed(advantages_step, device, args.repeats)

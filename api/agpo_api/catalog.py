@@ -118,6 +118,7 @@ class LengthRewardTraits:
     """A length reward (``algorithm.lengthReward.type``)."""
 
     coefficient: float  # the coefficient when the spec sets the type without one
+    active: bool = True  # adds a length term to the rewards (none: the absence of one)
     limit: bool = False  # reads maxTokens/bufferTokens (DAPO's overlong penalty)
     scoped: bool = False  # reads scope; with scope all it tops all-correct groups up by coef
 
@@ -174,7 +175,7 @@ LENGTH_REWARDS: Catalog[LengthRewardTraits] = Catalog(
     "length reward",
     "algorithm.lengthReward.type",
     {
-        "none": LengthRewardTraits(coefficient=0.0),
+        "none": LengthRewardTraits(coefficient=0.0, active=False),
         "agpo": LengthRewardTraits(coefficient=0.1, scoped=True),
         "kimi": LengthRewardTraits(coefficient=1.0),
         "overlong": LengthRewardTraits(coefficient=1.0, limit=True),
@@ -190,6 +191,7 @@ TASKS: Catalog[TaskTraits] = Catalog(
     "dataset.source.builtin.task",
     {"arithmetic": TaskTraits(), "bitcount": TaskTraits(eval_split=True)},
 )
+
 
 def aggregations_for(policy_loss: str) -> tuple[str, ...]:
     """The ``lossAggregation`` values ``policy_loss`` allows."""

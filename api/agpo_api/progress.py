@@ -2,7 +2,10 @@
 
 One schema for its three readers: the operator copies part of it into the CR status
 (:data:`CR_STATUS_FIELDS`), ``agpo run`` shows it in the progress bar, tests read it. The
-trainer writes it from its typed step statistics; the wire names are camelCase, like the CR.
+trainer writes it from the status rows of the metrics table (:mod:`agpo_api.metrics_table`);
+the wire names are camelCase, like the CR. The typed fields are the ones the readers use (a
+test checks each is a row of the table); a row added to the table is served too, as an extra
+field, without a change here.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ class TrainerProgress(BaseModel):
     """Rank 0's latest state; every field is optional (a trainer that has not finished a step
     serves only ``phase``, ``step`` and ``totalSteps``)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    # extra="allow": the table's status rows that readers do not need typed pass through.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     phase: str | None = None  # Initializing | Running | Succeeded
     step: int | None = None
@@ -53,7 +57,9 @@ class TrainerProgress(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object served (camelCase, unset fields left out)."""
-        return self.model_dump(by_alias=True, exclude_none=True)
+        return {
+            to_camel(k): v for k, v in self.model_dump(by_alias=True, exclude_none=True).items()
+        }
 
 
 #: The fields the operator copies into ``AGPOJob.status`` (same camelCase names there).

@@ -52,6 +52,11 @@ class ResolvedLengthReward:
     target: str
 
     @property
+    def active(self) -> bool:
+        """Whether this type adds a length term to the rewards (a ``length`` component)."""
+        return LENGTH_REWARDS.traits(self.type).active
+
+    @property
     def homogeneous_bonus(self) -> float:
         """What the length term adds to every answer of an all-correct group of equal lengths
         (a scoped type with scope ``all``: ties get the full coefficient), so the top of the
@@ -188,7 +193,9 @@ def resolve_length_reward(algo: AlgorithmSpec, max_completion_tokens: int) -> Re
     limit and, for a type that reads a limit (overlong), bufferTokens to a fifth of it."""
     lr = algo.length_reward
     if lr is None or lr.type is None or lr.coefficient is None:
-        raise ValueError("spec.algorithm.lengthReward is not validated: its preset fields are unset")
+        raise ValueError(
+            "spec.algorithm.lengthReward is not validated: its preset fields are unset"
+        )
     max_tokens = lr.max_tokens or max_completion_tokens
     buffer = lr.buffer_tokens
     if buffer is None and LENGTH_REWARDS.traits(lr.type).limit:

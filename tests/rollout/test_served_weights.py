@@ -49,6 +49,7 @@ def test_a_replaced_server_is_noticed_and_served_the_weights_again(
     from conftest import load_reference
 
     from agpo_trainer.metrics import TrainerMetrics
+    from agpo_trainer.rollout.backend import VLLMBackend
     from agpo_trainer.rollout.client import RolloutClient
     from agpo_trainer.rollout.weight_sync import WeightSyncer
     from agpo_trainer.train import ensure_served, push_weights
@@ -63,8 +64,9 @@ def test_a_replaced_server_is_noticed_and_served_the_weights_again(
         ready_timeout_s=300,
     )  # fmt: skip
     syncer.init()
+    servers = VLLMBackend(RolloutClient([server.url], TOKEN, timeout_s=60), syncer)
     try:
-        push_weights(syncer, None, weights, 3, TrainerMetrics())  # type: ignore[arg-type]
+        push_weights(servers, None, weights, 3, TrainerMetrics())  # type: ignore[arg-type]
         assert syncer.lagging(3) == {}
 
         # The server is replaced: a new process on the same port, with its initial weights.
@@ -72,7 +74,7 @@ def test_a_replaced_server_is_noticed_and_served_the_weights_again(
         replaced = server.restart()
         # lagging() waits for the new server to answer (one GET), then reports it.
         assert syncer.lagging(3) == {server.url: "default"}  # vLLM's initial version
-        ensure_served(syncer, None, weights, 3)  # type: ignore[arg-type]
+        ensure_served(servers, None, weights, 3)  # type: ignore[arg-type]
         assert syncer.lagging(3) == {}
         client = RolloutClient([replaced.url], TOKEN, timeout_s=60)
         assert len(client.generate([[1, 2, 3]], n=2, max_tokens=4)) == 2
@@ -80,7 +82,7 @@ def test_a_replaced_server_is_noticed_and_served_the_weights_again(
         # Replaced again, this time noticed only by the next push: it joins again and pushes.
         replaced.kill()
         server.restart()
-        push_weights(syncer, None, weights, 4, TrainerMetrics())  # type: ignore[arg-type]
+        push_weights(servers, None, weights, 4, TrainerMetrics())  # type: ignore[arg-type]
         assert syncer.lagging(4) == {}
     finally:
         syncer.close()

@@ -8,17 +8,21 @@ from collections.abc import Sequence
 import pytest
 import torch
 
+from agpo_api.catalog import ADVANTAGES, EstimatorTraits
 from agpo_trainer.algorithms import (
     ADVANTAGE_ESTIMATORS,
+    AdvantageOptions,
     apply_zero_variance,
     compute_advantages,
     compute_advantages_and_mask,
     get_advantage_estimator,
+    homogeneous_groups,
     register_advantage_estimator,
-    zero_variance_mask,
 )
+from agpo_trainer.experience import groups_with_variance
 
 EPS = 1e-4
+ACCURACY_RANGE = (0.0, 1.0)
 
 
 def t(values: Sequence[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -29,11 +33,17 @@ def close(actual: torch.Tensor, expected: Sequence[float], atol: float = 1e-5) -
     torch.testing.assert_close(actual.float(), t(expected), atol=atol, rtol=0)
 
 
-def agpo_advantages(rewards: torch.Tensor, g: int, **kwargs: float) -> torch.Tensor:
-    """AGPO v1: GRPO advantages plus the agpo zero-variance policy (what the removed ``agpo``
-    estimator computed; spec preset agpo)."""
+def agpo_advantages(
+    rewards: torch.Tensor,
+    g: int,
+    reward_range: tuple[float, float] = ACCURACY_RANGE,
+    zero_variance_value: float = 1.0,
+) -> torch.Tensor:
+    """AGPO v1: GRPO advantages plus the agpo zero-variance policy (spec preset agpo), with
+    the attainable range of the accuracy reward unless another is given."""
+    options = AdvantageOptions(reward_range=reward_range, zero_variance_value=zero_variance_value)
     adv, _ = compute_advantages_and_mask(
-        rewards, g, advantage="grpo", zero_variance="agpo", **kwargs
+        rewards, g, advantage="grpo", zero_variance="agpo", options=options
     )
     return adv
 
@@ -109,22 +119,26 @@ def test_agpo_group_of_two_and_sixteen() -> None:
 def test_agpo_magnitude_and_explicit_bounds() -> None:
     # Authors' code uses +1 / -1 base rewards: min_reward=-1.
     rewards = t([1, 1, -1, -1, 0, 0])
-    adv = agpo_advantages(rewards, 2, max_reward=1, min_reward=-1)
+    adv = agpo_advantages(rewards, 2, reward_range=(-1, 1))
     close(adv, [1, 1, -1, -1, 0, 0])
-    adv = agpo_advantages(
-        t([2.5, 2.5, -1, -1]), 2, max_reward=2.5, min_reward=-1, zero_variance_value=0.3
-    )
+    adv = agpo_advantages(t([2.5, 2.5, -1, -1]), 2, reward_range=(-1, 2.5), zero_variance_value=0.3)
     close(adv, [0.3, 0.3, -0.3, -0.3])
 
 
-def test_agpo_default_bounds_are_accuracy_range() -> None:
-    # Defaults max=1, min=0: a homogeneous group at 2.0 is neither -> 0.
+def test_agpo_compares_with_the_given_range() -> None:
+    # The accuracy range [0, 1]: a homogeneous group at 2.0 is at neither end -> 0.
     close(agpo_advantages(t([2, 2]), 2), [0, 0])
+
+
+def test_agpo_without_a_reward_range_refuses_to_guess() -> None:
+    # A part that reads the range declares it (catalog trait); none is assumed.
+    with pytest.raises(ValueError, match="attainable reward range is unknown"):
+        compute_advantages_and_mask(t([1, 1]), 2, advantage="grpo", zero_variance="agpo")
 
 
 def test_agpo_min_above_max_rejected() -> None:
     with pytest.raises(ValueError, match="min_reward"):
-        agpo_advantages(t([1, 1]), 2, max_reward=0, min_reward=1)
+        agpo_advantages(t([1, 1]), 2, reward_range=(1, 0))
 
 
 # ----------------------------------------------------------------------------- Dr. GRPO
@@ -143,19 +157,31 @@ def test_dr_grpo_numbers() -> None:
 # ----------------------------------------------------------------------------- zero variance
 
 
-def test_zero_variance_mask() -> None:
+def test_homogeneous_groups() -> None:
     rewards = t([1, 1, 0, 1, 0.5, 0.5, 0, 0])
-    mask = zero_variance_mask(rewards, 2)
-    assert mask.tolist() == [True, True, False, False, True, True, True, True]
-    assert mask.dtype == torch.bool
+    same = homogeneous_groups(rewards, 2)
+    assert same.tolist() == [True, False, True, True]
+    assert same.dtype == torch.bool
 
 
-def test_zero_variance_mask_tolerance() -> None:
+def test_homogeneous_groups_tolerance() -> None:
     rewards = torch.tensor([0.1 + 0.2, 0.3, 1.0, 1.0 + 1e-3], dtype=torch.float64)
-    assert zero_variance_mask(rewards, 2).tolist() == [True, True, False, False]
+    assert homogeneous_groups(rewards, 2).tolist() == [True, False]
     # The tolerance scales with the magnitude: 1e6 and 1e6 + 0.5 are equal within 1e-6 * 1e6.
     big = torch.tensor([1e6, 1e6 + 0.5], dtype=torch.float64)
-    assert zero_variance_mask(big, 2).tolist() == [True, True]
+    assert homogeneous_groups(big, 2).tolist() == [True]
+
+
+def test_one_zero_variance_predicate_for_rewards_above_one() -> None:
+    # A spread of 1.5e-6 at rewards of 2 is within the relative tolerance (2e-6). DAPO's
+    # resampling used an absolute 1e-6 and called this group varied while the loss masked
+    # it; now every consumer asks the same predicate.
+    rewards = torch.tensor([2.0, 2.0 + 1.5e-6, 3.0, 0.0], dtype=torch.float64)
+    assert homogeneous_groups(rewards, 2).tolist() == [True, False]
+    assert groups_with_variance(rewards, 2) == [1]  # resampling keeps only group 1
+    adv = compute_advantages(rewards, 2, "grpo")
+    _, keep = apply_zero_variance(adv, rewards, 2, "mask")
+    assert keep.tolist() == [False, False, True, True]  # the loss masks group 0 alone
 
 
 def test_apply_zero_variance_modes() -> None:
@@ -165,7 +191,9 @@ def test_apply_zero_variance_modes() -> None:
     out, keep = apply_zero_variance(adv, rewards, 2, "keep")
     close(out, [0, 0, a, -a, 0, 0])
     assert keep.all()
-    out, keep = apply_zero_variance(adv, rewards, 2, "agpo")
+    out, keep = apply_zero_variance(
+        adv, rewards, 2, "agpo", options=AdvantageOptions(reward_range=ACCURACY_RANGE)
+    )
     close(out, [1, 1, a, -a, -1, -1])
     assert keep.all()
     for mode in ("mask", "resample"):
@@ -176,7 +204,10 @@ def test_apply_zero_variance_modes() -> None:
 
 def test_compute_advantages_and_mask_spec_combinations() -> None:
     rewards = t([1, 1, 0, 0])
-    adv, keep = compute_advantages_and_mask(rewards, 2, advantage="dr_grpo", zero_variance="agpo")
+    accuracy = AdvantageOptions(reward_range=ACCURACY_RANGE)
+    adv, keep = compute_advantages_and_mask(
+        rewards, 2, advantage="dr_grpo", zero_variance="agpo", options=accuracy
+    )
     close(adv, [1, 1, -1, -1])
     assert keep.all()
     adv, keep = compute_advantages_and_mask(rewards, 2, advantage="grpo", zero_variance="mask")
@@ -186,12 +217,14 @@ def test_compute_advantages_and_mask_spec_combinations() -> None:
     adv, keep = compute_advantages_and_mask(rewards, 2, advantage="grpo", zero_variance="keep")
     close(adv, [0, 0, 0, 0])
     assert keep.all()
-    adv, _ = compute_advantages_and_mask(rewards, 2, advantage="grpo", zero_variance="agpo")
+    adv, _ = compute_advantages_and_mask(
+        rewards, 2, advantage="grpo", zero_variance="agpo", options=accuracy
+    )
     close(adv, [1, 1, -1, -1])
 
 
 def test_unknown_zero_variance_mode() -> None:
-    with pytest.raises(ValueError, match=r"agpo, mask, resample, keep"):
+    with pytest.raises(ValueError, match=r"unknown zeroVariance mode 'drop'.*agpo, keep, mask"):
         apply_zero_variance(t([1, 0]), t([1, 0]), 2, "drop")
 
 
@@ -206,15 +239,21 @@ def test_unknown_estimator_lists_valid_names() -> None:
 
 
 def test_registry_contains_builtins_and_accepts_new_estimator() -> None:
-    assert {"grpo", "dr_grpo", "reinforce"} <= set(ADVANTAGE_ESTIMATORS.names())
+    assert set(ADVANTAGE_ESTIMATORS.names()) == {"grpo", "dr_grpo", "reinforce"}
 
-    @register_advantage_estimator("test_centred_times_two")
     def _double(grouped, homogeneous, options):  # type: ignore[no-untyped-def]
         return 2 * (grouped - grouped.mean(-1, keepdim=True))
 
-    close(compute_advantages(t([1, 0]), 2, "test_centred_times_two"), [1, -1])
-    with pytest.raises(ValueError, match="already registered"):
-        register_advantage_estimator("grpo")(_double)
+    with ADVANTAGE_ESTIMATORS.scope():  # test-local: gone from registry and catalog after
+        register_advantage_estimator("centred_times_two", traits=EstimatorTraits())(_double)
+        close(compute_advantages(t([1, 0]), 2, "centred_times_two"), [1, -1])
+        assert "centred_times_two" in ADVANTAGES  # a spec may name it now
+        with pytest.raises(ValueError, match="already registered"):
+            register_advantage_estimator("grpo")(_double)
+        with pytest.raises(ValueError, match="is new: register it with traits"):
+            register_advantage_estimator("no_traits")(_double)
+    assert "centred_times_two" not in ADVANTAGE_ESTIMATORS
+    assert "centred_times_two" not in ADVANTAGES
 
 
 @pytest.mark.parametrize("n,g", [(5, 2), (6, 4), (3, 0)])

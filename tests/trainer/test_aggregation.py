@@ -12,16 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agpo_api.catalog import AggregationTraits
 from agpo_trainer.algorithms import (
     LOSS_AGGREGATIONS,
-    LOSS_DENOMINATORS,
     Counts,
     accumulate,
     compute_policy_loss,
     count_included,
-    get_loss_denominator,
     micro_batch_share,
     rank_loss,
+    register_loss_aggregation,
 )
 
 B, T = 12, 6
@@ -118,12 +118,17 @@ def test_two_ranks_give_the_one_process_loss_and_gradient(aggregation: str, seed
         torch.testing.assert_close(got_grad, logp.grad, atol=1e-12, rtol=0)
 
 
-def test_every_aggregation_has_a_denominator() -> None:
-    assert LOSS_DENOMINATORS.names() == LOSS_AGGREGATIONS.names()
-    assert get_loss_denominator("token-mean")(Counts(7, 3)) == 7
-    assert get_loss_denominator("seq-mean-token-mean")(Counts(7, 3)) == 3
+def test_every_aggregation_declares_its_denominator() -> None:
+    assert micro_batch_share("token-mean", Counts(7, 3), Counts(14, 6)) == 7 / 14
+    assert micro_batch_share("seq-mean-token-mean", Counts(7, 3), Counts(14, 4)) == 3 / 4
     with pytest.raises(ValueError, match="valid names"):
         micro_batch_share("mean", Counts(1, 1), Counts(2, 2))
+    with LOSS_AGGREGATIONS.scope():  # a new aggregation says what it divides by
+        register_loss_aggregation("seq-sum", traits=AggregationTraits("sequences"))(
+            lambda loss, token_mask, seq_mask, max_tokens: (loss * token_mask).sum()
+        )
+        assert micro_batch_share("seq-sum", Counts(7, 3), Counts(14, 4)) == 3 / 4
+    assert "seq-sum" not in LOSS_AGGREGATIONS
 
 
 def test_empty_batch_share_is_zero_not_nan() -> None:

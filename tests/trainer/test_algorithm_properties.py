@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from agpo_trainer.algorithms import (
     LOSS_AGGREGATIONS,
+    AdvantageOptions,
     compute_advantages,
     compute_advantages_and_mask,
     compute_policy_loss,
@@ -79,8 +80,9 @@ def advantages_of(rewards: torch.Tensor, group_size: int, name: str) -> torch.Te
     (the removed ``agpo`` estimator; spec preset agpo)."""
     if name == "agpo":
         adv, _ = compute_advantages_and_mask(
-            rewards, group_size, advantage="grpo", zero_variance="agpo"
-        )
+            rewards, group_size, advantage="grpo", zero_variance="agpo",
+            options=AdvantageOptions(reward_range=(0.0, 1.0)),  # the accuracy reward's
+        )  # fmt: skip
         return adv
     return compute_advantages(rewards, group_size, name)
 

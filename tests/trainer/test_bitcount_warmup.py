@@ -11,13 +11,22 @@ from typing import Any
 import torch
 
 from agpo_api import parse_job
+from agpo_api.resolved import resolve
 from agpo_trainer.models.tiny import build_tokenizer
 from agpo_trainer.policy import Policy
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.tasks import bitcount
-from agpo_trainer.warmup import bitcount_batches, bitcount_cache_key, format_warmup
+from agpo_trainer.warmup import cache_key, format_warmup
 
 from agpo_testlib import MINIMAL
+
+bitcount_batches = bitcount.warmup_batches
+RECIPE = bitcount.TASK.warmup
+assert RECIPE is not None
+
+
+def bitcount_cache_key(spec: Any, steps: int) -> str:
+    return cache_key(spec, RECIPE, steps)  # type: ignore[arg-type]
 
 
 def test_batches_are_warmup_split_mixed_formats_with_right_answers() -> None:
@@ -38,7 +47,7 @@ def spec(**training: Any) -> Any:
     doc = copy.deepcopy(MINIMAL)
     doc["spec"]["dataset"] = {"source": {"builtin": {"task": "bitcount"}}}
     doc["spec"]["training"] = {"formatWarmupSteps": 3, **training}
-    return parse_job(doc).spec
+    return resolve(parse_job(doc).spec)
 
 
 def policy(s: Any, cache: Path) -> Policy:

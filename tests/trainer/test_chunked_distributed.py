@@ -19,6 +19,7 @@ from test_micro_batch_tokens import varied_batch
 from test_update import PROMPTS, G, tiny_model
 
 from agpo_api import parse_job
+from agpo_api.resolved import resolve
 from agpo_trainer.policy import Policy
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.update import train_step
@@ -43,7 +44,7 @@ def policy(world_size: int, rank: int, trainer: dict[str, Any]) -> Policy:
     )  # fmt: skip
     tokenizer = type("Tok", (), {"pad_token_id": 0})()
     p = Policy(
-        parse_job(doc).spec, rt, model_dir="", tokenizer=tokenizer, model=tiny_model(),
+        resolve(parse_job(doc).spec), rt, model_dir="", tokenizer=tokenizer, model=tiny_model(),
         device=torch.device("cpu"),
     )  # fmt: skip
     # SGD: AdamW would turn rounding noise on exactly-zero gradients into +-lr steps

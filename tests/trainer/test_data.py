@@ -11,10 +11,10 @@ from agpo_api.models import DatasetSpec
 from agpo_trainer.data import (
     DataError,
     PromptSampler,
-    arithmetic_rows,
     check_prompts_fit,
     load_examples,
 )
+from agpo_trainer.tasks.arithmetic import arithmetic_rows
 
 
 def spec(**source: object) -> DatasetSpec:

@@ -15,6 +15,7 @@ import pytest
 
 from agpo_api import parse_job
 from agpo_api.progress import TrainerProgress
+from agpo_api.resolved import resolve
 from agpo_trainer.data import Example, in_holdout, load_examples, split_holdout
 from agpo_trainer.evaluation import (
     EVAL_SEED_OFFSET,
@@ -37,8 +38,8 @@ def job(dataset: dict[str, Any], evaluation: dict[str, Any] | None = None, **tra
     }
     if evaluation is not None:
         spec["evaluation"] = evaluation
-    return parse_job({"apiVersion": "agpo.dev/v1alpha1", "kind": "AGPOJob",
-                      "metadata": {"name": "ev"}, "spec": spec}).spec  # fmt: skip
+    return resolve(parse_job({"apiVersion": "agpo.dev/v1alpha1", "kind": "AGPOJob",
+                              "metadata": {"name": "ev"}, "spec": spec}).spec)  # fmt: skip
 
 
 BITCOUNT = {"builtin": {"task": "bitcount", "size": 200}}
@@ -123,7 +124,7 @@ def evaluator(**evaluation: Any) -> tuple[Evaluator, FakeClient]:
         greedy={"a1b1=": "...Answer:2", "a0b1c0=": "Answer:0"},
         sampled={"a1b1=": ["Answer:1", "a1b2\nAnswer:2"], "a0b1c0=": ["Answer:0", "Answer:3"]},
     )
-    ev = spec.effective_evaluation()
+    ev = spec.evaluation
     assert ev is not None
     return Evaluator(spec, ev, tokenizer=tok, client=client, examples=held), client
 
@@ -223,10 +224,8 @@ def test_requests_are_chunked_to_a_training_batch_with_per_prompt_seeds() -> Non
     """At most promptsPerStep x groupSize sequences per request batch (no more load on the
     servers than a rollout); prompt i keeps seed base + i * n."""
     ev, client = evaluator()
-    ev.spec = job(BITCOUNT, {"prompts": 2, "samples": 2}, promptsPerStep=1)
-    ev.spec = ev.spec.model_copy(
-        update={"algorithm": ev.spec.algorithm.model_copy(update={"group_size": 2})}
-    )
+    spec = job(BITCOUNT, {"prompts": 2, "samples": 2}, promptsPerStep=1)
+    ev.spec = dataclasses.replace(spec, algorithm=dataclasses.replace(spec.algorithm, group_size=2))
     chunked = ev.run(step=4, policy_version=4)
     assert [(c["n"], c["seed"]) for c in client.calls] == [
         (1, ev.spec.training.seed + EVAL_SEED_OFFSET),  # 2 greedy sequences: one request batch

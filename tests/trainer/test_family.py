@@ -3,50 +3,40 @@ decide "correct" when the spec says so."""
 
 from __future__ import annotations
 
-import copy
-import typing
-
 import torch
 
-from agpo_api import parse_job
-from agpo_api.models import (
-    PRESETS,
-    AdvantageName,
-    LengthRewardName,
-    LossAggregationName,
-    PolicyLossName,
-    ZeroVarianceName,
-)
+from agpo_api import catalog
+from agpo_api.models import PRESETS
 from agpo_trainer.algorithms import (
     ADVANTAGE_ESTIMATORS,
     LOSS_AGGREGATIONS,
     POLICY_LOSSES,
-    ZERO_VARIANCE_MODES,
     ZERO_VARIANCE_POLICIES,
+    AdvantageOptions,
     compute_advantages_and_mask,
 )
-from agpo_trainer.experience import correct_rule, length_reward_args, reward_range
-from agpo_trainer.rewards import LENGTH_REWARDS, score
+from agpo_trainer.rewards import LENGTH_REWARDS, REWARD_FUNCTIONS, score
+from agpo_trainer.tasks import TASKS
 
-from agpo_testlib import MINIMAL
+from agpo_testlib import resolved_spec
+
+#: Each trainer registry and the contract's catalog of the same names.
+PAIRS = [
+    (ADVANTAGE_ESTIMATORS, catalog.ADVANTAGES),
+    (ZERO_VARIANCE_POLICIES, catalog.ZERO_VARIANCE),
+    (POLICY_LOSSES, catalog.POLICY_LOSSES),
+    (LOSS_AGGREGATIONS, catalog.LOSS_AGGREGATIONS),
+    (LENGTH_REWARDS, catalog.LENGTH_REWARDS),
+    (REWARD_FUNCTIONS, catalog.REWARDS),
+    (TASKS, catalog.TASKS),
+]
 
 
-def names(literal: object) -> set[str]:
-    return set(typing.get_args(literal))
-
-
-def test_every_spec_name_is_registered_and_every_registered_name_reachable() -> None:
-    pairs = [
-        (AdvantageName, ADVANTAGE_ESTIMATORS.names()),
-        (ZeroVarianceName, ZERO_VARIANCE_POLICIES.names()),
-        (PolicyLossName, POLICY_LOSSES.names()),
-        (LossAggregationName, LOSS_AGGREGATIONS.names()),
-        (LengthRewardName, LENGTH_REWARDS.names()),
-    ]
-    for literal, registered in pairs:
-        # names other tests register on the fly start with test_
-        assert names(literal) == {n for n in registered if not n.startswith("test_")}
-    assert set(ZERO_VARIANCE_MODES) == names(ZeroVarianceName)
+def test_every_spec_name_is_registered_with_the_contracts_traits() -> None:
+    for registry, names in PAIRS:
+        assert set(registry.names()) == set(names.names()), registry.kind
+        for name in registry.names():
+            assert registry.traits(name) == names.traits(name), name
     for table in PRESETS.values():
         assert table["advantage"] in ADVANTAGE_ESTIMATORS
         assert table["zeroVariance"] in ZERO_VARIANCE_POLICIES
@@ -56,14 +46,7 @@ def test_every_spec_name_is_registered_and_every_registered_name_reachable() -> 
 
 
 def _spec(patch: dict[str, object]):  # type: ignore[no-untyped-def]
-    doc = copy.deepcopy(MINIMAL)
-    for dotted, value in patch.items():
-        node = doc
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return parse_job(doc).spec
+    return resolved_spec(patch)
 
 
 def test_custom_reward_agpo_uses_the_declared_range() -> None:
@@ -80,13 +63,13 @@ def test_custom_reward_agpo_uses_the_declared_range() -> None:
             "spec.algorithm.correct": {"reward": "my_rewards:score", "threshold": 0.0},
         }
     )
-    lo, hi = reward_range(spec)  # type: ignore[misc]
-    assert (lo, hi) == (-2.0, 2.5)
+    assert spec.algorithm.reward_range == (-2.0, 2.5)
     # a group at the top of the declared range gets +1, at the bottom -1; not the [0, 1] guess
     rewards = torch.tensor([2.5, 2.5, -2.0, -2.0, 1.0, 1.0])
     adv, keep = compute_advantages_and_mask(
-        rewards, 2, advantage="grpo", zero_variance="agpo", max_reward=hi, min_reward=lo
-    )
+        rewards, 2, advantage="grpo", zero_variance="agpo",
+        options=AdvantageOptions.of(spec.algorithm),
+    )  # fmt: skip
     assert adv.tolist() == [1.0, 1.0, -1.0, -1.0, 0.0, 0.0] and bool(keep.all())
 
 
@@ -104,12 +87,9 @@ def test_custom_reward_decides_correct(tmp_path, monkeypatch) -> None:  # type: 
             "spec.algorithm.correct": {"reward": "judge_mod:judge", "threshold": 0.0},
         }
     )
-    assert correct_rule(spec) == ("judge_mod:judge", 0.0)
-    total, _, correct = score(
-        ["p"] * 2, ["yes", "no"], ["7", "7"], [3, 2], 2,
-        rewards=[("judge_mod:judge", 1.0)], length_reward=length_reward_args(spec),
-        correct=correct_rule(spec),
-    )  # fmt: skip
+    algo = spec.algorithm
+    assert (algo.correct_reward, algo.correct_threshold) == ("judge_mod:judge", 0.0)
+    total, _, correct = score(["p"] * 2, ["yes", "no"], ["7", "7"], [3, 2], 2, algo)
     assert correct.tolist() == [True, False]  # not math accuracy (neither answer is "7")
     # the AGPO length bonus goes to the (lone) correct answer
     torch.testing.assert_close(total, torch.tensor([1.1, -1.0]))
@@ -117,4 +97,5 @@ def test_custom_reward_decides_correct(tmp_path, monkeypatch) -> None:  # type: 
 
 def test_dapo_overlong_buffer_defaults_to_a_fifth() -> None:
     spec = _spec({"spec.algorithm.preset": "dapo", "spec.training.maxCompletionTokens": 100})
-    assert length_reward_args(spec) == ("overlong", 1.0, 100, 20)
+    lr = spec.algorithm.length_reward
+    assert (lr.type, lr.coefficient, lr.max_tokens, lr.buffer_tokens) == ("overlong", 1.0, 100, 20)

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agpo_trainer.algorithms import compute_advantages, compute_policy_loss, gvpo_weights
+from agpo_trainer.algorithms import (
+    PolicyLossConfig,
+    compute_advantages,
+    compute_policy_loss,
+    gvpo_weights,
+)
 
 BETA = 0.1
 
@@ -30,8 +35,7 @@ def gvpo(x: dict[str, torch.Tensor], k: int, advantages: torch.Tensor) -> torch.
         x["mask"],
         aggregation="seq-mean-token-sum",
         loss_type="gvpo",
-        gvpo_beta=BETA,
-        group_size=k,
+        config=PolicyLossConfig(beta=BETA, group_size=k),
     )
     return loss
 
@@ -81,12 +85,12 @@ def test_zero_gradient_when_rewards_equal_the_implied_rewards() -> None:
     torch.testing.assert_close(w, torch.zeros_like(w), atol=1e-12, rtol=0)
     loss, metrics = compute_policy_loss(
         x["logp"], x["old"], adv, x["mask"], aggregation="seq-mean-token-sum",
-        loss_type="gvpo", gvpo_beta=BETA, group_size=4,
+        loss_type="gvpo", config=PolicyLossConfig(beta=BETA, group_size=4),
     )  # fmt: skip
     (grad,) = torch.autograd.grad(loss, x["logp"])
     assert grad.abs().max() < 1e-12
-    assert metrics["gvpo/mse"] == pytest.approx(0.0, abs=1e-20)
-    assert metrics["clip_ratio/region_mean"] == 0.0  # no clip in GVPO
+    assert metrics["gvpo_mse"] == pytest.approx(0.0, abs=1e-20)
+    assert metrics["clip_ratio_low"] == metrics["clip_ratio_high"] == 0.0  # no clip in GVPO
 
 
 def test_mse_metric_is_the_paper_loss() -> None:
@@ -94,9 +98,9 @@ def test_mse_metric_is_the_paper_loss() -> None:
     adv = compute_advantages(x["rewards"], 4, "dr_grpo")
     _, metrics = compute_policy_loss(
         x["logp"], x["old"], adv, x["mask"], aggregation="seq-mean-token-sum",
-        loss_type="gvpo", gvpo_beta=BETA, group_size=4,
+        loss_type="gvpo", config=PolicyLossConfig(beta=BETA, group_size=4),
     )  # fmt: skip
-    assert metrics["gvpo/mse"] == pytest.approx(float(squared_form(x, 4).detach()), rel=1e-10)
+    assert metrics["gvpo_mse"] == pytest.approx(float(squared_form(x, 4).detach()), rel=1e-10)
 
 
 def test_split_groups_are_refused() -> None:
@@ -105,7 +109,7 @@ def test_split_groups_are_refused() -> None:
     with pytest.raises(ValueError, match="same micro-batch"):
         compute_policy_loss(
             x["logp"][:3], x["old"][:3], adv[:3], x["mask"][:3],
-            aggregation="seq-mean-token-sum", loss_type="gvpo", group_size=4,
+            aggregation="seq-mean-token-sum", loss_type="gvpo", config=PolicyLossConfig(group_size=4),
         )  # fmt: skip
     with pytest.raises(ValueError, match="group_size"):
         compute_policy_loss(x["logp"], x["old"], adv, x["mask"], loss_type="gvpo")

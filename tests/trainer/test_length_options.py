@@ -11,16 +11,9 @@ import pytest
 import torch
 
 from agpo_api import parse_job
-from agpo_api.models import AGPOJobSpec
-from agpo_trainer.algorithms import compute_advantages_and_mask
-from agpo_trainer.experience import (
-    answer_marker,
-    correct_rule,
-    length_reward_args,
-    length_scope,
-    length_values,
-    reward_range,
-)
+from agpo_api.resolved import ResolvedSpec, resolve
+from agpo_trainer.algorithms import advantages_of
+from agpo_trainer.experience import length_values
 from agpo_trainer.models.tiny import build_tokenizer
 from agpo_trainer.rewards import score
 from agpo_trainer.tasks import bitcount
@@ -28,11 +21,13 @@ from agpo_trainer.tasks import bitcount
 from agpo_testlib import MINIMAL
 
 
-def spec(length_reward: dict[str, Any], **sections: Any) -> AGPOJobSpec:
+def spec(length_reward: dict[str, Any], group_size: int = 8, **sections: Any) -> ResolvedSpec:
     doc = copy.deepcopy(MINIMAL)
-    doc["spec"]["algorithm"] = {"preset": "agpo", "lengthReward": length_reward}
+    doc["spec"]["algorithm"] = {
+        "preset": "agpo", "lengthReward": length_reward, "groupSize": group_size
+    }  # fmt: skip
     doc["spec"].update(sections)
-    return parse_job(doc).spec
+    return resolve(parse_job(doc).spec)
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +35,11 @@ def tokenizer() -> Any:
     return build_tokenizer()
 
 
-def rewards_of(s: AGPOJobSpec, tok: Any, prompts: list[str], texts: list[str], answers: list[str],
+def rewards_of(s: ResolvedSpec, tok: Any, prompts: list[str], texts: list[str], answers: list[str],
                g: int) -> torch.Tensor:  # fmt: skip
     total, _, _ = score(
         prompts, texts, answers, [len(tok.encode(t, add_special_tokens=False)) for t in texts],
-        g, length_reward=length_reward_args(s), correct=correct_rule(s),
-        length_scope=length_scope(s), length_values=length_values(s, tok, texts),
+        g, s.algorithm, length_values=length_values(s, tok, texts),
     )  # fmt: skip
     return total
 
@@ -62,13 +56,11 @@ def test_scope_all_gives_brevity_pressure_in_all_correct_groups_and_keeps_agpo_p
     texts = [t for grp in groups for t in grp]
     n = len(texts)
     for scope, top in (("mixed", 1.0), ("all", 1.1)):
-        s = spec({"type": "agpo", "coefficient": 0.1, "scope": scope})
-        assert reward_range(s) == pytest.approx((0.0, top))  # what the +1 rule compares with
+        s = spec({"type": "agpo", "coefficient": 0.1, "scope": scope}, group_size=2)
+        # what the +1 rule compares with
+        assert s.algorithm.reward_range == pytest.approx((0.0, top))
         rewards = rewards_of(s, tokenizer, [prompt] * n, texts, ["2"] * n, 2)
-        lo, hi = reward_range(s)  # type: ignore[misc]
-        adv, _ = compute_advantages_and_mask(
-            rewards, 2, advantage="grpo", zero_variance="agpo", max_reward=hi, min_reward=lo
-        )
+        adv, _ = advantages_of(rewards, s.algorithm)
         if scope == "mixed":
             # the paper: an all-correct group is +1 whatever its lengths; all-wrong -1
             assert rewards.tolist() == pytest.approx([1, 1, 1, 1, 0, 0])
@@ -102,7 +94,8 @@ def test_reasoning_lengths_follow_the_answer_marker_and_match_the_task_grader(
     tokenizer: Any,
 ) -> None:
     reasoning = spec({"type": "agpo", "target": "reasoning"})
-    assert answer_marker(reasoning) == "Answer:"  # no evaluation section: the default marker
+    # no evaluation section: the default marker
+    assert reasoning.algorithm.answer_marker == "Answer:"
     bits = "10110"
     texts = bitcount.all_formats(bits)  # every filler length, with and without scratch
     grades = [bitcount.grade(bitcount.make_prompt(bits), t) for t in texts]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agpo_api.resolved import ResolvedLengthReward
 from agpo_trainer.rewards import (
     LENGTH_REWARDS,
     agpo_length_reward,
@@ -136,8 +137,8 @@ def test_agpo_scope_all_rewards_all_correct_groups_too_but_never_all_wrong_ones(
 
 def test_agpo_scope_is_checked_and_reaches_the_dispatch() -> None:
     lengths, correct = L([10, 20]), C([1, 1])
-    close(compute_length_reward("agpo", lengths, correct, 2, scope="all"), [0.1, 0.0])
-    close(compute_length_reward("agpo", lengths, correct, 2), [0.0, 0.0])
+    close(compute_length_reward(spec("agpo", scope="all"), lengths, correct, 2), [0.1, 0.0])
+    close(compute_length_reward(spec("agpo"), lengths, correct, 2), [0.0, 0.0])
     with pytest.raises(ValueError, match="length reward scope 'some'; valid names: all, mixed"):
         agpo_length_reward(lengths, correct, 2, scope="some")
 
@@ -151,25 +152,31 @@ def test_overlong_penalty_rejects_bad_config(max_tokens: int, buffer_tokens: int
 # ----------------------------------------------------------------------------- dispatch & types
 
 
+def spec(
+    kind: str,
+    coefficient: float = 0.1,
+    max_tokens: int = 64,
+    buffer_tokens: int | None = 10,
+    scope: str = "mixed",
+) -> ResolvedLengthReward:
+    """A resolved ``lengthReward`` section, what a registered length reward receives."""
+    return ResolvedLengthReward(kind, coefficient, max_tokens, buffer_tokens, scope, "completion")
+
+
 def test_dispatch_by_spec_type() -> None:
     lengths, correct = L([10, 20]), C([1, 0])
-    close(compute_length_reward("none", lengths, correct, 2), [0, 0])
-    close(compute_length_reward("agpo", lengths, correct, 2, coef=0.3), [0.3, 0])
-    close(compute_length_reward("kimi", lengths, correct, 2, coef=1.0), [0.5, -0.5])
-    close(
-        compute_length_reward(
-            "overlong", lengths, correct, 2, coef=1.0, max_tokens=20, buffer_tokens=10
-        ),
-        [0, -1],
-    )
+    close(compute_length_reward(spec("none"), lengths, correct, 2), [0, 0])
+    close(compute_length_reward(spec("agpo", 0.3), lengths, correct, 2), [0.3, 0])
+    close(compute_length_reward(spec("kimi", 1.0), lengths, correct, 2), [0.5, -0.5])
+    close(compute_length_reward(spec("overlong", 1.0, 20, 10), lengths, correct, 2), [0, -1])
     assert set(LENGTH_REWARDS.names()) == {"none", "agpo", "kimi", "overlong"}
 
 
 def test_dispatch_errors() -> None:
     with pytest.raises(ValueError, match="agpo, kimi, none, overlong"):
-        compute_length_reward("dapo", L([1, 2]), C([1, 0]), 2)
-    with pytest.raises(ValueError, match="maxTokens"):
-        compute_length_reward("overlong", L([1, 2]), C([1, 0]), 2)
+        compute_length_reward(spec("dapo"), L([1, 2]), C([1, 0]), 2)
+    with pytest.raises(ValueError, match="bufferTokens"):
+        compute_length_reward(spec("overlong", buffer_tokens=None), L([1, 2]), C([1, 0]), 2)
 
 
 def test_group_size_must_divide_and_shapes_match() -> None:

@@ -10,12 +10,13 @@ import torch
 
 from agpo_trainer.algorithms import (
     LOSS_AGGREGATIONS,
-    aggregate_loss,
+    PolicyLossConfig,
     compute_policy_loss,
     entropy_from_logits,
     get_loss_aggregation,
     get_policy_loss,
-    kl_k3,
+    k3,
+    masks,
     token_logprobs,
 )
 
@@ -54,13 +55,11 @@ def test_token_mean_hand_computed() -> None:
     loss, metrics = compute_policy_loss(**batch())
     assert loss.item() == pytest.approx((-2.98 + 1.9) / 5, abs=1e-6)
     assert metrics["policy_loss"] == pytest.approx(-0.216, abs=1e-6)
-    assert metrics["clip_ratio/high_mean"] == pytest.approx(1 / 5)  # ratio 1.5, A > 0
-    assert metrics["clip_ratio/low_mean"] == pytest.approx(1 / 5)  # ratio 0.5, A < 0
-    assert metrics["clip_ratio/region_mean"] == pytest.approx(2 / 5)
-    assert metrics["ratio/mean"] == pytest.approx(4.8 / 5, abs=1e-6)
-    assert metrics["ratio/max"] == pytest.approx(1.5, abs=1e-6)  # 1.4 is padding
-    assert metrics["ratio/min"] == pytest.approx(0.5, abs=1e-6)
-    assert metrics["num_tokens"] == 5
+    assert metrics["clip_ratio_high"] == pytest.approx(1 / 5)  # ratio 1.5, A > 0
+    assert metrics["clip_ratio_low"] == pytest.approx(1 / 5)  # ratio 0.5, A < 0
+    assert metrics["ratio_mean"] == pytest.approx(4.8 / 5, abs=1e-6)
+    assert metrics["ratio_max"] == pytest.approx(1.5, abs=1e-6)  # 1.4 is padding
+    assert metrics["ratio_min"] == pytest.approx(0.5, abs=1e-6)
     assert "kl" not in metrics and "entropy" not in metrics
     assert all(isinstance(v, float) for v in metrics.values())
 
@@ -89,21 +88,20 @@ def test_gradient_hand_computed() -> None:
 
 def test_clip_parameters() -> None:
     # Symmetric 0.2 clip: ratio 1.5 now capped at 1.2.
-    loss, metrics = compute_policy_loss(**batch(), clip_low=0.2, clip_high=0.2)
+    config = PolicyLossConfig(clip_low=0.2, clip_high=0.2)
+    loss, metrics = compute_policy_loss(**batch(), config=config)
     assert loss.item() == pytest.approx((-1.2 - 1.0 - 0.7 + 0.8 + 1.1) / 5, abs=1e-6)
-    assert metrics["clip_ratio/high_mean"] == pytest.approx(1 / 5)
+    assert metrics["clip_ratio_high"] == pytest.approx(1 / 5)
 
 
 def test_kl_k3_values_and_loss() -> None:
     logp = torch.zeros(1, 2)
     ref = torch.tensor([[math.log(2.0), 0.0]])
-    kl = kl_k3(logp, ref)
+    kl = k3(ref - logp)
     torch.testing.assert_close(kl, torch.tensor([[1 - math.log(2.0), 0.0]]))
     # Clamped log-ratio: finite for a far-off token.
-    assert torch.isfinite(kl_k3(torch.zeros(1), torch.tensor([100.0]))).all()
-    assert kl_k3(torch.zeros(1), torch.tensor([100.0])).item() == pytest.approx(
-        math.exp(20) - 21, rel=1e-5
-    )
+    assert torch.isfinite(k3(torch.tensor([100.0]))).all()
+    assert k3(torch.tensor([100.0])).item() == pytest.approx(math.exp(20) - 21, rel=1e-5)
 
     inputs = batch()
     ref_logprobs = inputs["logprobs"].detach() + math.log(2.0)  # k3 = 1 - ln 2 per token
@@ -126,8 +124,7 @@ def test_sample_mask_excludes_numerator_and_denominator() -> None:
     inputs = batch()
     loss, metrics = compute_policy_loss(**inputs, sample_mask=torch.tensor([True, False]))
     assert loss.item() == pytest.approx(-2.98 / 3, abs=1e-6)
-    assert metrics["num_tokens"] == 3
-    assert metrics["frac_samples_masked"] == 0.5
+    assert metrics["ratio_max"] == pytest.approx(1.5, abs=1e-6)  # seq1's tokens left out
     loss.backward()
     assert torch.equal(grad(inputs["logprobs"])[1], torch.zeros(3))
 
@@ -141,7 +138,9 @@ def test_everything_masked_gives_zero_with_graph(aggregation: str) -> None:
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.equal(grad(inputs["logprobs"]), torch.zeros(2, 3))
-    assert all(math.isfinite(v) for v in metrics.values())
+    # every figure finite but the extremes, which are their min/max neutral values
+    extremes = {"ratio_min": math.inf, "ratio_max": -math.inf}
+    assert all(math.isfinite(v) or extremes.get(k) == v for k, v in metrics.items())
 
 
 def test_padding_with_inf_logprobs_stays_finite() -> None:
@@ -200,16 +199,22 @@ def test_bfloat16_logprobs() -> None:
     assert grad(inputs["logprobs"]).dtype == torch.bfloat16
 
 
-def test_aggregate_loss_direct() -> None:
+def test_aggregations_direct() -> None:
     per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    assert aggregate_loss(per_token, mask).item() == pytest.approx(7 / 3)
-    assert aggregate_loss(per_token, mask, "seq-mean-token-mean").item() == pytest.approx(
-        (1.5 + 4) / 2
-    )
-    assert aggregate_loss(
-        per_token, mask, "seq-mean-token-sum-norm", max_tokens=10
-    ).item() == pytest.approx((0.3 + 0.4) / 2)
+    token_mask, seq_mask = masks(torch.tensor([[1, 1, 0], [1, 0, 0]]), None, per_token.dtype)
+
+    def agg(name: str, max_tokens: int | None = None) -> float:
+        return float(get_loss_aggregation(name)(per_token, token_mask, seq_mask, max_tokens))
+
+    assert agg("token-mean") == pytest.approx(7 / 3)
+    assert agg("seq-mean-token-mean") == pytest.approx((1.5 + 4) / 2)
+    assert agg("seq-mean-token-sum-norm", 10) == pytest.approx((0.3 + 0.4) / 2)
+
+
+def test_no_included_token_gives_neutral_extremes() -> None:
+    inputs = batch()
+    _, metrics = compute_policy_loss(**inputs, sample_mask=torch.tensor([False, False]))
+    assert metrics["ratio_min"] == math.inf and metrics["ratio_max"] == -math.inf
 
 
 def test_unknown_names_list_valid_ones() -> None:
@@ -235,7 +240,7 @@ def test_shape_errors() -> None:
     with pytest.raises(ValueError, match="sample_mask"):
         compute_policy_loss(**inputs, sample_mask=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="clip"):
-        compute_policy_loss(**inputs, clip_low=1.0)
+        compute_policy_loss(**inputs, config=PolicyLossConfig(clip_low=1.0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -12,15 +12,21 @@ from test_chunked_logprobs import COMPLETIONS, PROMPTS, qwen, weighted_sum
 from torch import nn
 
 from agpo_api.models import AGPOJobSpec
+from agpo_api.resolved import ResolvedSpec, resolve
 from agpo_trainer.algorithms import linear_token_logprobs
 from agpo_trainer.models.response import ResponseModel
 from agpo_trainer.policy import MASTER_DTYPE, Policy, Responses, compute_dtype_of, response_logprobs
 from agpo_trainer.runtime import Runtime
 
 
-def spec(dtype: str) -> AGPOJobSpec:
-    return AGPOJobSpec.model_validate(
-        {"model": {"name": "builtin:tiny", "dtype": dtype}, "dataset": {"source": {"builtin": {}}}}
+def spec(dtype: str) -> ResolvedSpec:
+    return resolve(
+        AGPOJobSpec.model_validate(
+            {
+                "model": {"name": "builtin:tiny", "dtype": dtype},
+                "dataset": {"source": {"builtin": {}}},
+            }
+        )
     )
 
 

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from agpo_api.models import AGPOJobSpec
+from agpo_api.resolved import resolve
 from agpo_trainer.runtime import Runtime
 
 SPEC = {
@@ -31,7 +32,7 @@ def _rank(rank: int, tmp: str, resumed: bool) -> None:
         "gloo", init_method=f"file://{tmp}/store-{resumed}", rank=rank, world_size=2
     )
     try:
-        spec = AGPOJobSpec.model_validate(SPEC)
+        spec = resolve(AGPOJobSpec.model_validate(SPEC))
         rt = Runtime(
             rank=rank, world_size=2, local_rank=rank, rollout_urls=["http://x"],
             rollout_token=None, checkpoint_dir=Path(tmp) / f"node{rank}", metrics_port=None,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +15,6 @@ from agpo_trainer.rewards import (
     REWARD_FUNCTIONS,
     RewardFunctionError,
     accuracy_reward,
-    attainable_reward_range,
     call_reward_function,
     combine_rewards,
     extract_answer,
@@ -24,6 +24,8 @@ from agpo_trainer.rewards import (
     reference_answer,
     score,
 )
+
+from agpo_testlib import resolved_spec
 
 
 def _has_math_verify() -> bool:
@@ -245,11 +247,31 @@ def test_combine_rewards_hand_computed() -> None:
         combine_rewards({"a": torch.zeros(2), "b": torch.zeros(3)}, {})
 
 
+def algo(
+    rewards: Sequence[tuple[str, float]] = (("accuracy", 1.0),),
+    length: dict[str, Any] | None = None,
+) -> Any:
+    """A resolved ``spec.algorithm`` with these builtin rewards and length reward."""
+    return resolved_spec(
+        {
+            "spec.algorithm.rewards": [{"name": n, "weight": w} for n, w in rewards],
+            "spec.algorithm.lengthReward": length or {"type": "none"},
+        }
+    ).algorithm
+
+
 def test_attainable_reward_range() -> None:
-    assert attainable_reward_range([("accuracy", 1.0)]) == (0.0, 1.0)
-    assert attainable_reward_range([("accuracy", 1.0), ("format", 0.5)]) == (0.0, 1.5)
-    assert attainable_reward_range([("format", -1.0)]) == (-1.0, 0.0)
-    assert attainable_reward_range([("mod:fn", 1.0)]) is None
+    assert algo().reward_range == (0.0, 1.0)
+    assert algo((("accuracy", 1.0), ("format", 0.5))).reward_range == (0.0, 1.5)
+    assert algo((("format", -1.0),)).reward_range == (-1.0, 0.0)
+    custom = resolved_spec(
+        {
+            "spec.algorithm.rewards": [{"function": "mod:fn"}],
+            "spec.algorithm.zeroVariance": "keep",
+            "spec.algorithm.correct": {"reward": "mod:fn"},
+        }
+    )
+    assert custom.algorithm.reward_range is None
 
 
 def test_score_with_agpo_length_reward() -> None:
@@ -260,8 +282,7 @@ def test_score_with_agpo_length_reward() -> None:
         ["4"] * 6,
         [10, 40, 20, 30, 5, 9],
         2,
-        rewards=[("accuracy", 1.0), ("format", 0.5)],
-        length_reward=("agpo", 0.1, None, None),
+        algo((("accuracy", 1.0), ("format", 0.5)), {"type": "agpo", "coefficient": 0.1}),
     )
     # group 0: both correct (homogeneous) -> no length bonus; group 1: one correct -> full 0.1;
     # group 2: both correct -> 0
@@ -271,7 +292,7 @@ def test_score_with_agpo_length_reward() -> None:
     assert set(components) == {"accuracy", "format", "length"}
 
     total, components, _ = score(
-        ["q"] * 4, completions[:4], ["4"] * 4, torch.tensor([10, 40, 20, 30]), 4
+        ["q"] * 4, completions[:4], ["4"] * 4, torch.tensor([10, 40, 20, 30]), 4, algo()
     )
     torch.testing.assert_close(total, torch.tensor([1.0, 1.0, 0.0, 0.0]))
     assert set(components) == {"accuracy"}
@@ -285,7 +306,7 @@ def test_score_mixed_group_length_bonus_and_overlong() -> None:
         ["4"] * 4,
         [10, 40, 20, 25],
         4,
-        length_reward=("agpo", 0.1),
+        algo(length={"type": "agpo", "coefficient": 0.1}),
     )
     # correct lengths 10, 40, 25: L_min 10, L_max 40
     expected_len = [0.1, 0.1 * (1 - 30 / (30 + 1e-6)), 0.0, 0.1 * (1 - 15 / (30 + 1e-6))]
@@ -298,14 +319,14 @@ def test_score_mixed_group_length_bonus_and_overlong() -> None:
         ["4"] * 4,
         [10, 40, 20, 35],
         4,
-        length_reward=("overlong", 1.0, 40, 10),
+        algo(length={"type": "overlong", "coefficient": 1.0, "maxTokens": 40, "bufferTokens": 10}),
     )
     torch.testing.assert_close(components["length"], torch.tensor([0.0, -1.0, 0.0, -0.5]))
 
 
 def test_score_without_accuracy_still_reports_correct() -> None:
     total, components, correct = score(
-        ["q"] * 2, [r"\boxed{4}", "x"], ["4", "4"], [1, 2], 2, rewards=[("format", 1.0)]
+        ["q"] * 2, [r"\boxed{4}", "x"], ["4", "4"], [1, 2], 2, algo((("format", 1.0),))
     )
     assert correct.tolist() == [True, False]
     assert set(components) == {"format"}
@@ -314,8 +335,8 @@ def test_score_without_accuracy_still_reports_correct() -> None:
 
 def test_score_errors() -> None:
     with pytest.raises(ValueError, match="same length"):
-        score(["q"], ["a", "b"], ["x", "y"], [1, 2], 2)
+        score(["q"], ["a", "b"], ["x", "y"], [1, 2], 2, algo())
     with pytest.raises(ValueError, match="groups"):
-        score(["q"] * 3, ["a"] * 3, ["x"] * 3, [1, 2, 3], 2)
+        score(["q"] * 3, ["a"] * 3, ["x"] * 3, [1, 2, 3], 2, algo())
     with pytest.raises(ValueError, match="unique"):
-        score(["q"] * 2, ["a"] * 2, ["x"] * 2, [1, 2], 2, rewards=[("format", 1), ("format", 2)])
+        score(["q"] * 2, ["a"] * 2, ["x"] * 2, [1, 2], 2, algo((("format", 1), ("format", 2))))

@@ -25,10 +25,10 @@ def stats() -> StepStats:
         reward_mean=0.5, reward_std=0.1, accuracy=0.25, zero_variance_fraction=0.125,
         completion_tokens_mean=2.0, completion_clipped_ratio=0.0, rollout_tokens=64.0,
         resample_rounds=0.0, rollout_seconds=1.5, reward_seconds=0.25,
-        reward_components={"accuracy": 0.25},
+        reward_component_mean={"accuracy": 0.25},
     )  # fmt: skip
     update = UpdateStats.from_loss_metrics(
-        {"loss": 0.75, "ratio/mean": 1.0, "clip_ratio/low_mean": 0.5, "clip_ratio/high_mean": 0.25},
+        {"loss": 0.75, "ratio_mean": 1.0, "clip_ratio_low": 0.5, "clip_ratio_high": 0.25},
         grad_norm=2.0,
         learning_rate=1e-3,
     )
@@ -63,11 +63,11 @@ def test_prometheus_series() -> None:
     text = generate_latest(m.registry).decode()
     for line in (
         "agpo_reward_mean 0.5",
-        "agpo_zero_variance_group_ratio 0.125",
+        "agpo_zero_variance_fraction 0.125",
         "agpo_completion_tokens_mean 2.0",
         "agpo_clip_ratio 0.75",
         'agpo_reward_component_mean{reward="accuracy"} 0.25',
-        "agpo_train_steps_total 1.0",
+        "agpo_steps_total 1.0",
         "agpo_rollout_tokens_total 64.0",
     ):
         assert line in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from agpo_api.models import AGPOJobSpec
+from agpo_api.resolved import ResolvedSpec, resolve
 from agpo_trainer.experience import Batch, select_groups
 from agpo_trainer.policy import pad
 from agpo_trainer.schedule import lr_lambda
@@ -37,9 +38,11 @@ def test_batch_shards_are_equal_contiguous_slices_and_counts_are_global() -> Non
     assert b.valid_counts() == (24, 5)
 
 
-def spec(**training: object) -> AGPOJobSpec:
-    return AGPOJobSpec.model_validate(
-        {"model": {"name": "m"}, "dataset": {"source": {"builtin": {}}}, "training": training}
+def spec(**training: object) -> ResolvedSpec:
+    return resolve(
+        AGPOJobSpec.model_validate(
+            {"model": {"name": "m"}, "dataset": {"source": {"builtin": {}}}, "training": training}
+        )
     )
 
 

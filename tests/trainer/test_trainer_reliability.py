@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agpo_api.models import AGPOJob, AGPOJobSpec
+from agpo_api.models import AGPOJob
+from agpo_api.resolved import resolve
 from agpo_api.termination import ExitCode, FailureKind, format_termination, parse_termination
 from agpo_trainer.__main__ import main, termination_path, write_termination
 from agpo_trainer.data import DataError, PromptSampler, load_examples
@@ -102,7 +103,7 @@ def test_the_draw_fails_when_no_prompt_fits_instead_of_spinning() -> None:
     from agpo_trainer.experience import Experience
     from agpo_trainer.metrics import TrainerMetrics
 
-    spec: AGPOJobSpec = job(training__maxPromptTokens=1).spec
+    spec = resolve(job(training__maxPromptTokens=1).spec)
     examples = load_examples(spec.dataset)
 
     class Bytes:

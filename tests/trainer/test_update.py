@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from agpo_api import parse_job
+from agpo_api.resolved import resolve
 from agpo_trainer.experience import Batch
 from agpo_trainer.policy import Policy, Responses, response_logprobs
 from agpo_trainer.runtime import Runtime
@@ -42,7 +43,7 @@ def make_policy(
     doc["spec"]["training"] = {"learningRate": 0.05, "promptsPerStep": PROMPTS, **training}
     doc["spec"]["algorithm"] = {"groupSize": G, **(algorithm or {})}
     doc["spec"].setdefault("trainer", {}).update(trainer or {})
-    spec = parse_job(doc).spec
+    spec = resolve(parse_job(doc).spec)
     rt = Runtime(
         rank=0, world_size=1, local_rank=0, rollout_urls=[], rollout_token=None,
         checkpoint_dir=Path("/nonexistent"), metrics_port=None, weight_sync_host=None,

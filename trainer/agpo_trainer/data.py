@@ -1,4 +1,5 @@
-"""Prompts with verifiable answers: builtin tasks, JSONL/Parquet files, ``datasets`` paths.
+"""Prompts with verifiable answers: builtin tasks (:mod:`agpo_trainer.tasks`), JSONL/Parquet
+files, ``datasets`` paths.
 
 Rows become :class:`Example` (prompt text + reference answer). A bad row (missing field, empty
 prompt) is reported with its row number; ``dataset.badRows`` decides whether it stops the job
@@ -11,14 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agpo_api.layout import DATA_DIR
 from agpo_api.models import BuiltinSource, DatasetSpec
-from agpo_trainer.tasks import bitcount
+from agpo_trainer.tasks import get_task, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -37,48 +38,13 @@ class Example:
 
 
 # --------------------------------------------------------------------------- builtin tasks
-def arithmetic_rows(size: int, seed: int, operands: int = 2) -> list[dict[str, str]]:
-    """Integer expressions such as ``3+4-2`` whose value is a single digit (0-9).
-
-    Single-digit results keep the answer space small enough that a fresh policy is sometimes
-    right, so RL has a signal from the first step; more operands make it multi-step.
-    """
-    rng = random.Random(seed)
-    rows: list[dict[str, str]] = []
-    while len(rows) < size:
-        nums = [rng.randint(0, 9) for _ in range(operands)]
-        ops = [rng.choice("+-") for _ in range(operands - 1)]
-        expr = str(nums[0]) + "".join(f"{op}{n}" for op, n in zip(ops, nums[1:], strict=True))
-        value = nums[0] + sum(n if op == "+" else -n for op, n in zip(ops, nums[1:], strict=True))
-        if 0 <= value <= 9:
-            rows.append({"prompt": expr, "answer": str(value)})
-    return rows
-
-
-BUILTIN_TASKS: dict[str, Callable[[BuiltinSource], list[dict[str, str]]]] = {
-    "arithmetic": lambda src: arithmetic_rows(src.size, src.seed, src.operands),
-    # RL prompts from the train split only (difficulty-uniform, seeded); never eval or test.
-    "bitcount": lambda src: bitcount.sampled_rows("train", src.size, src.seed),
-}
-
-
 def builtin_eval_rows(src: BuiltinSource, prompts: int) -> list[dict[str, str]]:
-    """Rows of the builtin task's held-out ``eval`` split (never ``test``), at least
-    ``prompts`` of them when the split has that many: the same number per difficulty
-    (:func:`bitcount.stratified`; short buckets hold what they have), so short strings are
-    not crowded out by the many long ones."""
-    if src.task != "bitcount":
+    """At least ``prompts`` rows of the builtin task's held-out ``eval`` split (never
+    ``test``), spread over its difficulty buckets (:attr:`Task.eval_rows`)."""
+    task = get_task(src.task)
+    if task.eval_rows is None:
         raise DataError(f"builtin task {src.task!r} has no held-out split")
-    buckets = bitcount.MAX_BITS - bitcount.MIN_BITS + 1
-    per = -(-prompts // buckets)
-    chosen = bitcount.stratified("eval", per)
-    total = len(bitcount.problems("eval"))
-    while len(chosen) < min(prompts, total):  # short buckets hold fewer: the long ones give more
-        per += 1
-        chosen = bitcount.stratified("eval", per)
-    return [
-        {"prompt": p.prompt, "answer": p.answer, "difficulty": str(p.difficulty)} for p in chosen
-    ]
+    return task.eval_rows(prompts)
 
 
 # --------------------------------------------------------------------------- held-out rows
@@ -88,7 +54,7 @@ _HOLDOUT_SALT = "#agpo-holdout"
 def in_holdout(prompt: str, fraction: float) -> bool:
     """Whether a prompt belongs to the held-out ``fraction`` (``evaluation.source.fraction``):
     by a stable hash (sha256) of its text, the same in every process and on every machine."""
-    return bitcount.stable_hash(prompt + _HOLDOUT_SALT) < fraction * (1 << 64)
+    return stable_hash(prompt + _HOLDOUT_SALT) < fraction * (1 << 64)
 
 
 def split_holdout(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
@@ -115,7 +81,8 @@ def _load_rows(
     """Raw rows, a name for messages, and the number of the first row (1 for files)."""
     src = spec.source
     if src.builtin is not None:
-        return BUILTIN_TASKS[src.builtin.task](src.builtin), f"builtin:{src.builtin.task}", 0
+        task = get_task(src.builtin.task)
+        return task.rows(src.builtin), f"builtin:{src.builtin.task}", 0
     if src.file is not None:
         rel = src.file.path if src.file.path is not None else src.file.sub_path
         path = Path(rel or "")
@@ -295,8 +262,3 @@ class PromptSampler:
         self.epoch = state["epoch"]
         self.position = state["position"]
         self._order = self._permutation(self.epoch)
-
-
-def indices(examples: Iterable[Example]) -> list[int]:
-    """The dataset indices of examples (for logs and reproducibility checks)."""
-    return [e.index for e in examples]

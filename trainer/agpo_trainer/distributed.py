@@ -1,8 +1,9 @@
-"""The three collectives the training loop uses; each is a no-op without a process group
+"""The collectives the training loop uses; each is a no-op without a process group
 (a single process), so the same code runs with and without torchrun."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import torch
@@ -40,3 +41,23 @@ def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, 
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def all_reduce_metrics(
+    values: dict[str, float], how: Callable[[str], str], device: torch.device
+) -> dict[str, float]:
+    """Combine each value over the ranks as ``how(name)`` says: ``mean`` figures (already
+    weighted by each rank's share) are summed, ``min``/``max`` figures keep the extreme. Every
+    rank must pass the same names (a rank without a figure passes the op's neutral value)."""
+    if not is_distributed():
+        return values
+    out: dict[str, float] = {}
+    ops = {"mean": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    for kind, op in ops.items():
+        keys = sorted(k for k in values if how(k) == kind)
+        if not keys:
+            continue
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=op)
+        out.update(zip(keys, t.tolist(), strict=True))
+    return out

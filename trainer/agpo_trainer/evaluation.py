@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from agpo_api.layout import EVAL_DATA_DIR
-from agpo_api.models import AGPOJobSpec, DatasetSource, EvaluationSpec
+from agpo_api.models import DatasetSource, EvaluationSpec
+from agpo_api.resolved import ResolvedSpec
 from agpo_trainer.data import (
     Example,
     apply_template,
@@ -26,9 +27,9 @@ from agpo_trainer.data import (
     load_examples,
     split_holdout,
 )
-from agpo_trainer.experience import correct_rule, encode_prompt, reward_terms
+from agpo_trainer.experience import encode_prompt
 from agpo_trainer.rewards.reasoning import THINK_END, reasoning_tokens
-from agpo_trainer.rewards.scoring import score
+from agpo_trainer.rewards.scoring import judge
 from agpo_trainer.stats import EvalStats
 
 log = logging.getLogger("agpo_trainer")
@@ -40,7 +41,7 @@ EVAL_SEED_OFFSET = 987_654_321
 
 
 def evaluation_sets(
-    spec: AGPOJobSpec,
+    spec: ResolvedSpec,
     examples: list[Example],
     base_dir: Any = None,
     *,
@@ -48,7 +49,7 @@ def evaluation_sets(
 ) -> tuple[list[Example], list[Example]]:
     """(training examples, evaluation examples): the training rows without the held-out ones
     (``source.fraction``), and the fixed evaluation sample (empty: no evaluation)."""
-    ev = spec.effective_evaluation()
+    ev = spec.evaluation
     if ev is None:
         return examples, []
     src, ds = ev.source, spec.dataset
@@ -90,7 +91,7 @@ class Evaluator:
     """Rank 0's evaluation of the served policy on a fixed prompt set."""
 
     def __init__(
-        self, spec: AGPOJobSpec, ev: EvaluationSpec, *, tokenizer: Any, client: Any,
+        self, spec: ResolvedSpec, ev: EvaluationSpec, *, tokenizer: Any, client: Any,
         examples: list[Example],
     ) -> None:  # fmt: skip
         self.spec, self.ev, self.tokenizer, self.client = spec, ev, tokenizer, client
@@ -164,14 +165,11 @@ class Evaluator:
     def _correct(self, completions: list[Any], n: int) -> tuple[list[str], list[bool]]:
         """Decoded texts and correctness (``algorithm.correct``; a truncated one is wrong)."""
         texts = [self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-        _, _, correct = score(
-            prompts=[self.examples[i // n].prompt for i in range(len(completions))],
-            completions=texts,
-            answers=[self.examples[i // n].answer for i in range(len(completions))],
-            lengths=[len(c.token_ids) for c in completions],
-            group_size=n,
-            rewards=reward_terms(self.spec),
-            correct=correct_rule(self.spec),
+        _, correct = judge(
+            [self.examples[i // n].prompt for i in range(len(completions))],
+            texts,
+            [self.examples[i // n].answer for i in range(len(completions))],
+            self.spec.algorithm,
         )
         right = [
             bool(x) and not c.truncated for x, c in zip(correct.tolist(), completions, strict=True)

@@ -12,16 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agpo_api.models import AGPOJobSpec, EvaluationSpec
-from agpo_trainer.algorithms import Counts, compute_advantages_and_mask, count_included
+from agpo_api.resolved import ResolvedSpec
+from agpo_trainer.algorithms import Counts, advantages_of, count_included, homogeneous_groups
 from agpo_trainer.data import Example, PromptSampler, check_prompts_fit
 from agpo_trainer.metrics import TrainerMetrics
-from agpo_trainer.rewards.length import homogeneous_bonus
 from agpo_trainer.rewards.reasoning import reasoning_lengths
-from agpo_trainer.rewards.scoring import attainable_reward_range, score
+from agpo_trainer.rewards.scoring import score
 from agpo_trainer.stats import RolloutStats
-
-_ZERO_SPREAD = 1e-6  # a group whose rewards span less than this has no variance
 
 
 # --------------------------------------------------------------------------- batches
@@ -61,10 +58,9 @@ class Batch:
 
 # --------------------------------------------------------------------------- pure helpers
 def groups_with_variance(rewards: Tensor, g: int) -> list[int]:
-    """Indices of the groups (of ``g`` completions) whose rewards are not all equal."""
-    grouped = rewards.view(-1, g)
-    spread = grouped.max(dim=1).values - grouped.min(dim=1).values
-    return [i for i, v in enumerate(spread.tolist()) if v > _ZERO_SPREAD]
+    """Indices of the groups (of ``g`` completions) whose rewards are not all equal (the one
+    zero-variance predicate, :func:`agpo_trainer.algorithms.homogeneous_groups`)."""
+    return [i for i, same in enumerate(homogeneous_groups(rewards, g).tolist()) if not same]
 
 
 def select_groups(rewards: Tensor, group_size: int, want: int) -> list[int]:
@@ -89,66 +85,13 @@ def encode_prompt(tokenizer: Any, prompt: str, system: str | None) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def reward_terms(spec: AGPOJobSpec) -> list[tuple[str, float]]:
-    """``algorithm.rewards`` as (registered name or ``module:function``, weight)."""
-    return [(r.name or r.function or "", r.weight) for r in spec.algorithm.rewards]
-
-
-def reward_range(spec: AGPOJobSpec) -> tuple[float, float] | None:
-    """The attainable range of the summed rewards (builtin bounds, ``rewards[].bounds`` for
-    custom functions): what AGPO's zero-variance rule compares with; None when unknown."""
-    declared = {
-        r.function: (r.bounds.min, r.bounds.max)
-        for r in spec.algorithm.rewards
-        if r.function is not None and r.bounds is not None
-    }
-    known = attainable_reward_range(reward_terms(spec), declared)
-    if known is None:
-        return None
-    kind, coef, *_ = length_reward_args(spec)
-    return known[0], known[1] + homogeneous_bonus(kind, coef, length_scope(spec))
-
-
-def correct_rule(spec: AGPOJobSpec) -> tuple[str, float]:
-    """``algorithm.correct`` as (the deciding reward, threshold); default accuracy > 0.5."""
-    c = spec.algorithm.correct
-    return (c.reward if c is not None and c.reward else "accuracy",
-            c.threshold if c is not None else 0.5)  # fmt: skip
-
-
-def length_reward_args(spec: AGPOJobSpec) -> tuple[str, float, int, int | None]:
-    """``algorithm.lengthReward`` for :func:`score`: (type, coefficient, maxTokens, bufferTokens)
-    with maxTokens defaulting to ``training.maxCompletionTokens`` and bufferTokens to a fifth of
-    it (DAPO: 4096 of 20480)."""
-    lr = spec.algorithm.length_reward
-    if lr is None:
-        return ("none", 0.0, spec.training.max_completion_tokens, None)
-    max_tokens = lr.max_tokens or spec.training.max_completion_tokens
-    buffer = lr.buffer_tokens
-    if lr.type == "overlong" and buffer is None:
-        buffer = max(1, max_tokens // 5)
-    return (lr.type or "none", lr.coefficient or 0.0, max_tokens, buffer)
-
-
-def length_scope(spec: AGPOJobSpec) -> str:
-    """``algorithm.lengthReward.scope``: the groups AGPO's bonus applies to (default mixed)."""
-    lr = spec.algorithm.length_reward
-    return lr.scope if lr is not None else "mixed"
-
-
-def answer_marker(spec: AGPOJobSpec) -> str:
-    """``evaluation.answerMarker``, or its default when the job has no evaluation section:
-    where reasoning ends, for the length reward as for evaluation."""
-    return (spec.evaluation or EvaluationSpec()).answer_marker
-
-
-def length_values(spec: AGPOJobSpec, tokenizer: Any, texts: list[str]) -> list[int] | None:
+def length_values(spec: ResolvedSpec, tokenizer: Any, texts: list[str]) -> list[int] | None:
     """The lengths ``lengthReward.target`` measures: None for ``completion`` (the completion
     tokens :func:`score` already has), the reasoning tokens of each text for ``reasoning``."""
     lr = spec.algorithm.length_reward
-    if lr is None or lr.target == "completion":
+    if lr.target == "completion":
         return None
-    return reasoning_lengths(tokenizer, texts, answer_marker(spec))
+    return reasoning_lengths(tokenizer, texts, spec.algorithm.answer_marker)
 
 
 def rollout_seed(seed: int, step: int, round_: int) -> int:
@@ -162,7 +105,7 @@ class Experience:
 
     def __init__(
         self,
-        spec: AGPOJobSpec,
+        spec: ResolvedSpec,
         *,
         tokenizer: Any,
         sampler: PromptSampler,
@@ -171,15 +114,6 @@ class Experience:
     ) -> None:
         self.spec, self.tokenizer, self.sampler = spec, tokenizer, sampler
         self.client, self.metrics = client, metrics
-        # The spec refuses zeroVariance agpo when the range is unknown (a custom reward
-        # without bounds); the other modes do not use it.
-        known = reward_range(spec)
-        if known is None and spec.algorithm.zero_variance == "agpo":
-            raise ValueError(
-                "zeroVariance agpo needs the attainable reward range: add bounds to every "
-                "custom reward"
-            )
-        self.min_reward, self.max_reward = known or (0.0, 1.0)
 
     def collect(self, step: int) -> Batch:
         """Generate, score and compute advantages for one step's batch."""
@@ -199,17 +133,17 @@ class Experience:
                 top_p=t.top_p,
                 seed=rollout_seed(t.seed, step, rounds),
             )
-            if algo.zero_variance != "resample" or rounds >= algo.max_resample_rounds:
+            if not algo.resamples or rounds >= algo.max_resample_rounds:
                 break
             rewards, *_ = self._score(examples, completions)
             if len(groups_with_variance(rewards, g)) >= want:
                 break
             rounds += 1
-            self.metrics.resampled_prompts.inc(want)
+            self.metrics.add("resampled_prompts", want)
         rollout_s = time.perf_counter() - start
         start = time.perf_counter()
         rewards, components, correct = self._score(examples, completions)
-        if algo.zero_variance == "resample":
+        if algo.resamples:
             # DAPO dynamic sampling: keep groups with variance first, then fill with the rest
             # (which the loss masks), so the batch always has promptsPerStep groups.
             order = select_groups(rewards, g, want)
@@ -218,18 +152,9 @@ class Experience:
             idx = torch.tensor([i * g + j for i in order for j in range(g)])
             rewards, correct = rewards[idx], correct[idx]
             components = {k: v[idx] for k, v in components.items()}
-        adv, mask = compute_advantages_and_mask(
-            rewards,
-            g,
-            advantage=algo.advantage,
-            zero_variance=algo.zero_variance,
-            max_reward=self.max_reward,
-            min_reward=self.min_reward,
-            zero_variance_value=algo.zero_variance_advantage,
-        )
+        adv, mask = advantages_of(rewards, algo)
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
-        grouped = rewards.view(-1, g)
-        zero_var = (grouped.max(dim=1).values - grouped.min(dim=1).values).abs() < _ZERO_SPREAD
+        zero_var = homogeneous_groups(rewards, g)
         stats = RolloutStats(
             reward_mean=float(rewards.mean()),
             reward_std=float(rewards.std()) if len(rewards) > 1 else 0.0,
@@ -241,10 +166,10 @@ class Experience:
             resample_rounds=float(rounds),
             rollout_seconds=rollout_s,
             reward_seconds=time.perf_counter() - start,
-            reward_components={k: float(v.mean()) for k, v in components.items()},
+            reward_component_mean={k: float(v.mean()) for k, v in components.items()},
         )
         for n in lengths.tolist():
-            self.metrics.completion_tokens.observe(n)
+            self.metrics.add("completion_tokens", n)
         return Batch(
             prompt_ids=[c.prompt_token_ids for c in completions],
             completion_ids=[c.token_ids for c in completions],
@@ -265,7 +190,7 @@ class Experience:
             for e in self.sampler.take(n - len(fresh)):
                 ids = encode_prompt(self.tokenizer, e.prompt, system)
                 if len(ids) > limit:
-                    self.metrics.skipped_prompts.inc()
+                    self.metrics.add("skipped_prompts")
                     skipped_in_a_row += 1
                     continue
                 skipped_in_a_row = 0
@@ -291,9 +216,6 @@ class Experience:
             answers=[examples[i // g].answer for i in range(len(completions))],
             lengths=[len(c.token_ids) for c in completions],
             group_size=g,
-            rewards=reward_terms(self.spec),
-            length_reward=length_reward_args(self.spec),
-            correct=correct_rule(self.spec),
-            length_scope=length_scope(self.spec),
+            algo=self.spec.algorithm,
             length_values=length_values(self.spec, self.tokenizer, texts),
         )

@@ -1,10 +1,9 @@
 """The trainer's Prometheus metrics and its JSON ``/status``, served by rank 0 on one port.
 
-Names follow Prometheus practice: one prefix (``agpo_``), base units (seconds, tokens),
-``_total`` for counters, no colons (reserved for recording rules). Each series' attribute
-has the name of the :mod:`agpo_trainer.stats` field it shows. ``/status`` is what the operator
-polls to fill ``status.step``, ``status.rewardMean``, ... (schema:
-:class:`agpo_api.progress.TrainerProgress`).
+Every series is a row of the metrics table (:mod:`agpo_api.metrics_table`), named by its
+scheme: one prefix (``agpo_``), base units (seconds, tokens), ``_total`` for counters, no
+colons (reserved for recording rules). ``/status`` is what the operator polls to fill
+``status.step``, ``status.rewardMean``, ... (schema: :class:`agpo_api.progress.TrainerProgress`).
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,147 +20,69 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agpo_api.layout import METRICS_PATH, STATUS_PATH
+from agpo_api.metrics_table import METRICS, Metric, rows
 from agpo_api.progress import TrainerProgress
 from agpo_trainer.stats import EvalStats, StepStats
 
-TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+Series = Counter | Gauge | Histogram
+
+
+def _series(m: Metric, registry: CollectorRegistry) -> Series:
+    """The Prometheus series of a table row."""
+    if m.kind == "counter":
+        return Counter(m.series, m.help, list(m.labels), registry=registry)
+    if m.kind == "histogram":
+        buckets = m.buckets if m.buckets is not None else Histogram.DEFAULT_BUCKETS
+        return Histogram(m.series, m.help, list(m.labels), buckets=buckets, registry=registry)
+    return Gauge(m.series, m.help, list(m.labels), registry=registry)
+
+
+def _put(series: Series, value: float) -> None:
+    """Gauges are set, counters incremented, histograms observed."""
+    if isinstance(series, Gauge):
+        series.set(value)
+    elif isinstance(series, Counter):
+        series.inc(value)
+    else:
+        series.observe(value)
 
 
 @dataclass
 class TrainerMetrics:
-    """Every metric the trainer exports, in its own registry (no global state)."""
+    """Every Prometheus series of the metrics table, in its own registry (no global state).
+
+    A step or evaluation record sets the series of its rows; the figures that happen outside
+    a record (a push, a skipped prompt) are reported where they happen with :meth:`add`.
+    """
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
-        r = self.registry
-        self.steps = Counter("agpo_train_steps", "Optimizer steps taken.", registry=r)
-        self.policy_version = Gauge(
-            "agpo_policy_version", "Version of the policy weights.", registry=r
-        )
-        self.served_version = Gauge(
-            "agpo_served_policy_version", "Policy version the rollout servers report.", registry=r
-        )
-        self.total_steps = Gauge("agpo_total_steps", "Steps the job will take.", registry=r)
-        self.batch_staleness = Gauge(
-            "agpo_batch_staleness",
-            "Policy versions between the weights that generated the step's batch and the "
-            "policy it trained (training.maxStaleness).",
-            registry=r,
-        )
-        self.reward_mean = Gauge("agpo_reward_mean", "Mean total reward of the step.", registry=r)
-        self.reward_std = Gauge(
-            "agpo_reward_std", "Std of the total reward of the step.", registry=r
-        )
-        self.accuracy = Gauge("agpo_accuracy", "Fraction of correct completions.", registry=r)
-        self.reward_component = Gauge(
-            "agpo_reward_component_mean", "Mean of each reward term.", ["reward"], registry=r
-        )
-        self.zero_variance_fraction = Gauge(
-            "agpo_zero_variance_group_ratio",
-            "Fraction of groups whose rewards are all equal.",
-            registry=r,
-        )
-        self.completion_tokens_mean = Gauge(
-            "agpo_completion_tokens_mean",
-            "Mean completion (reasoning) length in tokens.",
-            registry=r,
-        )
-        self.completion_tokens = Histogram(
-            "agpo_completion_tokens",
-            "Completion lengths in tokens.",
-            buckets=TOKEN_BUCKETS,
-            registry=r,
-        )
-        self.completion_clipped_ratio = Gauge(
-            "agpo_completion_clipped_ratio",
-            "Fraction of completions cut at maxCompletionTokens.",
-            registry=r,
-        )
-        self.loss = Gauge("agpo_loss", "Policy loss of the step.", registry=r)
-        self.kl = Gauge("agpo_kl", "Mean k3 KL to the reference policy.", registry=r)
-        self.entropy = Gauge("agpo_entropy", "Mean token entropy of the policy.", registry=r)
-        self.clip_ratio = Gauge(
-            "agpo_clip_ratio", "Fraction of tokens whose ratio was clipped.", registry=r
-        )
-        self.grad_norm = Gauge("agpo_grad_norm", "Gradient norm before clipping.", registry=r)
-        self.learning_rate = Gauge("agpo_learning_rate", "Current learning rate.", registry=r)
-        self.step_duration = Histogram(
-            "agpo_step_duration_seconds", "Wall time of a whole step.", registry=r
-        )
-        self.rollout_duration = Histogram(
-            "agpo_rollout_duration_seconds", "Wall time of generation per step.", registry=r
-        )
-        self.weight_sync_duration = Histogram(
-            "agpo_weight_sync_duration_seconds", "Wall time of pushing weights to vLLM.", registry=r
-        )
-        self.rollout_tokens = Counter(
-            "agpo_rollout_tokens", "Completion tokens generated.", registry=r
-        )
-        self.resampled_prompts = Counter(
-            "agpo_resampled_prompts", "Extra prompts drawn by zeroVariance: resample.", registry=r
-        )
-        self.skipped_prompts = Counter(
-            "agpo_skipped_prompts", "Prompts skipped for exceeding maxPromptTokens.", registry=r
-        )
-        # The latest evaluation (spec.evaluation); unset until the first one.
-        self.eval_step = Gauge("agpo_eval_step", "Step of the latest evaluation.", registry=r)
-        self.eval_accuracy = Gauge(
-            "agpo_eval_accuracy", "Greedy accuracy on the evaluation prompts.", registry=r
-        )
-        self.eval_mean_at_k = Gauge(
-            "agpo_eval_mean_at_k", "Mean accuracy of the k sampled evaluation answers.", registry=r
-        )
-        self.eval_pass_at_k = Gauge(
-            "agpo_eval_pass_at_k",
-            "Fraction of evaluation prompts with a correct answer among k samples.",
-            registry=r,
-        )
-        self.eval_reasoning_tokens = Gauge(
-            "agpo_eval_reasoning_tokens",
-            "Mean tokens before the answer marker of correct greedy evaluation answers.",
-            registry=r,
-        )
-        self.eval_duration = Gauge(
-            "agpo_eval_duration_seconds", "Wall time of the latest evaluation.", registry=r
-        )
+        self.series = {m.field: _series(m, self.registry) for m in METRICS if m.prometheus}
+
+    def add(self, name: str, value: float = 1.0) -> None:
+        """An event figure: set a gauge, increment a counter or observe a histogram."""
+        _put(self.series[name], value)
+
+    def _record(self, rows_: tuple[Metric, ...], value: Callable[[Metric], Any]) -> None:
+        for m in rows_:
+            figure = value(m)
+            if figure is None or not m.prometheus or m.event:
+                continue
+            if m.labels:  # a labelled figure is a mapping: label value -> figure
+                for label, v in figure.items():
+                    _put(self.series[m.field].labels(label), v)
+            else:
+                _put(self.series[m.field], figure)
 
     def record_step(self, s: StepStats) -> None:
-        """Publish a finished step (each series set from the stats field of its name)."""
-        r, u = s.rollout, s.update
-        self.steps.inc()
-        self.policy_version.set(s.policy_version)
-        if s.batch_staleness is not None:
-            self.batch_staleness.set(s.batch_staleness)
-        self.reward_mean.set(r.reward_mean)
-        self.reward_std.set(r.reward_std)
-        self.accuracy.set(r.accuracy)
-        self.zero_variance_fraction.set(r.zero_variance_fraction)
-        self.completion_tokens_mean.set(r.completion_tokens_mean)
-        self.completion_clipped_ratio.set(r.completion_clipped_ratio)
-        self.loss.set(u.loss)
-        self.kl.set(u.kl)
-        self.entropy.set(u.entropy)
-        self.clip_ratio.set(u.clip_ratio)
-        self.grad_norm.set(u.grad_norm)
-        self.learning_rate.set(u.learning_rate)
-        self.step_duration.observe(s.step_seconds)
-        self.rollout_duration.observe(r.rollout_seconds)
-        self.rollout_tokens.inc(r.rollout_tokens)
-        for name, value in r.reward_components.items():
-            self.reward_component.labels(reward=name).set(value)
+        """Publish a finished step (each series from the stats field of its row)."""
+        self.add("steps")
+        self._record(rows("step", "rollout", "update"), s.value)
 
     def record_eval(self, e: EvalStats) -> None:
         """Publish an evaluation (a figure it has not, e.g. pass@k with k = 0, is left)."""
-        self.eval_step.set(e.step)
-        self.eval_accuracy.set(e.accuracy)
-        if e.mean_at_k is not None:
-            self.eval_mean_at_k.set(e.mean_at_k)
-        if e.pass_at_k is not None:
-            self.eval_pass_at_k.set(e.pass_at_k)
-        if e.reasoning_tokens is not None:
-            self.eval_reasoning_tokens.set(e.reasoning_tokens)
-        self.eval_duration.set(e.seconds)
+        self._record(rows("eval"), e.value)
 
 
 class StatusBoard:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from agpo_api.models import AGPOJobSpec
+from agpo_api.resolved import ResolvedSpec
 from agpo_trainer.distributed import barrier, broadcast_object, is_distributed
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.schedule import lr_lambda
@@ -29,7 +29,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 MASTER_DTYPE = torch.float32
 
 
-def compute_dtype_of(spec: AGPOJobSpec) -> torch.dtype | None:
+def compute_dtype_of(spec: ResolvedSpec) -> torch.dtype | None:
     """The mixed-precision compute dtype (``model.dtype``), or None when it is float32."""
     dtype = DTYPES[spec.model.dtype]
     return None if dtype == MASTER_DTYPE else dtype
@@ -121,7 +121,7 @@ class Policy:
 
     def __init__(
         self,
-        spec: AGPOJobSpec,
+        spec: ResolvedSpec,
         rt: Runtime,
         *,
         model_dir: str,
@@ -145,7 +145,7 @@ class Policy:
         self.ref_model: nn.Module | None = None  # only when the KL term is on
 
     @staticmethod
-    def load(spec: AGPOJobSpec, rt: Runtime) -> Policy:
+    def load(spec: ResolvedSpec, rt: Runtime) -> Policy:
         """Load the model and tokenizer every rank trains (rank 0 builds a builtin one first)."""
         from transformers import AutoModelForCausalLM
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from agpo_api.models import AGPOJobSpec
+from agpo_api.resolved import ResolvedSpec
 
 
 def constant_decay(progress: float) -> float:
@@ -36,7 +36,7 @@ DECAYS: dict[str, Callable[[float], float]] = {
 }
 
 
-def lr_lambda(spec: AGPOJobSpec) -> Callable[[int], float]:
+def lr_lambda(spec: ResolvedSpec) -> Callable[[int], float]:
     """Linear warmup, then constant, linear or cosine decay to 0 at the last step."""
     t = spec.training
     warmup: int = t.warmup_steps

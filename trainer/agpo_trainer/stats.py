@@ -1,18 +1,19 @@
-"""Typed statistics of one training step, with one set of names from the loop to the outside.
-
-A field here has the same (snake_case) name as the :class:`agpo_api.progress.TrainerProgress`
-field that carries it on ``/status`` and in the ``step {...}`` log line (camelCase on the
-wire, e.g. ``reward_mean`` -> ``rewardMean``) and as the :class:`agpo_trainer.metrics.
-TrainerMetrics` attribute of its Prometheus series (``agpo_reward_mean``). Pure: no torch.
+"""Typed statistics of one training step and of an evaluation, read out through the metrics
+table (:mod:`agpo_api.metrics_table`): a table row names the field that carries its figure
+here, and the ``step {...}`` log line, ``/status`` (:class:`agpo_api.progress.TrainerProgress`)
+and the Prometheus series (:mod:`agpo_trainer.metrics`) are all derived from the rows, so a
+new figure is a field here and a row there. Pure: no torch.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from agpo_api.metrics_table import Metric, reduction, rows
 from agpo_api.progress import TrainerProgress
 
 
@@ -30,37 +31,49 @@ class RolloutStats:
     resample_rounds: float
     rollout_seconds: float
     reward_seconds: float
-    reward_components: dict[str, float] = field(default_factory=dict)  # mean of each term
+    reward_component_mean: dict[str, float] = field(default_factory=dict)  # by reward term
 
 
 @dataclass(frozen=True)
 class UpdateStats:
-    """The policy update of a step, over the whole (all-rank) batch."""
+    """The policy update of a step, over the whole (all-rank) batch: every ``update`` row of
+    the metrics table (None: the loss did not report it, e.g. GVPO's figure under another
+    loss, or no token was included)."""
 
     loss: float
-    ratio_mean: float
+    policy_loss: float
     kl: float
     entropy: float
-    clip_ratio: float  # tokens whose ratio was clipped, below or above
+    clip_ratio_low: float
+    clip_ratio_high: float
+    ratio_mean: float
     grad_norm: float  # before clipping
     learning_rate: float
+    ratio_min: float | None = None
+    ratio_max: float | None = None
+    gvpo_mse: float | None = None
+
+    @property
+    def clip_ratio(self) -> float:
+        """Tokens whose ratio was clipped, below or above (disjoint: opposite signs of A)."""
+        return self.clip_ratio_low + self.clip_ratio_high
 
     @staticmethod
     def from_loss_metrics(
-        summed: Mapping[str, float], *, grad_norm: float, learning_rate: float
+        combined: Mapping[str, float], *, grad_norm: float, learning_rate: float
     ) -> UpdateStats:
-        """From ``compute_policy_loss``'s metrics, summed with each micro-batch's share (absent
-        ones, e.g. ``kl`` without a reference model, read as their neutral value)."""
-        return UpdateStats(
-            loss=summed.get("loss", 0.0),
-            ratio_mean=summed.get("ratio/mean", 1.0),
-            kl=summed.get("kl", 0.0),
-            entropy=summed.get("entropy", 0.0),
-            clip_ratio=summed.get("clip_ratio/low_mean", 0.0)
-            + summed.get("clip_ratio/high_mean", 0.0),
-            grad_norm=grad_norm,
-            learning_rate=learning_rate,
-        )
+        """From ``compute_policy_loss``'s metrics, combined over micro-batches, ranks and
+        optimizer steps; one the loss did not report reads as its row's ``absent`` value, and
+        an infinite extreme (no included token anywhere) as None."""
+        own = {f.name for f in fields(UpdateStats)}
+        values: dict[str, Any] = {}
+        for m in rows("update"):
+            if m.field not in own:
+                continue
+            value = combined.get(m.field)
+            values[m.field] = m.absent if value is None or not math.isfinite(value) else value
+        values |= {"grad_norm": grad_norm, "learning_rate": learning_rate}
+        return UpdateStats(**values)
 
 
 @dataclass(frozen=True)
@@ -81,32 +94,15 @@ class StepStats:
     rollout_policy_version: int | None = None
     batch_staleness: int | None = None
 
+    def value(self, metric: Metric) -> Any:
+        """The figure of a ``step``, ``rollout`` or ``update`` row of the metrics table."""
+        holder = {"step": self, "rollout": self.rollout, "update": self.update}[metric.source]
+        return getattr(holder, metric.field)
+
     def progress(self) -> TrainerProgress:
-        """The ``/status`` fields of this step."""
-        r, u = self.rollout, self.update
-        return TrainerProgress(
-            step=self.step,
-            total_steps=self.total_steps,
-            policy_version=self.policy_version,
-            reward_mean=r.reward_mean,
-            accuracy=r.accuracy,
-            completion_tokens_mean=r.completion_tokens_mean,
-            zero_variance_fraction=r.zero_variance_fraction,
-            resample_rounds=r.resample_rounds,
-            loss=u.loss,
-            ratio_mean=u.ratio_mean,
-            kl=u.kl,
-            clip_ratio=u.clip_ratio,
-            grad_norm=u.grad_norm,
-            step_seconds=self.step_seconds,
-            rollout_seconds=r.rollout_seconds,
-            reward_seconds=r.reward_seconds,
-            train_seconds=self.train_seconds,
-            weight_sync_seconds=self.weight_sync_seconds,
-            rollout_policy_version=self.rollout_policy_version,
-            batch_staleness=self.batch_staleness,
-            prompts=self.prompts,
-        )
+        """The ``/status`` fields of this step: the table's status rows, then the prompts."""
+        values = {m.field: self.value(m) for m in rows("step", "rollout", "update", status=True)}
+        return TrainerProgress(**values, prompts=self.prompts)
 
     def log_line(self) -> str:
         """``step {...}``: the progress as one JSON object ("prompts" last: it is long)."""
@@ -127,15 +123,13 @@ class EvalStats:
     reasoning_tokens: float | None  # mean tokens before the answer marker, correct greedy ones
     seconds: float
 
+    def value(self, metric: Metric) -> Any:
+        """The figure of an ``eval`` row of the metrics table (``eval_x`` is the field ``x``)."""
+        return getattr(self, metric.field.removeprefix("eval_"))
+
     def progress(self) -> TrainerProgress:
         """The ``/status`` fields of this evaluation (kept until the next one)."""
-        return TrainerProgress(
-            eval_step=self.step,
-            eval_accuracy=self.accuracy,
-            eval_mean_at_k=self.mean_at_k,
-            eval_pass_at_k=self.pass_at_k,
-            eval_reasoning_tokens=self.reasoning_tokens,
-        )
+        return TrainerProgress(**{m.field: self.value(m) for m in rows("eval", status=True)})
 
     def log_line(self) -> str:
         """``eval {...}``: every field, camelCase (a line apart from the ``step`` lines)."""
@@ -148,16 +142,21 @@ class EvalStats:
         return "eval " + json.dumps(wire)
 
 
-def mean_of(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """The mean of each metric over several optimizer steps (a metric missing from a step,
-    e.g. ``kl`` without a reference model, is averaged over the steps that have it)."""
-    sums: dict[str, float] = {}
+def combine_steps(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Several optimizer steps' metrics as one, each as the metrics table says: the mean of a
+    ``mean`` figure over the steps that report it, the min or max of an extreme."""
+    out: dict[str, float] = {}
     counts: dict[str, int] = {}
     for m in metrics:
         for key, value in m.items():
-            sums[key] = sums.get(key, 0.0) + value
-            counts[key] = counts.get(key, 0) + 1
-    return {key: sums[key] / counts[key] for key in sums}
+            how = reduction(key)
+            if key not in out:
+                out[key], counts[key] = value, 1
+            elif how == "mean":
+                out[key], counts[key] = out[key] + value, counts[key] + 1
+            else:
+                out[key] = min(out[key], value) if how == "min" else max(out[key], value)
+    return {k: v / counts[k] if reduction(k) == "mean" else v for k, v in out.items()}
 
 
 def algorithm_line(algorithm: Mapping[str, Any]) -> str:

@@ -10,9 +10,14 @@ With ``training.maxStaleness: 1`` rank 0 generates the next step's batch on a th
 every rank trains, and pushes the new weights once that generation is done
 (:mod:`agpo_trainer.overlap` decides when; the loop reads the same either way).
 
-Rank 0's duties besides its slice: the rollout servers (generation and weight pushes), the
-metrics and ``/status`` server, the log line of each step, and writing checkpoints (every rank
-joins the gathering under FSDP).
+Rank 0's duties besides its slice: the rollout backend (generation and weight pushes), the
+metrics and ``/status`` server, the log line of each step, the callbacks, and writing
+checkpoints (every rank joins the gathering under FSDP).
+
+The rollout backend is a parameter (:class:`agpo_trainer.rollout.backend.RolloutBackend`): the
+vLLM servers by default (:func:`agpo_trainer.rollout.backend.connect`), or a served copy of
+the policy in this process (:class:`agpo_trainer.rollout.inprocess.InProcessBackend`), which is
+how the study, the learnability gate and tests run this very loop.
 """
 
 from __future__ import annotations
@@ -27,36 +32,60 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agpo_api.models import AGPOJob, AGPOJobSpec
+from agpo_api.models import AGPOJob
 from agpo_api.progress import TrainerProgress
+from agpo_api.resolved import ResolvedSpec, resolve
 from agpo_trainer.checkpoint import CheckpointMeta, resume_training_state, save_training_state
 from agpo_trainer.data import PromptSampler, check_prompts_fit, load_examples
 from agpo_trainer.distributed import broadcast_object
 from agpo_trainer.evaluation import Evaluator, evaluation_sets
-from agpo_trainer.experience import Batch, Experience, encode_prompt, reward_terms
+from agpo_trainer.experience import Batch, Experience, encode_prompt
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics, serve
 from agpo_trainer.overlap import RolloutPipeline, check_staleness, staleness_bound
-from agpo_trainer.policy import Policy, compute_dtype_of
+from agpo_trainer.policy import Policy
+from agpo_trainer.rollout.backend import BackendFactory, RolloutBackend, WeightSyncFailed, connect
 from agpo_trainer.runtime import Runtime
-from agpo_trainer.stats import StepStats, algorithm_line
+from agpo_trainer.stats import EvalStats, StepStats, algorithm_line
 from agpo_trainer.update import train_step
 from agpo_trainer.warmup import format_warmup
 
 log = logging.getLogger("agpo_trainer")
 
-#: The longest a single weight-sync call may take, whatever the rollout timeout.
-WEIGHT_SYNC_CALL_TIMEOUT_S = 120.0
+
+class Callbacks:
+    """Rank 0's hooks into the loop (TRL's ``TrainerCallback`` in small): the study records
+    its figures through them. Each default does nothing."""
+
+    def on_batch(self, step: int, batch: Batch) -> None:
+        """Step ``step + 1``'s batch is ready; the policy is still that of step ``step``."""
+
+    def on_step(self, stats: StepStats, batch: Batch) -> None:
+        """A step is finished (trained, pushed, checkpointed)."""
+
+    def on_eval(self, result: EvalStats) -> None:
+        """An evaluation is finished."""
 
 
-def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
+def train(
+    job: AGPOJob,
+    rt: Runtime,
+    *,
+    backend: BackendFactory = connect,
+    callbacks: Callbacks | None = None,
+) -> dict[str, Any] | None:
     """Run ``job`` on this rank until ``training.steps`` (or ``AGPO_MAX_STEPS``) are done;
-    rank 0 returns its last ``/status`` object (the ``succeeded:`` termination line)."""
-    spec, t = job.spec, job.spec.training
+    rank 0 returns its last ``/status`` object (the ``succeeded:`` termination line).
+
+    ``backend`` builds rank 0's rollout backend once the policy is loaded (the vLLM servers
+    by default); ``callbacks`` are called on rank 0."""
+    spec = resolve(job.spec)  # every default applied once: the only spec the loop reads
+    t = spec.training
+    hooks = callbacks or Callbacks()
     total_steps = rt.total_steps(t.steps)
     metrics = TrainerMetrics()
     board = StatusBoard(TrainerProgress(phase="Initializing", step=0, total_steps=total_steps))
-    if rt.is_main:  # the resolved algorithm (preset expanded) first
-        log.info("%s", algorithm_line(spec.algorithm.to_dict()))
+    if rt.is_main:  # the algorithm as validated (preset expanded) first
+        log.info("%s", algorithm_line(job.spec.algorithm.to_dict()))
 
     # ----------------------------------------------------------------- setup, every rank
     check_reward_functions(spec)  # a broken reward function fails before any work
@@ -86,31 +115,35 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
     weights = policy.gather_weights()  # a collective under FSDP: every rank joins
     pipeline: RolloutPipeline[Batch, dict[str, Tensor] | None] | None = None
     evaluator: Evaluator | None = None
-    syncer: Any = None
+    servers: RolloutBackend | None = None
     every_sync = spec.rollout.weight_sync.every_steps
     bound = staleness_bound(t.max_staleness, every_sync)
     if rt.is_main:
         if rt.metrics_port:
             serve(metrics, board, rt.metrics_port)
-        metrics.total_steps.set(total_steps)
-        client, syncer = connect(spec, rt)
+        metrics.add("total_steps", total_steps)
+        servers = backend(spec, rt, policy)
         experience = Experience(
-            spec, tokenizer=policy.tokenizer, sampler=sampler, client=client, metrics=metrics
+            spec, tokenizer=policy.tokenizer, sampler=sampler, client=servers, metrics=metrics
         )
-        ev = spec.effective_evaluation()
-        if ev is not None and eval_examples:
+        if spec.evaluation is not None and eval_examples:
             evaluator = Evaluator(
-                spec, ev, tokenizer=policy.tokenizer, client=client, examples=eval_examples
+                spec,
+                spec.evaluation,
+                tokenizer=policy.tokenizer,
+                client=servers,
+                examples=eval_examples,
             )
         board.update(TrainerProgress(phase="Running", policy_version=version))
         # The servers start from the trainer's weights (after a resume too).
-        push_weights(syncer, policy, weights, version, metrics)
+        push_weights(servers, policy, weights, version, metrics)
+        rank0 = servers
 
         def generate(i: int, served: int, w: dict[str, Tensor] | None, may_push: bool) -> Any:
-            return rollout(experience, sampler, syncer, policy, w, served, i, may_push=may_push)
+            return rollout(experience, sampler, rank0, policy, w, served, i, may_push=may_push)
 
         def push(w: dict[str, Tensor] | None, v: int) -> float:
-            return push_weights(syncer, policy, w, v, metrics)
+            return push_weights(rank0, policy, w, v, metrics)
 
         # maxStaleness 0: generate each step's batch at its start, push right after the
         # update (the sequential loop); 1: prefetch the next batch while training (overlap.py).
@@ -125,14 +158,17 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
         )
 
     def evaluate() -> None:  # rank 0, between steps: no training request is in flight
-        if evaluator is None or pipeline is None or not evaluator.due(step, total_steps):
+        if evaluator is None or pipeline is None or servers is None:
+            return
+        if not evaluator.due(step, total_steps):
             return
         pipeline.drain()  # the in-flight batch done and the newest weights pushed
-        ensure_served(syncer, policy, pipeline.served_weights, pipeline.served)
+        ensure_served(servers, policy, pipeline.served_weights, pipeline.served)
         result = evaluator.run(step, pipeline.served)
         metrics.record_eval(result)
         board.update(result.progress())
         log.info("%s", result.log_line())
+        hooks.on_eval(result)
 
     if step < total_steps:
         evaluate()  # the start (everySteps > 0), e.g. right after the format warm-up
@@ -147,6 +183,8 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
             collected, generated, sync_s = pipeline.batch(step)
         batch: Batch = broadcast_object(collected, rt.rank)
         staleness = check_staleness(version, generated, bound)  # rank 0's figure; 0 elsewhere
+        if rt.is_main:
+            hooks.on_batch(step, batch)
         t1 = time.perf_counter()
         # train step (every rank, on its slice)
         update = train_step(
@@ -193,6 +231,7 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
             metrics.record_step(stats)
             board.update(stats.progress())
             log.info("%s", stats.log_line())
+            hooks.on_step(stats, batch)
             evaluate()
         if rt.is_main and step == rt.crash_after_step:
             log.warning("AGPO_CRASH_AFTER_STEP=%d: killing the trainer group", step)
@@ -207,7 +246,7 @@ def train(job: AGPOJob, rt: Runtime) -> dict[str, Any] | None:
 def rollout(
     experience: Experience,
     sampler: PromptSampler,
-    syncer: Any,
+    servers: RolloutBackend,
     policy: Policy,
     weights: dict[str, Tensor] | None,
     served: int,
@@ -226,12 +265,12 @@ def rollout(
     """
     while True:
         if may_push:
-            ensure_served(syncer, policy, weights, served)
-        elif syncer.lagging(served):
+            ensure_served(servers, policy, weights, served)
+        elif servers.lagging(served):
             return None
         cursor = sampler.state_dict()
         batch = experience.collect(step)
-        if not syncer.lagging(served):
+        if not servers.lagging(served):
             return batch
         log.warning("a rollout server was replaced during step %d's rollout: again", step + 1)
         sampler.load_state_dict(cursor)
@@ -240,7 +279,7 @@ def rollout(
 
 
 def ensure_served(
-    syncer: Any, policy: Policy, weights: dict[str, Tensor] | None, served: int
+    servers: RolloutBackend, policy: Policy, weights: dict[str, Tensor] | None, served: int
 ) -> None:
     """Rank 0: push version ``served`` again to every server if one does not serve it.
 
@@ -248,45 +287,23 @@ def ensure_served(
     the module is, since it changes only in the update after which it is pushed (or, with
     ``weightSync.everySteps > 1``, it is newer: then the servers get the newer weights,
     under the version they serve, until the next regular push)."""
-    stale = syncer.lagging(served)
+    stale = servers.lagging(served)
     if not stale:
         return
     log.warning("servers %s do not serve weight version %d; pushing it again", stale, served)
-    syncer.resync(policy.module if weights is None else weights, served)
+    servers.resync(policy.module if weights is None else weights, served)
 
 
-def check_reward_functions(spec: AGPOJobSpec) -> None:
+def check_reward_functions(spec: ResolvedSpec) -> None:
     """Import every reward function now; a broken one raises before minutes of set-up."""
     from agpo_trainer.rewards.scoring import get_reward_function
 
-    for name, _ in reward_terms(spec):
-        get_reward_function(name)
-
-
-def connect(spec: AGPOJobSpec, rt: Runtime) -> tuple[Any, Any]:
-    """Rank 0: the rollout client and the weight syncer (initialised: the servers joined)."""
-    from agpo_trainer.rollout.client import RolloutClient
-    from agpo_trainer.rollout.weight_sync import WeightSyncer
-
-    timeout = rt.rollout_timeout_s
-    client = RolloutClient(rt.rollout_urls, rt.rollout_token, timeout_s=timeout)
-    syncer = WeightSyncer(
-        rt.rollout_urls,
-        token=rt.rollout_token,
-        backend=spec.rollout.weight_sync.backend,
-        master_address=rt.weight_sync_host,
-        master_port=rt.weight_sync_port,
-        timeout_s=min(WEIGHT_SYNC_CALL_TIMEOUT_S, timeout),
-        ready_timeout_s=timeout,
-        # float32 master weights travel in the dtype the servers serve (model.dtype)
-        cast_dtype=compute_dtype_of(spec),
-    )
-    syncer.init()
-    return client, syncer
+    for reward in spec.algorithm.rewards:
+        get_reward_function(reward.key)
 
 
 def push_weights(
-    syncer: Any,
+    servers: RolloutBackend,
     policy: Policy,
     weights: dict[str, Tensor] | None,
     version: int,
@@ -299,16 +316,14 @@ def push_weights(
     once more after joining every server again, waiting up to the rollout timeout for a
     restarting one; a second failure ends the run (transient: a restart resumes it).
     """
-    from agpo_trainer.rollout.weight_sync import WeightSyncError
-
     model = policy.module if weights is None else weights
     try:
-        seconds = float(syncer.push(model, version))
-    except WeightSyncError as err:
+        seconds = servers.push(model, version)
+    except WeightSyncFailed as err:
         log.warning(
             "weight push of version %d failed (%s); joining the servers again", version, err
         )
-        seconds = float(syncer.resync(model, version))
-    metrics.weight_sync_duration.observe(seconds)
-    metrics.served_version.set(version)
+        seconds = servers.resync(model, version)
+    metrics.add("weight_sync_seconds", seconds)
+    metrics.add("served_policy_version", version)
     return seconds

@@ -7,12 +7,12 @@ the ranks step together. Within it the loss (``algorithm.policyLoss``) is comput
 micro-batches, each weighted by its share of the mini-batch's global denominator (over all
 ranks), so an optimizer step does not depend on the world size or the micro-batch size. Old
 log-probs are always the rollout's: from the second optimizer step on the policy has moved, the
-importance ratio leaves 1 and the clip acts. ``policyLoss: gvpo`` needs each prompt's responses
-in the same gradient step: micro-batches are cut at group boundaries and the spec makes rank
-slices and mini-batches whole groups.
+importance ratio leaves 1 and the clip acts. A policy loss whose traits say it needs whole
+groups (GVPO: each prompt's responses in the same gradient step) gets micro-batches cut at group
+boundaries, and the spec makes rank slices and mini-batches whole groups.
 
 A micro-batch is ``AGPO_MICRO_BATCH_SIZE`` sequences (default 64), or with
-``trainer.microBatchTokens`` as many consecutive sequences (whole groups under gvpo) as fit
+``trainer.microBatchTokens`` as many consecutive sequences (whole groups where needed) as fit
 that many padded tokens; either way each is weighted by its share of the global denominator,
 so the update is the same whatever the cut (``tests/trainer/test_micro_batch_tokens.py``).
 Log-probs and entropy are computed ``trainer.logprobChunkTokens`` response positions at a time
@@ -30,19 +30,21 @@ from collections.abc import Sequence
 
 import torch
 
-from agpo_api.models import AGPOJobSpec
+from agpo_api.metrics_table import reduction
+from agpo_api.resolved import ResolvedSpec
 from agpo_trainer.algorithms import (
     Counts,
+    PolicyLossConfig,
     accumulate,
     compute_policy_loss,
     count_included,
     micro_batch_share,
     rank_loss,
 )
-from agpo_trainer.distributed import all_reduce_sum
+from agpo_trainer.distributed import all_reduce_metrics
 from agpo_trainer.experience import Batch
 from agpo_trainer.policy import Policy, Responses, response_logprobs
-from agpo_trainer.stats import UpdateStats, mean_of
+from agpo_trainer.stats import UpdateStats, combine_steps
 
 
 def micro_batches(n: int, size: int, align: int = 1) -> list[range]:
@@ -115,7 +117,7 @@ def mini_batch_counts(
 
 
 def train_step(
-    policy: Policy, batch: Batch, spec: AGPOJobSpec, *, rank: int, world_size: int, micro: int
+    policy: Policy, batch: Batch, spec: ResolvedSpec, *, rank: int, world_size: int, micro: int
 ) -> UpdateStats:
     """``epochs x miniBatches`` optimizer steps on this rank's slice of ``batch``, then one LR
     step; the statistics are the mean over the optimizer steps."""
@@ -123,7 +125,7 @@ def train_step(
     mine = batch.shard(rank, world_size)
     minis = t.mini_batches
     per = len(mine) // minis
-    align = algo.group_size if algo.policy_loss == "gvpo" else 1
+    align = algo.group_align
     if per * minis != len(mine) or per % align:
         raise ValueError(
             f"a rank's {len(mine)} completions do not split into {minis} mini-batches of whole "
@@ -149,20 +151,19 @@ def train_step(
             norms.append(norm)
     policy.scheduler.step()
     return UpdateStats.from_loss_metrics(
-        mean_of(steps),
+        combine_steps(steps),
         grad_norm=sum(norms) / len(norms),
         learning_rate=policy.scheduler.get_last_lr()[0],
     )
 
 
 def micro_batch_cut(
-    batch: Batch, rows: range, spec: AGPOJobSpec, *, rank: int, world_size: int, micro: int
+    batch: Batch, rows: range, spec: ResolvedSpec, *, rank: int, world_size: int, micro: int
 ) -> list[range]:
     """How ``rows`` of this rank's slice are cut into micro-batches (ranges relative to
     ``rows``): ``micro`` sequences each, or by ``trainer.microBatchTokens`` with the same count
-    on every rank; whole groups under gvpo."""
-    algo = spec.algorithm
-    align = algo.group_size if algo.policy_loss == "gvpo" else 1
+    on every rank; whole groups where the policy loss needs them."""
+    align = spec.algorithm.group_align
     budget = spec.trainer.micro_batch_tokens
     if budget is None:
         return micro_batches(len(rows), micro, align)
@@ -181,7 +182,7 @@ def optimizer_step(
     rows: range,
     parts: list[range],
     total: Counts,
-    spec: AGPOJobSpec,
+    spec: ResolvedSpec,
     *,
     world_size: int,
 ) -> tuple[dict[str, float], float]:
@@ -189,6 +190,7 @@ def optimizer_step(
     (relative to ``rows``): the whole mini-batch's metrics, summed over ranks, and the
     gradient norm before clipping."""
     algo, device = spec.algorithm, policy.device
+    config = PolicyLossConfig.of(algo)
     temperature = spec.training.temperature
     chunk_tokens = spec.trainer.logprob_chunk_tokens
     policy.optimizer.zero_grad(set_to_none=True)
@@ -220,24 +222,21 @@ def optimizer_step(
                 old,
                 torch.tensor([mine.advantages[i] for i in idx], device=device),
                 x.mask,
-                clip_low=algo.clip.low if algo.clip and algo.clip.low is not None else 0.2,
-                clip_high=algo.clip.high if algo.clip and algo.clip.high is not None else 0.28,
+                config=config,
                 ref_logprobs=ref,
-                kl_coef=algo.kl_coefficient or 0.0,
-                aggregation=algo.loss_aggregation or "token-mean",
+                kl_coef=algo.kl_coefficient,
+                aggregation=algo.loss_aggregation,
                 sample_mask=torch.tensor(sample_mask, device=device),
                 max_tokens=spec.training.max_completion_tokens,
                 entropy=entropy,
-                loss_type=algo.policy_loss or "clipped",
-                gvpo_beta=algo.gvpo_beta,
-                group_size=algo.group_size,
+                loss_type=algo.policy_loss,
             )
             local = count_included([len(mine.completion_ids[i]) for i in idx], sample_mask)
-            share = micro_batch_share(algo.loss_aggregation or "token-mean", local, total)
+            share = micro_batch_share(algo.loss_aggregation, local, total)
             rank_loss(loss, share, world_size).backward()
         accumulate(summed, metrics, share)
     grad_norm = torch.nn.utils.clip_grad_norm_(
         policy.model.parameters(), spec.training.max_grad_norm
     )
     policy.optimizer.step()
-    return all_reduce_sum(summed, device), float(grad_norm)
+    return all_reduce_metrics(summed, reduction, device), float(grad_norm)

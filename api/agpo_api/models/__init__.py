@@ -7,6 +7,7 @@ A minimal spec needs only ``model`` and ``dataset``; every default below is what
 
 from agpo_api.models.algorithm import (
     DEFAULT_CORRECT_THRESHOLD,
+    DEFAULT_GVPO_BETA,
     DEFAULT_ZERO_VARIANCE_ADVANTAGE,
     AlgorithmSpec,
     ClipSpec,
@@ -94,6 +95,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT_SIZE",
     "DEFAULT_CLIP",
     "DEFAULT_CORRECT_THRESHOLD",
+    "DEFAULT_GVPO_BETA",
     "DEFAULT_PRESET",
     "DEFAULT_STARTUP_TIMEOUT_SECONDS",
     "DEFAULT_ZERO_VARIANCE_ADVANTAGE",
@@ -141,8 +143,8 @@ __all__ = [
     "PositiveInt",
     "PresetName",
     "ResourceRequirements",
-    "RewardName",
     "RewardBounds",
+    "RewardName",
     "RewardSpec",
     "RolloutSpec",
     "RunPolicy",
@@ -153,8 +155,8 @@ __all__ = [
     "WeightSyncSpec",
     "ZeroVarianceName",
     "cel_effective",
-    "has_eval_split",
     "default_coefficient",
+    "has_eval_split",
     "preset_of",
     "resolve_algorithm",
 ]

@@ -30,6 +30,8 @@ from agpo_api.models.presets import (
 
 #: A completion is correct when the deciding reward is above this (``correct.threshold``).
 DEFAULT_CORRECT_THRESHOLD = 0.5
+#: GVPO's beta (``gvpoBeta``; arXiv 2504.19599).
+DEFAULT_GVPO_BETA = 0.1
 #: AGPO's advantage magnitude for zero-variance groups (``zeroVarianceAdvantage``).
 DEFAULT_ZERO_VARIANCE_ADVANTAGE = 1.0
 
@@ -201,7 +203,9 @@ _RANGE_ZV = ZERO_VARIANCE.having(lambda t: t.uses_reward_range)
 _RANGE_ADV = ADVANTAGES.having(lambda t: t.uses_reward_range)
 _OWN_AGGREGATION = POLICY_LOSSES.having(lambda t: t.aggregation is not None)
 _USES_RANGE = " || ".join(
-    f"{field} in {cel_list(names)}" for field, names in ((_ZV, _RANGE_ZV), (_ADV, _RANGE_ADV)) if names
+    f"{field} in {cel_list(names)}"
+    for field, names in ((_ZV, _RANGE_ZV), (_ADV, _RANGE_ADV))
+    if names
 )
 
 
@@ -238,7 +242,9 @@ class AlgorithmSpec(ApiModel):
         "(arXiv 2504.19599; no ratio, no clip). Default: the preset's.",
     )
     gvpo_beta: float = Field(
-        default=0.1, gt=0, description="policyLoss gvpo: beta of GVPO's implied reward."
+        default=DEFAULT_GVPO_BETA,
+        gt=0,
+        description="policyLoss gvpo: beta of GVPO's implied reward.",
     )
     zero_variance_advantage: float = Field(
         default=DEFAULT_ZERO_VARIANCE_ADVANTAGE,
@@ -339,6 +345,8 @@ class AlgorithmSpec(ApiModel):
             ),
             "policyLoss gvpo is written in per-sequence log-probability sums: set "
             "lossAggregation: seq-mean-token-sum (or leave it to preset: gvpo)",
-            lambda s: s.policy_loss is None or s.loss_aggregation in aggregations_for(s.policy_loss),
+            lambda s: (
+                s.policy_loss is None or s.loss_aggregation in aggregations_for(s.policy_loss)
+            ),
         ),
     )

@@ -23,9 +23,7 @@ PresetName = Literal["agpo", "grpo", "dr_grpo", "dapo", "reinforce_rej", "gvpo"]
 AdvantageName = Annotated[str, ADVANTAGES.validator(), ADVANTAGES.json_schema()]
 ZeroVarianceName = Annotated[str, ZERO_VARIANCE.validator(), ZERO_VARIANCE.json_schema()]
 PolicyLossName = Annotated[str, POLICY_LOSSES.validator(), POLICY_LOSSES.json_schema()]
-LossAggregationName = Annotated[
-    str, LOSS_AGGREGATIONS.validator(), LOSS_AGGREGATIONS.json_schema()
-]
+LossAggregationName = Annotated[str, LOSS_AGGREGATIONS.validator(), LOSS_AGGREGATIONS.json_schema()]
 LengthRewardName = Annotated[str, LENGTH_REWARDS.validator(), LENGTH_REWARDS.json_schema()]
 RewardName = Annotated[str, REWARDS.validator(), REWARDS.json_schema()]
 

@@ -1,69 +1,71 @@
 """The group-relative family's core: advantage estimators, zero-variance policies, policy losses
 (clipped, GVPO), aggregations and chunked log-probs (pure torch).
 
-See ``docs/algorithm.md`` for the formulas, the zero-variance rule and the spec mapping.
+Every kind of part is a :class:`Registry` tied to its catalog in ``agpo_api.catalog`` (the
+names a spec may use and their traits). See ``docs/algorithm.md`` for the formulas, the
+zero-variance rule and the spec mapping, and ``docs/architecture.md`` for adding a part.
 """
 
+from agpo_trainer.algorithms import gvpo as _gvpo  # noqa: F401  (registers policyLoss gvpo)
 from agpo_trainer.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
-    ZERO_VARIANCE_MODES,
-    ZERO_VARIANCE_POLICIES,
     AdvantageOptions,
-    apply_zero_variance,
     compute_advantages,
-    compute_advantages_and_mask,
     get_advantage_estimator,
+    homogeneous_groups,
     register_advantage_estimator,
-    register_zero_variance_policy,
-    zero_variance_mask,
 )
 from agpo_trainer.algorithms.aggregation import (
+    DENOMINATORS,
     LOSS_AGGREGATIONS,
-    LOSS_DENOMINATORS,
     Counts,
     accumulate,
-    aggregate_loss,
-    by_sequences,
-    by_tokens,
     count_included,
     get_loss_aggregation,
-    get_loss_denominator,
+    masks,
     micro_batch_share,
     rank_loss,
     register_loss_aggregation,
 )
-from agpo_trainer.algorithms.logprobs import linear_token_logprobs
+from agpo_trainer.algorithms.gvpo import gvpo_weights
+from agpo_trainer.algorithms.logprobs import (
+    entropy_from_logits,
+    linear_token_logprobs,
+    token_logprobs,
+)
 from agpo_trainer.algorithms.losses import (
     POLICY_LOSSES,
     PolicyLossConfig,
     PolicyLossOutput,
     compute_policy_loss,
-    entropy_from_logits,
     get_policy_loss,
-    gvpo_weights,
-    kl_k3,
+    k3,
     register_policy_loss,
-    token_logprobs,
 )
-from agpo_trainer.algorithms.registry import Registry
+from agpo_trainer.algorithms.registry import Entry, Registry
+from agpo_trainer.algorithms.zero_variance import (
+    ZERO_VARIANCE_POLICIES,
+    advantages_of,
+    apply_zero_variance,
+    compute_advantages_and_mask,
+    register_zero_variance_policy,
+)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "DENOMINATORS",
     "LOSS_AGGREGATIONS",
-    "LOSS_DENOMINATORS",
     "POLICY_LOSSES",
-    "ZERO_VARIANCE_MODES",
     "ZERO_VARIANCE_POLICIES",
     "AdvantageOptions",
     "Counts",
+    "Entry",
     "PolicyLossConfig",
     "PolicyLossOutput",
     "Registry",
     "accumulate",
-    "aggregate_loss",
+    "advantages_of",
     "apply_zero_variance",
-    "by_sequences",
-    "by_tokens",
     "compute_advantages",
     "compute_advantages_and_mask",
     "compute_policy_loss",
@@ -71,11 +73,12 @@ __all__ = [
     "entropy_from_logits",
     "get_advantage_estimator",
     "get_loss_aggregation",
-    "get_loss_denominator",
     "get_policy_loss",
     "gvpo_weights",
-    "kl_k3",
+    "homogeneous_groups",
+    "k3",
     "linear_token_logprobs",
+    "masks",
     "micro_batch_share",
     "rank_loss",
     "register_advantage_estimator",
@@ -83,5 +86,4 @@ __all__ = [
     "register_policy_loss",
     "register_zero_variance_policy",
     "token_logprobs",
-    "zero_variance_mask",
 ]

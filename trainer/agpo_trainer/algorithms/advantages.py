@@ -1,5 +1,6 @@
 """Group-relative advantages: the estimators (GRPO, Dr. GRPO, REINFORCE) for groups with reward
-variance, and the zero-variance policies (AGPO v1 +-1, mask, resample, keep) for the others.
+variance, and the one zero-variance predicate; the policies for the groups without variance
+(AGPO v1 +-1, mask, resample, keep) are in :mod:`agpo_trainer.algorithms.zero_variance`.
 
 Conventions (shared by every function here):
 
@@ -20,16 +21,8 @@ differences (>= 1e-3 in practice) are never merged. Every estimator returns exac
 homogeneous groups; what those groups get is the zero-variance policy's decision alone
 (spec ``algorithm.zeroVariance``), whichever estimator is chosen.
 
-AGPO v1 rule (arXiv 2503.15952 v1, "a revised advantage estimation method to mitigate
-zero-variance situations"): on a homogeneous group, ``A_i = +v`` if the group's reward equals
-the maximum attainable reward, ``-v`` if it equals the minimum attainable reward, and ``0``
-otherwise (``v = zero_variance_value``, default 1). So an all-correct group is reinforced and an
-all-wrong group is pushed down instead of contributing nothing. The bounds default to
-``max_reward = 1.0`` and ``min_reward = 0.0``: the range of the ``accuracy`` reward (1.0/0.0)
-that drives correctness. When rewards are weighted/combined, pass the attainable bounds
-explicitly (see ``agpo_trainer.rewards.attainable_reward_range``). We do not infer them from
-the batch: a batch in which every group failed would then call 0 the "maximum" and reward
-failure.
+Every registered estimator receives one :class:`AdvantageOptions`, built from the resolved
+``spec.algorithm`` (:meth:`AdvantageOptions.of`) in one place.
 """
 
 from __future__ import annotations
@@ -40,38 +33,83 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from agpo_api.catalog import ADVANTAGES, EstimatorTraits
+from agpo_api.models import DEFAULT_ZERO_VARIANCE_ADVANTAGE
+from agpo_api.resolved import ADVANTAGE_EPS, ResolvedAlgorithm
 from agpo_trainer.algorithms.registry import Registry
 
-# Spec values of ``algorithm.zeroVariance``, in the order the docs list them.
-ZERO_VARIANCE_MODES: tuple[str, ...] = ("agpo", "mask", "resample", "keep")
-
-_DEFAULT_EPS = 1e-4  # TRL/verl GRPO: (r - mean) / (std + 1e-4)
-_ZERO_VARIANCE_ATOL = 1e-6
+ZERO_VARIANCE_ATOL = 1e-6  # the homogeneity test's relative tolerance (module docstring)
 
 
 @dataclass(frozen=True)
 class AdvantageOptions:
-    """Options passed to every registered estimator (estimators ignore what they do not use)."""
+    """What every registered estimator and zero-variance policy receives, built from the
+    resolved ``spec.algorithm`` in one place (:meth:`of`); each uses what it needs.
 
-    eps: float = _DEFAULT_EPS
-    max_reward: float = 1.0
-    min_reward: float = 0.0
-    zero_variance_value: float = 1.0
+    ``reward_range`` is the attainable ``(min, max)`` of the summed rewards, known only when
+    every reward declares bounds; a part that reads it declares ``uses_reward_range`` in its
+    catalog traits (the spec then refuses rewards without bounds), and reading
+    :attr:`min_reward`/:attr:`max_reward` without a range raises instead of guessing.
+    """
 
+    eps: float = ADVANTAGE_EPS
+    reward_range: tuple[float, float] | None = None
+    zero_variance_value: float = DEFAULT_ZERO_VARIANCE_ADVANTAGE
+
+    def __post_init__(self) -> None:
+        if self.eps < 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
+        if self.reward_range is not None and self.reward_range[0] > self.reward_range[1]:
+            lo, hi = self.reward_range
+            raise ValueError(f"min_reward ({lo}) must not exceed max_reward ({hi})")
+
+    @staticmethod
+    def of(algo: ResolvedAlgorithm) -> AdvantageOptions:
+        """The options of a resolved ``spec.algorithm``."""
+        return AdvantageOptions(
+            eps=algo.advantage_eps,
+            reward_range=algo.reward_range,
+            zero_variance_value=algo.zero_variance_advantage,
+        )
+
+    def _bounds(self) -> tuple[float, float]:
+        if self.reward_range is None:
+            raise ValueError(
+                "the attainable reward range is unknown (a custom reward without bounds); a "
+                "part that reads it must declare uses_reward_range in agpo_api.catalog"
+            )
+        return self.reward_range
+
+    @property
+    def min_reward(self) -> float:
+        return float(self._bounds()[0])
+
+    @property
+    def max_reward(self) -> float:
+        return float(self._bounds()[1])
+
+
+#: The options when a caller gives none: no reward range (what reads one then raises).
+DEFAULT_OPTIONS = AdvantageOptions()
 
 # fn(grouped[num_groups, G] float32+, homogeneous Bool[num_groups], options) -> [num_groups, G]
 AdvantageEstimator = Callable[[Tensor, Tensor, AdvantageOptions], Tensor]
 
-ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator, EstimatorTraits] = Registry(
+    "advantage estimator", ADVANTAGES
+)
 
 
-def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+def register_advantage_estimator(
+    name: str, *, traits: EstimatorTraits | None = None
+) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator: register ``fn(grouped, homogeneous, options) -> grouped advantages``.
 
     ``grouped`` is ``Tensor[num_groups, G]`` in float32 (float64 kept), ``homogeneous`` is
     ``Bool[num_groups]`` (see module docstring), ``options`` an :class:`AdvantageOptions`.
+    A new name gives its ``traits`` (``EstimatorTraits()``: it reads no reward range).
     """
-    return ADVANTAGE_ESTIMATORS.register(name)
+    return ADVANTAGE_ESTIMATORS.register(name, traits=traits)
 
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:
@@ -112,7 +150,7 @@ def group_view(values: Tensor, group_size: int, *, name: str = "rewards") -> Ten
     return values.to(compute_dtype(values.dtype)).view(-1, group_size)
 
 
-def _homogeneous_groups(grouped: Tensor, atol: float = _ZERO_VARIANCE_ATOL) -> Tensor:
+def is_homogeneous(grouped: Tensor, atol: float = ZERO_VARIANCE_ATOL) -> Tensor:
     """``Bool[num_groups]``: True where ``max - min <= atol * max(1, max|r|)`` (see module doc)."""
     hi = grouped.amax(dim=-1)
     lo = grouped.amin(dim=-1)
@@ -120,23 +158,14 @@ def _homogeneous_groups(grouped: Tensor, atol: float = _ZERO_VARIANCE_ATOL) -> T
     return (hi - lo) <= atol * scale
 
 
-def zero_variance_mask(
-    rewards: Tensor, group_size: int, *, atol: float = _ZERO_VARIANCE_ATOL
-) -> Tensor:
-    """``Bool[N]``: True where the completion's group has zero reward variance.
+def homogeneous_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """``Bool[num_groups]``: True where the group's rewards are all equal (zero variance).
 
-    Args:
-        rewards: ``Tensor[N]`` (any real dtype, any device).
-        group_size: ``G``; group ``g`` is ``rewards[g*G:(g+1)*G]``.
-        atol: tolerance of the range test ``max - min <= atol * max(1, max|r|)``; exact
-            equality is included, float rounding of a group mean is absorbed (module docstring).
-
-    Returns:
-        ``Bool[N]`` on ``rewards.device``. Groups of size 1 are always homogeneous.
+    The one zero-variance predicate: the advantages, the zero-variance policies, DAPO's
+    resampling and the step statistics all ask this function, so a group one of them calls
+    varied is never masked by another. ``max - min <= 1e-6 * max(1, max|r|)`` (module doc).
     """
-    grouped = group_view(rewards, group_size)
-    homogeneous = _homogeneous_groups(grouped, atol)
-    return homogeneous.repeat_interleave(group_size)
+    return is_homogeneous(group_view(rewards.detach(), group_size))
 
 
 def _grouped_std(grouped: Tensor) -> Tensor:
@@ -147,8 +176,6 @@ def _grouped_std(grouped: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- estimators
-
-
 @register_advantage_estimator("grpo")
 def grpo_advantages(grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions) -> Tensor:
     """GRPO (DeepSeekMath, arXiv 2402.03300): ``A_i = (r_i - mean_g) / (std_g + eps)``.
@@ -178,44 +205,7 @@ def reinforce_advantages(grouped: Tensor, homogeneous: Tensor, options: Advantag
     return grouped.masked_fill(homogeneous.unsqueeze(-1), 0.0)
 
 
-def agpo_zero_variance_signal(grouped: Tensor, options: AdvantageOptions) -> Tensor:
-    """AGPO v1 signal per group, ``Tensor[num_groups, 1]``: ``+v`` / ``-v`` / ``0``.
-
-    ``+v`` where the group's reward equals ``options.max_reward``, ``-v`` where it equals
-    ``options.min_reward`` (same tolerance as the homogeneity test), else 0. Only meaningful on
-    homogeneous groups; callers select those.
-    """
-    value = grouped[:, :1]
-    v = options.zero_variance_value
-
-    def _equals(bound: float) -> Tensor:
-        scale = max(1.0, abs(bound))
-        return (value - bound).abs() <= _ZERO_VARIANCE_ATOL * scale
-
-    signal = torch.zeros_like(value)
-    signal = signal.masked_fill(_equals(options.min_reward), -v)
-    # max checked last so a degenerate max == min range counts as success.
-    return signal.masked_fill(_equals(options.max_reward), v)
-
-
 # ----------------------------------------------------------------------------- public API
-
-
-def _options(
-    max_reward: float | None,
-    min_reward: float | None,
-    eps: float,
-    zero_variance_value: float,
-) -> AdvantageOptions:
-    hi = 1.0 if max_reward is None else float(max_reward)
-    lo = 0.0 if min_reward is None else float(min_reward)
-    if lo > hi:
-        raise ValueError(f"min_reward ({lo}) must not exceed max_reward ({hi})")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    return AdvantageOptions(
-        eps=eps, max_reward=hi, min_reward=lo, zero_variance_value=float(zero_variance_value)
-    )
 
 
 def compute_advantages(
@@ -223,7 +213,7 @@ def compute_advantages(
     group_size: int,
     estimator: str = "grpo",
     *,
-    eps: float = _DEFAULT_EPS,
+    options: AdvantageOptions = DEFAULT_OPTIONS,
 ) -> Tensor:
     """Group-relative advantages, one scalar per completion; 0 on homogeneous groups.
 
@@ -232,7 +222,7 @@ def compute_advantages(
         group_size: ``G`` (completions per prompt).
         estimator: a registered name: ``grpo`` | ``dr_grpo`` | ``reinforce`` (spec
             ``algorithm.advantage``).
-        eps: added to the std (GRPO), 1e-4 like TRL/verl.
+        options: :class:`AdvantageOptions` (``AdvantageOptions.of(resolved algorithm)``).
 
     Returns:
         ``Tensor[N]`` in the rewards' dtype (float32 for integer rewards) and device. Detached
@@ -241,130 +231,5 @@ def compute_advantages(
     """
     fn = get_advantage_estimator(estimator)
     grouped = group_view(rewards.detach(), group_size)
-    homogeneous = _homogeneous_groups(grouped)
-    adv = fn(grouped, homogeneous, _options(None, None, eps, 1.0))
+    adv = fn(grouped, is_homogeneous(grouped), options)
     return adv.reshape(-1).to(output_dtype(rewards.dtype))
-
-
-# ----------------------------------------------------------------------------- zero variance
-
-# fn(advantages[N], grouped rewards[num_groups, G], homogeneous Bool[N], options)
-#   -> (advantages[N], sample_mask Bool[N])
-ZeroVariancePolicy = Callable[[Tensor, Tensor, Tensor, AdvantageOptions], tuple[Tensor, Tensor]]
-
-ZERO_VARIANCE_POLICIES: Registry[ZeroVariancePolicy] = Registry("zeroVariance mode")
-
-
-def register_zero_variance_policy(
-    name: str,
-) -> Callable[[ZeroVariancePolicy], ZeroVariancePolicy]:
-    """Decorator: register ``fn(advantages[N], grouped[num_groups, G], homogeneous Bool[N],
-    options) -> (advantages[N], sample_mask Bool[N])`` as an ``algorithm.zeroVariance`` mode."""
-    return ZERO_VARIANCE_POLICIES.register(name)
-
-
-@register_zero_variance_policy("agpo")
-def agpo_zero_variance(
-    advantages: Tensor, grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions
-) -> tuple[Tensor, Tensor]:
-    """AGPO v1 (arXiv 2503.15952 v1): a homogeneous group at the maximum attainable reward gets
-    ``+v``, at the minimum ``-v``, otherwise 0; every sample stays in the loss."""
-    signal = agpo_zero_variance_signal(grouped, options).expand_as(grouped).reshape(-1)
-    out = torch.where(homogeneous, signal.to(advantages.dtype), advantages)
-    return out, torch.ones_like(homogeneous)
-
-
-@register_zero_variance_policy("keep")
-def keep_zero_variance(
-    advantages: Tensor, grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions
-) -> tuple[Tensor, Tensor]:
-    """Plain GRPO: homogeneous groups get 0 and still count in the loss's denominator."""
-    return advantages.masked_fill(homogeneous, 0.0), torch.ones_like(homogeneous)
-
-
-@register_zero_variance_policy("mask")
-def mask_zero_variance(
-    advantages: Tensor, grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions
-) -> tuple[Tensor, Tensor]:
-    """AGPO v2/v3 loss mask and Reinforce-Rej's filter: homogeneous groups get 0 and leave the
-    loss's numerator *and* denominator (``sample_mask`` False)."""
-    return advantages.masked_fill(homogeneous, 0.0), ~homogeneous
-
-
-@register_zero_variance_policy("resample")
-def resample_zero_variance(
-    advantages: Tensor, grouped: Tensor, homogeneous: Tensor, options: AdvantageOptions
-) -> tuple[Tensor, Tensor]:
-    """DAPO dynamic sampling (arXiv 2503.14476): drawing more prompts is the trainer loop's
-    job; whatever still has zero variance afterwards is masked exactly like ``mask``."""
-    return mask_zero_variance(advantages, grouped, homogeneous, options)
-
-
-def apply_zero_variance(
-    advantages: Tensor,
-    rewards: Tensor,
-    group_size: int,
-    mode: str,
-    *,
-    max_reward: float | None = None,
-    min_reward: float | None = None,
-    zero_variance_value: float = 1.0,
-) -> tuple[Tensor, Tensor]:
-    """Apply the spec's ``algorithm.zeroVariance`` policy to advantages of any estimator.
-
-    Modes (registered in :data:`ZERO_VARIANCE_POLICIES`): ``agpo`` (``+v/-v/0``, all kept),
-    ``mask`` and ``resample`` (0 and excluded through ``sample_mask``), ``keep`` (0, kept).
-
-    Args:
-        advantages: ``Tensor[N]`` from :func:`compute_advantages`.
-        rewards: ``Tensor[N]`` the advantages were computed from.
-        group_size: ``G``.
-        mode: one of :data:`ZERO_VARIANCE_MODES`.
-        max_reward / min_reward: the attainable reward range the ``agpo`` rule compares a
-            homogeneous group's reward with; ``None`` means 1.0 / 0.0 (the ``accuracy`` range).
-        zero_variance_value: ``v``.
-
-    Returns:
-        ``(advantages Tensor[N], sample_mask Bool[N])`` -- pass ``sample_mask`` to
-        :func:`agpo_trainer.algorithms.compute_policy_loss` (after expanding to rows).
-    """
-    if mode not in ZERO_VARIANCE_MODES:
-        raise ValueError(
-            f"unknown zeroVariance mode {mode!r}; valid names: {', '.join(ZERO_VARIANCE_MODES)}"
-        )
-    grouped = group_view(rewards.detach(), group_size)
-    homogeneous = _homogeneous_groups(grouped).repeat_interleave(group_size)
-    options = _options(max_reward, min_reward, _DEFAULT_EPS, zero_variance_value)
-    return ZERO_VARIANCE_POLICIES.get(mode)(advantages, grouped, homogeneous, options)
-
-
-def compute_advantages_and_mask(
-    rewards: Tensor,
-    group_size: int,
-    *,
-    advantage: str = "grpo",
-    zero_variance: str = "agpo",
-    max_reward: float | None = None,
-    min_reward: float | None = None,
-    eps: float = _DEFAULT_EPS,
-    zero_variance_value: float = 1.0,
-) -> tuple[Tensor, Tensor]:
-    """Spec glue: ``algorithm.advantage`` then ``algorithm.zeroVariance``.
-
-    The estimator decides the groups with variance; ``zero_variance`` alone decides the
-    homogeneous ones: ``agpo`` -> ``+v/-v/0``, ``keep`` -> 0, ``mask``/``resample`` -> 0 and
-    excluded through ``sample_mask``.
-
-    Returns:
-        ``(advantages Tensor[N], sample_mask Bool[N])``.
-    """
-    adv = compute_advantages(rewards, group_size, advantage, eps=eps)
-    return apply_zero_variance(
-        adv,
-        rewards,
-        group_size,
-        zero_variance,
-        max_reward=max_reward,
-        min_reward=min_reward,
-        zero_variance_value=zero_variance_value,
-    )

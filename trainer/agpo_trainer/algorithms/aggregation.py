@@ -1,12 +1,12 @@
 """Loss aggregations (spec ``algorithm.lossAggregation``, verl ``agg_loss`` modes) and the
 global denominators that make the loss independent of micro-batches and world size.
 
-An aggregation has two halves, registered together under one name:
+An aggregation has two halves under one name:
 
-* ``reduce(per_token_loss, token_mask, seq_mask, max_tokens)``: a micro-batch's loss, a mean
-  over that micro-batch's own denominator (its tokens or its sequences);
-* ``denominator(counts)``: which count that denominator is, so the loop can weight each
-  micro-batch by its *share* of the whole batch's denominator.
+* the registered ``fn(per_token_loss, token_mask, seq_mask, max_tokens)``: a micro-batch's
+  loss, a mean over that micro-batch's own denominator (its tokens or its sequences);
+* its ``denominator`` trait (``agpo_api.catalog``): which count that denominator is, so the
+  loop can weight each micro-batch by its *share* of the whole batch's denominator.
 
 ``sum over micro-batches and ranks of reduce * share`` is the aggregation of the whole batch:
 a token-mean over 2 ranks is the token-mean over all their tokens, not the mean of two means.
@@ -31,6 +31,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from agpo_api.catalog import LOSS_AGGREGATIONS as CATALOG
+from agpo_api.catalog import AggregationTraits
+from agpo_api.metrics_table import reduction
 from agpo_trainer.algorithms.registry import Registry
 
 
@@ -49,38 +52,29 @@ def count_included(lengths: Sequence[int], sample_mask: Sequence[bool]) -> Count
 
 # fn(per_token_loss[B,T], token_mask[B,T] float, seq_mask[B] float, max_tokens) -> scalar
 AggregationFn = Callable[[Tensor, Tensor, Tensor, int | None], Tensor]
-# fn(counts) -> the count the aggregation divides by
-DenominatorFn = Callable[[Counts], int]
 
-LOSS_AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation")
-LOSS_DENOMINATORS: Registry[DenominatorFn] = Registry("loss aggregation")
+LOSS_AGGREGATIONS: Registry[AggregationFn, AggregationTraits] = Registry(
+    "loss aggregation", CATALOG
+)
 
-
-def by_tokens(counts: Counts) -> int:
-    """The denominator of token means: included response tokens."""
-    return counts.tokens
-
-
-def by_sequences(counts: Counts) -> int:
-    """The denominator of sequence means: included sequences."""
-    return counts.sequences
+#: What a global denominator counts (an aggregation's ``denominator`` trait) -> the count.
+DENOMINATORS: dict[str, Callable[[Counts], int]] = {
+    "tokens": lambda c: c.tokens,
+    "sequences": lambda c: c.sequences,
+}
 
 
 def register_loss_aggregation(
-    name: str, *, denominator: DenominatorFn
+    name: str, *, traits: AggregationTraits | None = None
 ) -> Callable[[AggregationFn], AggregationFn]:
-    """Decorator: register ``fn(per_token_loss, token_mask, seq_mask, max_tokens) -> scalar``
-    and the count it divides by (:func:`by_tokens` or :func:`by_sequences`).
+    """Decorator: register ``fn(per_token_loss, token_mask, seq_mask, max_tokens) -> scalar``.
+    A new name gives its ``traits``: what its global denominator counts
+    (``AggregationTraits("tokens")`` or ``AggregationTraits("sequences")``).
 
     ``token_mask[B, T]`` (float) already excludes masked samples; ``seq_mask[B]`` (float) is 1
     for sequences that count in a per-sequence denominator (included and non-empty).
     """
-
-    def decorator(fn: AggregationFn) -> AggregationFn:
-        LOSS_DENOMINATORS.register(name)(denominator)
-        return LOSS_AGGREGATIONS.register(name)(fn)
-
-    return decorator
+    return LOSS_AGGREGATIONS.register(name, traits=traits)
 
 
 def get_loss_aggregation(name: str) -> AggregationFn:
@@ -88,12 +82,7 @@ def get_loss_aggregation(name: str) -> AggregationFn:
     return LOSS_AGGREGATIONS.get(name)
 
 
-def get_loss_denominator(name: str) -> DenominatorFn:
-    """Return the denominator of the aggregation ``name`` (ValueError listing valid names)."""
-    return LOSS_DENOMINATORS.get(name)
-
-
-@register_loss_aggregation("token-mean", denominator=by_tokens)
+@register_loss_aggregation("token-mean")
 def token_mean(
     per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
 ) -> Tensor:
@@ -102,7 +91,7 @@ def token_mean(
     return (per_token_loss * token_mask).sum() / token_mask.sum().clamp(min=1.0)
 
 
-@register_loss_aggregation("seq-mean-token-mean", denominator=by_sequences)
+@register_loss_aggregation("seq-mean-token-mean")
 def seq_mean_token_mean(
     per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
 ) -> Tensor:
@@ -111,7 +100,7 @@ def seq_mean_token_mean(
     return (seq_loss * seq_mask).sum() / seq_mask.sum().clamp(min=1.0)
 
 
-@register_loss_aggregation("seq-mean-token-sum", denominator=by_sequences)
+@register_loss_aggregation("seq-mean-token-sum")
 def seq_mean_token_sum(
     per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
 ) -> Tensor:
@@ -121,7 +110,7 @@ def seq_mean_token_sum(
     return (seq_loss * seq_mask).sum() / seq_mask.sum().clamp(min=1.0)
 
 
-@register_loss_aggregation("seq-mean-token-sum-norm", denominator=by_sequences)
+@register_loss_aggregation("seq-mean-token-sum-norm")
 def seq_mean_token_sum_norm(
     per_token_loss: Tensor, token_mask: Tensor, seq_mask: Tensor, max_tokens: int | None
 ) -> Tensor:
@@ -147,23 +136,6 @@ def masks(
     return token_mask, seq_mask
 
 
-def aggregate_loss(
-    per_token_loss: Tensor,
-    response_mask: Tensor,
-    aggregation: str = "token-mean",
-    *,
-    sample_mask: Tensor | None = None,
-    max_tokens: int | None = None,
-) -> Tensor:
-    """Reduce ``per_token_loss[B, T]`` to a scalar with a registered aggregation.
-
-    ``sample_mask[B]`` (Bool, False = excluded) removes rows from numerator and denominator.
-    """
-    fn = get_loss_aggregation(aggregation)
-    token_mask, seq_mask = masks(response_mask, sample_mask, per_token_loss.dtype)
-    return fn(per_token_loss, token_mask, seq_mask, max_tokens)
-
-
 # ----------------------------------------------------------------------------- global weights
 
 
@@ -173,7 +145,7 @@ def micro_batch_share(aggregation: str, local: Counts, total: Counts) -> float:
     A micro-batch's loss is a mean over its own denominator; times this share it becomes its
     part of the mean over the whole (all-rank) batch.
     """
-    count = get_loss_denominator(aggregation)
+    count = DENOMINATORS[LOSS_AGGREGATIONS.traits(aggregation).denominator]
     return count(local) / max(count(total), 1)
 
 
@@ -184,7 +156,14 @@ def rank_loss(loss: Tensor, share: float, world_size: int) -> Tensor:
 
 
 def accumulate(summed: dict[str, float], metrics: Mapping[str, float], share: float) -> None:
-    """Add a micro-batch's metrics, weighted like its loss, into ``summed`` (in place); summed
-    over ranks afterwards they are the whole batch's values."""
+    """Combine a micro-batch's metrics into ``summed`` (in place), each as the metrics table
+    says (``agpo_api.metrics_table.reduction``): a mean figure weighted like its loss (summed
+    over ranks afterwards it is the whole batch's value), a min or max kept as the extreme."""
     for key, value in metrics.items():
-        summed[key] = summed.get(key, 0.0) + value * share
+        how = reduction(key)
+        if how == "mean":
+            summed[key] = summed.get(key, 0.0) + value * share
+        elif key not in summed:
+            summed[key] = value
+        else:
+            summed[key] = min(summed[key], value) if how == "min" else max(summed[key], value)

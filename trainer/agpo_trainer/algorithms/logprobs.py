@@ -1,5 +1,6 @@
-"""Log-probs and entropy of chosen tokens straight from hidden states, a chunk of positions at
-a time, so the ``[N, V]`` logits of all positions never exist at once (pure torch).
+"""Log-probs and entropy of chosen tokens: from logits (:func:`token_logprobs`,
+:func:`entropy_from_logits`), and straight from hidden states, a chunk of positions at a
+time, so the ``[N, V]`` logits of all positions never exist at once (pure torch).
 
 ``linear_token_logprobs(hidden[N, H], weight[V, H], bias, tokens[N])`` is
 ``log_softmax(hidden @ weight.T + bias) / temperature)[n, tokens[n]]`` (and the entropy of that
@@ -27,6 +28,43 @@ import torch
 from torch import Tensor
 
 from agpo_trainer.algorithms.advantages import compute_dtype
+
+
+def token_logprobs(logits: Tensor, token_ids: Tensor) -> Tensor:
+    """Log-probability of each chosen token: ``log_softmax(logits)[b, t, token_ids[b, t]]``.
+
+    Computed as ``logit[id] - logsumexp(logits)`` so the full ``[B, T, V]`` log-softmax is never
+    kept for backward (only ``logsumexp``'s own buffers), in float32 (float64 kept).
+
+    Args:
+        logits: ``Tensor[B, T, V]`` (any float dtype).
+        token_ids: ``LongTensor[B, T]``.
+
+    Returns:
+        ``Tensor[B, T]`` in float32 (or float64): ratios need the precision bf16 lacks.
+    """
+    if logits.dim() != 3 or token_ids.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits [B, T, V] and token_ids [B, T], got {tuple(logits.shape)} "
+            f"and {tuple(token_ids.shape)}"
+        )
+    logits = logits.to(compute_dtype(logits.dtype))
+    chosen = logits.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the categorical given by ``logits``: ``logsumexp(z) - sum softmax(z) * z``.
+
+    Args:
+        logits: ``Tensor[..., V]``.
+
+    Returns:
+        ``Tensor[...]`` in float32 (or float64).
+    """
+    logits = logits.to(compute_dtype(logits.dtype))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
 
 
 def _chunk_logits(

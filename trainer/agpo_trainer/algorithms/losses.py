@@ -13,11 +13,8 @@ Per-token loss of the default ``clipped`` (PPO, arXiv 1707.06347, with DAPO's de
            + kl_coef * k3_t                                # optional, k3 KL to a reference
     k3_t   = exp(ref_t - logp_t) - (ref_t - logp_t) - 1    # (Schulman's k3; log-ratio +-20 as verl)
 
-``gvpo`` (GVPO, arXiv 2504.19599) has no ratio and no clip: per group of ``k`` responses,
-``w_i = A_i - beta * (D_i - mean_g D)`` with ``D_i = sum_t (logp_t - old_logp_t)`` and ``A_i``
-the centred reward (``advantage: dr_grpo``), and the loss ``-beta * sum_i w_i * D_i / (k - 1)``
-with ``w`` held constant; its gradient is that of the paper's
-``1/2 sum_i [beta (D_i - mean D) - A_i]^2 / (k - 1)`` (see :func:`gvpo_loss`).
+``gvpo`` (GVPO, arXiv 2504.19599: no ratio, no clip) is registered in
+:mod:`agpo_trainer.algorithms.gvpo`, the example of a policy loss in a file of its own.
 
 The aggregations (``token-mean``, ...) and their global denominators are in
 :mod:`agpo_trainer.algorithms.aggregation`.
@@ -37,66 +34,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from agpo_api.catalog import POLICY_LOSSES as CATALOG
+from agpo_api.catalog import PolicyLossTraits
+from agpo_api.models import DEFAULT_CLIP, DEFAULT_GVPO_BETA
+from agpo_api.resolved import ResolvedAlgorithm
 from agpo_trainer.algorithms.advantages import compute_dtype
 from agpo_trainer.algorithms.aggregation import get_loss_aggregation, masks
+from agpo_trainer.algorithms.logprobs import entropy_from_logits
 from agpo_trainer.algorithms.registry import Registry
 
-_LOG_RATIO_CLAMP = 20.0  # verl clamps log-ratios to +-20 before exp() to avoid inf
+LOG_RATIO_CLAMP = 20.0  # verl clamps log-ratios to +-20 before exp() to avoid inf
 
 
-# ----------------------------------------------------------------------------- log-probs
-
-
-def token_logprobs(logits: Tensor, token_ids: Tensor) -> Tensor:
-    """Log-probability of each chosen token: ``log_softmax(logits)[b, t, token_ids[b, t]]``.
-
-    Computed as ``logit[id] - logsumexp(logits)`` so the full ``[B, T, V]`` log-softmax is never
-    kept for backward (only ``logsumexp``'s own buffers), in float32 (float64 kept).
-
-    Args:
-        logits: ``Tensor[B, T, V]`` (any float dtype).
-        token_ids: ``LongTensor[B, T]``.
-
-    Returns:
-        ``Tensor[B, T]`` in float32 (or float64): ratios need the precision bf16 lacks.
-    """
-    if logits.dim() != 3 or token_ids.shape != logits.shape[:2]:
-        raise ValueError(
-            f"expected logits [B, T, V] and token_ids [B, T], got {tuple(logits.shape)} "
-            f"and {tuple(token_ids.shape)}"
-        )
-    logits = logits.to(compute_dtype(logits.dtype))
-    chosen = logits.gather(-1, token_ids.long().unsqueeze(-1)).squeeze(-1)
-    return chosen - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the categorical given by ``logits``: ``logsumexp(z) - sum softmax(z) * z``.
-
-    Args:
-        logits: ``Tensor[..., V]``.
-
-    Returns:
-        ``Tensor[...]`` in float32 (or float64).
-    """
-    logits = logits.to(compute_dtype(logits.dtype))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
-
-
-def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k3 estimator of KL(pi || ref) per token: ``exp(d) - d - 1`` with ``d = ref - logp``.
-
-    Unbiased and always >= 0 (J. Schulman, "Approximating KL divergence"; GRPO/DeepSeek-R1 use
-    it). ``d`` is clamped to +-20 like verl so a far-off token cannot give ``inf``.
-    Shapes: ``[B, T]`` in and out.
-    """
-    return _k3(ref_logprobs - logprobs)
-
-
-def _k3(ref_minus_logp: Tensor) -> Tensor:
-    """k3 from the log-ratio ``d = ref - logp`` (clamped to +-20): ``exp(d) - d - 1``."""
-    d = ref_minus_logp.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+def k3(ref_minus_logp: Tensor) -> Tensor:
+    """k3 estimator of KL(pi || ref) per token from the log-ratio ``d = ref - logp``:
+    ``exp(d) - d - 1`` (J. Schulman, "Approximating KL divergence"; GRPO/DeepSeek-R1 use it).
+    Unbiased and always >= 0; ``d`` is clamped to +-20 like verl so a far-off token cannot give
+    ``inf``. Shapes: ``[B, T]`` in and out."""
+    d = ref_minus_logp.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.exp(d) - d - 1.0
 
 
@@ -116,30 +71,38 @@ class PolicyLossOutput:
 
 @dataclass(frozen=True)
 class PolicyLossConfig:
-    """The settings every policy loss receives (each uses what it needs)."""
+    """The settings every policy loss receives (each uses what it needs), built from the
+    resolved ``spec.algorithm`` in one place (:meth:`of`)."""
 
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    beta: float = 0.1  # GVPO's beta (spec algorithm.gvpoBeta)
+    clip_low: float = DEFAULT_CLIP["low"]
+    clip_high: float = DEFAULT_CLIP["high"]
+    beta: float = DEFAULT_GVPO_BETA  # GVPO's beta (spec algorithm.gvpoBeta)
     group_size: int | None = None  # G; GVPO needs whole contiguous groups
+
+    @staticmethod
+    def of(algo: ResolvedAlgorithm) -> PolicyLossConfig:
+        """The config of a resolved ``spec.algorithm``."""
+        return PolicyLossConfig(algo.clip_low, algo.clip_high, algo.gvpo_beta, algo.group_size)
 
 
 # fn(log_ratio[B,T], advantages[B,1], token_mask[B,T], config) -> PolicyLossOutput
 PolicyLossFn = Callable[[Tensor, Tensor, Tensor, PolicyLossConfig], PolicyLossOutput]
 
-POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
+POLICY_LOSSES: Registry[PolicyLossFn, PolicyLossTraits] = Registry("policy loss", CATALOG)
 
 
-def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
+def register_policy_loss(
+    name: str, *, traits: PolicyLossTraits | None = None
+) -> Callable[[PolicyLossFn], PolicyLossFn]:
     """Decorator: register ``fn(log_ratio, advantages, token_mask, config)`` (spec
     ``algorithm.policyLoss``).
 
     ``log_ratio = logp - old_logp`` (0 on padding) and ``token_mask`` (float, excluded samples
     zeroed) are ``[B, T]``, ``advantages`` ``[B, 1]``, ``config`` a :class:`PolicyLossConfig`;
     the function returns a :class:`PolicyLossOutput` whose ``per_token_loss`` the spec's
-    aggregation reduces.
+    aggregation reduces. A new name gives its ``traits`` (whole groups, its own aggregation).
     """
-    return POLICY_LOSSES.register(name)
+    return POLICY_LOSSES.register(name, traits=traits)
 
 
 def get_policy_loss(name: str) -> PolicyLossFn:
@@ -169,72 +132,8 @@ def clipped_loss(
     ``rho_t = exp(logp_t - old_logp_t)``, ``loss_t = -min(rho_t A, clip(rho_t, 1-low, 1+high) A)``.
     Shapes: ``[B, T]`` log-ratio and mask, ``[B, 1]`` advantages.
     """
-    ratio = torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     return _clipped_surrogate(ratio, advantages, config.clip_low, config.clip_high)
-
-
-def gvpo_weights(
-    log_ratio: Tensor, advantages: Tensor, token_mask: Tensor, beta: float, group_size: int
-) -> tuple[Tensor, Tensor]:
-    """GVPO's per-response weights and log-ratio sums (arXiv 2504.19599).
-
-    ``D_i = sum_t m_it (logp_it - old_logp_it)`` and ``w_i = A_i - beta * (D_i - mean_g D)``,
-    the mean over the ``G`` responses of ``i``'s group (rows ``[g*G:(g+1)*G]``).
-
-    Args:
-        log_ratio: ``Tensor[B, T]``; token_mask: ``Tensor[B, T]`` (float); advantages ``[B, 1]``
-            (the centred rewards ``R_i - mean R`` for the paper's objective).
-        beta: GVPO's beta; group_size: ``G`` (``B % G == 0``).
-
-    Returns:
-        ``(w Tensor[B], D Tensor[B])``; ``w`` is detached (a constant of the loss), ``D`` is not.
-    """
-    b = log_ratio.shape[0]
-    if group_size < 2 or b % group_size != 0:
-        raise ValueError(
-            f"gvpo needs whole groups of size >= 2: {b} rows, group_size={group_size} (all "
-            f"responses of a prompt must be in the same micro-batch)"
-        )
-    d = (log_ratio * token_mask).sum(dim=-1)
-    dg = d.detach().view(-1, group_size)
-    centred = (dg - dg.mean(dim=-1, keepdim=True)).reshape(-1)
-    w = advantages.detach().reshape(-1) - beta * centred
-    return w, d
-
-
-@register_policy_loss("gvpo")
-def gvpo_loss(
-    log_ratio: Tensor, advantages: Tensor, token_mask: Tensor, config: PolicyLossConfig
-) -> PolicyLossOutput:
-    """GVPO (Group Variance Policy Optimization, arXiv 2504.19599): no ratio, no clip.
-
-    Per group of ``k = G`` responses the paper minimises
-    ``L_g = 1/2 sum_i [beta (D_i - mean D) - (R_i - mean R)]^2 / (k - 1)`` with
-    ``D_i = sum_t log(pi_theta / pi_old)``. Its gradient is
-    ``-beta sum_i w_i grad D_i / (k - 1)``, ``w_i = (R_i - mean R) - beta (D_i - mean D)``
-    (the cross term with ``mean grad D`` vanishes because the bracket sums to 0 over a
-    group), so the per-token loss is ``l_it = -beta * k / (k - 1) * w_i * log_ratio_it`` with
-    ``w`` constant: summed over tokens and averaged over the batch's sequences
-    (``lossAggregation: seq-mean-token-sum``) it is ``mean_g`` of the paper's gradient.
-    ``A_i`` stands for ``R_i - mean R`` (``advantage: dr_grpo``). Rows of a group must be
-    contiguous and together (``config.group_size``). ``extra["gvpo/mse"]`` is the paper's
-    ``L_g`` averaged over the included groups (0 when rewards equal the implied rewards).
-    """
-    if config.group_size is None:
-        raise ValueError("policy loss gvpo needs group_size (completions per prompt)")
-    k = config.group_size
-    w, _ = gvpo_weights(log_ratio, advantages, token_mask, config.beta, k)
-    scale = -config.beta * k / (k - 1)
-    per_token = scale * w.unsqueeze(-1) * log_ratio
-    with torch.no_grad():
-        kept = (token_mask.sum(dim=-1) > 0).view(-1, k).any(dim=-1)
-        # (A_i - mean A) - beta (D_i - mean D): the paper's bracket (A = R - mean R already)
-        residual = w.view(-1, k) - advantages.detach().view(-1, k).mean(dim=-1, keepdim=True)
-        per_group = 0.5 * (residual**2).sum(dim=-1) / (k - 1)
-        mse = (per_group * kept).sum() / kept.sum().clamp(min=1)
-    ratio = torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)).detach()
-    none = torch.zeros_like(log_ratio, dtype=torch.bool)
-    return PolicyLossOutput(per_token, ratio, none, none, {"gvpo/mse": mse})
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -275,11 +174,11 @@ def _masked_mean(x: Tensor, mask: Tensor, count: Tensor) -> Tensor:
 
 
 def _masked_extreme(x: Tensor, mask: Tensor, largest: bool) -> Tensor:
-    """Max (or min) of ``x`` over the True entries of ``mask``; 0 if none."""
+    """Max (or min) of ``x`` over the True entries of ``mask``; ``-inf`` (``inf``) if none:
+    the neutral value of a max (min) over micro-batches and ranks."""
     fill = torch.tensor(-math.inf if largest else math.inf, dtype=x.dtype, device=x.device)
     value = torch.where(mask, x, fill)
-    out = value.amax() if largest else value.amin()
-    return torch.where(torch.isinf(out), torch.zeros_like(out), out)
+    return value.amax() if largest else value.amin()
 
 
 def _to_floats(values: dict[str, Tensor]) -> dict[str, float]:
@@ -296,8 +195,7 @@ def compute_policy_loss(
     advantages: Tensor,
     response_mask: Tensor,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.28,
+    config: PolicyLossConfig = PolicyLossConfig(),
     ref_logprobs: Tensor | None = None,
     kl_coef: float = 0.0,
     aggregation: str = "token-mean",
@@ -306,8 +204,6 @@ def compute_policy_loss(
     logits: Tensor | None = None,
     entropy: Tensor | None = None,
     loss_type: str = "clipped",
-    gvpo_beta: float = 0.1,
-    group_size: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Policy loss (clipped surrogate or GVPO) with optional k3 KL, masked groups, aggregation.
 
@@ -317,8 +213,8 @@ def compute_policy_loss(
         old_logprobs: ``Tensor[B, T]`` log-probs from the rollout policy (no grad is taken).
         advantages: ``Tensor[B]``, one per sequence (from ``compute_advantages``; no grad).
         response_mask: ``[B, T]`` bool/0-1, True on response tokens.
-        clip_low / clip_high: ``epsilon_low`` / ``epsilon_high`` (DAPO clip-higher 0.2 / 0.28;
-            spec ``algorithm.clip.low|high``).
+        config: :class:`PolicyLossConfig` (``PolicyLossConfig.of(resolved algorithm)``): the
+            clip range ``epsilon_low`` / ``epsilon_high``, GVPO's ``beta`` and ``G``.
         ref_logprobs: ``Tensor[B, T]`` reference-policy log-probs for the KL term / metric.
         kl_coef: ``beta`` (spec ``algorithm.klCoefficient``); ``> 0`` requires ``ref_logprobs``.
         aggregation: ``token-mean`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum-norm``.
@@ -328,23 +224,25 @@ def compute_policy_loss(
         entropy: ``Tensor[B, T]``, the per-token entropies themselves (the chunked
             log-prob path computes them without ``[B, T, V]`` logits); instead of ``logits``.
         loss_type: registered policy loss, spec ``algorithm.policyLoss``: ``clipped`` |
-            ``gvpo`` (which ignores the clip and needs ``group_size`` and whole groups).
-        gvpo_beta: GVPO's ``beta`` (spec ``algorithm.gvpoBeta``).
-        group_size: ``G``; rows ``[g*G:(g+1)*G]`` are one prompt's responses (GVPO).
+            ``gvpo`` (which ignores the clip and needs ``config.group_size`` and whole groups).
 
     Returns:
         ``(loss, metrics)``: ``loss`` a scalar (float32/float64) with a graph to ``logprobs``;
-        ``metrics`` python floats computed over the included response tokens:
-        ``loss``, ``policy_loss``, ``kl`` (when ``ref_logprobs`` given), ``entropy`` (when
-        ``logits`` or ``entropy`` given), ``clip_ratio/low_mean``, ``clip_ratio/high_mean``,
-        ``clip_ratio/region_mean``, ``ratio/mean``, ``ratio/min``, ``ratio/max``,
-        ``num_tokens``, ``frac_samples_masked``; ``gvpo/mse`` with ``gvpo``.
+        ``metrics`` python floats over the included response tokens, named as the fields of
+        the metrics table (``agpo_api.metrics_table``, which says how micro-batches and ranks
+        combine each): ``loss``, ``policy_loss``, ``kl`` (when ``ref_logprobs`` given),
+        ``entropy`` (when ``logits`` or ``entropy`` given), ``clip_ratio_low``,
+        ``clip_ratio_high``, ``ratio_mean``, ``ratio_min`` and ``ratio_max`` (``inf`` and ``-inf``
+        when no token is included: neutral in a min or max over micro-batches and ranks), and
+        what the loss adds (``gvpo_mse`` with ``gvpo``).
     """
     _check_shapes(
         logprobs, old_logprobs, advantages, response_mask, ref_logprobs, sample_mask, logits
     )
-    if clip_low < 0 or clip_high < 0 or clip_low >= 1:
-        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if config.clip_low < 0 or config.clip_high < 0 or config.clip_low >= 1:
+        raise ValueError(
+            f"need 0 <= clip_low < 1 and clip_high >= 0, got {config.clip_low}, {config.clip_high}"
+        )
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
     if kl_coef > 0 and ref_logprobs is None:
@@ -372,19 +270,16 @@ def compute_policy_loss(
     zero = torch.zeros((), dtype=dtype, device=logp.device)
     log_ratio = torch.where(valid, logp - old, zero)
 
-    config = PolicyLossConfig(clip_low, clip_high, gvpo_beta, group_size)
     out = loss_fn(log_ratio, adv, token_mask, config)
     policy_loss = agg_fn(out.per_token_loss, token_mask, seq_mask, max_tokens)
 
     kl: Tensor | None = None
-    kl_loss: Tensor | None = None
     if ref_logprobs is not None:
-        kl = _k3(torch.where(valid, ref_logprobs.detach().to(dtype) - logp, zero))
+        kl = k3(torch.where(valid, ref_logprobs.detach().to(dtype) - logp, zero))
     if kl is not None and kl_coef > 0:
         # Per-token KL in the loss (GRPO). Every aggregation is linear, so
         # agg(pg + beta * kl) == agg(pg) + beta * agg(kl).
-        kl_loss = agg_fn(kl, token_mask, seq_mask, max_tokens)
-        loss = policy_loss + kl_coef * kl_loss
+        loss = policy_loss + kl_coef * agg_fn(kl, token_mask, seq_mask, max_tokens)
     else:
         loss = policy_loss
 
@@ -394,27 +289,18 @@ def compute_policy_loss(
         values: dict[str, Tensor] = {
             "loss": loss,
             "policy_loss": policy_loss,
-            "clip_ratio/low_mean": _masked_mean(out.clipped_low, counted, count),
-            "clip_ratio/high_mean": _masked_mean(out.clipped_high, counted, count),
-            "clip_ratio/region_mean": _masked_mean(
-                out.clipped_low | out.clipped_high, counted, count
-            ),
-            "ratio/mean": _masked_mean(out.ratio, counted, count),
-            "ratio/min": _masked_extreme(out.ratio, counted, largest=False),
-            "ratio/max": _masked_extreme(out.ratio, counted, largest=True),
-            "num_tokens": count,
+            "clip_ratio_low": _masked_mean(out.clipped_low, counted, count),
+            "clip_ratio_high": _masked_mean(out.clipped_high, counted, count),
+            "ratio_mean": _masked_mean(out.ratio, counted, count),
+            "ratio_min": _masked_extreme(out.ratio, counted, largest=False),
+            "ratio_max": _masked_extreme(out.ratio, counted, largest=True),
             **out.extra,
         }
-        if sample_mask is not None and sample_mask.numel() > 0:
-            values["frac_samples_masked"] = (~sample_mask.bool()).float().mean()
         if kl is not None:
             values["kl"] = _masked_mean(kl, counted, count)
-        if kl_loss is not None:
-            values["kl_loss"] = kl_loss
         if logits is not None:
             entropy = entropy_from_logits(logits.detach())
         if entropy is not None:
             values["entropy"] = _masked_mean(entropy.detach(), counted, count)
         metrics = _to_floats(values)
-    metrics.setdefault("frac_samples_masked", 0.0)
     return loss, metrics

@@ -25,7 +25,6 @@ from agpo_trainer.rewards.base import (
     call_reward_function,
     check_reward_output,
     register_reward,
-    reward_bounds,
 )
 from agpo_trainer.rewards.custom import CustomRewardFunction, load_reward_function
 from agpo_trainer.rewards.length import (
@@ -34,11 +33,12 @@ from agpo_trainer.rewards.length import (
     compute_length_reward,
     kimi_length_reward,
     overlong_penalty,
+    register_length_reward,
 )
 from agpo_trainer.rewards.scoring import (
-    attainable_reward_range,
     combine_rewards,
     get_reward_function,
+    judge,
     score,
 )
 
@@ -51,7 +51,6 @@ __all__ = [
     "accuracy_reward",
     "agpo_length_reward",
     "answer_is_correct",
-    "attainable_reward_range",
     "call_reward_function",
     "check_reward_output",
     "combine_rewards",
@@ -59,12 +58,13 @@ __all__ = [
     "extract_answer",
     "format_reward",
     "get_reward_function",
+    "judge",
     "kimi_length_reward",
     "load_reward_function",
     "normalize_answer",
     "overlong_penalty",
     "reference_answer",
+    "register_length_reward",
     "register_reward",
-    "reward_bounds",
     "score",
 ]

@@ -188,7 +188,7 @@ def answer_is_correct(completion: str, answer: str) -> bool:
     return _math_equal(pred, gold)
 
 
-@register_reward("accuracy", bounds=(0.0, 1.0))
+@register_reward("accuracy")
 def accuracy_reward(
     prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]
 ) -> list[float]:
@@ -198,7 +198,7 @@ def accuracy_reward(
     ]
 
 
-@register_reward("format", bounds=(0.0, 1.0))
+@register_reward("format")
 def format_reward(
     prompts: Sequence[str], completions: Sequence[str], answers: Sequence[str]
 ) -> list[float]:

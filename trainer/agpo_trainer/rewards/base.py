@@ -17,14 +17,12 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 
+from agpo_api.catalog import REWARDS, RewardTraits
 from agpo_trainer.algorithms.registry import Registry
 
 RewardFn = Callable[[list[str], list[str], list[str]], Sequence[float]]
 
-REWARD_FUNCTIONS: Registry[RewardFn] = Registry("reward function")
-
-# Attainable [min, max] per named reward; used to find AGPO's max/min reward.
-_REWARD_BOUNDS: dict[str, tuple[float, float]] = {}
+REWARD_FUNCTIONS: Registry[RewardFn, RewardTraits] = Registry("reward function", REWARDS)
 
 
 class RewardFunctionError(ValueError):
@@ -41,22 +39,12 @@ def register_reward(
 ) -> Callable[[RewardFn], RewardFn]:
     """Decorator: register a reward function under ``name``.
 
-    ``bounds=(lo, hi)`` declares the attainable range (used by
-    :func:`agpo_trainer.rewards.attainable_reward_range` for AGPO's zero-variance rule).
+    A builtin name takes its attainable range from ``agpo_api.catalog.REWARDS``; a new name
+    declares it with ``bounds=(lo, hi)`` (AGPO's zero-variance rule compares a homogeneous
+    group's summed reward with the summed range: ``agpo_api.resolved``).
     """
-
-    def decorator(fn: RewardFn) -> RewardFn:
-        REWARD_FUNCTIONS.register(name)(fn)
-        if bounds is not None:
-            _REWARD_BOUNDS[name] = (float(bounds[0]), float(bounds[1]))
-        return fn
-
-    return decorator
-
-
-def reward_bounds(name: str) -> tuple[float, float] | None:
-    """The declared ``(min, max)`` of a named reward, or None when unknown (custom functions)."""
-    return _REWARD_BOUNDS.get(name)
+    traits = None if bounds is None else RewardTraits((float(bounds[0]), float(bounds[1])))
+    return REWARD_FUNCTIONS.register(name, traits=traits)
 
 
 def check_reward_output(values: object, n: int, name: str) -> list[float]:

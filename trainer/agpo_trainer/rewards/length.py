@@ -8,7 +8,8 @@ float64) so the ``1e-6`` of the AGPO denominator is not rounded away, and return
 
 Spec ``algorithm.lengthReward.type`` -> function: ``agpo`` -> :func:`agpo_length_reward`,
 ``kimi`` -> :func:`kimi_length_reward`, ``overlong`` -> :func:`overlong_penalty`, ``none`` ->
-zeros; :func:`compute_length_reward` dispatches through the ``LENGTH_REWARDS`` registry.
+zeros; :func:`compute_length_reward` dispatches through the ``LENGTH_REWARDS`` registry, whose
+entries receive the resolved ``lengthReward`` section (``agpo_api.resolved``).
 ``lengthReward.scope`` (``mixed`` | ``all``, :data:`AGPO_SCOPES`) picks the groups AGPO's
 bonus applies to; ``lengthReward.target`` is the caller's choice of ``lengths`` (completion
 tokens, or reasoning tokens: :mod:`agpo_trainer.rewards.reasoning`).
@@ -21,6 +22,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from agpo_api.catalog import LENGTH_REWARDS as CATALOG
+from agpo_api.catalog import LengthRewardTraits
+from agpo_api.resolved import ResolvedLengthReward
 from agpo_trainer.algorithms.advantages import group_view
 from agpo_trainer.algorithms.registry import Registry
 
@@ -29,7 +33,7 @@ _AGPO_EPS = 1e-6  # AGPO authors' code: 1 - (L - Lmin) / (Lmax - Lmin + 1e-6)
 #: ``lengthReward.scope`` -> which groups get AGPO's bonus: ``correct Bool[groups, G]`` ->
 #: ``Bool[groups, 1]``. Neither scope rewards an all-wrong group (no correct answer to
 #: prefer), so the bonus never lifts a failed group off the minimum reward.
-AGPO_SCOPES: Registry[Callable[[Tensor], Tensor]] = Registry("length reward scope")
+AGPO_SCOPES: Registry[Callable[[Tensor], Tensor], None] = Registry("length reward scope")
 
 
 @AGPO_SCOPES.register("mixed")
@@ -85,7 +89,7 @@ def agpo_length_reward(
     their shortest gets ``coef``), so such a group now has reward variance whenever its
     lengths differ; an all-correct group of equal lengths gets ``coef`` each and stays
     homogeneous (at ``max + coef``: the range the zero-variance rule must compare with, see
-    ``experience.reward_range``). All-wrong groups get 0 in either scope.
+    ``ResolvedLengthReward.homogeneous_bonus``). All-wrong groups get 0 in either scope.
 
     Args:
         lengths: ``Tensor[N]`` lengths in tokens (completion or reasoning tokens).
@@ -176,92 +180,50 @@ def overlong_penalty(
     return (coef * penalty).to(dtype)
 
 
-def homogeneous_bonus(kind: str, coef: float, scope: str) -> float:
-    """What the length term adds to every answer of an all-correct group of equal lengths:
-    ``coef`` for ``agpo`` with scope ``all`` (ties get the full bonus), else 0. The top of the
-    attainable reward moves up by it, so AGPO's zero-variance rule still gives such a group
-    ``+1`` (it compares a homogeneous group's reward with that top)."""
-    return float(coef) if kind == "agpo" and scope == "all" else 0.0
-
-
 # ----------------------------------------------------------------------------- dispatch
 
-# fn(lengths[N], correct Bool[N], group_size, coef, max_tokens, buffer_tokens, scope)
-#   -> Tensor[N]; scope is AGPO's (the group-wide rules of the others have no choice of groups)
-LengthRewardFn = Callable[[Tensor, Tensor, int, float, int | None, int | None, str], Tensor]
+# fn(lengths[N], correct Bool[N], group_size, spec) -> Tensor[N]: each type reads the fields of
+# its resolved section it needs (coefficient; maxTokens/bufferTokens; scope)
+LengthRewardFn = Callable[[Tensor, Tensor, int, ResolvedLengthReward], Tensor]
 
-LENGTH_REWARDS: Registry[LengthRewardFn] = Registry("length reward")
+LENGTH_REWARDS: Registry[LengthRewardFn, LengthRewardTraits] = Registry("length reward", CATALOG)
 
 
-@LENGTH_REWARDS.register("none")
-def _none(
-    lengths: Tensor,
-    correct: Tensor,
-    group_size: int,
-    coef: float,
-    max_tokens: int | None,
-    buffer_tokens: int | None,
-    scope: str,
-) -> Tensor:
+def register_length_reward(
+    name: str, *, traits: LengthRewardTraits | None = None
+) -> Callable[[LengthRewardFn], LengthRewardFn]:
+    """Decorator: register ``fn(lengths, correct, group_size, spec) -> Tensor[N]`` as
+    ``algorithm.lengthReward.type``; ``spec`` is the resolved ``lengthReward`` section. A new
+    name gives its ``traits`` (its default coefficient, whether it reads a limit or a scope)."""
+    return LENGTH_REWARDS.register(name, traits=traits)
+
+
+@register_length_reward("none")
+def _none(lengths: Tensor, correct: Tensor, group_size: int, spec: ResolvedLengthReward) -> Tensor:
     return torch.zeros(lengths.shape, dtype=torch.float32, device=lengths.device)
 
 
-@LENGTH_REWARDS.register("agpo")
-def _agpo(
-    lengths: Tensor,
-    correct: Tensor,
-    group_size: int,
-    coef: float,
-    max_tokens: int | None,
-    buffer_tokens: int | None,
-    scope: str,
-) -> Tensor:
-    return agpo_length_reward(lengths, correct, group_size, coef, scope=scope)
+@register_length_reward("agpo")
+def _agpo(lengths: Tensor, correct: Tensor, group_size: int, spec: ResolvedLengthReward) -> Tensor:
+    return agpo_length_reward(lengths, correct, group_size, spec.coefficient, scope=spec.scope)
 
 
-@LENGTH_REWARDS.register("kimi")
-def _kimi(
-    lengths: Tensor,
-    correct: Tensor,
-    group_size: int,
-    coef: float,
-    max_tokens: int | None,
-    buffer_tokens: int | None,
-    scope: str,
-) -> Tensor:
-    return kimi_length_reward(lengths, correct, group_size, coef)
+@register_length_reward("kimi")
+def _kimi(lengths: Tensor, correct: Tensor, group_size: int, spec: ResolvedLengthReward) -> Tensor:
+    return kimi_length_reward(lengths, correct, group_size, spec.coefficient)
 
 
-@LENGTH_REWARDS.register("overlong")
+@register_length_reward("overlong")
 def _overlong(
-    lengths: Tensor,
-    correct: Tensor,
-    group_size: int,
-    coef: float,
-    max_tokens: int | None,
-    buffer_tokens: int | None,
-    scope: str,
+    lengths: Tensor, correct: Tensor, group_size: int, spec: ResolvedLengthReward
 ) -> Tensor:
-    if max_tokens is None or buffer_tokens is None:
-        raise ValueError("lengthReward.type 'overlong' needs maxTokens and bufferTokens")
-    return overlong_penalty(lengths, max_tokens, buffer_tokens, coef=coef)
+    if spec.buffer_tokens is None:  # resolved: a type with the limit trait always has one
+        raise ValueError("lengthReward.type 'overlong' needs bufferTokens")
+    return overlong_penalty(lengths, spec.max_tokens, spec.buffer_tokens, coef=spec.coefficient)
 
 
 def compute_length_reward(
-    kind: str,
-    lengths: Tensor,
-    correct: Tensor,
-    group_size: int,
-    *,
-    coef: float = 0.1,
-    max_tokens: int | None = None,
-    buffer_tokens: int | None = None,
-    scope: str = "mixed",
+    spec: ResolvedLengthReward, lengths: Tensor, correct: Tensor, group_size: int
 ) -> Tensor:
-    """Spec ``algorithm.lengthReward`` -> ``Tensor[N]`` float32 (``none|agpo|kimi|overlong``).
-
-    ``coef`` scales every type (for ``overlong`` it multiplies DAPO's ``[-1, 0]`` penalty);
-    ``scope`` is ``agpo``'s (``mixed`` | ``all``).
-    """
-    fn = LENGTH_REWARDS.get(kind)
-    return fn(lengths, correct, group_size, coef, max_tokens, buffer_tokens, scope)
+    """The resolved ``algorithm.lengthReward`` -> ``Tensor[N]`` float32."""
+    return LENGTH_REWARDS.get(spec.type)(lengths, correct, group_size, spec)

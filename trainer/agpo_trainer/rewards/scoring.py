@@ -1,7 +1,5 @@
-"""Scoring a rollout batch: named/custom rewards, weighted combination, length reward.
-
-Independent of the spec model (plain arguments); the trainer glues ``spec.rewards`` and
-``spec.algorithm.lengthReward`` to :func:`score`.
+"""Scoring a rollout batch: named/custom rewards, their weighted sum, what counts as correct,
+and the length reward, all as the resolved ``spec.algorithm`` says (``agpo_api.resolved``).
 """
 
 from __future__ import annotations
@@ -11,17 +9,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from agpo_trainer.rewards.base import (
-    REWARD_FUNCTIONS,
-    RewardFn,
-    call_reward_function,
-    reward_bounds,
-)
+from agpo_api.resolved import ResolvedAlgorithm
+from agpo_trainer.rewards.base import REWARD_FUNCTIONS, RewardFn, call_reward_function
 from agpo_trainer.rewards.custom import is_custom_spec, load_reward_function
 from agpo_trainer.rewards.length import compute_length_reward
 
 LENGTH_COMPONENT = "length"
-CORRECT_THRESHOLD = 0.5  # "correct" = accuracy reward > 0.5
 
 
 def get_reward_function(name: str) -> RewardFn:
@@ -66,36 +59,47 @@ def combine_rewards(components: Mapping[str, Tensor], weights: Mapping[str, floa
     return total
 
 
-def attainable_reward_range(
-    rewards: Sequence[tuple[str, float]],
-    bounds: Mapping[str, tuple[float, float]] | None = None,
-) -> tuple[float, float] | None:
-    """``(min, max)`` of ``sum_k w_k r_k`` over the rewards' bounds.
-
-    This is what AGPO's zero-variance rule compares a homogeneous group's reward with (pass it
-    as ``apply_zero_variance(..., min_reward=lo, max_reward=hi)``). ``bounds`` gives the range
-    of custom functions by name (spec ``rewards[].bounds``); builtin rewards declare theirs.
-    Length rewards are left out: they are 0 on homogeneous groups (AGPO by construction; Kimi
-    when lengths are equal; overlong below the buffer), except AGPO's with scope ``all``,
-    whose top the caller adds (:func:`agpo_trainer.rewards.length.homogeneous_bonus`).
-    Returns None when a reward has no known range (the spec refuses zeroVariance agpo then).
-    """
-    declared = dict(bounds or {})
-    lo = hi = 0.0
-    for name, weight in rewards:
-        bound = declared.get(name) or reward_bounds(name)
-        if bound is None:
-            return None
-        a, b = weight * bound[0], weight * bound[1]
-        lo += min(a, b)
-        hi += max(a, b)
-    return lo, hi
-
-
 def _as_lengths(lengths: Tensor | Sequence[int]) -> Tensor:
     if isinstance(lengths, Tensor):
         return lengths
     return torch.as_tensor(list(lengths), dtype=torch.long)
+
+
+def judge(
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    answers: Sequence[str],
+    algo: ResolvedAlgorithm,
+    device: torch.device | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Every reward of ``algo.rewards`` by key (``Tensor[N]`` float32 each) and ``correct
+    Bool[N]``: ``value > correct_threshold`` of the deciding reward, unweighted (``accuracy``
+    is computed for it when it is not among the rewards; it then stays out of the total)."""
+    n = len(completions)
+    if len(prompts) != n or len(answers) != n:
+        raise ValueError(
+            f"prompts ({len(prompts)}), completions ({n}) and answers ({len(answers)}) "
+            f"must have the same length"
+        )
+    keys = [r.key for r in algo.rewards]
+    if len(set(keys)) != len(keys) or LENGTH_COMPONENT in keys:
+        raise ValueError(f"reward names must be unique and not {LENGTH_COMPONENT!r}: {keys}")
+
+    def values(key: str) -> Tensor:
+        out = call_reward_function(
+            get_reward_function(key), prompts, completions, answers, name=key
+        )
+        return torch.tensor(out, dtype=torch.float32, device=device)
+
+    components = {key: values(key) for key in keys}
+    deciding = algo.correct_reward
+    if deciding not in components and deciding != "accuracy":
+        raise ValueError(
+            f"correct names reward {deciding!r}, which is not among the rewards {keys}; "
+            f"name one of them or accuracy"
+        )
+    decisive = components[deciding] if deciding in components else values(deciding)
+    return components, decisive > float(algo.correct_threshold)
 
 
 def score(
@@ -104,11 +108,8 @@ def score(
     answers: Sequence[str],
     lengths: Tensor | Sequence[int],
     group_size: int,
-    rewards: Sequence[tuple[str, float]] = (("accuracy", 1.0),),
-    length_reward: tuple[str, float] | tuple[str, float, int | None, int | None] | None = None,
-    correct: tuple[str, float] = ("accuracy", CORRECT_THRESHOLD),
+    algo: ResolvedAlgorithm,
     *,
-    length_scope: str = "mixed",
     length_values: Tensor | Sequence[int] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Score ``N`` completions: rewards, their weighted sum and the length reward.
@@ -117,79 +118,32 @@ def score(
         prompts / completions / answers: ``N`` strings each (prompt repeated per completion).
         lengths: ``Tensor[N]`` or ints, completion lengths in tokens.
         group_size: ``G``; group ``g`` is ``[g*G:(g+1)*G]``.
-        rewards: ``(name, weight)`` pairs; ``name`` is a registered reward (``accuracy``,
-            ``format``) or ``"module:callable"``.
-        length_reward: ``(type, coef[, max_tokens[, buffer_tokens]])`` with type
-            ``none | agpo | kimi | overlong`` (spec ``algorithm.lengthReward``), or None.
-        length_scope: ``agpo``'s groups, ``mixed`` | ``all`` (``lengthReward.scope``).
+        algo: the resolved ``spec.algorithm``: the rewards with their weights, what counts as
+            correct, the length reward.
         length_values: ``[N]`` the lengths the length reward measures, default ``lengths``
             (``lengthReward.target: reasoning`` passes the reasoning tokens).
 
     Returns:
         ``(total Tensor[N] float32, components {name: Tensor[N]}, correct Bool[N])``.
         ``components`` holds every reward by name and, with a length reward, ``"length"``
-        (already scaled by ``coef``, weight 1). ``correct`` is ``value > threshold`` of the
-        reward ``correct = (name, threshold)`` names (spec ``algorithm.correct``; default
-        ``accuracy > 0.5``), unweighted; ``accuracy`` is computed for it even when it is not
-        among ``rewards`` (it is then not in the total). Tensors live on ``lengths``' device.
+        (already scaled by its coefficient, weight 1). Tensors live on ``lengths``' device.
     """
     n = len(completions)
-    if len(prompts) != n or len(answers) != n:
-        raise ValueError(
-            f"prompts ({len(prompts)}), completions ({n}) and answers ({len(answers)}) "
-            f"must have the same length"
-        )
     length_t = _as_lengths(lengths)
     if length_t.shape != (n,):
         raise ValueError(f"lengths must be [N]=({n},), got {tuple(length_t.shape)}")
     if group_size < 1 or n % group_size != 0:
         raise ValueError(f"{n} completions are not divisible into groups of {group_size}")
-    names = [name for name, _ in rewards]
-    if len(set(names)) != len(names) or LENGTH_COMPONENT in names:
-        raise ValueError(f"reward names must be unique and not {LENGTH_COMPONENT!r}: {names}")
     device = length_t.device
-
-    components: dict[str, Tensor] = {}
-    weights: dict[str, float] = {}
-    for name, weight in rewards:
-        fn = get_reward_function(name)
-        values = call_reward_function(fn, prompts, completions, answers, name=name)
-        components[name] = torch.tensor(values, dtype=torch.float32, device=device)
-        weights[name] = float(weight)
-
-    judge, threshold = correct
-    if judge in components:
-        decisive = components[judge]
-    elif judge == "accuracy":
-        values = call_reward_function(
-            REWARD_FUNCTIONS.get("accuracy"), prompts, completions, answers, name="accuracy"
-        )
-        decisive = torch.tensor(values, dtype=torch.float32, device=device)
-    else:
-        raise ValueError(
-            f"correct names reward {judge!r}, which is not among the rewards {names}; "
-            f"name one of them or accuracy"
-        )
-    is_correct = decisive > float(threshold)
-
-    if length_reward is not None and length_reward[0] != "none":
-        kind, coef, *rest = length_reward
-        max_tokens = rest[0] if len(rest) > 0 else None
-        buffer_tokens = rest[1] if len(rest) > 1 else None
+    components, is_correct = judge(prompts, completions, answers, algo, device)
+    weights = {r.key: float(r.weight) for r in algo.rewards}
+    if algo.length_reward.active:
         measured = length_t if length_values is None else _as_lengths(length_values).to(device)
         if measured.shape != (n,):
             raise ValueError(f"length_values must be [N]=({n},), got {tuple(measured.shape)}")
         components[LENGTH_COMPONENT] = compute_length_reward(
-            kind,
-            measured,
-            is_correct,
-            group_size,
-            coef=float(coef),
-            max_tokens=max_tokens,
-            buffer_tokens=buffer_tokens,
-            scope=length_scope,
+            algo.length_reward, measured, is_correct, group_size
         ).to(device)
-
     if not components:
         raise ValueError("score needs at least one reward or a length reward")
     return combine_rewards(components, weights), components, is_correct

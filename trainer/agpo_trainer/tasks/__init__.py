@@ -1,10 +1,33 @@
-"""Builtin reasoning tasks that generalise (pure Python, no torch).
-
-Each task module is a pure generator: the problem space, a stable-hash split into warm-up /
-RL-train / eval / test, a difficulty per problem, the completion grammar and a grader.
-See ``bitcount`` (tagged bit counting, ``a1b0c1=`` -> ``Answer:2``).
+"""Builtin tasks with verifiable answers (pure Python, no torch), one file each, registered by
+name (:func:`register_task`; :func:`get_task` looks one up). See :mod:`agpo_trainer.tasks.base`
+for what a task provides, ``arithmetic`` and ``bitcount`` for the two shipped ones.
 """
 
-from agpo_trainer.tasks import bitcount
+from agpo_trainer.tasks import arithmetic, bitcount
+from agpo_trainer.tasks.base import (
+    TASKS,
+    OwnOptimizer,
+    Row,
+    Task,
+    WarmupBatch,
+    WarmupInput,
+    WarmupRecipe,
+    get_task,
+    register_task,
+    stable_hash,
+)
 
-__all__ = ["bitcount"]
+__all__ = [
+    "TASKS",
+    "OwnOptimizer",
+    "Row",
+    "Task",
+    "WarmupBatch",
+    "WarmupInput",
+    "WarmupRecipe",
+    "arithmetic",
+    "bitcount",
+    "get_task",
+    "register_task",
+    "stable_hash",
+]

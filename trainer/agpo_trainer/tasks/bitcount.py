@@ -1,5 +1,8 @@
 """Tagged bit counting: ``a1b0c1d1e0=`` -> ``Answer:3`` (the number of 1s).
 
+(Over 350 lines on purpose: a task is one file -- its problem space, grammar, grader, format
+warm-up and registration -- so that adding one is one file plus one registration.)
+
 Why this task (see /work/shared/docs/STUDY.md): a tiny byte-level model can learn it, its
 problem space (all 2-14 bit strings: 32,764 prompts) is far larger than an RL budget, and
 its difficulty (the number of bits) spreads from trivial to hard, so groups come out
@@ -23,12 +26,23 @@ Python version puts a prompt in the same split, and the splits are disjoint by c
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
+
+from agpo_trainer.tasks.base import (
+    OwnOptimizer,
+    Row,
+    Task,
+    WarmupBatch,
+    WarmupInput,
+    WarmupRecipe,
+    register_task,
+    stable_hash,
+)
 
 NAME = "bitcount"
 TAGS = "abcdefghijklmn"  # one tag per bit position: at most 14 bits
@@ -110,11 +124,6 @@ def answer_of(prompt: str) -> str:
 
 def difficulty_of(prompt: str) -> int:
     return len(parse_prompt(prompt))
-
-
-def stable_hash(text: str) -> int:
-    """The first 8 bytes of sha256(text, UTF-8) as a big-endian integer (process-stable)."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
 def split_of(prompt: str) -> str:
@@ -260,20 +269,98 @@ def reward(prompt: str, completion: str, *, finished: bool = True) -> float:
     return 1.0 if grade(prompt, completion, finished=finished).correct else 0.0
 
 
-def rows(split: str) -> list[dict[str, str]]:
-    """The split as dataset rows (``prompt``, ``answer``, ``difficulty``) for ``data.py``."""
-    return [
-        {"prompt": p.prompt, "answer": p.answer, "difficulty": str(p.difficulty)}
-        for p in problems(split)
-    ]
+def _row(p: Problem) -> Row:
+    return {"prompt": p.prompt, "answer": p.answer, "difficulty": str(p.difficulty)}
 
 
-def sampled_rows(split: str, size: int, seed: int) -> list[dict[str, str]]:
+def rows(split: str) -> list[Row]:
+    """The split as dataset rows (``prompt``, ``answer``, ``difficulty``)."""
+    return [_row(p) for p in problems(split)]
+
+
+def sampled_rows(split: str, size: int, seed: int) -> list[Row]:
     """``size`` rows of ``split`` drawn by :func:`sample_by_difficulty` (seeded): the
     difficulty-uniform prompt distribution of the learnability gate's RL run. Short strings
     repeat (there are only 4 two-bit prompts); :func:`rows` is string-uniform instead (half
     of it 14-bit strings)."""
-    drawn = sample_by_difficulty(split, size, random.Random(seed))
+    return [_row(p) for p in sample_by_difficulty(split, size, random.Random(seed))]
+
+
+def eval_rows(prompts: int) -> list[Row]:
+    """At least ``prompts`` rows of the held-out ``eval`` split (never ``test``) when it has
+    that many: the same number per difficulty (:func:`stratified`; short buckets hold what
+    they have), so short strings are not crowded out by the many long ones."""
+    per = -(-prompts // (MAX_BITS - MIN_BITS + 1))
+    chosen = stratified("eval", per)
+    total = len(problems("eval"))
+    while len(chosen) < min(prompts, total):  # short buckets hold fewer: the long ones give more
+        per += 1
+        chosen = stratified("eval", per)
+    return [_row(p) for p in chosen]
+
+
+# --------------------------------------------------------------------------- the format warm-up
+#: The learnability gate's tiny-skew6 recipe (study/gate.py, docs/results.md): the task's mixed
+#: formats with the right answers, on the warm-up split only, long strings rarely. It is also
+#: the warmed weights' cache key: bump ``version`` when its meaning changes.
+WARMUP_RECIPE: dict[str, Any] = {
+    "version": 2, "init_std": 0.02, "lr": 1e-3, "lr_warmup": 50, "betas": (0.9, 0.98), "clip": 1.0,
+    "batch": 64, "scratch_prob": 0.5, "decay": 0.5, "decay_from": 6, "seed_offset": 7,
+}  # fmt: skip
+
+
+def warmup_batches(steps: int, seed: int) -> list[list[tuple[str, str]]]:
+    """Every warm-up batch as (prompt, completion) pairs: ``warmup``-split prompts only, bit
+    count ``n`` drawn with weight ``decay ** max(0, n - decay_from)``, then a uniform prompt
+    of that length, filler uniform 0..6, scratch with probability 0.5, the right answer."""
+    r = WARMUP_RECIPE
+    rng = random.Random(seed + r["seed_offset"])
+    buckets: dict[int, list[Problem]] = {}
+    for p in problems("warmup"):
+        buckets.setdefault(p.difficulty, []).append(p)
+    keys = sorted(buckets)
+    weights = [r["decay"] ** max(0, n - r["decay_from"]) for n in keys]
+    out = []
+    for _ in range(steps):
+        batch = []
+        for _ in range(r["batch"]):
+            p = rng.choice(buckets[rng.choices(keys, weights)[0]])
+            filler = rng.randint(0, MAX_FILLER)
+            text = make_completion(p.bits, filler=filler, scratch=rng.random() < r["scratch_prob"])
+            batch.append((p.prompt, text))
+        out.append(batch)
+    return out
+
+
+def _warmup(inp: WarmupInput) -> list[WarmupBatch]:
+    """The warm-up batches with the job's prompt template applied (validated on the rows)."""
     return [
-        {"prompt": p.prompt, "answer": p.answer, "difficulty": str(p.difficulty)} for p in drawn
+        [(inp.template.format(prompt=p), c) for p, c in batch]
+        for batch in warmup_batches(inp.steps, inp.seed)
     ]
+
+
+TASK = register_task(
+    Task(
+        name=NAME,
+        rows=lambda src: sampled_rows("train", src.size, src.seed),
+        grade=lambda prompt, completion, answer, finished: (
+            grade(prompt, completion, finished=finished).correct
+        ),
+        difficulty=difficulty_of,
+        answer_marker=ANSWER_PREFIX,
+        eval_rows=eval_rows,
+        warmup=WarmupRecipe(
+            batches=_warmup,
+            optimizer=OwnOptimizer(
+                lr=WARMUP_RECIPE["lr"],
+                betas=WARMUP_RECIPE["betas"],
+                clip=WARMUP_RECIPE["clip"],
+                lr_warmup=WARMUP_RECIPE["lr_warmup"],
+            ),
+            init_std=WARMUP_RECIPE["init_std"],
+            cache_key=WARMUP_RECIPE,
+        ),
+        doc="count the 1s of a tagged bit string (a1b0c1= -> Answer:2), 2-14 bits",
+    )
+)

@@ -1,20 +1,33 @@
-"""In-process generation for the study and the gate: KV-cached sampling of a causal LM.
+"""A rollout backend in this process: a served copy of the policy, sampled with KV caching.
 
-:func:`sample_rows` is the one sampler (the gate's ``generate`` and the study's
-:class:`LocalRollout` both call it). :class:`LocalRollout` has the rollout client's
-``generate`` signature (``agpo_trainer.rollout.client``) and returns its ``Completion``
-objects, so the trainer's own ``Experience`` and ``Evaluator`` run on it unchanged: it samples
-the live training module, so there is no weight push.
+:class:`InProcessBackend` is what the study, the learnability gate and tests pass to
+:func:`agpo_trainer.train.train` instead of the vLLM servers: it keeps its own copy of the
+policy module, which a push overwrites (so, like a server, it generates with the weights it
+was last pushed, under that version, and an overlapped step can generate while the policy
+trains), and samples it with :func:`sample_padded`. Its completions are the rollout client's
+:class:`Completion` objects, so ``Experience`` and ``Evaluator`` run on it unchanged.
+
+:func:`sample_rows` and :func:`sample_padded` are the two samplers (one token loop,
+:func:`_decode`); both draw from a seeded generator, so the samples are fixed by the inputs
+and the seed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor, nn
 
+from agpo_api.resolved import ResolvedSpec
 from agpo_trainer.rollout.client import Completion
+
+if TYPE_CHECKING:
+    from agpo_trainer.policy import Policy
+    from agpo_trainer.runtime import Runtime
 
 #: Token ids, per-token log-probs (after temperature) and whether EOS was reached.
 Row = tuple[list[int], list[float], bool]
@@ -155,29 +168,37 @@ def sample_padded(
     )
 
 
-class LocalRollout:
-    """The rollout servers' ``generate`` in process, on the policy being trained.
+class InProcessBackend:
+    """The rollout servers' part of the loop, in process (see the module docstring).
 
-    ``generated`` counts every completion asked for (resample rounds included): the study's
-    budget in generated completions.
+    ``generated`` counts every completion asked for (resample rounds and evaluations
+    included); ``version`` is the version of the weights it serves (None before a push).
     """
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.version: int | None = None
         self.generated = 0
+
+    @staticmethod
+    def of(spec: ResolvedSpec, rt: Runtime, policy: Policy) -> InProcessBackend:
+        """A :data:`agpo_trainer.rollout.backend.BackendFactory`: a copy of the policy's
+        module (its weights arrive with the first push)."""
+        return InProcessBackend(copy.deepcopy(policy.module), policy.tokenizer)
 
     def generate(
         self,
-        prompts: list[list[int]],
+        prompt_token_ids: Sequence[Sequence[int]],
         *,
         n: int,
         max_tokens: int,
-        temperature: float,
+        temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> list[Completion]:
         if top_p != 1.0:
-            raise ValueError("LocalRollout samples the full distribution: top_p must be 1.0")
+            raise ValueError("InProcessBackend samples the full distribution: top_p must be 1.0")
+        prompts = [list(p) for p in prompt_token_ids]
         gen = torch.Generator()
         gen.manual_seed(0 if seed is None else seed)
         rows = sample_padded(
@@ -191,17 +212,29 @@ class LocalRollout:
             gen=gen,
         )
         self.generated += len(rows)
-        out = []
-        for k, (ids, lps, finished) in enumerate(rows):
-            out.append(
-                Completion(
-                    prompt_index=k // n,
-                    sample_index=k % n,
-                    prompt_token_ids=list(prompts[k // n]),
-                    token_ids=ids,
-                    logprobs=lps,
-                    finish_reason="stop" if finished else "length",
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                )
+        return [
+            Completion(
+                prompt_index=k // n,
+                sample_index=k % n,
+                prompt_token_ids=list(prompts[k // n]),
+                token_ids=ids,
+                logprobs=lps,
+                finish_reason="stop" if finished else "length",
+                text=self.tokenizer.decode(ids, skip_special_tokens=True),
             )
-        return out
+            for k, (ids, lps, finished) in enumerate(rows)
+        ]
+
+    def push(self, weights: nn.Module | dict[str, Tensor], version: int) -> float:
+        start = time.perf_counter()
+        state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+        with torch.no_grad():
+            self.model.load_state_dict(state)
+        self.version = version
+        return time.perf_counter() - start
+
+    def resync(self, weights: nn.Module | dict[str, Tensor], version: int) -> float:
+        return self.push(weights, version)
+
+    def lagging(self, version: int) -> dict[str, str]:
+        return {} if self.version == version else {"in-process": str(self.version)}
