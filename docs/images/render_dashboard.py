@@ -46,6 +46,26 @@ def series(expr: str, rng: np.random.Generator) -> np.ndarray:
         return 900 - 380 * (1 - np.exp(-2.5 * t)) + 15 * noise
     if "zero_variance" in expr:
         return np.clip(0.22 - 0.12 * t + 0.03 * noise, 0, 1)
+    if "ratio_mean" in expr:
+        return 1.0 + 0.002 * noise
+    if "ratio_min" in expr:
+        return 0.78 + 0.05 * noise
+    if "ratio_max" in expr:
+        return 1.32 + 0.08 * noise
+    if "clip_ratio_low" in expr:
+        return np.clip(0.004 + 0.001 * noise, 0, 1)
+    if "clip_ratio_high" in expr:
+        return np.clip(0.006 + 0.0015 * noise, 0, 1)
+    if "agpo_entropy" in expr:
+        return 0.9 - 0.35 * (1 - np.exp(-2 * t)) + 0.02 * noise
+    if "eval_accuracy" in expr:
+        return np.clip(0.55 + 0.2 * (1 - np.exp(-3 * t)) + 0.01 * noise, 0, 1)
+    if "eval_mean_at_k" in expr:
+        return np.clip(0.46 + 0.17 * (1 - np.exp(-3 * t)) + 0.01 * noise, 0, 1)
+    if "eval_pass_at_k" in expr:
+        return np.clip(0.7 + 0.1 * (1 - np.exp(-3 * t)) + 0.01 * noise, 0, 1)
+    if "eval_reasoning_tokens" in expr:
+        return 6.0 - 3.4 * (1 - np.exp(-3 * t)) + 0.1 * noise
     if "step_duration" in expr:
         return 42 + 3 * noise - 6 * t
     if "weight_sync" in expr:

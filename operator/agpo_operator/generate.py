@@ -7,6 +7,8 @@ Sources and their copies:
 
 - the AGPOJob CRD (``agpo_api.crd.crd_yaml``, from the API models) ->
   ``manifests/crd/`` and the chart's ``crds/``;
+- the trainer's metrics table (``agpo_api.metrics_table``, through
+  ``agpo_operator.dashboard``) -> the chart's Grafana dashboard ``dashboards/agpo.json``;
 - the operator's RBAC rules (``agpo_operator.rbac.rbac_rules()``) ->
   ``manifests/rbac/role.yaml`` (ServiceAccount, ClusterRole, ClusterRoleBinding, kubebuilder
   style) and ``charts/agpo-operator/files/rbac-rules.yaml`` (read by the chart's
@@ -25,6 +27,7 @@ import yaml
 
 from agpo_api.crd import crd_yaml
 from agpo_api.docs import api_markdown
+from agpo_operator.dashboard import dashboard_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -185,6 +188,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "manifests/crd/agpo.dev_agpojobs.yaml": crd_yaml,
     "charts/agpo-operator/crds/agpo.dev_agpojobs.yaml": crd_yaml,
     "docs/api.md": api_markdown,
+    "charts/agpo-operator/dashboards/agpo.json": dashboard_json,
 }
 
 #: Generated from ``agpo_operator.rbac``; guarded so the CRD copies still work without it.
