@@ -89,7 +89,9 @@ def test_every_row_reaches_the_log_line_status_and_prometheus() -> None:
     board.update(step.progress())
     board.update(EVAL.progress())
     text = generate_latest(metrics.registry).decode()
-    exported = set(re.findall(r"^(agpo_[a-z0-9_]+?)(?:_total|_bucket|_count|_sum)?[ {]", text, re.M))
+    exported = set(
+        re.findall(r"^(agpo_[a-z0-9_]+?)(?:_total|_bucket|_count|_sum)?[ {]", text, re.M)
+    )
     line = json.loads(step.log_line().removeprefix("step "))
     snapshot = board.snapshot()
     for m in METRICS:
