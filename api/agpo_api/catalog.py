@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
 
@@ -74,8 +75,19 @@ class Catalog(Generic[T]):
             self._entries = saved
 
     def validator(self) -> AfterValidator:
-        """Checks a field's value against the catalog when a spec is validated."""
-        return AfterValidator(self.check)
+        """Checks a field's value against the catalog when a spec is validated (the message
+        reads like pydantic's own for a Literal: the valid names, quoted)."""
+
+        def valid(name: str) -> str:
+            if name not in self._entries:
+                names = [f"'{n}'" for n in self.names()]
+                listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+                raise PydanticCustomError(
+                    "catalog", f"input should be {listed} (a registered {self.kind})"
+                )
+            return name
+
+        return AfterValidator(valid)
 
     def json_schema(self) -> WithJsonSchema:
         """The field in the JSON schema (CRD, docs): an enum of the shipped names."""
