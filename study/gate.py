@@ -6,9 +6,10 @@
 ``warmup`` split only (mixed formats, stopped early on a held-out slice of the warm-up split),
 cached in ``~/.cache/agpo/gate/`` by a hash of its config, 3. measures the gate figures on
 the ``eval`` split with in-process sampling (T=1, G=8), 4. runs a short plain-GRPO run on
-the ``train`` split and reports greedy eval accuracy before/after, 5. prints the gate table
-with PASS/FAIL per criterion (the thresholds below were fixed before any figure was seen) and
-appends a record to ``study/gate_log.jsonl``.
+the ``train`` split through the product's own loop (``agpo_trainer.train.train`` with the
+in-process rollout backend) and reports greedy eval accuracy before/after, 5. prints the gate
+table with PASS/FAIL per criterion (the thresholds below were fixed before any figure was
+seen) and appends a record to ``study/gate_log.jsonl``.
 
 Never run by pytest: it is a command (minutes of CPU).
 """
@@ -22,19 +23,25 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from sampling import sample_rows
 
-from agpo_trainer.algorithms import compute_advantages_and_mask, compute_policy_loss, token_logprobs
+from agpo_api.models import AGPOJob
+from agpo_trainer.algorithms import token_logprobs
 from agpo_trainer.models.tiny import TinyModelSpec, build_config, build_tokenizer
+from agpo_trainer.rollout.inprocess import InProcessBackend, sample_rows
+from agpo_trainer.runtime import Runtime
+from agpo_trainer.stats import StepStats
 from agpo_trainer.tasks import bitcount as task
+from agpo_trainer.train import Callbacks, train
 
 # ------------------------------------------------------------------ decision rules (fixed)
 ACC_RANGE = (0.30, 0.65)  # mean sampled accuracy on eval (T=1, G=8)
@@ -164,7 +171,8 @@ def generate(
     model: Any, tok: Any, prompts: list[str], n: int, *, greedy: bool, gen: torch.Generator
 ) -> list[Sample]:
     """``n`` completions per prompt (contiguous groups) of BOS + prompt, T=1 or greedy
-    (:func:`sampling.sample_rows`: KV-cached, batched by prompt length)."""
+    (:func:`agpo_trainer.rollout.inprocess.sample_rows`: KV-cached, batched by prompt
+    length)."""
     eos = tok.eos_token_id
     ids = [[tok.bos_token_id, *encode(tok, p)] for p in prompts]
     rows = sample_rows(
@@ -218,12 +226,17 @@ def sampled_accuracy(model: Any, tok: Any, probs: list[task.Problem], n: int, se
     return statistics.fmean(task.reward(s.prompt, s.text, finished=s.finished) for s in samples)
 
 
+def warm_dir(v: Variant, seed: int) -> Path:
+    """Where the warm model of a variant and seed is cached (a Hugging Face model directory)."""
+    cache = Path(os.environ.get("AGPO_CACHE_DIR", Path.home() / ".cache" / "agpo")) / "gate"
+    return cache / f"bitcount-warm-{v.warm_key(seed)}"
+
+
 def warm_up(v: Variant, seed: int, log: list[str]) -> tuple[Any, Any, dict[str, Any]]:
     """The warm model, from the cache when there (keyed by the warm-up config and seed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cache = Path(os.environ.get("AGPO_CACHE_DIR", Path.home() / ".cache" / "agpo")) / "gate"
-    target = cache / f"bitcount-warm-{v.warm_key(seed)}"
+    target = warm_dir(v, seed)
     if (target / "warmup.json").exists():
         meta = json.loads((target / "warmup.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
@@ -379,49 +392,78 @@ def forced_formats(model: Any, tok: Any, seed: int) -> dict[str, dict[int, float
 
 
 # ------------------------------------------------------------------ GRPO
-def grpo(model: Any, tok: Any, v: Variant, seed: int, log: list[str]) -> list[dict[str, float]]:
-    """Plain GRPO: grpo advantages, zero-variance groups kept at advantage 0, no length
-    reward, no KL, one on-policy update per batch (ratio 1), token-mean aggregation."""
-    opt = torch.optim.AdamW(model.parameters(), lr=v.grpo_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    rng = random.Random(seed + 2000)
-    gen = torch.Generator().manual_seed(seed + 3000)
-    curve: list[dict[str, float]] = []
-    for step in range(1, v.grpo_steps + 1):
-        probs = task.sample_by_difficulty("train", v.grpo_prompts, rng)
-        samples = generate(model, tok, [p.prompt for p in probs], GROUP, greedy=False, gen=gen)
-        rewards = torch.tensor(
-            [task.reward(s.prompt, s.text, finished=s.finished) for s in samples]
-        )
-        adv, smask = compute_advantages_and_mask(
-            rewards, GROUP, advantage="grpo", zero_variance="keep"
-        )
-        model.train()
-        lp, mask = seq_logprobs(model, tok, samples)
-        loss, _ = compute_policy_loss(
-            lp, lp.detach(), adv, mask, sample_mask=smask, aggregation="token-mean"
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        grouped = rewards.view(-1, GROUP)
-        zv = float(((grouped.max(1).values - grouped.min(1).values) == 0).float().mean())
-        rec = {
-            "step": step,
-            "reward": float(rewards.mean()),
-            "zero_var": zv,
-            "tokens": statistics.fmean(len(s.ids) for s in samples),
-            "grad_norm": float(gn),
-        }
-        curve.append(rec)
-        if step % 10 == 0:
-            last = curve[-10:]
-            log.append(
-                f"grpo step {step}: reward(last 10) {statistics.fmean(r['reward'] for r in last):.3f}, "
-                f"tokens {statistics.fmean(r['tokens'] for r in last):.1f}, zero-var {statistics.fmean(r['zero_var'] for r in last):.2f}"
+def grpo_job(model_dir: Path, v: Variant, seed: int) -> AGPOJob:
+    """Plain GRPO as an AGPOJob: grpo advantages, zero-variance groups kept at advantage 0, no
+    length reward, no KL, one on-policy update per batch, token-mean; the warm model from its
+    directory, prompts with BOS first (as the warm-up saw them), difficulty-uniform train-split
+    prompts, no evaluation (the gate measures before and after itself)."""
+    return AGPOJob.model_validate({
+        "apiVersion": "agpo.dev/v1alpha1",
+        "kind": "AGPOJob",
+        "metadata": {"name": f"gate-grpo-s{seed}"},
+        "spec": {
+            "model": {"name": str(model_dir), "dtype": "float32"},
+            "dataset": {
+                "source": {"builtin": {"task": "bitcount", "size": v.grpo_steps * v.grpo_prompts,
+                                       "seed": seed + 2000}},
+                "promptTemplate": "<s>{prompt}",
+            },
+            "algorithm": {"preset": "agpo", "zeroVariance": "keep", "groupSize": GROUP,
+                          "lengthReward": {"type": "none"}},
+            "training": {
+                "steps": v.grpo_steps, "promptsPerStep": v.grpo_prompts,
+                "learningRate": v.grpo_lr, "maxPromptTokens": 48,
+                "maxCompletionTokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "seed": seed,
+                "checkpoint": {"everySteps": v.grpo_steps, "keep": 1},
+            },
+            "evaluation": {"atEnd": False},
+        },
+    })  # fmt: skip
+
+
+class Curve(Callbacks):
+    """The GRPO run's figures per step, and a line every 10 steps."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.curve: list[dict[str, float]] = []
+
+    def on_step(self, stats: StepStats, batch: Any) -> None:
+        r = stats.rollout
+        self.curve.append({"step": stats.step, "reward": r.reward_mean,
+                           "zero_var": r.zero_variance_fraction,
+                           "tokens": r.completion_tokens_mean,
+                           "grad_norm": stats.update.grad_norm})  # fmt: skip
+        if stats.step % 10 == 0:
+            last = self.curve[-10:]
+            self.log.append(
+                f"grpo step {stats.step}: reward(last 10) "
+                f"{statistics.fmean(x['reward'] for x in last):.3f}, tokens "
+                f"{statistics.fmean(x['tokens'] for x in last):.1f}, zero-var "
+                f"{statistics.fmean(x['zero_var'] for x in last):.2f}"
             )
-            print(log[-1], flush=True)
-    return curve
+            print(self.log[-1], flush=True)
+
+
+def grpo(v: Variant, seed: int, log: list[str]) -> tuple[list[dict[str, float]], Any]:
+    """The GRPO run on the warm model through the product's loop; its curve and the trained
+    (served) model."""
+    work = Path(tempfile.mkdtemp(prefix="agpo-gate-"))
+    rt = Runtime(
+        rank=0, world_size=1, local_rank=0, rollout_urls=[], rollout_token=None,
+        checkpoint_dir=work / "checkpoints", metrics_port=None, weight_sync_host=None,
+        weight_sync_port=0, cache_dir=work / "cache", base_dir=None,
+    )  # fmt: skip
+    servers: list[InProcessBackend] = []
+
+    def backend(*args: Any) -> InProcessBackend:
+        servers.append(InProcessBackend.of(*args))
+        return servers[-1]
+
+    curve = Curve(log)
+    train(grpo_job(warm_dir(v, seed), v, seed), rt, backend=backend, callbacks=curve)
+    shutil.rmtree(work, ignore_errors=True)
+    return curve.curve, servers[0].model
 
 
 # ------------------------------------------------------------------ report
@@ -567,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         before = greedy_accuracy(model, tok)
         if args.formats:
             forced_before = forced_formats(model, tok, args.seed)
-        curve = grpo(model, tok, v, args.seed, log)
+        curve, model = grpo(v, args.seed, log)
         if args.formats:
             forced_after = forced_formats(model, tok, args.seed)
         after = greedy_accuracy(model, tok)

@@ -1,12 +1,10 @@
-"""One arm x seed of the study through the trainer's own code, with in-process generation.
+"""One arm x seed of the study through the product's own loop, with in-process generation.
 
-What runs is ``agpo_trainer.train``'s loop minus the rollout servers: the job's data
-(``load_examples``, ``evaluation_sets``, ``PromptSampler``), ``Policy.load`` (builtin:tiny),
-``format_warmup`` (the bitcount warm-up, cached in ``AGPO_CACHE_DIR/warmup`` and shared with
-`agpo run`), ``Experience.collect`` (scoring, length reward, advantages, zero-variance
-policy, DAPO resampling), ``train_step`` (policy loss, clip, optimizer, LR schedule) and the
-``Evaluator``. Only the client is :class:`sampling.LocalRollout` (it samples the live module,
-so there is no weight push).
+What runs is ``agpo_trainer.train.train`` itself (the job's data, ``Policy.load``, the cached
+bitcount warm-up shared with `agpo run`, ``Experience.collect``, ``train_step``, the weight
+push, checkpoints, the ``Evaluator``) with :class:`InProcessBackend` as its rollout backend
+instead of the vLLM servers; the study's figures are recorded through the loop's
+:class:`Callbacks`.
 
 Records (JSONL, one object a line) go to ``<out>/<arm>-s<seed>/``: ``steps.jsonl`` (per RL
 step), ``eval.jsonl`` (periodic greedy eval on the eval split), ``test.jsonl`` (test
@@ -15,10 +13,10 @@ endpoints at the budget checkpoint and at the last step), ``spec.json`` (the res
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -26,17 +24,18 @@ from typing import Any
 
 import torch
 from arms import Budget, manifest
-from sampling import LocalRollout
 
 from agpo_api.models import AGPOJob
-from agpo_trainer.data import PromptSampler, apply_template, load_examples
-from agpo_trainer.evaluation import Evaluator, evaluation_sets
-from agpo_trainer.experience import Batch, Experience, encode_prompt
-from agpo_trainer.metrics import TrainerMetrics
+from agpo_api.resolved import resolve
+from agpo_trainer.data import apply_template, load_examples
+from agpo_trainer.evaluation import evaluation_sets
+from agpo_trainer.experience import Batch, encode_prompt
 from agpo_trainer.policy import Policy
-from agpo_trainer.runtime import MICRO_BATCH_SIZE, Runtime
+from agpo_trainer.rollout.inprocess import InProcessBackend
+from agpo_trainer.runtime import Runtime
+from agpo_trainer.stats import EvalStats, StepStats
 from agpo_trainer.tasks import bitcount as task
-from agpo_trainer.update import train_step
+from agpo_trainer.train import Callbacks, train
 from agpo_trainer.warmup import format_warmup
 
 TEST_SEED = 31_337  # sampling seed of the mean@k set (per seed, the same in every arm)
@@ -62,17 +61,17 @@ def runtime(workdir: Path) -> Runtime:
     )
 
 
-def load_policy(job: AGPOJob, workdir: Path) -> tuple[Policy, list[Any], list[Any]]:
-    """As ``train.train`` does: seeds, data, the policy, the warm-up."""
-    spec, t = job.spec, job.spec.training
-    random.seed(t.seed)
-    torch.manual_seed(t.seed)
-    examples = load_examples(spec.dataset, None)
-    examples, eval_examples = evaluation_sets(spec, examples, None)
+def load_policy(job: AGPOJob, workdir: Path) -> Policy:
+    """The warm base of a run without training it: ``train``'s set-up up to the warm-up
+    (seeds, data, ``Policy.load``, the cached warm-up), for the base endpoints."""
+    spec = resolve(job.spec)
+    random.seed(spec.training.seed)
+    torch.manual_seed(spec.training.seed)
+    examples, _ = evaluation_sets(spec, load_examples(spec.dataset, None), None)
     policy = Policy.load(spec, runtime(workdir))
-    if t.format_warmup_steps:
-        format_warmup(policy, examples, spec, t.format_warmup_steps)
-    return policy, examples, eval_examples
+    if spec.training.format_warmup_steps:
+        format_warmup(policy, examples, spec, spec.training.format_warmup_steps)
+    return policy
 
 
 # --------------------------------------------------------------------------- grading
@@ -111,7 +110,7 @@ def test_endpoints(model: Any, tok: Any, job: AGPOJob, b: Budget) -> dict[str, A
     """Greedy accuracy on ``stratified("test", ...)`` and ``k`` samples at T=1 on a smaller
     stratified test set (mean@k, pass@k, tokens of correct answers), per bit count."""
     spec = job.spec
-    client = LocalRollout(model, tok)
+    client = InProcessBackend(model, tok)
 
     def ids(ps: list[task.Problem]) -> list[list[int]]:
         template, system = spec.dataset.prompt_template, spec.dataset.system_prompt
@@ -176,88 +175,89 @@ def write(path: Path, rec: dict[str, Any]) -> None:
         fh.write(json.dumps(rec) + "\n")
 
 
+class Recorder(Callbacks):
+    """The study's records, from the loop's callbacks: every step, every evaluation, and the
+    test endpoints at the completion budget (the last step whose cumulative generated
+    completions are within it: tested on the served weights before the step that crosses
+    it trains)."""
+
+    def __init__(self, job: AGPOJob, b: Budget, d: Path, servers: list[InProcessBackend]):
+        self.job, self.b, self.d, self.servers = job, b, d, servers
+        self.completions = 0  # training completions generated (resample rounds count)
+        self.before = 0  # ... before the step being trained
+        self.budget_done = False
+        self.started = time.time()
+
+    def test(self, step: int, view: str, completions: int) -> None:
+        model, tok = self.servers[0].model, self.servers[0].tokenizer
+        rec = {"step": step, "view": view, "completions": completions}
+        write(self.d / "test.jsonl", rec | test_endpoints(model, tok, self.job, self.b))
+
+    def on_batch(self, step: int, batch: Batch) -> None:
+        assert batch.stats is not None
+        spec = self.job.spec
+        self.before = self.completions
+        drawn = int(batch.stats.resample_rounds) + 1  # prompt batches drawn for this step
+        self.completions += drawn * spec.training.prompts_per_step * spec.algorithm.group_size
+        if self.completions > self.b.completions and not self.budget_done:
+            # this step's rollout crossed the budget: the checkpoint is the previous step's
+            self.test(step, "budget", self.before)
+            self.budget_done = True
+
+    def on_step(self, stats: StepStats, batch: Batch) -> None:
+        r, u = stats.rollout, stats.update
+        rec = {
+            "step": stats.step,
+            "completions_step": self.completions - self.before,
+            "completions": self.completions,
+            "reward": r.reward_mean,
+            "reward_std": r.reward_std,
+            "trainer_accuracy": r.accuracy,
+            "zero_var": r.zero_variance_fraction,
+            "resample_rounds": r.resample_rounds,
+            "tokens": r.completion_tokens_mean,
+            "clipped": r.completion_clipped_ratio,
+            "length_reward": r.reward_component_mean.get("length"),
+            "loss": u.loss,
+            "ratio_mean": u.ratio_mean,
+            "clip_ratio": u.clip_ratio,
+            "entropy": u.entropy,
+            "grad_norm": u.grad_norm,
+            "seconds": stats.step_seconds,
+        } | batch_figures(batch, self.servers[0].tokenizer, self.job.spec.algorithm.group_size)
+        write(self.d / "steps.jsonl", rec)
+
+    def on_eval(self, result: EvalStats) -> None:
+        write(self.d / "eval.jsonl", {"step": result.step, "completions": self.completions,
+                                      "accuracy": result.accuracy,
+                                      "reasoning_tokens": result.reasoning_tokens,
+                                      "prompts": result.prompts, "seconds": result.seconds})  # fmt: skip
+
+
 def run_arm(arm: str, seed: int, b: Budget, out: Path) -> dict[str, Any]:
-    """Train one arm x seed to ``b.steps`` steps; test endpoints at the completion budget
-    (the last step whose cumulative generated completions are within it) and at the end."""
+    """Train one arm x seed to ``b.steps`` steps through ``train``; test endpoints at the
+    completion budget and at the end."""
     torch.set_num_threads(1)
     t0 = time.time()
     job = AGPOJob.model_validate(manifest(arm, seed, b))
-    spec = job.spec
     d = out / f"{arm}-s{seed}"
     d.mkdir(parents=True, exist_ok=True)
     for f in ("steps.jsonl", "eval.jsonl", "test.jsonl"):
         (d / f).unlink(missing_ok=True)
+    shutil.rmtree(d / "checkpoints", ignore_errors=True)  # a fresh run, never a resume
     (d / "spec.json").write_text(json.dumps(job.model_dump(by_alias=True, mode="json"), indent=1))
-    policy, examples, eval_examples = load_policy(job, d)
-    tok, model = policy.tokenizer, policy.module
-    sampler = PromptSampler(examples, spec.training.seed)
-    client = LocalRollout(model, tok)
-    experience = Experience(
-        spec, tokenizer=tok, sampler=sampler, client=client, metrics=TrainerMetrics()
-    )
-    ev = spec.effective_evaluation()
-    assert ev is not None
-    evaluator = Evaluator(
-        spec, ev, tokenizer=tok, client=LocalRollout(model, tok), examples=eval_examples
-    )
+    servers: list[InProcessBackend] = []
 
-    def evaluate(step: int) -> None:
-        r = evaluator.run(step, step)
-        write(d / "eval.jsonl", {"step": step, "completions": client.generated,
-                                 "accuracy": r.accuracy, "reasoning_tokens": r.reasoning_tokens,
-                                 "prompts": r.prompts, "seconds": r.seconds})  # fmt: skip
+    def backend(*args: Any) -> InProcessBackend:
+        servers.append(InProcessBackend.of(*args))
+        return servers[-1]
 
-    def test(step: int, view: str, m: Any) -> None:
-        rec = {"step": step, "view": view, "completions": client.generated if m is model else
-               prev_generated} | test_endpoints(m, tok, job, b)  # fmt: skip
-        write(d / "test.jsonl", rec)
-
-    evaluate(0)
-    budget_done = False
-    prev_state = copy.deepcopy(model.state_dict())
-    prev_generated = 0
-    for step in range(1, b.steps + 1):
-        s0, before = time.time(), client.generated
-        batch = experience.collect(step - 1)
-        if client.generated > b.completions and not budget_done:
-            # this step's rollout crossed the budget: the checkpoint is the previous step's
-            frozen = copy.deepcopy(model)
-            frozen.load_state_dict(prev_state)
-            test(step - 1, "budget", frozen)
-            budget_done = True
-        update = train_step(policy, batch, spec, rank=0, world_size=1, micro=MICRO_BATCH_SIZE)
-        stats = batch.stats
-        assert stats is not None
-        rec = {
-            "step": step,
-            "completions_step": client.generated - before,
-            "completions": client.generated,
-            "reward": stats.reward_mean,
-            "reward_std": stats.reward_std,
-            "trainer_accuracy": stats.accuracy,
-            "zero_var": stats.zero_variance_fraction,
-            "resample_rounds": stats.resample_rounds,
-            "tokens": stats.completion_tokens_mean,
-            "clipped": stats.completion_clipped_ratio,
-            "length_reward": stats.reward_components.get("length"),
-            "loss": update.loss,
-            "ratio_mean": update.ratio_mean,
-            "clip_ratio": update.clip_ratio,
-            "entropy": update.entropy,
-            "grad_norm": update.grad_norm,
-            "seconds": time.time() - s0,
-        } | batch_figures(batch, tok, spec.algorithm.group_size)
-        write(d / "steps.jsonl", rec)
-        prev_state = copy.deepcopy(model.state_dict())
-        prev_generated = client.generated
-        if step % b.eval_every == 0 or step == b.steps:
-            evaluate(step)
-    if not budget_done:  # never crossed: the last step is the budget checkpoint too
-        test(b.steps, "budget+steps", model)
-    else:
-        test(b.steps, "steps", model)
+    rec = Recorder(job, b, d, servers)
+    train(job, runtime(d), backend=backend, callbacks=rec)
+    # never crossed: the last step is the budget checkpoint too
+    rec.test(b.steps, "steps" if rec.budget_done else "budget+steps", rec.completions)
     return {"arm": arm, "seed": seed, "seconds": round(time.time() - t0, 1),
-            "completions": client.generated}  # fmt: skip
+            "completions": rec.completions}  # fmt: skip
 
 
 def prepare_seed(seed: int, b: Budget, out: Path) -> dict[str, Any]:
@@ -267,7 +267,7 @@ def prepare_seed(seed: int, b: Budget, out: Path) -> dict[str, Any]:
     job = AGPOJob.model_validate(manifest("grpo", seed, b))
     d = out / f"base-s{seed}"
     d.mkdir(parents=True, exist_ok=True)
-    policy, _, _ = load_policy(job, d)
+    policy = load_policy(job, d)
     rec = {"seed": seed, "step": 0, "view": "base"}
     rec |= test_endpoints(policy.module, policy.tokenizer, job, b)
     (d / "test.jsonl").write_text(json.dumps(rec) + "\n")

@@ -81,16 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from arms import CONFIGS, manifest
     from runner import graded, load_policy
-    from sampling import LocalRollout
 
     from agpo_api.models import AGPOJob
+    from agpo_trainer.rollout.inprocess import InProcessBackend
     from agpo_trainer.tasks import bitcount as task
 
     t0 = time.time()
     b = CONFIGS["full"]
     job = AGPOJob.model_validate(manifest("grpo", args.seed, b))
     work = Path(tempfile.mkdtemp(prefix="agpo-vllm-check-"))
-    policy, _, _ = load_policy(job, work)
+    policy = load_policy(job, work)
     tok, model = policy.tokenizer, policy.module
     model_dir = work / "model"
     model.save_pretrained(model_dir, safe_serialization=True)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             out.append(g | {"tokens": len(body), "finished": f})
         return out
 
-    local = LocalRollout(model, tok)
+    local = InProcessBackend(model, tok)
     t1 = time.time()
     ours = local.generate(ids, n=1, max_tokens=b.max_tokens, temperature=1.0, seed=4242 + args.seed)
     ours_greedy = local.generate(ids, n=1, max_tokens=b.max_tokens, temperature=0.0, seed=0)
