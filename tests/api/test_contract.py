@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from agpo_api.crd import crd
 from agpo_api.env import AUTH_ENV, EnvError, EnvVar, TrainerSettings
 from agpo_api.progress import CR_STATUS_FIELDS, TrainerProgress, cr_status_values, wire_name
-from agpo_api.vllm_server import AUTH_MIDDLEWARE, build_server_env, server_env
+from agpo_api.vllm_server import build_server_env, server_env
 from agpo_api.vocabulary import ConditionType, Phase
 
 texts = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/:._-", min_size=1, max_size=20)
@@ -84,9 +84,3 @@ def test_local_server_env_is_the_pod_env_plus_the_token() -> None:
     assert local[EnvVar.ROLLOUT_TOKEN] == "t0k"
     assert set(local) - set(pod) == {"PYTHONUNBUFFERED", EnvVar.ROLLOUT_TOKEN}
     assert {EnvVar.ROLLOUT_TOKEN, EnvVar.ROLLOUT_AUTH} <= AUTH_ENV
-
-
-def test_the_middleware_lives_in_the_rollout_plugin() -> None:
-    module, _, cls = AUTH_MIDDLEWARE.rpartition(".")
-    assert module == "agpo_rollout.auth"
-    assert cls == "TokenAuthMiddleware"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agpo_api.vllm_server import AUTH_MIDDLEWARE
 from agpo_rollout.auth import AuthConfig, AuthConfigError, TokenAuthMiddleware
 
 
@@ -35,8 +36,9 @@ async def _ok(scope: Any, receive: Any, send: Any) -> None:
 
 
 def test_auth_middleware_refuses_to_start_without_token_inside_vllm_app() -> None:
-    """The real vLLM wiring (`--middleware`) instantiates our class; with no token and no
-    explicit opt-out that raises, so the server does not start."""
+    """The real vLLM wiring (`--middleware`, with the contract's ``AUTH_MIDDLEWARE``: the
+    path every server command passes) instantiates our class; with no token and no explicit
+    opt-out that raises, so the server does not start."""
     pytest.importorskip("vllm", reason="needs vllm")
     from fastapi import FastAPI
     from vllm.entrypoints.serve.middleware.register import init_entrypoints_middleware
@@ -48,7 +50,7 @@ def test_auth_middleware_refuses_to_start_without_token_inside_vllm_app() -> Non
         allowed_headers=["*"],
         api_key=None,
         enable_request_id_headers=False,
-        middleware=["agpo_rollout.auth.TokenAuthMiddleware"],
+        middleware=[AUTH_MIDDLEWARE],
     )
     saved = {k: os.environ.pop(k, None) for k in ("AGPO_ROLLOUT_TOKEN", "AGPO_ROLLOUT_AUTH")}
     try:

@@ -6,12 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from agpo_api.base import (
-    CALLABLE_PATTERN,
-    ApiModel,
-    Rule,
-    exactly_one,
-)
+from agpo_api.base import CALLABLE_PATTERN, ApiModel, Rule, exactly_one
 from agpo_api.catalog import ADVANTAGES, POLICY_LOSSES, ZERO_VARIANCE, aggregations_for, cel_list
 from agpo_api.models.common import PositiveInt
 from agpo_api.models.presets import (
