@@ -109,6 +109,7 @@ def test_every_row_reaches_the_log_line_status_and_prometheus() -> None:
 def test_typed_status_fields_are_rows_of_the_table() -> None:
     status = {m.field for m in METRICS if m.status}
     typed = set(TrainerProgress.model_fields) - {"phase", "prompts"}
-    assert typed == status  # a new status row without a typed field is served as an extra
+    assert typed <= status  # no typed field without its row
+    # a status row without a typed field (none today) is served all the same, as an extra
     extra = TrainerProgress(step=1, some_new_figure=2.0).to_wire()
     assert extra == {"step": 1, "someNewFigure": 2.0}
