@@ -37,7 +37,7 @@ import torch
 from agpo_api.models import AGPOJob
 from agpo_trainer.algorithms import token_logprobs
 from agpo_trainer.models.tiny import TinyModelSpec, build_config, build_tokenizer
-from agpo_trainer.rollout.inprocess import InProcessBackend, sample_rows
+from agpo_trainer.rollout.inprocess import InProcessBackend, keeping, sample_rows
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.stats import StepStats
 from agpo_trainer.tasks import bitcount as task
@@ -449,19 +449,10 @@ def grpo(v: Variant, seed: int, log: list[str]) -> tuple[list[dict[str, float]],
     """The GRPO run on the warm model through the product's loop; its curve and the trained
     (served) model."""
     work = Path(tempfile.mkdtemp(prefix="agpo-gate-"))
-    rt = Runtime(
-        rank=0, world_size=1, local_rank=0, rollout_urls=[], rollout_token=None,
-        checkpoint_dir=work / "checkpoints", metrics_port=None, weight_sync_host=None,
-        weight_sync_port=0, cache_dir=work / "cache", base_dir=None,
-    )  # fmt: skip
+    rt = Runtime.single(work, work / "cache")
     servers: list[InProcessBackend] = []
-
-    def backend(*args: Any) -> InProcessBackend:
-        servers.append(InProcessBackend.of(*args))
-        return servers[-1]
-
     curve = Curve(log)
-    train(grpo_job(warm_dir(v, seed), v, seed), rt, backend=backend, callbacks=curve)
+    train(grpo_job(warm_dir(v, seed), v, seed), rt, backend=keeping(servers), callbacks=curve)
     shutil.rmtree(work, ignore_errors=True)
     return curve.curve, servers[0].model
 

@@ -31,7 +31,7 @@ from agpo_trainer.data import apply_template, load_examples
 from agpo_trainer.evaluation import evaluation_sets
 from agpo_trainer.experience import Batch, encode_prompt
 from agpo_trainer.policy import Policy
-from agpo_trainer.rollout.inprocess import InProcessBackend
+from agpo_trainer.rollout.inprocess import InProcessBackend, keeping
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.stats import EvalStats, StepStats
 from agpo_trainer.tasks import bitcount as task
@@ -46,19 +46,7 @@ def cache_dir() -> Path:
 
 
 def runtime(workdir: Path) -> Runtime:
-    return Runtime(
-        rank=0,
-        world_size=1,
-        local_rank=0,
-        rollout_urls=[],
-        rollout_token=None,
-        checkpoint_dir=workdir / "checkpoints",
-        metrics_port=None,
-        weight_sync_host=None,
-        weight_sync_port=0,
-        cache_dir=cache_dir(),
-        base_dir=None,
-    )
+    return Runtime.single(workdir, cache_dir())
 
 
 def load_policy(job: AGPOJob, workdir: Path) -> Policy:
@@ -247,13 +235,8 @@ def run_arm(arm: str, seed: int, b: Budget, out: Path) -> dict[str, Any]:
     shutil.rmtree(d / "checkpoints", ignore_errors=True)  # a fresh run, never a resume
     (d / "spec.json").write_text(json.dumps(job.model_dump(by_alias=True, mode="json"), indent=1))
     servers: list[InProcessBackend] = []
-
-    def backend(*args: Any) -> InProcessBackend:
-        servers.append(InProcessBackend.of(*args))
-        return servers[-1]
-
     rec = Recorder(job, b, d, servers)
-    train(job, runtime(d), backend=backend, callbacks=rec)
+    train(job, runtime(d), backend=keeping(servers), callbacks=rec)
     # never crossed: the last step is the budget checkpoint too
     rec.test(b.steps, "steps" if rec.budget_done else "budget+steps", rec.completions)
     return {"arm": arm, "seed": seed, "seconds": round(time.time() - t0, 1),

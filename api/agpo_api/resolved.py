@@ -163,20 +163,15 @@ def resolve_algorithm_section(
     correct_reward = algo.correct.reward
     if correct_reward is None:  # the spec's rule: set when the rewards are custom only
         raise ValueError("spec.algorithm.correct.reward is unset")
+    # the fields the validated spec already holds as the trainer needs them
+    same = {f: getattr(algo, f) for f in _COPIED}
     return ResolvedAlgorithm(
+        **same,
         preset=algo.preset or "",
-        advantage=algo.advantage,
-        zero_variance=algo.zero_variance,
-        policy_loss=algo.policy_loss,
-        loss_aggregation=algo.loss_aggregation,
         clip_low=_set(algo.clip.low, "clip.low"),
         clip_high=_set(algo.clip.high, "clip.high"),
         kl_coefficient=_set(algo.kl_coefficient, "klCoefficient"),
-        gvpo_beta=algo.gvpo_beta,
-        zero_variance_advantage=algo.zero_variance_advantage,
         advantage_eps=ADVANTAGE_EPS,
-        max_resample_rounds=algo.max_resample_rounds,
-        group_size=algo.group_size,
         rewards=rewards,
         correct_reward=correct_reward,
         correct_threshold=algo.correct.threshold,
@@ -186,6 +181,12 @@ def resolve_algorithm_section(
             None if summed is None else (summed[0], summed[1] + length.homogeneous_bonus)
         ),
     )
+
+
+_COPIED = (
+    "advantage", "zero_variance", "policy_loss", "loss_aggregation", "gvpo_beta",
+    "zero_variance_advantage", "max_resample_rounds", "group_size",
+)  # fmt: skip
 
 
 def resolve_length_reward(algo: AlgorithmSpec, max_completion_tokens: int) -> ResolvedLengthReward:

@@ -86,26 +86,27 @@ def test_rules_are_one_per_resource_with_the_union_of_verbs_and_every_reason() -
     assert len(resources) == len(set(resources))
 
 
-def test_a_child_without_the_verbs_the_operator_uses_is_refused() -> None:
-    unreadable = Child(
-        kind=Kind("v1", "ConfigMap", "configmaps"), build=plain(lambda *_: None),
-        name=lambda n: n.job, grants=(Grant(("create",), "no get"),),
+def config_map(
+    verbs: tuple[str, ...], lifetime: Lifetime = Lifetime.STATIC, plural: str = "configmaps"
+) -> Child:
+    """A ConfigMap child granted ``verbs`` only."""
+    return Child(
+        kind=Kind("v1", "ConfigMap", plural), build=plain(lambda *_: None),
+        name=lambda n: n.job, grants=(Grant(verbs, "a test's grants"),), lifetime=lifetime,
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"ConfigMap \(static\) needs \['get'\]"):
-        CHILDREN.with_child(unreadable)
-    undeletable = Child(
-        kind=Kind("v1", "ConfigMap", "configmaps"), build=plain(lambda *_: None),
-        name=lambda n: n.job, grants=(Grant(("get", "create"), "no delete"),),
-        lifetime=Lifetime.ATTEMPT,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match=r"needs \['delete'\]"):
-        CHILDREN.with_child(undeletable)
-    other_plural = Child(
-        kind=Kind("v1", "ConfigMap", "cms"), build=plain(lambda *_: None),
-        name=lambda n: n.job, grants=(Grant(("get", "create"), "a second plural"),),
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="two plurals"):
-        CHILDREN.with_child(other_plural)
+
+
+@pytest.mark.parametrize(
+    "child, error",
+    [
+        (config_map(("create",)), r"ConfigMap \(static\) needs \['get'\]"),
+        (config_map(("get", "create"), Lifetime.ATTEMPT), r"needs \['delete'\]"),
+        (config_map(("get", "create"), plural="cms"), "two plurals"),
+    ],
+)
+def test_a_child_without_the_verbs_the_operator_uses_is_refused(child: Child, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        CHILDREN.with_child(child)
 
 
 # --------------------------------------------------------------------- adding a child object

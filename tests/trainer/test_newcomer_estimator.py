@@ -24,11 +24,9 @@ from agpo_trainer.algorithms import (
     AdvantageOptions,
     register_advantage_estimator,
 )
-from agpo_trainer.experience import Batch
 from agpo_trainer.rollout.inprocess import InProcessBackend
 from agpo_trainer.runtime import Runtime
-from agpo_trainer.stats import StepStats
-from agpo_trainer.train import Callbacks, train
+from agpo_trainer.train import Recording, train
 
 from agpo_testlib import job_doc
 
@@ -53,18 +51,6 @@ def rloo() -> Iterator[None]:
         yield
 
 
-class Batches(Callbacks):
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-        self.steps: list[StepStats] = []
-
-    def on_batch(self, step: int, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    def on_step(self, stats: StepStats, batch: Batch) -> None:
-        self.steps.append(stats)
-
-
 def job() -> dict[str, Any]:
     return job_doc(
         {
@@ -78,20 +64,17 @@ def job() -> dict[str, Any]:
     )  # fmt: skip
 
 
-def runtime(tmp_path: Path) -> Runtime:
-    return Runtime(
-        rank=0, world_size=1, local_rank=0, rollout_urls=[], rollout_token=None,
-        checkpoint_dir=tmp_path / "checkpoints", metrics_port=None, weight_sync_host=None,
-        weight_sync_port=0, cache_dir=tmp_path / "cache", base_dir=None,
-    )  # fmt: skip
-
-
 @pytest.mark.slow
 def test_a_registered_estimator_trains_two_steps_in_the_products_loop(
     rloo: None, tmp_path: Path
 ) -> None:
-    seen = Batches()
-    train(parse_job(job()), runtime(tmp_path), backend=InProcessBackend.of, callbacks=seen)
+    seen = Recording()
+    train(
+        parse_job(job()),
+        Runtime.single(tmp_path, tmp_path / "cache"),
+        backend=InProcessBackend.of,
+        callbacks=seen,
+    )
     assert [s.step for s in seen.steps] == [1, 2]
     assert len(CALLS) == 2  # one call per step's batch
     for batch, (_, adv) in zip(seen.batches, CALLS, strict=True):

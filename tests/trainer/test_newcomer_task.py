@@ -22,21 +22,11 @@ import pytest
 from agpo_api import parse_job
 from agpo_api.catalog import TaskTraits
 from agpo_api.models import BuiltinSource
-from agpo_trainer.experience import Batch
-from agpo_trainer.rollout.inprocess import InProcessBackend
+from agpo_trainer import tasks
+from agpo_trainer.rollout.inprocess import InProcessBackend, keeping
 from agpo_trainer.runtime import Runtime
-from agpo_trainer.stats import EvalStats, StepStats
-from agpo_trainer.tasks import (
-    TASKS,
-    Row,
-    Task,
-    WarmupBatch,
-    WarmupInput,
-    WarmupRecipe,
-    register_task,
-    stable_hash,
-)
-from agpo_trainer.train import Callbacks, train
+from agpo_trainer.tasks import Row, Task, WarmupInput
+from agpo_trainer.train import Recording, train
 
 from agpo_testlib import job_doc
 
@@ -46,7 +36,7 @@ def answer(bits: str) -> str:
 
 
 def split(bits: str) -> str:
-    return "eval" if stable_hash(bits + "#parity") % 5 == 0 else "train"
+    return "eval" if tasks.stable_hash(bits + "#parity") % 5 == 0 else "train"
 
 
 PROBLEMS = ["".join(b) for n in range(2, 7) for b in itertools.product("01", repeat=n)]
@@ -64,7 +54,7 @@ def grade(prompt: str, completion: str, reference: str, finished: bool) -> bool:
     return finished and completion.strip().endswith(f"Answer: {reference}")
 
 
-def warmup(inp: WarmupInput) -> list[WarmupBatch]:
+def warmup(inp: WarmupInput) -> list[tasks.WarmupBatch]:
     rng = random.Random(inp.seed)
     return [
         [(e.prompt, f"Answer: {rng.choice(['even', 'odd'])}") for e in rng.sample(inp.examples, 4)]
@@ -78,30 +68,14 @@ PARITY = Task(
     grade=grade,
     difficulty=lambda prompt: len(prompt) - 1,
     eval_rows=lambda n: rows("eval")[:n],
-    warmup=WarmupRecipe(batches=warmup),  # the policy's optimizer, its moments cleared after
+    warmup=tasks.WarmupRecipe(batches=warmup),  # the policy's optimizer, its moments cleared after
 )
 
 
 @pytest.fixture
 def parity() -> Iterator[Task]:
-    with TASKS.scope():
-        yield register_task(PARITY, traits=TaskTraits(eval_split=True))
-
-
-class Seen(Callbacks):
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-        self.steps: list[StepStats] = []
-        self.evals: list[EvalStats] = []
-
-    def on_batch(self, step: int, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    def on_step(self, stats: StepStats, batch: Batch) -> None:
-        self.steps.append(stats)
-
-    def on_eval(self, result: EvalStats) -> None:
-        self.evals.append(result)
+    with tasks.TASKS.scope():
+        yield tasks.register_task(PARITY, traits=TaskTraits(eval_split=True))
 
 
 def job() -> dict[str, object]:
@@ -123,19 +97,10 @@ def job() -> dict[str, object]:
 def test_a_registered_task_trains_two_steps_in_the_products_loop(
     parity: Task, tmp_path: Path
 ) -> None:
-    seen = Seen()
-    rt = Runtime(
-        rank=0, world_size=1, local_rank=0, rollout_urls=[], rollout_token=None,
-        checkpoint_dir=tmp_path / "checkpoints", metrics_port=None, weight_sync_host=None,
-        weight_sync_port=0, cache_dir=tmp_path / "cache", base_dir=None,
-    )  # fmt: skip
+    seen = Recording()
+    rt = Runtime.single(tmp_path, tmp_path / "cache")
     servers: list[InProcessBackend] = []
-
-    def backend(*args: object) -> InProcessBackend:
-        servers.append(InProcessBackend.of(*args))  # type: ignore[arg-type]
-        return servers[-1]
-
-    train(parse_job(job()), rt, backend=backend, callbacks=seen)
+    train(parse_job(job()), rt, backend=keeping(servers), callbacks=seen)
     assert [s.step for s in seen.steps] == [1, 2]
     tok = servers[0].tokenizer
     trained = {tok.decode(p) for b in seen.batches for p in b.prompt_ids}

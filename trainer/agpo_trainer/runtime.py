@@ -58,6 +58,16 @@ class Runtime:
         return min(spec_steps, self.max_steps) if self.max_steps else spec_steps
 
     @staticmethod
+    def single(workdir: Path, cache_dir: Path) -> Runtime:
+        """One process and no rollout servers (``train`` with an in-process backend: the
+        study, the gate, tests): checkpoints under ``workdir``, no metrics server."""
+        return Runtime(
+            rank=0, world_size=1, local_rank=0, rollout_urls=[], rollout_token=None,
+            checkpoint_dir=workdir / "checkpoints", metrics_port=None, weight_sync_host=None,
+            weight_sync_port=0, cache_dir=cache_dir, base_dir=None,
+        )  # fmt: skip
+
+    @staticmethod
     def from_env(job: AGPOJob, env: Mapping[str, str] | None = None) -> Runtime:
         e = os.environ if env is None else env
         try:

@@ -66,6 +66,25 @@ class Callbacks:
         """An evaluation is finished."""
 
 
+class Recording(Callbacks):
+    """Callbacks that keep what they are given (tests, notebooks): every batch, step and
+    evaluation, in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+        self.steps: list[StepStats] = []
+        self.evals: list[EvalStats] = []
+
+    def on_batch(self, step: int, batch: Batch) -> None:
+        self.batches.append(batch)
+
+    def on_step(self, stats: StepStats, batch: Batch) -> None:
+        self.steps.append(stats)
+
+    def on_eval(self, result: EvalStats) -> None:
+        self.evals.append(result)
+
+
 def train(
     job: AGPOJob,
     rt: Runtime,

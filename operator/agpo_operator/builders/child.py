@@ -190,6 +190,21 @@ def waves(built: list[Built]) -> list[list[Built]]:
 READ_BACK = Grant(("get",), "read back: after a 409 (is it the job's own?), and to find it deleted")
 
 
+def created(
+    kind: Kind,
+    build: Callable[[AGPOJob, Names, BuildOptions], Obj | None],
+    name: Callable[[Names], str],
+    why: str,
+    *more: Grant,
+    order: int = NEXT,
+    requires: OptionalApi | None = None,
+) -> Child:
+    """The common child: static, built without the :class:`Creation`, created for ``why`` and
+    read back (:data:`READ_BACK`), with ``more`` grants if it needs them."""
+    grants = (Grant(("create",), why), READ_BACK, *more)
+    return Child(kind, plain(build), name, grants, order=order, requires=requires)
+
+
 def _ungranted(children: tuple[Child, ...]) -> Iterator[str]:
     for child in children:
         granted = {v for g in child.grants if not g.subresource for v in g.verbs}

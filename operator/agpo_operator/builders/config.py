@@ -8,7 +8,7 @@ from agpo_api import API_VERSION, KIND, AGPOJob
 from agpo_api.layout import (
     JOB_FILE_KEY,
 )
-from agpo_operator.builders.child import READ_BACK, Child, Grant, Kind, plain
+from agpo_operator.builders.child import Grant, Kind, created
 from agpo_operator.builders.common import (
     BuildOptions,
     Names,
@@ -46,13 +46,10 @@ def build_spec_configmap(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
     }
 
 
-SPEC_CONFIGMAP = Child(
-    kind=Kind("v1", "ConfigMap", "configmaps"),
-    build=plain(build_spec_configmap),
-    name=lambda n: n.spec_configmap,
-    grants=(
-        Grant(("create",), "the job file"),
-        READ_BACK,
-        Grant(("get",), "read back the running spec to refuse immutable changes"),
-    ),
+SPEC_CONFIGMAP = created(
+    Kind("v1", "ConfigMap", "configmaps"),
+    build_spec_configmap,
+    lambda n: n.spec_configmap,
+    "the job file",
+    Grant(("get",), "read back the running spec to refuse immutable changes"),
 )

@@ -10,13 +10,10 @@ from __future__ import annotations
 from agpo_api import AGPOJob, AGPOJobSpec
 from agpo_api.vocabulary import Reason
 from agpo_operator.builders.child import (
-    READ_BACK,
     SERVICE,
-    Child,
-    Grant,
     Kind,
     OptionalApi,
-    plain,
+    created,
 )
 from agpo_operator.builders.common import (
     COMPLETION_INDEX,
@@ -75,22 +72,15 @@ def _no_prometheus_operator(spec: AGPOJobSpec, n: Names) -> str:
     )
 
 
-METRICS_SERVICE = Child(
-    kind=SERVICE,
-    build=plain(build_metrics_service),
-    name=lambda n: n.metrics,
-    grants=(Grant(("create",), "rank 0's metrics Service"), READ_BACK),
+METRICS_SERVICE = created(
+    SERVICE, build_metrics_service, lambda n: n.metrics, "rank 0's metrics Service"
 )
-POD_MONITOR = Child(
-    kind=Kind(f"{PODMONITOR_API_GROUP}/v1", "PodMonitor", "podmonitors"),
-    build=plain(build_pod_monitor),
-    name=lambda n: n.metrics,
-    grants=(
-        Grant(("create",), "the optional PodMonitor (only where the Prometheus Operator is "
-                           "installed)"),
-        READ_BACK,
-    ),
+POD_MONITOR = created(
+    Kind(f"{PODMONITOR_API_GROUP}/v1", "PodMonitor", "podmonitors"),
+    build_pod_monitor,
+    lambda n: n.metrics,
+    "the optional PodMonitor (only where the Prometheus Operator is installed)",
     requires=OptionalApi(
         PODMONITOR_API_GROUP, Reason.POD_MONITOR_UNAVAILABLE, _no_prometheus_operator
     ),
-)  # fmt: skip
+)

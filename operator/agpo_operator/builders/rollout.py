@@ -15,12 +15,12 @@ from agpo_api.layout import (
 )
 from agpo_api.vllm_server import job_server_command, server_env
 from agpo_operator.builders.child import (
-    READ_BACK,
     SERVICE,
     Child,
     Grant,
     Kind,
     Lifetime,
+    created,
     plain,
 )
 from agpo_operator.builders.common import (
@@ -180,11 +180,8 @@ def build_rollout_statefulset(job: AGPOJob, n: Names, options: BuildOptions) -> 
     }
 
 
-ROLLOUT_SERVICE = Child(
-    kind=SERVICE,
-    build=plain(build_rollout_service),
-    name=lambda n: n.rollout,
-    grants=(Grant(("create",), "the vLLM pods' headless Service"), READ_BACK),
+ROLLOUT_SERVICE = created(
+    SERVICE, build_rollout_service, lambda n: n.rollout, "the vLLM pods' headless Service"
 )
 ROLLOUT_STATEFULSET = Child(
     kind=Kind("apps/v1", "StatefulSet", "statefulsets"),

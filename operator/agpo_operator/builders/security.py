@@ -24,13 +24,12 @@ from agpo_api.layout import (
 )
 from agpo_operator.builders.child import (
     FIRST,
-    READ_BACK,
     Child,
     Creation,
     Grant,
     Identity,
     Kind,
-    plain,
+    created,
 )
 from agpo_operator.builders.common import (
     JOB_LABEL,
@@ -166,25 +165,25 @@ def build_trainer_network_policy(job: AGPOJob, n: Names, options: BuildOptions) 
 
 
 # ---------------------------------------------------------------------- the children
-SERVICE_ACCOUNT = Child(
-    kind=Kind("v1", "ServiceAccount", "serviceaccounts"),
-    build=plain(build_service_account),
-    name=lambda n: n.service_account,
-    grants=(Grant(("create",), "the pods' service account (no API rights)"), READ_BACK),
+SERVICE_ACCOUNT = created(
+    Kind("v1", "ServiceAccount", "serviceaccounts"),
+    build_service_account,
+    lambda n: n.service_account,
+    "the pods' service account (no API rights)",
     order=FIRST,
 )
-ROLLOUT_NETWORK_POLICY = Child(
-    kind=NETWORK_POLICY,
-    build=plain(build_rollout_network_policy),
-    name=lambda n: n.rollout,
-    grants=(Grant(("create",), "per-job network isolation"), READ_BACK),
+ROLLOUT_NETWORK_POLICY = created(
+    NETWORK_POLICY,
+    build_rollout_network_policy,
+    lambda n: n.rollout,
+    "per-job network isolation",
     order=FIRST,
 )
-TRAINER_NETWORK_POLICY = Child(
-    kind=NETWORK_POLICY,
-    build=plain(build_trainer_network_policy),
-    name=lambda n: n.trainer,
-    grants=(Grant(("create",), "per-job network isolation"), READ_BACK),
+TRAINER_NETWORK_POLICY = created(
+    NETWORK_POLICY,
+    build_trainer_network_policy,
+    lambda n: n.trainer,
+    "per-job network isolation",
     order=FIRST,
 )
 # Create only: the operator never reads a Secret; a deleted one shows in the pods

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from agpo_api import AGPOJob, AGPOJobSpec
 from agpo_api.models import DEFAULT_CHECKPOINT_SIZE
-from agpo_operator.builders.child import READ_BACK, Child, Grant, Kind, plain
+from agpo_operator.builders.child import Kind, created
 from agpo_operator.builders.common import BuildOptions, Names, Obj, metadata
 
 #: On a child that must not be owned by the job (a retained checkpoint claim).
@@ -41,16 +41,12 @@ def build_checkpoint_pvc(job: AGPOJob, n: Names, options: BuildOptions) -> Obj |
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
 
 
-CHECKPOINT_CLAIM = Child(
-    kind=Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-    build=plain(build_checkpoint_pvc),
-    name=lambda n: n.checkpoints,
-    grants=(
-        Grant(("create",), "the job's checkpoint claim (never deleted: garbage collection or "
-                           "the user does)"),
-        READ_BACK,
-    ),
-)  # fmt: skip
+CHECKPOINT_CLAIM = created(
+    Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    build_checkpoint_pvc,
+    lambda n: n.checkpoints,
+    "the job's checkpoint claim (never deleted: garbage collection or the user does)",
+)
 
 
 def checkpoint_volume_source(job: AGPOJob, n: Names) -> Obj:

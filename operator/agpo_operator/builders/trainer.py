@@ -24,14 +24,13 @@ from agpo_api.layout import (
 )
 from agpo_api.termination import TERMINATION_LOG
 from agpo_operator.builders.child import (
-    READ_BACK,
     SERVICE,
     Child,
     Creation,
     Grant,
     Kind,
     Lifetime,
-    plain,
+    created,
 )
 from agpo_operator.builders.common import (
     ATTEMPT_LABEL,
@@ -269,11 +268,8 @@ def build_trainer_job(job: AGPOJob, n: Names, options: BuildOptions, creation: C
     }
 
 
-TRAINER_SERVICE = Child(
-    kind=SERVICE,
-    build=plain(build_trainer_service),
-    name=lambda n: n.trainer,
-    grants=(Grant(("create",), "the trainer pods' headless Service"), READ_BACK),
+TRAINER_SERVICE = created(
+    SERVICE, build_trainer_service, lambda n: n.trainer, "the trainer pods' headless Service"
 )
 TRAINER_JOB = Child(
     kind=Kind("batch/v1", "Job", "jobs"),

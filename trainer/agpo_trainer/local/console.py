@@ -4,8 +4,7 @@ the summary at the end. Nothing here starts or stops a process."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -71,13 +70,8 @@ class StepBar:
         self._progress.__enter__()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._progress.__exit__(exc_type, exc, tb)
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
 
     def show(self, status: TrainerProgress | None) -> None:
         """Move the bar to ``status``'s step (nothing before the first step is done)."""

@@ -35,17 +35,12 @@ class RolloutBackend(Protocol):
     """Generates completions with the weights it was last pushed, and takes new weights."""
 
     def generate(
-        self,
-        prompt_token_ids: Sequence[Sequence[int]],
-        *,
-        n: int,
-        max_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
+        self, prompt_token_ids: Sequence[Sequence[int]], *, n: int, **sampling: Any
     ) -> list[Completion]:
-        """``n`` completions per prompt, ordered by (prompt, sample); prompt ``i`` samples from
-        seed ``seed + i * n`` (completion ``j`` of it from ``+ j``), wherever it is served."""
+        """``n`` completions per prompt, ordered by (prompt, sample), sampled with ``max_tokens``,
+        ``temperature``, ``top_p`` and ``seed`` (:meth:`RolloutClient.generate`'s keywords);
+        prompt ``i`` samples from seed ``seed + i * n`` (completion ``j`` of it from ``+ j``),
+        wherever it is served."""
         ...
 
     def push(self, weights: Weights, version: int) -> float:
@@ -72,22 +67,7 @@ class VLLMBackend:
 
     def __init__(self, client: Any, syncer: Any) -> None:
         self.client, self.syncer = client, syncer
-
-    def generate(
-        self,
-        prompt_token_ids: Sequence[Sequence[int]],
-        *,
-        n: int,
-        max_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> list[Completion]:
-        out: list[Completion] = self.client.generate(
-            prompt_token_ids, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            seed=seed,
-        )  # fmt: skip
-        return out
+        self.generate = client.generate  # the client's own signature and errors
 
     def push(self, weights: Weights, version: int) -> float:
         from agpo_trainer.rollout.weight_sync import WeightSyncError

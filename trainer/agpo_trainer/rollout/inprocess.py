@@ -188,22 +188,22 @@ class InProcessBackend:
 
     def generate(
         self,
-        prompt_token_ids: Sequence[Sequence[int]],
+        prompts: Sequence[Sequence[int]],
         *,
         n: int,
         max_tokens: int,
-        temperature: float = 1.0,
+        temperature: float,
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> list[Completion]:
         if top_p != 1.0:
             raise ValueError("InProcessBackend samples the full distribution: top_p must be 1.0")
-        prompts = [list(p) for p in prompt_token_ids]
+        rows_in = [list(p) for p in prompts]
         gen = torch.Generator()
         gen.manual_seed(0 if seed is None else seed)
         rows = sample_padded(
             self.model,
-            prompts,
+            rows_in,
             n,
             eos=self.tokenizer.eos_token_id,
             pad=self.tokenizer.pad_token_id,
@@ -216,7 +216,7 @@ class InProcessBackend:
             Completion(
                 prompt_index=k // n,
                 sample_index=k % n,
-                prompt_token_ids=list(prompts[k // n]),
+                prompt_token_ids=list(rows_in[k // n]),
                 token_ids=ids,
                 logprobs=lps,
                 finish_reason="stop" if finished else "length",
@@ -238,3 +238,15 @@ class InProcessBackend:
 
     def lagging(self, version: int) -> dict[str, str]:
         return {} if self.version == version else {"in-process": str(self.version)}
+
+
+def keeping(servers: list[InProcessBackend]) -> Callable[..., InProcessBackend]:
+    """A backend factory (:meth:`InProcessBackend.of`) that also appends the backend it builds
+    to ``servers``: after ``train`` returns, ``servers[0].model`` holds the weights last pushed
+    (the trained policy), which a study or a test evaluates."""
+
+    def factory(spec: ResolvedSpec, rt: Runtime, policy: Policy) -> InProcessBackend:
+        servers.append(InProcessBackend.of(spec, rt, policy))
+        return servers[-1]
+
+    return factory

@@ -33,16 +33,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from agpo_trainer.tasks.base import (
-    OwnOptimizer,
-    Row,
-    Task,
-    WarmupBatch,
-    WarmupInput,
-    WarmupRecipe,
-    register_task,
-    stable_hash,
-)
+from agpo_trainer.tasks import base
+from agpo_trainer.tasks.base import Row, stable_hash
 
 NAME = "bitcount"
 TAGS = "abcdefghijklmn"  # one tag per bit position: at most 14 bits
@@ -332,7 +324,7 @@ def warmup_batches(steps: int, seed: int) -> list[list[tuple[str, str]]]:
     return out
 
 
-def _warmup(inp: WarmupInput) -> list[WarmupBatch]:
+def _warmup(inp: base.WarmupInput) -> list[base.WarmupBatch]:
     """The warm-up batches with the job's prompt template applied (validated on the rows)."""
     return [
         [(inp.template.format(prompt=p), c) for p, c in batch]
@@ -340,8 +332,8 @@ def _warmup(inp: WarmupInput) -> list[WarmupBatch]:
     ]
 
 
-TASK = register_task(
-    Task(
+TASK = base.register_task(
+    base.Task(
         name=NAME,
         rows=lambda src: sampled_rows("train", src.size, src.seed),
         grade=lambda prompt, completion, answer, finished: (
@@ -350,9 +342,9 @@ TASK = register_task(
         difficulty=difficulty_of,
         answer_marker=ANSWER_PREFIX,
         eval_rows=eval_rows,
-        warmup=WarmupRecipe(
+        warmup=base.WarmupRecipe(
             batches=_warmup,
-            optimizer=OwnOptimizer(
+            optimizer=base.OwnOptimizer(
                 lr=WARMUP_RECIPE["lr"],
                 betas=WARMUP_RECIPE["betas"],
                 clip=WARMUP_RECIPE["clip"],
