@@ -239,6 +239,7 @@ def run_arm(arm: str, seed: int, b: Budget, out: Path) -> dict[str, Any]:
     train(job, runtime(d), backend=keeping(servers), callbacks=rec)
     # never crossed: the last step is the budget checkpoint too
     rec.test(b.steps, "steps" if rec.budget_done else "budget+steps", rec.completions)
+    shutil.rmtree(d / "checkpoints", ignore_errors=True)  # records only: no weights in results
     return {"arm": arm, "seed": seed, "seconds": round(time.time() - t0, 1),
             "completions": rec.completions}  # fmt: skip
 

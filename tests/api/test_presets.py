@@ -111,11 +111,11 @@ def test_resolved_spec_round_trips() -> None:
 
 
 def test_configmap_and_render_hold_the_resolved_algorithm() -> None:
-    from agpo_operator.builders.config import resolved_job
+    from agpo_operator.builders.config import expanded_job
 
     job = parse_job(apply({"spec.algorithm.preset": "dr_grpo"}))
     names = type("N", (), {"job": "minimal", "namespace": "default"})()
-    spec = resolved_job(job, names)["spec"]  # type: ignore[arg-type]
+    spec = expanded_job(job, names)["spec"]  # type: ignore[arg-type]
     assert spec["algorithm"]["advantage"] == "dr_grpo"
     assert spec["algorithm"]["lossAggregation"] == "seq-mean-token-sum-norm"
     assert spec["algorithm"]["zeroVariance"] == "keep"

@@ -71,7 +71,7 @@ def test_adopt_adds_the_controller_reference_without_touching_the_original() -> 
     assert "ownerReferences" not in cm["metadata"]
 
 
-def test_configmap_holds_the_resolved_job() -> None:
+def test_configmap_holds_the_job_with_its_preset_expanded() -> None:
     import yaml
 
     j = job()

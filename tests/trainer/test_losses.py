@@ -94,7 +94,7 @@ def test_clip_parameters() -> None:
     assert metrics["clip_ratio_high"] == pytest.approx(1 / 5)
 
 
-def test_kl_k3_values_and_loss() -> None:
+def test_k3_values_and_the_kl_term() -> None:
     logp = torch.zeros(1, 2)
     ref = torch.tensor([[math.log(2.0), 0.0]])
     kl = k3(ref - logp)

@@ -260,7 +260,7 @@ def algo(
     ).algorithm
 
 
-def test_attainable_reward_range() -> None:
+def test_the_resolved_reward_range_sums_the_weighted_bounds() -> None:
     assert algo().reward_range == (0.0, 1.0)
     assert algo((("accuracy", 1.0), ("format", 0.5))).reward_range == (0.0, 1.5)
     assert algo((("format", -1.0),)).reward_range == (-1.0, 0.0)

@@ -20,8 +20,9 @@ from agpo_operator.builders.common import (
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-def resolved_job(job: AGPOJob, n: Names) -> Obj:
-    """The job as the pods read it: defaults filled in, no status, no cluster metadata."""
+def expanded_job(job: AGPOJob, n: Names) -> Obj:
+    """The job as the pods read it: validated, its preset expanded and defaults filled in (the
+    trainer resolves it again: agpo_api.resolved), no status, no cluster metadata."""
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -36,7 +37,7 @@ def build_spec_configmap(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
     Immutable: it records the spec the pods were built from; the operator compares later
     spec changes against it (immutable fields) and never rewrites it.
     """
-    text = yaml.dump(resolved_job(job, n), Dumper=_DUMPER, sort_keys=False)
+    text = yaml.dump(expanded_job(job, n), Dumper=_DUMPER, sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
