@@ -138,6 +138,17 @@ class DatasetSource(ApiModel):
     )
 
 
+class ExampleTurn(ApiModel):
+    """One few-shot example in the chat: a user message and the assistant's answer."""
+
+    user: Annotated[str, Field(min_length=1, max_length=8192)] = Field(
+        description="The example question, as the user says it."
+    )
+    assistant: Annotated[str, Field(min_length=1, max_length=8192)] = Field(
+        description="The answer the model should imitate (its format, e.g. ending Answer: N)."
+    )
+
+
 class DatasetSpec(ApiModel):
     """The prompts and reference answers."""
 
@@ -152,6 +163,13 @@ class DatasetSpec(ApiModel):
     )
     system_prompt: Annotated[str, Field(max_length=16384)] | None = Field(
         default=None, description="System prompt (chat models)."
+    )
+    example_turns: list[ExampleTurn] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Few-shot examples as earlier chat turns (user, then assistant) before each "
+        "prompt; they go through the tokenizer's chat template, so they need a model that has "
+        "one (unlike promptTemplate, which is plain text).",
     )
     bad_rows: Literal["fail", "skip"] = Field(
         default="fail",

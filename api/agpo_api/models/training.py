@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -130,6 +130,15 @@ class TrainingSpec(ApiModel):
         le=1,
         description="Nucleus sampling; only 1 (no truncation): the trainer's log-probs are of "
         "the full distribution, so a truncated sampler would bias the importance ratio.",
+    )
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Stop strings: a completion ends at the first one (besides the model's end "
+        "token), in training rollouts and in evaluation alike. The string's tokens stay in the "
+        "completion the trainer trains on; the text that is scored ends before it. A completion "
+        "that reaches maxCompletionTokens without an end token or a stop string is truncated, "
+        "and a truncated completion is wrong (docs/algorithm.md).",
     )
     mini_batches: PositiveInt = Field(
         default=1,
