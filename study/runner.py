@@ -29,8 +29,9 @@ from agpo_api.models import AGPOJob
 from agpo_api.resolved import resolve
 from agpo_trainer.data import apply_template, load_examples
 from agpo_trainer.evaluation import evaluation_sets
-from agpo_trainer.experience import Batch, encode_prompt
+from agpo_trainer.experience import Batch
 from agpo_trainer.policy import Policy
+from agpo_trainer.prompts import PromptEncoder
 from agpo_trainer.rollout.inprocess import InProcessBackend, keeping
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.stats import EvalStats, StepStats
@@ -101,8 +102,8 @@ def test_endpoints(model: Any, tok: Any, job: AGPOJob, b: Budget) -> dict[str, A
     client = InProcessBackend(model, tok)
 
     def ids(ps: list[task.Problem]) -> list[list[int]]:
-        template, system = spec.dataset.prompt_template, spec.dataset.system_prompt
-        return [encode_prompt(tok, apply_template(template, p.prompt), system) for p in ps]
+        encode = PromptEncoder(tok, spec.dataset)
+        return [encode(apply_template(spec.dataset.prompt_template, p.prompt)) for p in ps]
 
     out: dict[str, Any] = {}
     for name, per, n, temp in (

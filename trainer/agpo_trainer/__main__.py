@@ -52,10 +52,15 @@ def _permanent_errors() -> tuple[type[BaseException], ...]:
     from agpo_api import InvalidJobError
     from agpo_trainer.data import DataError
     from agpo_trainer.models.location import ModelError
+    from agpo_trainer.prompts import PromptError
     from agpo_trainer.rewards.base import RewardFunctionError
+    from agpo_trainer.rollout.client import ResponseShapeError
     from agpo_trainer.runtime import ConfigError
 
-    return (InvalidJobError, DataError, RewardFunctionError, ConfigError, ModelError)
+    return (
+        InvalidJobError, DataError, RewardFunctionError, ConfigError, ModelError, PromptError,
+        ResponseShapeError,
+    )  # fmt: skip
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:

@@ -27,7 +27,7 @@ from agpo_trainer.data import (
     load_examples,
     split_holdout,
 )
-from agpo_trainer.experience import encode_prompt
+from agpo_trainer.prompts import PromptEncoder, scored_text
 from agpo_trainer.rewards.reasoning import THINK_END, reasoning_tokens
 from agpo_trainer.rewards.scoring import judge
 from agpo_trainer.stats import EvalStats
@@ -95,8 +95,8 @@ class Evaluator:
         examples: list[Example],
     ) -> None:  # fmt: skip
         self.spec, self.ev, self.tokenizer, self.client = spec, ev, tokenizer, client
-        system, limit = spec.dataset.system_prompt, spec.training.max_prompt_tokens
-        encoded = [(e, encode_prompt(tokenizer, e.prompt, system)) for e in examples]
+        encode, limit = PromptEncoder(tokenizer, spec.dataset), spec.training.max_prompt_tokens
+        encoded = [(e, encode(e.prompt)) for e in examples]
         kept = [(e, ids) for e, ids in encoded if len(ids) <= limit]
         if len(kept) < len(encoded):
             log.warning(
@@ -159,19 +159,20 @@ class Evaluator:
             out += self.client.generate(
                 self.prompt_ids[start : start + per], n=n, max_tokens=t.max_completion_tokens,
                 temperature=temperature, top_p=1.0, seed=seed + start * n,
+                **({"stop": list(t.stop)} if t.stop else {}),
             )  # fmt: skip
         return out
 
     def _correct(self, completions: list[Any], n: int) -> tuple[list[str], list[bool]]:
-        """Decoded texts and correctness (``algorithm.correct``; a truncated one is wrong)."""
-        texts = [self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+        """Scored texts and correctness (``algorithm.correct``; a truncated one is wrong: the
+        training reward's rule, :func:`agpo_trainer.rewards.scoring.judge`)."""
+        stops = self.spec.training.stop
+        texts = [scored_text(self.tokenizer, c.token_ids, stops) for c in completions]
         _, correct = judge(
             [self.examples[i // n].prompt for i in range(len(completions))],
             texts,
             [self.examples[i // n].answer for i in range(len(completions))],
             self.spec.algorithm,
+            finished=[not c.truncated for c in completions],
         )
-        right = [
-            bool(x) and not c.truncated for x, c in zip(correct.tolist(), completions, strict=True)
-        ]
-        return texts, right
+        return texts, [bool(x) for x in correct.tolist()]

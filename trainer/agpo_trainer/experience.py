@@ -16,6 +16,7 @@ from agpo_api.resolved import ResolvedSpec
 from agpo_trainer.algorithms import Counts, advantages_of, count_included, homogeneous_groups
 from agpo_trainer.data import Example, PromptSampler, check_prompts_fit
 from agpo_trainer.metrics import TrainerMetrics
+from agpo_trainer.prompts import PromptEncoder, scored_text
 from agpo_trainer.rewards.reasoning import reasoning_lengths
 from agpo_trainer.rewards.scoring import score
 from agpo_trainer.stats import RolloutStats
@@ -75,16 +76,6 @@ def select_groups(rewards: Tensor, group_size: int, want: int) -> list[int]:
     return sorted((varied + rest)[:want])
 
 
-def encode_prompt(tokenizer: Any, prompt: str, system: str | None) -> list[int]:
-    """Token ids of a prompt: the chat template when the tokenizer has one and the dataset a
-    system prompt, else ``system`` and the prompt as plain text."""
-    if getattr(tokenizer, "chat_template", None) and system is not None:
-        msgs = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-        return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
-    text = f"{system}\n{prompt}" if system else prompt
-    return list(tokenizer.encode(text, add_special_tokens=False))
-
-
 def length_values(spec: ResolvedSpec, tokenizer: Any, texts: list[str]) -> list[int] | None:
     """The lengths ``lengthReward.target`` measures: None for ``completion`` (the completion
     tokens :func:`score` already has), the reasoning tokens of each text for ``reasoning``."""
@@ -114,6 +105,9 @@ class Experience:
     ) -> None:
         self.spec, self.tokenizer, self.sampler = spec, tokenizer, sampler
         self.client, self.metrics = client, metrics
+        self.encode = PromptEncoder(tokenizer, spec.dataset)
+        # only when set: a request without stop strings stays what it was
+        self.sampling = {"stop": list(spec.training.stop)} if spec.training.stop else {}
 
     def collect(self, step: int) -> Batch:
         """Generate, score and compute advantages for one step's batch."""
@@ -132,6 +126,7 @@ class Experience:
                 temperature=t.temperature,
                 top_p=t.top_p,
                 seed=rollout_seed(t.seed, step, rounds),
+                **self.sampling,
             )
             if not algo.resamples or rounds >= algo.max_resample_rounds:
                 break
@@ -184,11 +179,10 @@ class Experience:
         """The next ``n`` usable prompts (too-long ones skipped and counted)."""
         fresh: list[list[int]] = []
         limit = self.spec.training.max_prompt_tokens
-        system = self.spec.dataset.system_prompt
         skipped_in_a_row = 0
         while len(fresh) < n:
             for e in self.sampler.take(n - len(fresh)):
-                ids = encode_prompt(self.tokenizer, e.prompt, system)
+                ids = self.encode(e.prompt)
                 if len(ids) > limit:
                     self.metrics.add("skipped_prompts")
                     skipped_in_a_row += 1
@@ -198,18 +192,15 @@ class Experience:
                 examples.append(e)
             # A whole epoch skipped: no prompt fits, and drawing on would spin forever.
             if skipped_in_a_row >= len(self.sampler.examples):
-                check_prompts_fit(
-                    self.sampler.examples,
-                    lambda text: encode_prompt(self.tokenizer, text, system),
-                    limit,
-                )
+                check_prompts_fit(self.sampler.examples, self.encode, limit)
         return fresh
 
     def _score(
         self, examples: list[Example], completions: list[Any]
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         g = self.spec.algorithm.group_size
-        texts = [self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+        stops = self.spec.training.stop
+        texts = [scored_text(self.tokenizer, c.token_ids, stops) for c in completions]
         return score(
             prompts=[examples[i // g].prompt for i in range(len(completions))],
             completions=texts,
@@ -218,4 +209,5 @@ class Experience:
             group_size=g,
             algo=self.spec.algorithm,
             length_values=length_values(self.spec, self.tokenizer, texts),
+            finished=[not c.truncated for c in completions],
         )

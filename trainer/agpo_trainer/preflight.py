@@ -60,13 +60,13 @@ def preflight(job: AGPOJob, base_dir: Path, cache_dir: Path | None = None) -> st
     tokenizer and that some prompt fits ``maxPromptTokens``, the reward functions. Returns
     the model's location; raises :class:`LaunchError` with one line naming the problem."""
     from agpo_trainer.data import DataError, check_prompts_fit, load_examples
-    from agpo_trainer.experience import encode_prompt
     from agpo_trainer.models.location import (
         ModelError,
         check_model,
         load_tokenizer,
         model_location,
     )
+    from agpo_trainer.prompts import PromptEncoder, PromptError
     from agpo_trainer.rewards.base import RewardFunctionError
     from agpo_trainer.rewards.scoring import get_reward_function
 
@@ -82,12 +82,8 @@ def preflight(job: AGPOJob, base_dir: Path, cache_dir: Path | None = None) -> st
         location = model_location(spec.model, cache)
         check_model(spec.model, location)
         tokenizer = load_tokenizer(spec.model, location)
-        system = spec.dataset.system_prompt
-        check_prompts_fit(
-            examples,
-            lambda text: encode_prompt(tokenizer, text, system),
-            spec.training.max_prompt_tokens,
-        )
-    except (DataError, RewardFunctionError, ModelError) as err:
+        encode = PromptEncoder(tokenizer, spec.dataset)
+        check_prompts_fit(examples, encode, spec.training.max_prompt_tokens)
+    except (DataError, RewardFunctionError, ModelError, PromptError) as err:
         raise LaunchError(str(err)) from None
     return location

@@ -39,10 +39,11 @@ from agpo_trainer.checkpoint import CheckpointMeta, resume_training_state, save_
 from agpo_trainer.data import PromptSampler, check_prompts_fit, load_examples
 from agpo_trainer.distributed import broadcast_object
 from agpo_trainer.evaluation import Evaluator, evaluation_sets
-from agpo_trainer.experience import Batch, Experience, encode_prompt
+from agpo_trainer.experience import Batch, Experience
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics, serve
 from agpo_trainer.overlap import RolloutPipeline, check_staleness, staleness_bound
 from agpo_trainer.policy import Policy
+from agpo_trainer.prompts import PromptEncoder
 from agpo_trainer.rollout.backend import BackendFactory, RolloutBackend, WeightSyncFailed, connect
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.stats import EvalStats, StepStats, algorithm_line
@@ -118,11 +119,8 @@ def train(
     )
     sampler = PromptSampler(examples, t.seed)
     policy = Policy.load(spec, rt)
-    system = spec.dataset.system_prompt
     # Before any server work: a dataset none of whose prompts fits would make the draw spin.
-    check_prompts_fit(
-        examples, lambda text: encode_prompt(policy.tokenizer, text, system), t.max_prompt_tokens
-    )
+    check_prompts_fit(examples, PromptEncoder(policy.tokenizer, spec.dataset), t.max_prompt_tokens)
     resumed = resume_training_state(policy, sampler, rt.checkpoint_dir) if t.resume else None
     step, version = (resumed.step, resumed.policy_version) if resumed else (0, 0)
     if resumed is None and t.format_warmup_steps:

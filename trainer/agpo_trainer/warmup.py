@@ -26,9 +26,9 @@ from agpo_api.models import BuiltinSource
 from agpo_api.resolved import ResolvedSpec
 from agpo_trainer.data import Example
 from agpo_trainer.distributed import broadcast_object
-from agpo_trainer.experience import encode_prompt
 from agpo_trainer.models import BUILTIN_TINY
 from agpo_trainer.policy import Policy, broadcast_state_dict, pad
+from agpo_trainer.prompts import PromptEncoder
 from agpo_trainer.tasks import OwnOptimizer, WarmupBatch, WarmupInput, WarmupRecipe, get_task
 
 log = logging.getLogger("agpo_trainer")
@@ -88,7 +88,7 @@ def _train(
     policy: Policy, spec: ResolvedSpec, batches: list[WarmupBatch], own: OwnOptimizer | None
 ) -> float:
     """Cross-entropy on the completion tokens (then EOS) of every batch; the last loss."""
-    tok, system = policy.tokenizer, spec.dataset.system_prompt
+    tok, encode = policy.tokenizer, PromptEncoder(policy.tokenizer, spec.dataset)
     eos = tok.eos_token_id
     params = [p for p in policy.model.parameters() if p.requires_grad]
     opt = policy.optimizer
@@ -97,7 +97,7 @@ def _train(
     loss_v = float("nan")
     policy.model.train()
     for step, batch in enumerate(batches, start=1):
-        prompts = [encode_prompt(tok, p, system) for p, _ in batch]
+        prompts = [encode(p) for p, _ in batch]
         seqs = [
             q + tok.encode(c, add_special_tokens=False) + [eos]
             for q, (_, c) in zip(prompts, batch, strict=True)

@@ -71,10 +71,16 @@ def judge(
     answers: Sequence[str],
     algo: ResolvedAlgorithm,
     device: torch.device | None = None,
+    finished: Sequence[bool] | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Every reward of ``algo.rewards`` by key (``Tensor[N]`` float32 each) and ``correct
     Bool[N]``: ``value > correct_threshold`` of the deciding reward, unweighted (``accuracy``
-    is computed for it when it is not among the rewards; it then stays out of the total)."""
+    is computed for it when it is not among the rewards; it then stays out of the total).
+
+    The truncation rule, one for training and evaluation: a completion that did not finish
+    (``finished`` False: cut at maxCompletionTokens without an end token or a stop string)
+    is wrong: not ``correct``, and 0 from the builtin ``accuracy`` reward, whatever its text
+    says. Custom reward functions get the text as it is."""
     n = len(completions)
     if len(prompts) != n or len(answers) != n:
         raise ValueError(
@@ -99,7 +105,13 @@ def judge(
             f"name one of them or accuracy"
         )
     decisive = components[deciding] if deciding in components else values(deciding)
-    return components, decisive > float(algo.correct_threshold)
+    correct = decisive > float(algo.correct_threshold)
+    if finished is not None:
+        done = torch.tensor(list(finished), dtype=torch.bool, device=device)
+        correct = correct & done
+        if "accuracy" in components:
+            components["accuracy"] = components["accuracy"] * done
+    return components, correct
 
 
 def score(
@@ -111,6 +123,7 @@ def score(
     algo: ResolvedAlgorithm,
     *,
     length_values: Tensor | Sequence[int] | None = None,
+    finished: Sequence[bool] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Score ``N`` completions: rewards, their weighted sum and the length reward.
 
@@ -122,6 +135,8 @@ def score(
             correct, the length reward.
         length_values: ``[N]`` the lengths the length reward measures, default ``lengths``
             (``lengthReward.target: reasoning`` passes the reasoning tokens).
+        finished: ``[N]`` whether each completion finished; a truncated one is wrong
+            (:func:`judge`).
 
     Returns:
         ``(total Tensor[N] float32, components {name: Tensor[N]}, correct Bool[N])``.
@@ -135,7 +150,7 @@ def score(
     if group_size < 1 or n % group_size != 0:
         raise ValueError(f"{n} completions are not divisible into groups of {group_size}")
     device = length_t.device
-    components, is_correct = judge(prompts, completions, answers, algo, device)
+    components, is_correct = judge(prompts, completions, answers, algo, device, finished)
     weights = {r.key: float(r.weight) for r in algo.rewards}
     if algo.length_reward.active:
         measured = length_t if length_values is None else _as_lengths(length_values).to(device)

@@ -20,7 +20,13 @@ from agpo_trainer.rollout.http import HttpCallError, RetryPolicy, call
 
 
 class RolloutError(RuntimeError):
-    """Generation failed (server unreachable past the timeout, bad answer, ...)."""
+    """Generation failed for a reason of the moment (a server unreachable past the timeout)."""
+
+
+class ResponseShapeError(ValueError):
+    """A server answered in a shape the trainer cannot use (the wrong number of choices, token
+    ids without their log-probs, another prompt echoed): the same request gets the same answer,
+    so this is permanent, not retried."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ def build_completion_request(
     seed: int | None,
     stop_token_ids: Sequence[int] | None = None,
     model: str | None = None,
+    stop: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The JSON body for `/v1/completions`. Pure."""
     body: dict[str, Any] = {
@@ -72,6 +79,8 @@ def build_completion_request(
         body["seed"] = seed
     if stop_token_ids:
         body["stop_token_ids"] = list(stop_token_ids)
+    if stop:  # vLLM cuts the text before it but returns its tokens (prompts.scored_text)
+        body["stop"] = list(stop)
     if model:
         body["model"] = model
     return body
@@ -80,24 +89,25 @@ def build_completion_request(
 def parse_completion_response(
     data: dict[str, Any], *, prompt_index: int, prompt_token_ids: Sequence[int], n: int
 ) -> list[Completion]:
-    """Completions of one prompt, ordered by sample index; raises RolloutError if malformed."""
+    """Completions of one prompt, ordered by sample index; :class:`ResponseShapeError` if
+    malformed."""
     choices = data.get("choices")
     if not isinstance(choices, list) or len(choices) != n:
         got = len(choices) if isinstance(choices, list) else "no"
-        raise RolloutError(f"expected {n} choices for prompt {prompt_index}, got {got}")
+        raise ResponseShapeError(f"expected {n} choices for prompt {prompt_index}, got {got}")
     out = []
     for choice in sorted(choices, key=lambda c: int(c["index"])):
         token_ids = [int(t) for t in choice.get("token_ids") or []]
         lp = choice.get("logprobs") or {}
         logprobs = [float(x) for x in lp.get("token_logprobs") or []]
         if len(logprobs) != len(token_ids):
-            raise RolloutError(
+            raise ResponseShapeError(
                 f"prompt {prompt_index}: {len(token_ids)} token ids but {len(logprobs)} "
                 "log-probs (is the server's --max-logprobs 0?)"
             )
         echoed = choice.get("prompt_token_ids")
         if echoed is not None and list(echoed) != list(prompt_token_ids):
-            raise RolloutError(f"prompt {prompt_index}: server echoed different prompt ids")
+            raise ResponseShapeError(f"prompt {prompt_index}: server echoed different prompt ids")
         out.append(
             Completion(
                 prompt_index=prompt_index,
@@ -149,6 +159,7 @@ class RolloutClient:
         top_p: float = 1.0,
         seed: int | None = None,
         stop_token_ids: Sequence[int] | None = None,
+        stop: Sequence[str] | None = None,
     ) -> list[Completion]:
         """`n` completions per prompt, ordered by (prompt index, sample index).
 
@@ -176,6 +187,7 @@ class RolloutClient:
                     seed=None if seed is None else seed + i * n,
                     stop_token_ids=stop_token_ids,
                     model=self.model,
+                    stop=stop,
                 )
                 url = self.urls[i % len(self.urls)]
                 futures.append(pool.submit(self._one, url, body, i, prompt, n))
@@ -210,6 +222,7 @@ class RolloutClient:
 
 __all__ = [
     "Completion",
+    "ResponseShapeError",
     "RolloutClient",
     "RolloutError",
     "build_completion_request",

@@ -195,6 +195,7 @@ class InProcessBackend:
         temperature: float,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop: Sequence[str] | None = None,
     ) -> list[Completion]:
         if top_p != 1.0:
             raise ValueError("InProcessBackend samples the full distribution: top_p must be 1.0")
@@ -212,6 +213,8 @@ class InProcessBackend:
             gen=gen,
         )
         self.generated += len(rows)
+        if stop:
+            rows = [self._stopped(ids, lps, finished, stop) for ids, lps, finished in rows]
         return [
             Completion(
                 prompt_index=k // n,
@@ -224,6 +227,18 @@ class InProcessBackend:
             )
             for k, (ids, lps, finished) in enumerate(rows)
         ]
+
+    def _stopped(
+        self, ids: list[int], lps: list[float], finished: bool, stop: Sequence[str]
+    ) -> Row:
+        """The row as a server with stop strings returns it: cut after the token that completes
+        the first stop string (which stays in the tokens), and then finished. The tokens
+        sampled after it never affect the ones before, so cutting afterwards is stopping."""
+        for k in range(1, len(ids) + 1):
+            text = self.tokenizer.decode(ids[:k], skip_special_tokens=True)
+            if any(s in text for s in stop):
+                return ids[:k], lps[:k], True
+        return ids, lps, finished
 
     def push(self, weights: nn.Module | dict[str, Tensor], version: int) -> float:
         start = time.perf_counter()
