@@ -201,7 +201,11 @@ REWARDS: Catalog[RewardTraits] = Catalog(
 TASKS: Catalog[TaskTraits] = Catalog(
     "builtin task",
     "dataset.source.builtin.task",
-    {"arithmetic": TaskTraits(), "bitcount": TaskTraits(eval_split=True)},
+    {
+        "arithmetic": TaskTraits(),
+        "bitcount": TaskTraits(eval_split=True),
+        "wordmath": TaskTraits(eval_split=True),
+    },
 )
 
 
