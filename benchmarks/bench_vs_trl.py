@@ -381,10 +381,11 @@ def run_ours(args: argparse.Namespace, repeat: int, tmp: Path) -> RunResult:
         **os.environ,
         "AGPO_METRICS_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
-        # The vLLM server imports the logits processor from here (the trainer gets the job's
-        # directory on its PYTHONPATH from the launcher anyway).
+        # The vLLM server imports the logits processor from benchmarks/jobs, wherever the job
+        # file is (a copy elsewhere runs all the same), and a job's own modules from its
+        # folder (the trainer gets that folder on its PYTHONPATH from the launcher anyway).
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(args.job.parent), os.environ.get("PYTHONPATH")) if p
+            p for p in (str(HERE / "jobs"), str(args.job.parent), os.environ.get("PYTHONPATH")) if p
         ),
     }
     load_before = loadavg()
