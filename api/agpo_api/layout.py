@@ -18,6 +18,10 @@ JOB_FILE = f"{JOB_FILE_DIR}/{JOB_FILE_KEY}"
 MODELS_DIR = "/models"
 #: ``builtin:tiny``, built by an init container into an emptyDir.
 TINY_MODEL_DIR = "/model"
+#: A GGUF file (a packaged builtin model, ``spec.model.source.gguf``), converted by an init
+#: container into the same emptyDir: a subdirectory, so the finished conversion is renamed
+#: into place (a restarted init container never leaves vLLM a half-written model).
+CONVERTED_MODEL_DIR = f"{TINY_MODEL_DIR}/hf"
 #: Checkpoints (``spec.training.checkpoint``): a PVC or an emptyDir.
 CHECKPOINTS_DIR = "/checkpoints"
 #: A dataset file from a PVC (``spec.dataset.source.file.pvc``).

@@ -288,6 +288,16 @@ BAD_CASES: list[BadCase] = [
     BadCase("temperature 0", {"spec.training.temperature": 0}, "spec.training.temperature"),
     BadCase("topP above 1", {"spec.training.topP": 1.5}, "spec.training.topP"),
     BadCase("unknown builtin model", {"spec.model.name": "builtin:tiny@3"}, "spec.model.name"),
+    BadCase(
+        "gguf and a directory path",
+        {"spec.model.source": {"gguf": "/m/x.gguf", "path": "/m"}},
+        "spec.model.source.pvc",
+    ),
+    BadCase(
+        "gguf in a claim with subPath",
+        {"spec.model.source": {"pvc": "models", "subPath": "m", "gguf": "x.gguf"}},
+        "spec.model.source.gguf",
+    ),
     BadCase("bad dtype", {"spec.model.dtype": "fp8"}, "spec.model.dtype"),
     BadCase(
         "negative backoffLimit", {"spec.runPolicy.backoffLimit": -1}, "spec.runPolicy.backoffLimit"

