@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_crd import api_server_errors
 
 from agpo_api import InvalidJobError, parse_job
 from agpo_api.catalog import MODELS
 
 from cases import apply
-from test_crd import api_server_errors
 
 GOOD = [
     {"spec.model": {"name": "builtin:smollm2-135m-instruct"}},
