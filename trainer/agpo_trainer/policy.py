@@ -146,12 +146,15 @@ class Policy:
 
     @staticmethod
     def load(spec: ResolvedSpec, rt: Runtime) -> Policy:
-        """Load the model and tokenizer every rank trains (rank 0 builds a builtin one first)."""
+        """Load the model and tokenizer every rank trains (a builtin model or a GGUF file is
+        made into the model cache first, by one rank per node)."""
         from transformers import AutoModelForCausalLM
 
         from agpo_trainer.models.location import check_model, load_tokenizer, model_location
 
-        if rt.is_main:
+        # One maker per node: each node has its own cache, and a GGUF conversion takes ~20 s
+        # and a few GB that every rank of the node would otherwise spend at once.
+        if rt.local_rank == 0:
             model_location(spec.model, rt.cache_dir)
         barrier()
         # In pods the operator says where it mounted the weights (AGPO_MODEL_PATH).

@@ -1,8 +1,9 @@
-"""Model helpers: the builtin tiny model, model-name resolution (no hub downloads) and the
-response-log-prob wrapper the policy trains (``response.py``).
+"""Model helpers: the builtin models (``builtin.py``: the tiny one built in code, packaged GGUF
+files converted by ``gguf.py``), GGUF sources, the model cache, model-name resolution (no hub
+downloads) and the response-log-prob wrapper the policy trains (``response.py``).
 
 Names are resolved lazily so that `python -m agpo_trainer.models.tiny DIR` (the rollout
-pod's init container) does not import the module twice.
+pod's init container; `.gguf` likewise) does not import the module twice.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ _HOMES = {
     "TinyModelSpec": "tiny",
     "build_tiny_model": "tiny",
     "build_tokenizer": "tiny",
-    "resolve_model_path": "tiny",
+    "resolve_model_path": "builtin",
+    "BUILDERS": "builtin",
+    "convert_gguf": "gguf",
+    "gguf_model_dir": "gguf",
+    "ModelError": "errors",
     "model_location": "location",
     "ResponseModel": "response",
     "as_response_model": "response",

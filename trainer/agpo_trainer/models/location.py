@@ -7,25 +7,38 @@ import os
 from pathlib import Path
 
 from agpo_api.layout import MODELS_DIR
-from agpo_api.models import ModelSpec
-from agpo_trainer.models.tiny import parse_builtin, resolve_model_path
+from agpo_api.models import ModelSource, ModelSpec
+from agpo_trainer.models.builtin import builtin_name, resolve_model_path
+from agpo_trainer.models.errors import ModelError
+
+__all__ = ["ModelError", "check_model", "load_tokenizer", "model_location"]
 
 #: Seconds the Hugging Face Hub may take to say whether a model exists.
 HUB_PROBE_TIMEOUT_S = 10.0
 
 
-class ModelError(ValueError):
-    """The model cannot be loaded (no such directory, not fetchable); the message says which
-    field and what to do."""
+def gguf_source(source: ModelSource, models_mount: str = MODELS_DIR) -> Path:
+    """The GGUF file ``source.gguf`` names: inside the claim (mounted at ``models_mount``) when
+    ``source.pvc`` is set, else a path on this filesystem."""
+    assert source.gguf is not None
+    if source.pvc is not None:
+        return Path(models_mount) / source.gguf.lstrip("/")
+    return Path(source.gguf)
 
 
 def model_location(spec: ModelSpec, cache_dir: Path, models_mount: str = MODELS_DIR) -> str:
-    """``source.pvc`` (mounted at ``models_mount``) + subPath, ``source.path``, a builtin
-    model built into ``cache_dir``, or the hub id itself (transformers/vLLM download it)."""
-    if spec.source is not None and spec.source.pvc is not None:
-        return str(Path(models_mount) / (spec.source.sub_path or ""))
-    if spec.source is not None and spec.source.path is not None:
-        return spec.source.path
+    """``source.gguf`` or a builtin model, made once into ``cache_dir`` (a GGUF file converted,
+    a model built); ``source.pvc`` (mounted at ``models_mount``) + subPath; ``source.path``; or
+    the hub id itself (transformers/vLLM download it)."""
+    source = spec.source
+    if source is not None and source.gguf is not None:
+        from agpo_trainer.models.gguf import gguf_model_dir
+
+        return str(gguf_model_dir(gguf_source(source, models_mount), cache_dir))
+    if source is not None and source.pvc is not None:
+        return str(Path(models_mount) / (source.sub_path or ""))
+    if source is not None and source.path is not None:
+        return source.path
     return str(resolve_model_path(spec.name, cache_dir))
 
 
@@ -38,8 +51,10 @@ def check_model(spec: ModelSpec, location: str) -> None:
     """Raise :class:`ModelError` unless ``location`` (from :func:`model_location`) is a model
     directory, or a hub id that is cached or fetchable from here."""
     source = spec.source
+    if source is not None and source.gguf is not None:
+        return  # converted by model_location, which checked the file
     from_source = source is not None and (source.path is not None or source.pvc is not None)
-    if parse_builtin(spec.name) is not None and not from_source:
+    if builtin_name(spec.name) is not None and not from_source:
         return  # built on the spot
     path = Path(location).expanduser()
     field = "spec.model.name"

