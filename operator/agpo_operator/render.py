@@ -8,16 +8,21 @@ at the top of each job's output):
 * the Secret ``<job>-rollout-token`` is printed without ``data``: the operator generates a
   random token when it creates the job's children, and a rendered manifest must not carry a
   real or a guessable token.
+
+A job whose model is made inside the pods (a packaged builtin model, ``model.source.gguf``)
+also gets a comment saying what the rollout and trainer images must carry for it.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 
 import yaml
 
 from agpo_api import AGPOJob
 from agpo_operator.builders import BuildOptions, Obj, build_children
+from agpo_operator.builders.model import model_requirement
 
 DEFAULT_NAMESPACE = "default"
 
@@ -47,8 +52,21 @@ def render_yaml(
         docs = yaml.dump_all(
             render_objects(job, ns, options), Dumper=_Dumper, sort_keys=False, width=100
         )
-        parts.append(NOTE.format(namespace=ns, name=job.metadata.name) + "---\n" + docs)
+        note = NOTE.format(namespace=ns, name=job.metadata.name) + _requirement_note(job)
+        parts.append(note + "---\n" + docs)
     return "---\n".join(parts)
+
+
+def _requirement_note(job: AGPOJob) -> str:
+    """What the images must carry for the job's model (a packaged builtin model, a GGUF file),
+    as comment lines; "" when nothing beyond the usual."""
+    requirement = model_requirement(job)
+    if requirement is None:
+        return ""
+    return "".join(
+        f"# {line}\n"
+        for line in textwrap.wrap(f"Images: {requirement}.", 94, break_on_hyphens=False)
+    )
 
 
 class _Dumper(yaml.SafeDumper):

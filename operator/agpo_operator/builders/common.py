@@ -15,10 +15,7 @@ from agpo_api.env import EnvVar
 from agpo_api.layout import (
     JOB_FILE_DIR,
     JOB_FILE_KEY,
-    MODELS_DIR,
     ROLLOUT_PORT,
-    TINY_MODEL,
-    TINY_MODEL_DIR,
 )
 
 Obj = dict[str, Any]
@@ -244,33 +241,6 @@ def common_mounts() -> list[Obj]:
 
 
 # --------------------------------------------------------------------------- model and data
-def model_path(job: AGPOJob) -> str:
-    """Where the policy's weights are inside rollout and trainer pods (or the hub id)."""
-    model = job.spec.model
-    if model.source is not None and model.source.pvc:
-        sub = (model.source.sub_path or "").strip("/")
-        return f"{MODELS_DIR}/{sub}" if sub else MODELS_DIR
-    if model.source is not None and model.source.path:
-        return model.source.path
-    if model.name == TINY_MODEL:
-        return TINY_MODEL_DIR
-    return model.name
-
-
-def downloads_model(job: AGPOJob) -> bool:
-    """True when the weights come from the Hugging Face hub (vLLM downloads them)."""
-    return job.spec.model.source is None and job.spec.model.name != TINY_MODEL
-
-
-def model_volumes(job: AGPOJob) -> tuple[list[Obj], list[Obj]]:
-    """(volumes, mounts) that bring the model's PVC into a pod, if it lives on one."""
-    source = job.spec.model.source
-    if source is None or not source.pvc:
-        return [], []
-    volume = {"name": "model", "persistentVolumeClaim": {"claimName": source.pvc, "readOnly": True}}
-    return [volume], [{"name": "model", "mountPath": MODELS_DIR, "readOnly": True}]
-
-
 def hf_token_env(job: AGPOJob) -> list[Obj]:
     ref = job.spec.model.hf_token_secret_ref
     return [env_secret(EnvVar.HF_TOKEN, ref.name, ref.key)] if ref is not None else []

@@ -6,13 +6,7 @@ from __future__ import annotations
 
 from agpo_api import AGPOJob
 from agpo_api.env import AUTH_ENV, EnvVar
-from agpo_api.layout import (
-    JOB_FILE,
-    ROLLOUT_PORT,
-    TINY_MODEL,
-    TINY_MODEL_DIR,
-    TOKEN_KEY,
-)
+from agpo_api.layout import JOB_FILE, ROLLOUT_PORT, TINY_MODEL_DIR, TOKEN_KEY
 from agpo_api.vllm_server import job_server_command, server_env
 from agpo_operator.builders.child import (
     SERVICE,
@@ -30,21 +24,26 @@ from agpo_operator.builders.common import (
     common_mounts,
     container_image_fields,
     container_security_context,
-    downloads_model,
     env_secret,
     env_value,
     hf_token_env,
     job_file_volume,
     merge_env,
     metadata,
-    model_path,
-    model_volumes,
     pod_security_context,
     resources,
     scheduling,
     selector_labels,
     shm_volume,
     workload_labels,
+)
+from agpo_operator.builders.model import (
+    MADE_VOLUME,
+    downloads_model,
+    model_maker,
+    model_path,
+    model_volumes,
+    pod_annotations,
 )
 
 # Variables a job's env cannot override: the contract with the image, and the token check
@@ -91,14 +90,17 @@ def rollout_env(job: AGPOJob, n: Names) -> list[Obj]:
     return merge_env(ours, user, RESERVED_ENV)
 
 
-def _tiny_model_init(job: AGPOJob, options: BuildOptions) -> Obj:
-    """Builds ``builtin:tiny`` into the shared emptyDir (the trainer builds the same model)."""
+def _model_init(job: AGPOJob, options: BuildOptions, command: list[str], mounts: list[Obj]) -> Obj:
+    """Makes the model into the pod's emptyDir before vLLM starts: builtin:tiny built, or a
+    GGUF file converted (the trainer makes the same model into its cache)."""
     return {
         "name": "build-model",
         **container_image_fields(job.spec.rollout.image, options.rollout_image, options),
-        "command": ["python", "-m", "agpo_trainer.models.tiny", TINY_MODEL_DIR],
+        "command": command,
         "securityContext": container_security_context(),
-        "volumeMounts": [{"name": "model", "mountPath": TINY_MODEL_DIR}],
+        "volumeMounts": [{"name": MADE_VOLUME, "mountPath": TINY_MODEL_DIR}, *mounts],
+        # A mistake (the extra not in the image, a bad GGUF file) is one line: the pod's reason.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 
@@ -106,10 +108,11 @@ def rollout_pod_spec(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
     rollout = job.spec.rollout
     volumes, mounts = model_volumes(job)
     init: list[Obj] = []
-    if job.spec.model.name == TINY_MODEL and job.spec.model.source is None:
-        volumes = [{"name": "model", "emptyDir": {}}]
-        mounts = [{"name": "model", "mountPath": TINY_MODEL_DIR, "readOnly": True}]
-        init = [_tiny_model_init(job, options)]
+    maker = model_maker(job)
+    if maker is not None:  # vLLM reads the emptyDir; only the maker reads a GGUF file's claim
+        init = [_model_init(job, options, maker, mounts)]
+        volumes = [*volumes, {"name": MADE_VOLUME, "emptyDir": {}}]
+        mounts = [{"name": MADE_VOLUME, "mountPath": TINY_MODEL_DIR, "readOnly": True}]
     container: Obj = {
         "name": "vllm",
         **container_image_fields(rollout.image, options.rollout_image, options),
@@ -173,7 +176,10 @@ def build_rollout_statefulset(job: AGPOJob, n: Names, options: BuildOptions) -> 
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": select},
             "template": {
-                "metadata": {"labels": metadata(n, n.rollout, "rollout")["labels"]},
+                "metadata": {
+                    "labels": metadata(n, n.rollout, "rollout")["labels"],
+                    **pod_annotations(job),
+                },
                 "spec": rollout_pod_spec(job, n, options),
             },
         },

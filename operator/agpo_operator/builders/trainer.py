@@ -19,7 +19,6 @@ from agpo_api.layout import (
     EVAL_DATA_DIR,
     JOB_FILE,
     RENDEZVOUS_PORT,
-    TINY_MODEL,
     TOKEN_KEY,
 )
 from agpo_api.termination import TERMINATION_LOG
@@ -48,14 +47,18 @@ from agpo_operator.builders.common import (
     labels,
     merge_env,
     metadata,
-    model_path,
-    model_volumes,
     pod_security_context,
     resources,
     scheduling,
     selector_labels,
     shm_volume,
     workload_labels,
+)
+from agpo_operator.builders.model import (
+    model_path,
+    model_volumes,
+    pod_annotations,
+    trainer_makes_model,
 )
 from agpo_operator.builders.storage import checkpoint_volume_source
 
@@ -127,7 +130,6 @@ def torchrun_env(job: AGPOJob, n: Names) -> list[Obj]:
 
 def trainer_settings(job: AGPOJob, n: Names) -> TrainerSettings:
     """What the operator tells every trainer pod (the token only as a placeholder)."""
-    custom_model = job.spec.model.name != TINY_MODEL or job.spec.model.source is not None
     return TrainerSettings(
         rollout_urls=tuple(n.rollout_url(i) for i in range(job.spec.rollout.replicas)),
         rollout_token=_FROM_SECRET,
@@ -135,7 +137,7 @@ def trainer_settings(job: AGPOJob, n: Names) -> TrainerSettings:
         weight_sync_host=f"{n.master_host}.{n.namespace}.svc",
         weight_sync_port=job.spec.rollout.weight_sync.port,
         metrics_port=job.spec.metrics.port,
-        model_path=model_path(job) if custom_model else None,
+        model_path=None if trainer_makes_model(job) else model_path(job),
         dataset_path=dataset_path(job),
     )
 
@@ -261,7 +263,7 @@ def build_trainer_job(job: AGPOJob, n: Names, options: BuildOptions, creation: C
             "backoffLimit": 0,
             "podReplacementPolicy": "Failed",
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {"labels": pod_labels, **pod_annotations(job)},
                 "spec": trainer_pod_spec(job, n, options),
             },
         },
