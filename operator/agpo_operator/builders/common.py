@@ -240,7 +240,7 @@ def common_mounts() -> list[Obj]:
     ]
 
 
-# --------------------------------------------------------------------------- model and data
+# --------------------------------------------------------------------------- hub token, images
 def hf_token_env(job: AGPOJob) -> list[Obj]:
     ref = job.spec.model.hf_token_secret_ref
     return [env_secret(EnvVar.HF_TOKEN, ref.name, ref.key)] if ref is not None else []
