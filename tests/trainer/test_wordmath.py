@@ -223,6 +223,27 @@ def test_example_turns_come_from_the_warmup_split() -> None:
     assert [t.user for t in spec.spec.dataset.example_turns] == [t["user"] for t in turns]
 
 
+def test_the_chosen_start_is_a_valid_spec() -> None:
+    """The wordmath gate's choice (docs/results.md): system prompt, no example turns, a
+    16-step format warm-up, 128 completion tokens."""
+    assert (wm.EXAMPLE_TURNS, wm.WARMUP_STEPS, wm.MAX_COMPLETION_TOKENS) == (0, 16, 128)
+    job = parse_job(
+        job_doc(
+            {
+                "spec.dataset": {
+                    "source": {"builtin": {"task": "wordmath"}},
+                    "systemPrompt": wm.SYSTEM_PROMPT,
+                    "exampleTurns": wm.example_turns(),
+                },
+                "spec.training.formatWarmupSteps": wm.WARMUP_STEPS,
+                "spec.training.maxCompletionTokens": wm.MAX_COMPLETION_TOKENS,
+            }
+        )
+    )
+    assert job.spec.dataset.system_prompt == wm.SYSTEM_PROMPT
+    assert job.spec.training.format_warmup_steps == 16
+
+
 def test_warmup_batches_are_warmup_split_seeded_and_templated() -> None:
     batches = wm.warmup_batches(5, seed=0)
     assert len(batches) == 5 and all(len(b) == wm.WARMUP_RECIPE["batch"] for b in batches)

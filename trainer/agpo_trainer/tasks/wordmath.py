@@ -32,10 +32,14 @@ the last ``Answer:``. The grader reads the last line that starts with ``Answer:`
 ``**`` allowed, thousands separators and a trailing period tolerated); a truncated completion
 is wrong. That is also what the ``accuracy`` reward reads on this grammar.
 
-The chat: the prompt goes through the model's chat template with :data:`SYSTEM_PROMPT` and
-the example turns :data:`EXAMPLE_TURNS` (``dataset.systemPrompt``, ``dataset.exampleTurns``),
-whose problems come from the ``warmup`` split. How that starting point was chosen (with
-figures, against a gate fixed before them) is docs/results.md's "wordmath gate".
+The starting point (chosen with figures against a gate whose rules were fixed before them:
+docs/results.md, "wordmath gate"): the prompt through the model's chat template with
+:data:`SYSTEM_PROMPT` (``dataset.systemPrompt``), no example turns, and a
+:data:`WARMUP_STEPS`-step format warm-up (``training.formatWarmupSteps``: worked solutions of
+``warmup``-split problems) with ``maxCompletionTokens`` :data:`MAX_COMPLETION_TOKENS`. Example
+turns (:func:`example_turns`, ``dataset.exampleTurns``, from the ``warmup`` split) alone left
+SmolLM2-135M-Instruct at 0.10-0.14 accuracy at T=1 with an ``Answer:`` line in 53-59% of its
+samples; after the warm-up: 0.40 and 98%.
 """
 
 from __future__ import annotations
@@ -485,15 +489,20 @@ SYSTEM_PROMPT = (
 
 
 #: The example turns' problems, in chat order: (family, bucket), one problem each from the
-#: ``warmup`` split (lowest ``stable_hash(prompt + "#example")``). The first two are the
-#: recommended turns (a plain sum, a two-step story); four adds a one-step story and a product.
+#: ``warmup`` split (lowest ``stable_hash(prompt + "#example")``): a plain sum, a two-step
+#: story, a one-step story, a product and a sum (the gate's few-shot candidates took 2 or 4).
 EXAMPLE_PICKS: tuple[tuple[str, int], ...] = (
     ("plain-add-2d1d", 2),
     ("buygive-1d", 5),
     ("groups-1d", 3),
     ("plain-mul-add-1d", 4),
 )
-EXAMPLE_TURNS = 2  # the recommended number of example turns (docs/results.md, wordmath gate)
+#: The starting point the wordmath gate chose (docs/results.md): :data:`SYSTEM_PROMPT`, no
+#: example turns, a 16-step format warm-up, completions of up to 128 tokens (a worked solution
+#: is 10-40 tokens; 0.2% of the gate's samples after the warm-up were truncated at 128).
+EXAMPLE_TURNS = 0
+WARMUP_STEPS = 16
+MAX_COMPLETION_TOKENS = 128
 
 
 def example_problems(k: int = EXAMPLE_TURNS) -> list[Problem]:
