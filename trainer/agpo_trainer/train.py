@@ -108,6 +108,8 @@ def train(
         log.info("%s", algorithm_line(job.spec.algorithm.to_dict()))
 
     # ----------------------------------------------------------------- setup, every rank
+    if spec.trainer.threads_per_proc is not None:
+        torch.set_num_threads(spec.trainer.threads_per_proc)
     check_reward_functions(spec)  # a broken reward function fails before any work
     random.seed(t.seed)
     torch.manual_seed(t.seed)

@@ -47,6 +47,12 @@ class TrainerSpec(ApiModel):
         description="Log-probs and entropy are computed over this many response positions at a "
         "time, so the full-vocabulary logits are never held for a whole micro-batch.",
     )
+    threads_per_proc: PositiveInt | None = Field(
+        default=None,
+        description="Torch CPU threads of each trainer process (torch.set_num_threads); unset: "
+        "what OMP_NUM_THREADS says (agpo run sets 1 per process). On a CPU machine whose "
+        "rollout server idles while the trainer trains, one rank may use every core.",
+    )
     resources: ResourceRequirements | None = Field(default=None, description="Pod resources.")
     env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra env.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
