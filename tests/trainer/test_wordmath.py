@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,11 @@ from agpo_api import catalog, parse_job
 from agpo_api.catalog import TaskTraits
 from agpo_api.models import BuiltinSource
 from agpo_trainer.rewards.accuracy import answer_is_correct
+from agpo_trainer.rollout.inprocess import InProcessBackend, keeping
+from agpo_trainer.runtime import Runtime
 from agpo_trainer.tasks import TASKS, WarmupInput, get_task
 from agpo_trainer.tasks import wordmath as wm
+from agpo_trainer.train import Recording, train
 
 from agpo_testlib import job_doc
 
@@ -278,3 +282,31 @@ def test_a_spec_naming_the_task_validates_and_evaluates_its_eval_split() -> None
     assert job.spec.dataset.source.builtin is not None
     assert job.spec.dataset.source.builtin.task == "wordmath"
     assert job.spec.effective_evaluation() is not None  # its eval split is the default source
+
+
+@pytest.mark.slow
+def test_two_steps_in_the_products_loop_with_its_warmup(tmp_path: Path) -> None:
+    """builtin:tiny (byte-level) on wordmath through train(): the task's rows, its format
+    warm-up (own optimizer, cached) and its eval split, as a SmolLM2 job uses them."""
+    seen = Recording()
+    rt = Runtime.single(tmp_path, tmp_path / "cache")
+    servers: list[InProcessBackend] = []
+    job = job_doc(
+        {
+            "spec.model.dtype": "float32",
+            "spec.dataset": {"source": {"builtin": {"task": "wordmath", "size": 40}}},
+            "spec.algorithm": {"groupSize": 2},
+            "spec.training": {"steps": 2, "promptsPerStep": 2, "maxCompletionTokens": 8,
+                              "learningRate": 1e-3, "maxPromptTokens": 200,
+                              "formatWarmupSteps": 2},
+            "spec.evaluation": {"prompts": 6, "samples": 0},
+            "spec.rollout": {"maxModelLen": 256},
+        }
+    )  # fmt: skip
+    train(parse_job(job), rt, backend=keeping(servers), callbacks=seen)
+    assert [s.step for s in seen.steps] == [1, 2]
+    tok = servers[0].tokenizer
+    trained = {tok.decode(p) for b in seen.batches for p in b.prompt_ids}
+    assert {wm.split_of(p) for p in trained} == {"train"}
+    assert [(e.step, e.prompts) for e in seen.evals] == [(2, 6)]
+    assert list((tmp_path / "cache" / "warmup").glob("wordmath-*.safetensors"))
