@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from agpo_api import load_job
-    from agpo_trainer.models.tiny import resolve_model_path
+    from agpo_trainer.models import resolve_model_path
 
     spec = load_job(args.job).spec
     try:

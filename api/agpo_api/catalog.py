@@ -7,7 +7,7 @@ no torch is installed, and some rules depend on a part's traits (GVPO needs whol
 per-sequence sums; AGPO's zero-variance rule needs the attainable reward range; a task with an
 ``eval`` split is evaluated by default; a model shipped in a Python package is converted inside
 the pods, whose images must then carry that package). So the shipped names and their traits
-are declared once, here; the trainer's registries (``agpo_trainer.algorithms.registry``, and
+are declared once, here; the trainer's registries (``agpo_trainer.registry``, and
 ``agpo_trainer.models.builtin`` for the models) attach a function to each name and read its
 traits from here, never testing a name themselves.
 

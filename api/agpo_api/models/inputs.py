@@ -105,8 +105,11 @@ class BuiltinSource(ApiModel):
     task: Annotated[str, TASKS.validator(), TASKS.json_schema()] = Field(
         default="arithmetic",
         description="arithmetic: multi-step integer expressions with single-digit results. "
-        "bitcount: count the 1s of a tagged bit string (a1b0c1= -> Answer:2), 2-14 bits; RL "
-        "prompts from its train split, evaluation from its eval split.",
+        "bitcount: count the 1s of a tagged bit string (a1b0c1= -> Answer:2), 2-14 bits. "
+        "wordmath: grade-school arithmetic and one- to three-step word problems in English, "
+        "6 difficulty buckets, answered 'Answer: N' (for chat models; the measured start is its "
+        "system prompt and formatWarmupSteps 16). bitcount and wordmath: RL prompts from their "
+        "train split, evaluation from their eval split.",
     )
     size: PositiveInt = Field(default=2000, description="Number of generated problems.")
     operands: int = Field(

@@ -42,7 +42,6 @@ from agpo_trainer.algorithms.losses import (
     k3,
     register_policy_loss,
 )
-from agpo_trainer.algorithms.registry import Entry, Registry
 from agpo_trainer.algorithms.zero_variance import (
     ZERO_VARIANCE_POLICIES,
     advantages_of,
@@ -50,6 +49,7 @@ from agpo_trainer.algorithms.zero_variance import (
     compute_advantages_and_mask,
     register_zero_variance_policy,
 )
+from agpo_trainer.registry import Entry, Registry
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",

@@ -36,7 +36,7 @@ from torch import Tensor
 from agpo_api.catalog import ADVANTAGES, EstimatorTraits
 from agpo_api.models import DEFAULT_ZERO_VARIANCE_ADVANTAGE
 from agpo_api.resolved import ADVANTAGE_EPS, ResolvedAlgorithm
-from agpo_trainer.algorithms.registry import Registry
+from agpo_trainer.registry import Registry
 
 ZERO_VARIANCE_ATOL = 1e-6  # the homogeneity test's relative tolerance (module docstring)
 

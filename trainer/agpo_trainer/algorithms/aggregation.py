@@ -34,7 +34,7 @@ from torch import Tensor
 from agpo_api.catalog import LOSS_AGGREGATIONS as CATALOG
 from agpo_api.catalog import AggregationTraits
 from agpo_api.metrics_table import reduction
-from agpo_trainer.algorithms.registry import Registry
+from agpo_trainer.registry import Registry
 
 
 class Counts(NamedTuple):

@@ -41,7 +41,7 @@ from agpo_api.resolved import ResolvedAlgorithm
 from agpo_trainer.algorithms.advantages import compute_dtype
 from agpo_trainer.algorithms.aggregation import get_loss_aggregation, masks
 from agpo_trainer.algorithms.logprobs import entropy_from_logits
-from agpo_trainer.algorithms.registry import Registry
+from agpo_trainer.registry import Registry
 
 LOG_RATIO_CLAMP = 20.0  # verl clamps log-ratios to +-20 before exp() to avoid inf
 

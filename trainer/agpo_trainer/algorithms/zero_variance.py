@@ -29,7 +29,7 @@ from agpo_trainer.algorithms.advantages import (
     group_view,
     is_homogeneous,
 )
-from agpo_trainer.algorithms.registry import Registry
+from agpo_trainer.registry import Registry
 
 
 def agpo_zero_variance_signal(grouped: Tensor, options: AdvantageOptions) -> Tensor:

@@ -18,7 +18,7 @@ import numbers
 from collections.abc import Callable, Sequence
 
 from agpo_api.catalog import REWARDS, RewardTraits
-from agpo_trainer.algorithms.registry import Registry
+from agpo_trainer.registry import Registry
 
 RewardFn = Callable[[list[str], list[str], list[str]], Sequence[float]]
 

@@ -26,7 +26,7 @@ from agpo_api.catalog import LENGTH_REWARDS as CATALOG
 from agpo_api.catalog import LengthRewardTraits
 from agpo_api.resolved import ResolvedLengthReward
 from agpo_trainer.algorithms.advantages import group_view
-from agpo_trainer.algorithms.registry import Registry
+from agpo_trainer.registry import Registry
 
 _AGPO_EPS = 1e-6  # AGPO authors' code: 1 - (L - Lmin) / (Lmax - Lmin + 1e-6)
 

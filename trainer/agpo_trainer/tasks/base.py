@@ -19,7 +19,7 @@ from typing import Any
 from agpo_api.catalog import TASKS as CATALOG
 from agpo_api.catalog import TaskTraits
 from agpo_api.models import BuiltinSource
-from agpo_trainer.algorithms.registry import Registry
+from agpo_trainer.registry import Registry
 
 #: A dataset row: ``prompt`` and ``answer`` (and ``difficulty`` where the task has buckets).
 Row = dict[str, str]
