@@ -11,7 +11,7 @@ LINT := $(LINT_VENV)/bin
 JOB ?= manifests/samples/tiny-cpu.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup lint-setup tools smollm2 run test test-fast lint format typecheck generate verify bench e2e-kind clean
+.PHONY: setup lint-setup tools smollm2 run run-smollm2 test test-fast lint format typecheck generate verify bench e2e-kind clean
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,11 @@ $(CHECKOV_VENV)/.installed:
 
 run: setup
 	$(VENV)/bin/agpo run $(JOB)
+
+# A real pretrained chat LLM on this CPU machine: SmolLM2-135M-Instruct on wordmath
+# (manifests/samples/smollm2-cpu.yaml; docs/results.md "SmolLM2 learning run").
+run-smollm2: setup smollm2
+	$(VENV)/bin/agpo run manifests/samples/smollm2-cpu.yaml
 
 test: setup tools smollm2
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest $(PYTEST_ARGS)

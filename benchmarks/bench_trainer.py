@@ -115,6 +115,44 @@ def descendant_groups(root: int) -> set[int]:
     return groups
 
 
+def role_of(proc: Any) -> str | None:
+    """What a process of the run is: a vLLM server (its whole process group: the API server
+    and its engine-core child), a trainer rank (torchrun's workers, by their RANK), or None."""
+    import psutil
+
+    try:
+        cmd = " ".join(proc.cmdline())
+        if "vllm.entrypoints" in cmd or "VLLM" in proc.name():
+            return f"vLLM server (process group {os.getpgid(proc.pid)})"
+        if "agpo_trainer" in cmd and "torchrun" not in cmd and "torch.distributed.run" not in cmd:
+            return f"trainer rank {proc.environ().get('RANK', '?')}"
+    except (psutil.Error, ProcessLookupError):
+        return None
+    return None
+
+
+def memory_by_role(groups: set[int]) -> dict[str, int]:
+    """Resident memory now, summed per role (:func:`role_of`) over the run's process groups;
+    a vLLM server's children (its engine core) count with it."""
+    import psutil
+
+    seen: list[tuple[int, str | None, int]] = []  # (pgid, role, rss)
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            pgid = os.getpgid(proc.pid)
+            if pgid in groups:
+                seen.append((pgid, role_of(proc), proc.memory_info().rss))
+        except (psutil.Error, ProcessLookupError):
+            continue
+    servers = {pgid: role for pgid, role, _ in seen if role and role.startswith("vLLM")}
+    out: dict[str, int] = {}
+    for pgid, role, rss in seen:
+        role = role or servers.get(pgid)
+        if role is not None:
+            out[role] = out.get(role, 0) + rss
+    return out
+
+
 def group_alive(pgid: int) -> bool:
     return any(g == pgid for _, g in _proc_table().values())
 
@@ -126,6 +164,7 @@ class Launch:
     proc: subprocess.Popen[str]
     lines: list[tuple[float, str]] = field(default_factory=list)
     groups: set[int] = field(default_factory=set)
+    peak_rss: dict[str, int] = field(default_factory=dict)  # role -> bytes, the peak seen
 
     def reader(self) -> None:
         assert self.proc.stdout is not None
@@ -134,6 +173,8 @@ class Launch:
 
     def track(self) -> None:
         self.groups |= descendant_groups(self.proc.pid)
+        for role, rss in memory_by_role(self.groups).items():
+            self.peak_rss[role] = max(rss, self.peak_rss.get(role, 0))
 
     def stop(self) -> list[int]:
         """Interrupt the launcher (it stops its servers and torchrun), then kill whatever of
@@ -225,6 +266,8 @@ def report(
     steps: list[tuple[float, dict[str, Any]]],
     marks: dict[str, float],
 ) -> None:
+    from agpo_api.resolved import resolve
+
     spec = job.spec
     completions = spec.training.prompts_per_step * spec.algorithm.group_size
     measured = [r for _, r in steps if r["step"] > args.warmup]
@@ -259,7 +302,7 @@ def report(
     tokens = [r["completionTokensMean"] * completions for r in measured]
     rollout = [r["rolloutSeconds"] for r in measured]
     per_step_tps = [t / s for t, s in zip(tokens, rollout, strict=True) if s > 0]
-    resample = spec.algorithm.zero_variance == "resample"
+    resample = resolve(spec).algorithm.resamples
     print(
         f"\nrollout: {completions} completions per step ({spec.training.prompts_per_step} prompts"
         f" x group {spec.algorithm.group_size}), mean {sum(tokens) / len(tokens) / completions:.1f}"
@@ -306,6 +349,9 @@ def report(
         f"  steady-state steps/s (measured steps): {1 / step_mean:.2f}; "
         f"loop share of wall time: {loop_s / (t_exit - t_launch):.0%}"
     )
+    print("\npeak resident memory (sampled every 0.5 s; a server's engine process included)")
+    for role, rss in sorted(launch.peak_rss.items()):
+        print(f"  {role:<52}{rss / 2**30:8.2f} GiB")
 
 
 def main(argv: list[str] | None = None) -> int:

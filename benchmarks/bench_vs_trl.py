@@ -138,8 +138,10 @@ PARITY_RULES: list[tuple[Callable[[Any], bool], str]] = [
     (lambda s: s.training.lr_schedule == "constant", "spec.training.lrSchedule must be constant"),
     (lambda s: s.training.warmup_steps == 0, "spec.training.warmupSteps must be 0"),
     (lambda s: s.training.format_warmup_steps == 0, "spec.training.formatWarmupSteps must be 0"),
-    (lambda s: s.dataset.system_prompt is None, "spec.dataset.systemPrompt must be unset"),
-    (lambda s: s.evaluation is None, "spec.evaluation must be unset"),
+    (
+        lambda s: s.effective_evaluation() is None,
+        "no evaluation may run (spec.evaluation.atEnd false, everySteps 0)",
+    ),
     (lambda s: s.rollout.replicas == 1, "spec.rollout.replicas must be 1"),
     (lambda s: s.trainer.gpus_per_node == 0, "spec.trainer.gpusPerNode must be 0 (CPU)"),
     (
@@ -172,10 +174,11 @@ def trl_config(
 ) -> dict[str, Any]:
     """``GRPOConfig`` keyword arguments that do what ``spec`` does (pure; see the module doc).
     ``generation``: one of :data:`TRL_GENERATION`."""
-    a, t = spec.algorithm, spec.training
+    from agpo_api.resolved import resolve
+
+    a, t = resolve(spec).algorithm, spec.training
     n = t.max_completion_tokens
-    clip_low = a.clip.low if a.clip and a.clip.low is not None else 0.2
-    clip_high = a.clip.high if a.clip and a.clip.high is not None else 0.28
+    clip_low, clip_high = a.clip_low, a.clip_high
     config: dict[str, Any] = {
         "output_dir": output_dir,
         "use_cpu": True,
@@ -450,6 +453,7 @@ def trl_child(args: argparse.Namespace) -> int:
 
     from agpo_api import load_job
     from agpo_trainer.data import load_examples
+    from agpo_trainer.prompts import PromptEncoder
     from agpo_trainer.rewards import accuracy_reward
 
     event("imported", trl=trl.__version__)
@@ -464,12 +468,22 @@ def trl_child(args: argparse.Namespace) -> int:
 
     spec = load_job(args.job).spec
     examples = load_examples(spec.dataset, args.job.parent)
-    data = Dataset.from_list([{"prompt": e.prompt, "answer": e.answer} for e in examples])
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    encode = PromptEncoder(tokenizer, spec.dataset)
+    # A chat job (system prompt, example turns) gives TRL the same conversation, which it
+    # puts through the same chat template; a plain job the same text.
+    data = Dataset.from_list(
+        [{"prompt": encode.messages(e.prompt) if encode.chat else e.prompt, "answer": e.answer}
+         for e in examples]
+    )  # fmt: skip
+
+    def text(completion: Any) -> str:  # conversational completions are [{"role", "content"}]
+        return completion if isinstance(completion, str) else completion[-1]["content"]
 
     def accuracy(
-        prompts: list[str], completions: list[str], answer: list[str], **_: Any
+        prompts: list[Any], completions: list[Any], answer: list[str], **_: Any
     ) -> list[float]:
-        return accuracy_reward(prompts, completions, answer)
+        return accuracy_reward(prompts, [text(c) for c in completions], answer)
 
     class Steps(TrainerCallback):  # type: ignore[misc]
         def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -478,9 +492,8 @@ def trl_child(args: argparse.Namespace) -> int:
         def on_log(self, a: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             event("log", step=state.global_step, logs=logs or {})
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
-    prompt_tokens = sorted({len(tokenizer(e.prompt)["input_ids"]) for e in examples})
+    prompt_tokens = sorted({len(encode(e.prompt)) for e in examples})
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         config = GRPOConfig(
             **trl_config(spec, steps=args.steps, output_dir=tmp, generation=args.trl_generation)

@@ -142,8 +142,9 @@ def start_trainer(cache_dir: Path) -> Iterator[Callable[..., TrainerRun]]:
     runs: list[TrainerRun] = []
 
     def start(
-        job: Path, urls: list[str], token: str | None, workdir: Path, **extra_env: str
-    ) -> TrainerRun:
+        job: Path, urls: list[str], token: str | None, workdir: Path, procs: int = 2,
+        **extra_env: str,
+    ) -> TrainerRun:  # fmt: skip
         port = free_port()
         env = {
             **os.environ,
@@ -157,7 +158,7 @@ def start_trainer(cache_dir: Path) -> Iterator[Callable[..., TrainerRun]]:
         workdir.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                trainer_command(job, 2), env=env, stdout=out, stderr=subprocess.STDOUT,
+                trainer_command(job, procs), env=env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         run = TrainerRun(proc, log, port)
