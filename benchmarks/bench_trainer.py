@@ -131,18 +131,28 @@ def role_of(proc: Any) -> str | None:
     return None
 
 
+def high_water_mark(pid: int) -> int:
+    """A process's peak resident memory so far (``VmHWM`` of /proc/PID/status), in bytes: the
+    kernel's own peak, so no spike between two samples is missed."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def memory_by_role(groups: set[int]) -> dict[str, int]:
-    """Resident memory now, summed per role (:func:`role_of`) over the run's process groups;
-    a vLLM server's children (its engine core) count with it."""
+    """Peak resident memory so far, summed per role (:func:`role_of`) over the run's process
+    groups; a vLLM server's children (its engine core) count with it (a sum of peaks: an upper
+    bound where they peak at different times)."""
     import psutil
 
-    seen: list[tuple[int, str | None, int]] = []  # (pgid, role, rss)
+    seen: list[tuple[int, str | None, int]] = []  # (pgid, role, peak resident bytes)
     for proc in psutil.process_iter(["pid"]):
         try:
             pgid = os.getpgid(proc.pid)
             if pgid in groups:
-                seen.append((pgid, role_of(proc), proc.memory_info().rss))
-        except (psutil.Error, ProcessLookupError):
+                seen.append((pgid, role_of(proc), high_water_mark(proc.pid)))
+        except (psutil.Error, ProcessLookupError, OSError):
             continue
     servers = {pgid: role for pgid, role, _ in seen if role and role.startswith("vLLM")}
     out: dict[str, int] = {}
@@ -349,7 +359,7 @@ def report(
         f"  steady-state steps/s (measured steps): {1 / step_mean:.2f}; "
         f"loop share of wall time: {loop_s / (t_exit - t_launch):.0%}"
     )
-    print("\npeak resident memory (sampled every 0.5 s; a server's engine process included)")
+    print("\npeak resident memory (each process's VmHWM; a server's engine process added in)")
     for role, rss in sorted(launch.peak_rss.items()):
         print(f"  {role:<52}{rss / 2**30:8.2f} GiB")
 

@@ -21,8 +21,10 @@ comparison stays fixed while the samples change):
   (benchmarks/jobs/bench_force_length.py, loaded with ``--logits-processors``), TRL's
   transformers generation gets ``min_new_tokens = max_new_tokens``. The lengths each side
   actually generated are printed;
-- the same reward (our ``accuracy`` function, called by TRL as a reward function), GRPO
-  advantages, token-mean clipped loss, no KL, one optimizer step per batch, constant LR;
+- the same reward (our ``accuracy`` function, called by TRL as a reward function, and our
+  truncation rule: every completion is cut at ``maxCompletionTokens``, so every reward is 0 on
+  both sides; the reward is still computed), GRPO advantages, token-mean clipped loss, no KL,
+  one optimizer step per batch, constant LR;
 - the same machine and cores: TRL runs in one process with ``--trl-threads`` torch threads
   (default: every CPU of the affinity mask); ours runs as ``agpo run`` starts it (one vLLM
   server, torchrun with ``procsPerNode`` ranks of ``OMP_NUM_THREADS=1`` each).
@@ -142,6 +144,7 @@ PARITY_RULES: list[tuple[Callable[[Any], bool], str]] = [
         lambda s: s.effective_evaluation() is None,
         "no evaluation may run (spec.evaluation.atEnd false, everySteps 0)",
     ),
+    (lambda s: not s.training.stop, "spec.training.stop must be empty (TRL gets no stop strings)"),
     (lambda s: s.rollout.replicas == 1, "spec.rollout.replicas must be 1"),
     (lambda s: s.trainer.gpus_per_node == 0, "spec.trainer.gpusPerNode must be 0 (CPU)"),
     (
@@ -483,7 +486,11 @@ def trl_child(args: argparse.Namespace) -> int:
     def accuracy(
         prompts: list[Any], completions: list[Any], answer: list[str], **_: Any
     ) -> list[float]:
-        return accuracy_reward(prompts, [text(c) for c in completions], answer)
+        # Our truncation rule (docs/algorithm.md): a completion cut at maxCompletionTokens is
+        # wrong. Every completion here is forced to that length on both sides, so TRL's
+        # rewards are what ours are: the reward is still called (its cost counts), then zeroed.
+        scored = accuracy_reward(prompts, [text(c) for c in completions], answer)
+        return [0.0 * r for r in scored]
 
     class Steps(TrainerCallback):  # type: ignore[misc]
         def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:

@@ -142,6 +142,7 @@ class RewardTraits:
     """A builtin reward (``algorithm.rewards[].name``)."""
 
     bounds: tuple[float, float]  # attainable [min, max]
+    graded: bool = False  # reads the final answer: 0 for a truncated completion
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ class TaskTraits:
     """A builtin task (``dataset.source.builtin.task``)."""
 
     eval_split: bool = False  # has a held-out eval split: the default evaluation source
+    answer_marker: str = "Answer:"  # its answers start there (reasoning ends): the default of
+    # evaluation.answerMarker for a job on this task
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,10 @@ LENGTH_REWARDS: Catalog[LengthRewardTraits] = Catalog(
 REWARDS: Catalog[RewardTraits] = Catalog(
     "builtin reward",
     "algorithm.rewards[].name",
-    {"accuracy": RewardTraits(bounds=(0.0, 1.0)), "format": RewardTraits(bounds=(0.0, 1.0))},
+    {
+        "accuracy": RewardTraits(bounds=(0.0, 1.0), graded=True),
+        "format": RewardTraits(bounds=(0.0, 1.0)),
+    },
 )
 TASKS: Catalog[TaskTraits] = Catalog(
     "builtin task",

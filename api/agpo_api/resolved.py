@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agpo_api.catalog import LENGTH_REWARDS, POLICY_LOSSES, REWARDS, ZERO_VARIANCE
+from agpo_api.catalog import LENGTH_REWARDS, POLICY_LOSSES, REWARDS, TASKS, ZERO_VARIANCE
 from agpo_api.models import (
     AGPOJobSpec,
     AlgorithmSpec,
@@ -115,12 +115,11 @@ class ResolvedSpec:
     rollout: RolloutSpec
     metrics: MetricsSpec
     evaluation: EvaluationSpec | None
-    written: AGPOJobSpec  # the spec as written (validated), for logs and cache keys
 
 
 def resolve(spec: AGPOJobSpec) -> ResolvedSpec:
     """The resolved form of a validated spec (:class:`ResolvedSpec`)."""
-    answer_marker = (spec.evaluation or EvaluationSpec()).answer_marker
+    answer_marker = answer_marker_of(spec)
     return ResolvedSpec(
         model=spec.model,
         dataset=spec.dataset,
@@ -132,8 +131,18 @@ def resolve(spec: AGPOJobSpec) -> ResolvedSpec:
         rollout=spec.rollout,
         metrics=spec.metrics,
         evaluation=spec.effective_evaluation(),
-        written=spec,
     )
+
+
+def answer_marker_of(spec: AGPOJobSpec) -> str:
+    """``evaluation.answerMarker`` when the spec sets it, else the builtin task's marker
+    (its catalog traits), else the field's default."""
+    ev, builtin = spec.evaluation, spec.dataset.source.builtin
+    if ev is not None and "answer_marker" in ev.model_fields_set:
+        return ev.answer_marker
+    if builtin is not None and builtin.task in TASKS:
+        return TASKS.traits(builtin.task).answer_marker
+    return EvaluationSpec().answer_marker
 
 
 def resolve_algorithm_section(

@@ -149,3 +149,11 @@ def test_custom_reward_with_bounds_and_correct_is_accepted() -> None:
             "correct": {"reward": "my_rewards:score"},
         }
     )
+
+
+def test_a_clip_given_in_python_takes_the_presets_other_bound_as_yaml_does() -> None:
+    from agpo_api.models import AlgorithmSpec, ClipSpec
+
+    python = AlgorithmSpec(preset="grpo", clip=ClipSpec(low=0.1)).clip
+    yaml_doc = AlgorithmSpec.model_validate({"preset": "grpo", "clip": {"low": 0.1}}).clip
+    assert python == yaml_doc and yaml_doc is not None and yaml_doc.high == 0.2  # grpo's

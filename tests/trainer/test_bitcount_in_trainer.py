@@ -35,7 +35,9 @@ def test_the_training_reward_accepts_every_emitted_format_and_agrees_with_the_gr
     texts += [bc.make_completion(bits, filler=f, scratch=s, answer=wrong)
               for s in (False, True) for f in (0, bc.MAX_FILLER)]  # fmt: skip
     n = len(texts)
-    components, correct = judge([prompt] * n, texts, [right] * n, spec.algorithm)
+    components, correct = judge(
+        [prompt] * n, texts, [right] * n, spec.algorithm, finished=[True] * n
+    )
     graded = [bc.grade(prompt, t).correct for t in texts]
     assert graded == [True] * (n - 4) + [False] * 4
     assert correct.tolist() == graded

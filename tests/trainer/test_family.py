@@ -89,7 +89,9 @@ def test_custom_reward_decides_correct(tmp_path, monkeypatch) -> None:  # type: 
     )
     algo = spec.algorithm
     assert (algo.correct_reward, algo.correct_threshold) == ("judge_mod:judge", 0.0)
-    total, _, correct = score(["p"] * 2, ["yes", "no"], ["7", "7"], [3, 2], 2, algo)
+    total, _, correct = score(
+        ["p"] * 2, ["yes", "no"], ["7", "7"], [3, 2], 2, algo, finished=[True, True]
+    )
     assert correct.tolist() == [True, False]  # not math accuracy (neither answer is "7")
     # the AGPO length bonus goes to the (lone) correct answer
     torch.testing.assert_close(total, torch.tensor([1.1, -1.0]))

@@ -39,7 +39,7 @@ def rewards_of(s: ResolvedSpec, tok: Any, prompts: list[str], texts: list[str], 
                g: int) -> torch.Tensor:  # fmt: skip
     total, _, _ = score(
         prompts, texts, answers, [len(tok.encode(t, add_special_tokens=False)) for t in texts],
-        g, s.algorithm, length_values=length_values(s, tok, texts),
+        g, s.algorithm, length_values=length_values(s, tok, texts), finished=[True] * len(texts),
     )  # fmt: skip
     return total
 

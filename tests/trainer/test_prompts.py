@@ -140,3 +140,53 @@ def test_prompt_and_response_shape_errors_are_permanent(
     parsed = parse_termination(log.read_text())
     assert parsed is not None and parsed.kind == FailureKind.PERMANENT
     assert parsed.reason == str(error)
+
+
+def test_a_chat_template_that_refuses_is_one_prompt_error_line(chat_tokenizer: Any) -> None:
+    import copy
+
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}"
+    )
+    with pytest.raises(PromptError, match=r"chat template refused .*System role not supported"):
+        PromptEncoder(tok, dataset(systemPrompt="Add."))("1+1")
+
+
+def test_stop_strings_reach_every_request() -> None:
+    from agpo_trainer.data import PromptSampler, load_examples
+    from agpo_trainer.experience import Experience
+    from agpo_trainer.metrics import TrainerMetrics
+    from agpo_trainer.rollout.client import Completion, build_completion_request
+
+    body = build_completion_request([1], n=1, max_tokens=4, temperature=1.0, top_p=1.0,
+                                    seed=0, stop=["\nQ:"])  # fmt: skip
+    assert body["stop"] == ["\nQ:"]
+    plain = build_completion_request([1], n=1, max_tokens=4, temperature=1.0, top_p=1.0, seed=0)
+    assert "stop" not in plain  # a job without stop strings sends what it always sent
+
+    asked: list[dict[str, Any]] = []
+
+    class Client:
+        def generate(self, prompts: Any, **kwargs: Any) -> list[Completion]:
+            asked.append(kwargs)
+            return [Completion(i // kwargs["n"], i % kwargs["n"], list(p), [2], [0.0], "stop")
+                    for i, p in enumerate(q for q in prompts for _ in range(kwargs["n"]))]  # fmt: skip
+
+    spec = resolved_spec({"spec.training.stop": ["\nQ:"], "spec.algorithm.groupSize": 2,
+                          "spec.training.promptsPerStep": 2})  # fmt: skip
+    tok = build_tokenizer()
+    examples = load_examples(spec.dataset)
+    Experience(spec, tokenizer=tok, sampler=PromptSampler(examples, 0), client=Client(),
+               metrics=TrainerMetrics()).collect(0)  # fmt: skip
+    assert asked and asked[0]["stop"] == ["\nQ:"]
+
+
+def test_a_malformed_choice_is_a_response_shape_error() -> None:
+    null = {"choices": [{"index": 0, "token_ids": [1], "logprobs": {"token_logprobs": [None]}}]}
+    with pytest.raises(ResponseShapeError, match="prompt 0: malformed choice"):
+        parse_completion_response(null, prompt_index=0, prompt_token_ids=[1], n=1)
+    missing = {"choices": [{"token_ids": [1], "logprobs": {"token_logprobs": [0.0]}}]}
+    with pytest.raises(ResponseShapeError, match="prompt 0: malformed choice"):
+        parse_completion_response(missing, prompt_index=0, prompt_token_ids=[1], n=1)

@@ -283,6 +283,7 @@ def test_score_with_agpo_length_reward() -> None:
         [10, 40, 20, 30, 5, 9],
         2,
         algo((("accuracy", 1.0), ("format", 0.5)), {"type": "agpo", "coefficient": 0.1}),
+        finished=[True] * 6,
     )
     # group 0: both correct (homogeneous) -> no length bonus; group 1: one correct -> full 0.1;
     # group 2: both correct -> 0
@@ -292,8 +293,9 @@ def test_score_with_agpo_length_reward() -> None:
     assert set(components) == {"accuracy", "format", "length"}
 
     total, components, _ = score(
-        ["q"] * 4, completions[:4], ["4"] * 4, torch.tensor([10, 40, 20, 30]), 4, algo()
-    )
+        ["q"] * 4, completions[:4], ["4"] * 4, torch.tensor([10, 40, 20, 30]), 4, algo(),
+        finished=[True] * 4,
+    )  # fmt: skip
     torch.testing.assert_close(total, torch.tensor([1.0, 1.0, 0.0, 0.0]))
     assert set(components) == {"accuracy"}
 
@@ -307,6 +309,7 @@ def test_score_mixed_group_length_bonus_and_overlong() -> None:
         [10, 40, 20, 25],
         4,
         algo(length={"type": "agpo", "coefficient": 0.1}),
+        finished=[True] * 4,
     )
     # correct lengths 10, 40, 25: L_min 10, L_max 40
     expected_len = [0.1, 0.1 * (1 - 30 / (30 + 1e-6)), 0.0, 0.1 * (1 - 15 / (30 + 1e-6))]
@@ -320,14 +323,16 @@ def test_score_mixed_group_length_bonus_and_overlong() -> None:
         [10, 40, 20, 35],
         4,
         algo(length={"type": "overlong", "coefficient": 1.0, "maxTokens": 40, "bufferTokens": 10}),
+        finished=[True] * 4,
     )
     torch.testing.assert_close(components["length"], torch.tensor([0.0, -1.0, 0.0, -0.5]))
 
 
 def test_score_without_accuracy_still_reports_correct() -> None:
     total, components, correct = score(
-        ["q"] * 2, [r"\boxed{4}", "x"], ["4", "4"], [1, 2], 2, algo((("format", 1.0),))
-    )
+        ["q"] * 2, [r"\boxed{4}", "x"], ["4", "4"], [1, 2], 2, algo((("format", 1.0),)),
+        finished=[True] * 2,
+    )  # fmt: skip
     assert correct.tolist() == [True, False]
     assert set(components) == {"format"}
     torch.testing.assert_close(total, torch.tensor([1.0, 0.0]))
@@ -335,8 +340,11 @@ def test_score_without_accuracy_still_reports_correct() -> None:
 
 def test_score_errors() -> None:
     with pytest.raises(ValueError, match="same length"):
-        score(["q"], ["a", "b"], ["x", "y"], [1, 2], 2, algo())
+        score(["q"], ["a", "b"], ["x", "y"], [1, 2], 2, algo(), finished=[True] * 2)
     with pytest.raises(ValueError, match="groups"):
-        score(["q"] * 3, ["a"] * 3, ["x"] * 3, [1, 2, 3], 2, algo())
+        score(["q"] * 3, ["a"] * 3, ["x"] * 3, [1, 2, 3], 2, algo(), finished=[True] * 3)
     with pytest.raises(ValueError, match="unique"):
-        score(["q"] * 2, ["a"] * 2, ["x"] * 2, [1, 2], 2, algo((("format", 1), ("format", 2))))
+        score(
+            ["q"] * 2, ["a"] * 2, ["x"] * 2, [1, 2], 2, algo((("format", 1), ("format", 2))),
+            finished=[True] * 2,
+        )  # fmt: skip

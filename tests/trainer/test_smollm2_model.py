@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -37,10 +36,8 @@ def test_converted_once_into_a_directory_that_matches_the_gguf_file(tmp_path: Pa
 
     # What every part loads: the trainer and agpo run through model_location, vLLM by path.
     spec = ModelSpec.model_validate({"name": NAME})
-    start = time.monotonic()
     assert model_location(spec, cache) == str(model_dir)
-    assert time.monotonic() - start < 1.0  # the cache, not a second conversion
-    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again
     check_model(spec, str(model_dir))
 
     config = json.loads((model_dir / "config.json").read_text())

@@ -138,6 +138,8 @@ def test_problem_space_and_splits_are_the_same_in_another_process() -> None:
 def test_eval_rows_are_eval_spread_over_buckets_and_fixed() -> None:
     rows = wm.eval_rows(72)
     assert len(rows) == 72 and rows == wm.eval_rows(72)
+    # bucket 1 holds fewer eval problems than a sixth of 600: the other buckets give more
+    assert len(wm.eval_rows(600)) >= 600
     assert {wm.split_of(r["prompt"]) for r in rows} == {"eval"}
     assert Counter(r["difficulty"] for r in rows) == {str(d): 12 for d in wm.DIFFICULTIES}
     assert all(wm.answer_of(r["prompt"]) == r["answer"] for r in rows)
@@ -274,7 +276,8 @@ def test_registered_with_the_catalogs_traits() -> None:
     assert TASKS.traits("wordmath") == catalog.TASKS.traits("wordmath")
     task = get_task("wordmath")
     assert task is wm.TASK and task.eval_rows is not None
-    assert task.answer_marker == "Answer:" and task.difficulty("Compute 3 + 4.") == 1
+    assert catalog.TASKS.traits("wordmath").answer_marker == wm.ANSWER_PREFIX
+    assert task.difficulty("Compute 3 + 4.") == 1
 
 
 def test_a_spec_naming_the_task_validates_and_evaluates_its_eval_split() -> None:

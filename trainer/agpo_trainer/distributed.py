@@ -33,16 +33,6 @@ def broadcast_object(obj: T | None, rank: int) -> T:
     return result
 
 
-def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Sum each value over the ranks (float64, one collective for the whole dict)."""
-    if not is_distributed():
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist(), strict=True))
-
-
 def all_reduce_metrics(
     values: dict[str, float], how: Callable[[str], str], device: torch.device
 ) -> dict[str, float]:

@@ -122,7 +122,7 @@ class Evaluator:
         seed = self.spec.training.seed + EVAL_SEED_OFFSET
         greedy = self._generate(1, 0.0, seed)
         g_texts, g_right = self._correct(greedy, 1)
-        marker = self.ev.answer_marker
+        marker = self.spec.algorithm.answer_marker  # the resolved one (the task's by default)
         lengths = [
             reasoning_tokens(self.tokenizer, text, marker)
             for text, right in zip(g_texts, g_right, strict=True)

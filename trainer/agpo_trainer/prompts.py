@@ -55,9 +55,16 @@ class PromptEncoder:
         if not self.chat or not getattr(tok, "chat_template", None):
             text = f"{self.system}\n{prompt}" if self.system else prompt
             return list(tok.encode(text, add_special_tokens=False))
-        rendered = tok.apply_chat_template(
-            self.messages(prompt), add_generation_prompt=True, tokenize=False
-        )
+        try:
+            rendered = tok.apply_chat_template(
+                self.messages(prompt), add_generation_prompt=True, tokenize=False
+            )
+        except Exception as err:  # jinja2's TemplateError and friends: the template refuses
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise PromptError(
+                "spec.dataset.systemPrompt/exampleTurns: the model's chat template refused the "
+                f"conversation ({first}); drop what it does not support (e.g. the system prompt)"
+            ) from None
         if not isinstance(rendered, str):
             raise PromptError(
                 f"the tokenizer's chat template rendered a {type(rendered).__name__}, not text; "

@@ -69,11 +69,16 @@ def format_warmup(
 def cache_key(spec: ResolvedSpec, recipe: WarmupRecipe, steps: int) -> str:
     """What the warmed weights depend on, hashed."""
     m, d = spec.model, spec.dataset
-    key = {
+    key: dict[str, object] = {
         "recipe": dict(recipe.cache_key or {}), "steps": steps, "seed": spec.training.seed,
         "model": [m.name, m.revision, m.dtype, m.tokenizer],
         "prompt": [d.prompt_template, d.system_prompt],
     }  # fmt: skip
+    # Only when set, so the keys of jobs without them (caches already made) stay the same.
+    if d.example_turns:
+        key["turns"] = [[t.user, t.assistant] for t in d.example_turns]
+    if m.source is not None:
+        key["source"] = m.source.to_dict()
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 

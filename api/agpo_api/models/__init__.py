@@ -58,7 +58,6 @@ from agpo_api.models.job import (
     ObjectMeta,
 )
 from agpo_api.models.presets import (
-    DEFAULT_CLIP,
     DEFAULT_PRESET,
     FAMILY_FIELDS,
     PLAIN_PRESET,
@@ -94,7 +93,6 @@ from agpo_api.models.workloads import (
 __all__ = [
     "API_VERSION",
     "DEFAULT_CHECKPOINT_SIZE",
-    "DEFAULT_CLIP",
     "DEFAULT_CORRECT_THRESHOLD",
     "DEFAULT_GVPO_BETA",
     "DEFAULT_PRESET",

@@ -10,7 +10,6 @@ from agpo_api.base import CALLABLE_PATTERN, ApiModel, Rule, exactly_one
 from agpo_api.catalog import ADVANTAGES, POLICY_LOSSES, ZERO_VARIANCE, aggregations_for, cel_list
 from agpo_api.models.common import PositiveInt
 from agpo_api.models.presets import (
-    DEFAULT_CLIP,
     AdvantageName,
     LengthRewardName,
     LossAggregationName,
@@ -166,13 +165,6 @@ class ClipSpec(ApiModel):
     high: float | None = Field(
         default=None, gt=0, description="Upper clip epsilon; default the preset's."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {**DEFAULT_CLIP, **{k: v for k, v in data.items() if v is not None}}
-        return data
 
     rules = (
         Rule(

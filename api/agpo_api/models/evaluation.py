@@ -92,7 +92,8 @@ class EvaluationSpec(ApiModel):
         default="Answer:",
         description="Reasoning tokens are the tokens before the last occurrence of this marker "
         "(or of </think>); a completion without either counts whole. Also used for the "
-        "training reasoning-token metrics and lengthReward.target: reasoning.",
+        "training reasoning-token metrics and lengthReward.target: reasoning. Unset: the "
+        "builtin task's marker (Answer: for the shipped tasks), else Answer:.",
     )
 
     rules = (

@@ -12,7 +12,7 @@ from agpo_api.base import (
     DnsLabel,
     Rule,
 )
-from agpo_api.catalog import POLICY_LOSSES, cel_list
+from agpo_api.catalog import LENGTH_REWARDS, POLICY_LOSSES, cel_list
 from agpo_api.models.algorithm import AlgorithmSpec
 from agpo_api.models.common import MAX_JOB_NAME_LENGTH, LocalObjectReference, NonNegativeInt
 from agpo_api.models.evaluation import TASKS_WITH_SPLITS, EvaluationSpec, has_eval_split
@@ -22,8 +22,10 @@ from agpo_api.models.training import TrainingSpec
 from agpo_api.models.workloads import MetricsSpec, RolloutSpec, RunPolicy, TrainerSpec
 from agpo_api.vocabulary import Phase
 
-# Policy losses that need every response of a prompt in one gradient step (catalog traits).
+# Policy losses that need every response of a prompt in one gradient step, length rewards that
+# read maxTokens/bufferTokens (catalog traits: the rules are written over traits, not names).
 _WHOLE_GROUPS = POLICY_LOSSES.having(lambda t: t.whole_groups)
+_LIMITED = LENGTH_REWARDS.having(lambda t: t.limit)
 
 
 class AGPOJobSpec(ApiModel):
@@ -133,14 +135,14 @@ class AGPOJobSpec(ApiModel):
         Rule(
             "algorithm.lengthReward.bufferTokens",
             "!has(self.algorithm.lengthReward) || !has(self.algorithm.lengthReward.type) || "
-            "self.algorithm.lengthReward.type != 'overlong' || "
+            f"!(self.algorithm.lengthReward.type in {cel_list(_LIMITED)}) || "
             "!has(self.algorithm.lengthReward.bufferTokens) || "
             "has(self.algorithm.lengthReward.maxTokens) || "
             "self.algorithm.lengthReward.bufferTokens < self.training.maxCompletionTokens",
             "lengthReward.bufferTokens must be smaller than training.maxCompletionTokens",
             lambda s: (
                 s.algorithm.length_reward is None
-                or s.algorithm.length_reward.type != "overlong"
+                or s.algorithm.length_reward.type not in LENGTH_REWARDS.having(lambda t: t.limit)
                 or s.algorithm.length_reward.buffer_tokens is None
                 or s.algorithm.length_reward.max_tokens is not None
                 or s.algorithm.length_reward.buffer_tokens < s.training.max_completion_tokens

@@ -98,8 +98,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "agpo"
 PLAIN_PRESET = "grpo"
 FAMILY_FIELDS = ("advantage", "zeroVariance", "policyLoss")
-#: The clip range when a ClipSpec is built on its own (the agpo preset's).
-DEFAULT_CLIP = {"low": 0.2, "high": 0.28}
 
 
 def default_coefficient(kind: str) -> float:

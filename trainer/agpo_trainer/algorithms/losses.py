@@ -36,7 +36,7 @@ from torch import Tensor
 
 from agpo_api.catalog import POLICY_LOSSES as CATALOG
 from agpo_api.catalog import PolicyLossTraits
-from agpo_api.models import DEFAULT_CLIP, DEFAULT_GVPO_BETA
+from agpo_api.models import DEFAULT_GVPO_BETA, DEFAULT_PRESET, PRESETS
 from agpo_api.resolved import ResolvedAlgorithm
 from agpo_trainer.algorithms.advantages import compute_dtype
 from agpo_trainer.algorithms.aggregation import get_loss_aggregation, masks
@@ -74,8 +74,9 @@ class PolicyLossConfig:
     """The settings every policy loss receives (each uses what it needs), built from the
     resolved ``spec.algorithm`` in one place (:meth:`of`)."""
 
-    clip_low: float = DEFAULT_CLIP["low"]
-    clip_high: float = DEFAULT_CLIP["high"]
+    # the default preset's range (a caller of the pure function that gives none)
+    clip_low: float = PRESETS[DEFAULT_PRESET]["clip"]["low"]
+    clip_high: float = PRESETS[DEFAULT_PRESET]["clip"]["high"]
     beta: float = DEFAULT_GVPO_BETA  # GVPO's beta (spec algorithm.gvpoBeta)
     group_size: int | None = None  # G; GVPO needs whole contiguous groups
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from agpo_api.catalog import REWARDS
 from agpo_api.resolved import ResolvedAlgorithm
 from agpo_trainer.rewards.base import REWARD_FUNCTIONS, RewardFn, call_reward_function
 from agpo_trainer.rewards.custom import is_custom_spec, load_reward_function
@@ -70,8 +71,9 @@ def judge(
     completions: Sequence[str],
     answers: Sequence[str],
     algo: ResolvedAlgorithm,
+    *,
+    finished: Sequence[bool],
     device: torch.device | None = None,
-    finished: Sequence[bool] | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Every reward of ``algo.rewards`` by key (``Tensor[N]`` float32 each) and ``correct
     Bool[N]``: ``value > correct_threshold`` of the deciding reward, unweighted (``accuracy``
@@ -79,8 +81,9 @@ def judge(
 
     The truncation rule, one for training and evaluation: a completion that did not finish
     (``finished`` False: cut at maxCompletionTokens without an end token or a stop string)
-    is wrong: not ``correct``, and 0 from the builtin ``accuracy`` reward, whatever its text
-    says. Custom reward functions get the text as it is."""
+    is wrong: not ``correct``, and 0 from every builtin reward that reads the final answer
+    (its catalog traits say ``graded``: ``accuracy``), whatever its text says. Custom reward
+    functions get the text as it is."""
     n = len(completions)
     if len(prompts) != n or len(answers) != n:
         raise ValueError(
@@ -105,12 +108,11 @@ def judge(
             f"name one of them or accuracy"
         )
     decisive = components[deciding] if deciding in components else values(deciding)
-    correct = decisive > float(algo.correct_threshold)
-    if finished is not None:
-        done = torch.tensor(list(finished), dtype=torch.bool, device=device)
-        correct = correct & done
-        if "accuracy" in components:
-            components["accuracy"] = components["accuracy"] * done
+    done = torch.tensor(list(finished), dtype=torch.bool, device=device)
+    correct = (decisive > float(algo.correct_threshold)) & done
+    for key in components:  # builtin rewards that read the final answer: 0 when cut short
+        if key in REWARDS and REWARDS.traits(key).graded:
+            components[key] = components[key] * done
     return components, correct
 
 
@@ -122,8 +124,8 @@ def score(
     group_size: int,
     algo: ResolvedAlgorithm,
     *,
+    finished: Sequence[bool],
     length_values: Tensor | Sequence[int] | None = None,
-    finished: Sequence[bool] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Score ``N`` completions: rewards, their weighted sum and the length reward.
 
@@ -150,7 +152,9 @@ def score(
     if group_size < 1 or n % group_size != 0:
         raise ValueError(f"{n} completions are not divisible into groups of {group_size}")
     device = length_t.device
-    components, is_correct = judge(prompts, completions, answers, algo, device, finished)
+    components, is_correct = judge(
+        prompts, completions, answers, algo, finished=finished, device=device
+    )
     weights = {r.key: float(r.weight) for r in algo.rewards}
     if algo.length_reward.active:
         measured = length_t if length_values is None else _as_lengths(length_values).to(device)

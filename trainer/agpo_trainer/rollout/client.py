@@ -95,31 +95,39 @@ def parse_completion_response(
     if not isinstance(choices, list) or len(choices) != n:
         got = len(choices) if isinstance(choices, list) else "no"
         raise ResponseShapeError(f"expected {n} choices for prompt {prompt_index}, got {got}")
-    out = []
-    for choice in sorted(choices, key=lambda c: int(c["index"])):
-        token_ids = [int(t) for t in choice.get("token_ids") or []]
-        lp = choice.get("logprobs") or {}
-        logprobs = [float(x) for x in lp.get("token_logprobs") or []]
-        if len(logprobs) != len(token_ids):
-            raise ResponseShapeError(
-                f"prompt {prompt_index}: {len(token_ids)} token ids but {len(logprobs)} "
-                "log-probs (is the server's --max-logprobs 0?)"
-            )
-        echoed = choice.get("prompt_token_ids")
-        if echoed is not None and list(echoed) != list(prompt_token_ids):
-            raise ResponseShapeError(f"prompt {prompt_index}: server echoed different prompt ids")
-        out.append(
-            Completion(
-                prompt_index=prompt_index,
-                sample_index=int(choice["index"]),
-                prompt_token_ids=list(prompt_token_ids),
-                token_ids=token_ids,
-                logprobs=logprobs,
-                finish_reason=str(choice.get("finish_reason") or ""),
-                text=str(choice.get("text") or ""),
-            )
-        )
+    try:
+        ordered = sorted(choices, key=lambda c: int(c["index"]))
+        out = [_completion(c, prompt_index, prompt_token_ids) for c in ordered]
+    except ResponseShapeError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:  # a missing index, a null log-prob, ...
+        raise ResponseShapeError(
+            f"prompt {prompt_index}: malformed choice ({type(err).__name__}: {err})"
+        ) from None
     return out
+
+
+def _completion(choice: Any, prompt_index: int, prompt_token_ids: Sequence[int]) -> Completion:
+    token_ids = [int(t) for t in choice.get("token_ids") or []]
+    lp = choice.get("logprobs") or {}
+    logprobs = [float(x) for x in lp.get("token_logprobs") or []]
+    if len(logprobs) != len(token_ids):
+        raise ResponseShapeError(
+            f"prompt {prompt_index}: {len(token_ids)} token ids but {len(logprobs)} "
+            "log-probs (is the server's --max-logprobs 0?)"
+        )
+    echoed = choice.get("prompt_token_ids")
+    if echoed is not None and list(echoed) != list(prompt_token_ids):
+        raise ResponseShapeError(f"prompt {prompt_index}: server echoed different prompt ids")
+    return Completion(
+        prompt_index=prompt_index,
+        sample_index=int(choice["index"]),
+        prompt_token_ids=list(prompt_token_ids),
+        token_ids=token_ids,
+        logprobs=logprobs,
+        finish_reason=str(choice.get("finish_reason") or ""),
+        text=str(choice.get("text") or ""),
+    )
 
 
 class RolloutClient:

@@ -60,6 +60,5 @@ TASK = register_task(
         grade=grade,
         difficulty=difficulty,
         warmup=WarmupRecipe(batches=warmup_batches),  # the policy's own optimizer, no cache
-        doc="multi-step integer expressions with single-digit results",
     )
 )

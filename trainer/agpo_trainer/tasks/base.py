@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agpo_api.catalog import TASKS as CATALOG
@@ -80,7 +80,6 @@ class Task:
     * :attr:`grade`: whether a completion (decoded text, EOS stripped) answers a prompt, a
       truncated one (``finished=False``) being wrong;
     * :attr:`difficulty`: the difficulty bucket of a prompt;
-    * :attr:`answer_marker`: where its answers start (reasoning ends there);
     * :attr:`warmup`: its format warm-up, None when it has none.
     """
 
@@ -88,10 +87,8 @@ class Task:
     rows: Callable[[BuiltinSource], list[Row]]
     grade: Callable[[str, str, str, bool], bool]  # (prompt, completion, answer, finished)
     difficulty: Callable[[str], int]
-    answer_marker: str = "Answer:"
     eval_rows: Callable[[int], list[Row]] | None = None
     warmup: WarmupRecipe | None = None
-    doc: str = field(default="", compare=False)
 
 
 TASKS: Registry[Task, TaskTraits] = Registry("builtin task", CATALOG)

@@ -340,7 +340,6 @@ TASK = base.register_task(
             grade(prompt, completion, finished=finished).correct
         ),
         difficulty=difficulty_of,
-        answer_marker=ANSWER_PREFIX,
         eval_rows=eval_rows,
         warmup=base.WarmupRecipe(
             batches=_warmup,
@@ -353,6 +352,5 @@ TASK = base.register_task(
             init_std=WARMUP_RECIPE["init_std"],
             cache_key=WARMUP_RECIPE,
         ),
-        doc="count the 1s of a tagged bit string (a1b0c1= -> Answer:2), 2-14 bits",
     )
 )

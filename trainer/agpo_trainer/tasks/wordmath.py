@@ -429,10 +429,16 @@ def sampled_rows(split: str, size: int, seed: int) -> list[Row]:
 
 
 def eval_rows(prompts: int) -> list[Row]:
-    """At least ``prompts`` rows of the held-out ``eval`` split (never ``test``), the same
-    number from each bucket."""
+    """At least ``prompts`` rows of the held-out ``eval`` split (never ``test``) when it has
+    that many: the same number from each bucket (the short ones hold what they have, and the
+    others give more)."""
     per = -(-prompts // len(DIFFICULTIES))
-    return [_row(p) for p in stratified("eval", per)]
+    chosen = stratified("eval", per)
+    total = len(problems("eval"))
+    while len(chosen) < min(prompts, total):
+        per += 1
+        chosen = stratified("eval", per)
+    return [_row(p) for p in chosen]
 
 
 # --------------------------------------------------------------------------- grading
@@ -556,7 +562,6 @@ TASK = base.register_task(
             grade(prompt, completion, answer, finished=finished).correct
         ),
         difficulty=difficulty_of,
-        answer_marker=ANSWER_PREFIX,
         eval_rows=eval_rows,
         warmup=base.WarmupRecipe(
             batches=_warmup,
@@ -568,7 +573,5 @@ TASK = base.register_task(
             ),
             cache_key=WARMUP_RECIPE,
         ),
-        doc="grade-school word problems and arithmetic in English, 6 difficulty buckets "
-        "(Tom has 5 apples ... -> Answer: 8)",
     )
 )
