@@ -120,6 +120,7 @@ class GlooWeightTransferEngine(
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         finalize_layerwise_reload(self.model, self.model_config)
+        reprocess_tied_layers(self.model)
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
         # The base class ends with torch.accelerator.synchronize(), which raises on a
@@ -162,9 +163,31 @@ class GlooWeightTransferEngine(
         self.group = None
 
 
+def reprocess_tied_layers(model: torch.nn.Module) -> None:
+    """Process again every layer whose weight is another layer's (tied word embeddings).
+
+    On CPU, vLLM gives each layer a prepacked copy of its weight (oneDNN or SGL kernels,
+    `dispatch_cpu_unquantized_gemm`) and computes with the copy. A tied `lm_head` shares
+    `embed_tokens.weight` but receives no checkpoint tensor of its own, so layerwise reload
+    processes only the embedding ("ParallelLMHead: Failed to load weights" in vLLM's log)
+    and the logits kept coming from the initial head, whatever was pushed. Repacking every
+    sharer from the shared, now updated, tensor fixes it; on GPU the embedding's processing
+    is a no-op. tests/e2e/test_smollm2.py compares served log-probs with transformers."""
+    sharers: dict[int, list[torch.nn.Module]] = {}
+    for layer in model.modules():
+        weight = layer._parameters.get("weight")
+        if weight is not None and hasattr(layer, "quant_method"):
+            sharers.setdefault(id(weight), []).append(layer)
+    for layers in sharers.values():
+        if len(layers) > 1:
+            for layer in layers:
+                layer.quant_method.process_weights_after_loading(layer)
+
+
 __all__ = [
     "BACKEND",
     "GlooWeightTransferEngine",
     "GlooWeightTransferInitInfo",
     "GlooWeightTransferUpdateInfo",
+    "reprocess_tied_layers",
 ]
