@@ -187,9 +187,11 @@ class World:
         return names
 
     async def start_trainer(
-        self, job: str, phase: str = "Running", namespace: str = NS
-    ) -> list[str]:
-        """Create the Indexed Job's pods (as the Job controller does) in ``phase``."""
+        self, job: str, phase: str = "Running", namespace: str = NS,
+        waiting: tuple[str, str] | None = None,
+    ) -> list[str]:  # fmt: skip
+        """Create the Indexed Job's pods (as the Job controller does) in ``phase``, their
+        container waiting with ``waiting`` (reason, message) when given."""
         tj = self.get("jobs", f"{job}-trainer", namespace)
         assert tj is not None, "no trainer Job"
         names = []
@@ -197,7 +199,7 @@ class World:
             name = f"{job}-trainer-{i}-{tj['metadata']['uid'][:5]}"
             index = {"batch.kubernetes.io/job-completion-index": str(i)}
             await self._create_pod(tj, name, index, namespace)
-            await self.set_pod(name, phase, namespace=namespace)
+            await self.set_pod(name, phase, waiting=waiting, namespace=namespace)
             names.append(name)
         return names
 

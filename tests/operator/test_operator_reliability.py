@@ -96,15 +96,15 @@ async def test_a_permanent_failure_fails_at_once_and_a_transient_one_restarts(
 async def test_pods_that_never_start_time_out_with_their_reason(
     world: World, operator: Operator
 ) -> None:
-    await world.create_job(sample(name="stuck", runPolicy__startupTimeoutSeconds=1))
+    # The clock starts when the trainer Job is created; the pod is created already waiting
+    # (one status patch), and 3 s leaves a slow CI machine room to do both before it fires.
+    await world.create_job(sample(name="stuck", runPolicy__startupTimeoutSeconds=3))
     await eventually(lambda: world.get("statefulsets", "stuck-rollout"))
     await world.start_rollout("stuck")
     await eventually(lambda: world.get("jobs", "stuck-trainer"))
-    await world.start_trainer("stuck", phase="Pending")
-    pod = world.pods("stuck", "trainer")[0]
     pull = ("ImagePullBackOff", 'Back-off pulling image "trainer:test"')
-    await world.set_pod(pod, "Pending", waiting=pull)
-    await eventually(lambda: world.status("stuck").get("phase") == "Failed", timeout=5)
+    pod = (await world.start_trainer("stuck", phase="Pending", waiting=pull))[0]
+    await eventually(lambda: world.status("stuck").get("phase") == "Failed", timeout=10)
     failed = world.condition("stuck", "Failed")
     assert failed["reason"] == "StartupTimeout"
     assert "ImagePullBackOff" in failed["message"] and pod in failed["message"]
