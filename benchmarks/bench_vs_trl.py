@@ -27,7 +27,8 @@ comparison stays fixed while the samples change):
   one optimizer step per batch, constant LR;
 - the same machine and cores: TRL runs in one process with ``--trl-threads`` torch threads
   (default: every CPU of the affinity mask); ours runs as ``agpo run`` starts it (one vLLM
-  server, torchrun with ``procsPerNode`` ranks of ``OMP_NUM_THREADS=1`` each).
+  server, torchrun with ``procsPerNode`` ranks of ``OMP_NUM_THREADS=1`` each, or
+  ``trainer.threadsPerProc`` torch threads when the job sets it).
 
 TRL runs as a new user would run it: in-process ``GRPOTrainer`` with transformers
 generation, ``use_cpu=True``, ``bf16=False``; ``gradient_checkpointing`` (TRL's default True)
@@ -661,11 +662,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({model_dir}), {spec.model.dtype}, accuracy reward, {args.steps} steps per run, "
         f"first {args.warmup} left out of steady state"
     )
+    # agpo run starts each rank with OMP_NUM_THREADS=1; trainer.threadsPerProc overrides it.
+    rank_threads = spec.trainer.threads_per_proc or 1
     print(
         f"threads: TRL one process ({args.trl_generation} generation), {args.trl_threads} "
         f"torch threads; ours: vLLM server + "
-        f"{spec.trainer.procs_per_node} torchrun ranks x OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', '1')}"
+        f"{spec.trainer.procs_per_node} torchrun ranks x {rank_threads} torch threads"
     )
     print(f"machine: {machine()}")
     print(f"versions: {versions()}")
