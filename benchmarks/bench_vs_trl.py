@@ -4,7 +4,7 @@ Usage (from the repository root, in the project's environment)::
 
     nice -n 10 python benchmarks/bench_vs_trl.py [--repeats 3] [--steps 12] [--warmup 2] \
         [--job benchmarks/jobs/tiny-trl-parity.yaml] [--trl-threads N] \
-        [--trl-generation transformers|vllm-colocate] [--no-lock]
+        [--trl-generation transformers|vllm-colocate] [--goal 0.5] [--no-lock]
 
 TRL is an optional dependency: ``pip install -e '.[bench-trl]'`` (trl 1.16.0 and accelerate
 1.15.0; nothing else changes next to the trainer extra's pins), or, to leave a shared
@@ -14,8 +14,8 @@ accelerate==1.15.0``: when ``.venv-trl`` exists the TRL child gets it on its PYT
 Both sides do the same work per step, read from one job file (benchmarks/jobs/, frozen so the
 comparison stays fixed while the samples change):
 
-- the builtin tiny model (the cached ``builtin:tiny`` directory, loaded by both through
-  ``from_pretrained``; no hub), float32, the same prompts (the job's dataset and template);
+- the job's builtin model (the cached ``builtin:tiny`` or ``builtin:smollm2-135m-instruct``
+  directory, loaded by both through ``from_pretrained``; no hub), float32, the same prompts (the job's dataset and template);
 - ``promptsPerStep`` prompts x ``groupSize`` completions per optimizer step, every completion
   exactly ``maxCompletionTokens`` long: our vLLM server masks EOS until ``max_tokens``
   (benchmarks/jobs/bench_force_length.py, loaded with ``--logits-processors``), TRL's
@@ -46,8 +46,9 @@ no other heavy job then runs between the sides). Per run:
 - steady-state step: the median of the wall-clock intervals between consecutive optimizer
   steps after the first ``--warmup`` steps (same definition on both sides).
 
-The summary takes the median over repeats of each run's figure and the ratio ours/TRL, then
-each side's step breakdown (ours: the per-step records' rollout / reward / train / weight-sync
+The summary takes the median over repeats of each run's figure and the ratio ours/TRL (printed
+beside ``--goal``, the ratio docs/benchmarks.md sets for the job), completion tokens/s per step
+and while generating (both sides produce the same token count), then each side's step breakdown (ours: the per-step records' rollout / reward / train / weight-sync
 seconds; TRL: its own profiling timers of generation and rewards). A benchmark, not a test.
 """
 
@@ -105,6 +106,8 @@ TRL_TIMERS = [
     ("loss forward (compute_loss)", "GRPOTrainer.compute_loss"),
 ]
 PREPARE, LOSS_FORWARD = TRL_TIMERS[-2][0], TRL_TIMERS[-1][0]
+#: Each side's generation phase in its breakdown, by --trl-generation for TRL.
+GENERATION = {"ours": "rollout", "transformers": "generate", "vllm-colocate": TRL_TIMERS[1][0]}
 
 
 # --------------------------------------------------------------------------- equal settings
@@ -587,11 +590,23 @@ def report(args: argparse.Namespace, runs: list[RunResult]) -> None:
     fastest = {s: med([min(r.intervals(w)) for r in rs]) for s, rs in by.items()}
     print(f"\nsummary (median over {args.repeats} repeats):")
     print(f"  steady-state step     ours {steady['ours']:.3f} s   TRL {steady['trl']:.3f} s   "
-          f"ours/TRL {steady['ours'] / steady['trl']:.2f}x   (goal <= 0.5x)")  # fmt: skip
+          f"ours/TRL {steady['ours'] / steady['trl']:.2f}x   (goal <= {args.goal:g}x)")  # fmt: skip
     print(f"  fastest step per run  ours {fastest['ours']:.3f} s   TRL {fastest['trl']:.3f} s   "
           f"ours/TRL {fastest['ours'] / fastest['trl']:.2f}x   (least disturbed by other load)")  # fmt: skip
     print(f"  first step incl. start-up  ours {first['ours']:.1f} s   TRL {first['trl']:.1f} s   "
           f"ours/TRL {first['ours'] / first['trl']:.2f}x")  # fmt: skip
+    # Both sides produce exactly the same tokens per step (lengths are forced), so tokens/s is
+    # that count over each side's median step and over its median generation phase.
+    from agpo_api import load_job
+
+    spec = load_job(args.job).spec
+    tokens = spec.training.prompts_per_step * spec.algorithm.group_size
+    tokens *= spec.training.max_completion_tokens
+    phase = {"ours": GENERATION["ours"], "trl": GENERATION[args.trl_generation]}
+    gen = {s: med([v for r in rs for v in r.breakdown[phase[s]][w:]]) for s, rs in by.items()}
+    print(f"  completion tokens/s   per step: ours {tokens / steady['ours']:.1f}   "
+          f"TRL {tokens / steady['trl']:.1f};   while generating: ours "
+          f"{tokens / gen['ours']:.1f}   TRL {tokens / gen['trl']:.1f}   ({tokens} tokens a step)")  # fmt: skip
     for side, rs in by.items():
         print(f"\n{side}: start-up phases (median s)")
         for name in rs[0].startup:
@@ -609,7 +624,7 @@ def report(args: argparse.Namespace, runs: list[RunResult]) -> None:
             print(f"  {note}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--job", type=Path, default=DEFAULT_JOB, help="AGPOJob YAML (both sides)")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
@@ -626,6 +641,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="limit per run, s")
     parser.add_argument(
+        "--goal",
+        type=float,
+        default=0.5,
+        help="the steady-step ratio ours/TRL docs/benchmarks.md sets for this job (printed "
+        "beside the figure): 0.5 for the tiny default, 0.8 for smollm2-trl-parity.yaml",
+    )
+    parser.add_argument(
         "--no-lock",
         action="store_true",
         help=f"do not take {HEAVY_LOCK} per run (the caller holds it for the whole benchmark: "
@@ -634,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trl-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--events", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.job = args.job.resolve()
     if args.trl_child:

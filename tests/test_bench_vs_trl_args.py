@@ -105,6 +105,28 @@ def test_steady_state_leaves_out_the_warmup_steps(bench: ModuleType) -> None:
     assert run.intervals(0) == run.intervals(1) == [3.0, 1.0, 1.0, 0.5, 1.0]
 
 
+def test_report_prints_the_goal_and_tokens_per_second_of_each_side(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = load_job(JOB).spec
+    tokens = spec.training.prompts_per_step * spec.algorithm.group_size
+    tokens *= spec.training.max_completion_tokens
+
+    def run(side: str, step_s: float, gen_s: float) -> object:
+        times = [5.0 + step_s * i for i in range(6)]
+        phase = "rollout" if side == "ours" else "generate"
+        return bench.RunResult(side, 1, times, 40.0, "", "", (16, 16), {phase: [gen_s] * 6})
+
+    args = bench.build_parser().parse_args(["--steps", "6", "--repeats", "1", "--goal", "0.8"])
+    bench.report(args, [run("trl", 4.0, 2.0), run("ours", 2.0, 0.5)])
+    out = capsys.readouterr().out
+    assert "ours/TRL 0.50x   (goal <= 0.8x)" in out
+    assert (
+        f"per step: ours {tokens / 2.0:.1f}   TRL {tokens / 4.0:.1f};   while generating: "
+        f"ours {tokens / 0.5:.1f}   TRL {tokens / 2.0:.1f}"
+    ) in out
+
+
 def test_force_length_processor_masks_stop_tokens_until_max_tokens() -> None:
     pytest.importorskip("vllm")
     from vllm import SamplingParams
