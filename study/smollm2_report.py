@@ -46,20 +46,26 @@ def plot(runs: list[tuple[Path, str]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for run, label in runs:
+    for i, (run, label) in enumerate(runs):
+        color = f"C{i}"  # one colour per run across the three panels
         steps, evals = records(run)
         x = [e["step"] for e in evals]
-        axes[0].plot(x, [e["accuracy"] for e in evals], "o-", label=f"{label} greedy")
-        axes[0].plot(x, [e["meanAtK"] for e in evals], "s--", label=f"{label} mean@4")
-        axes[1].plot(x, [e["reasoningTokens"] for e in evals], "o-", label=label)
+        axes[0].plot(x, [e["accuracy"] for e in evals], "o-", color=color, label=f"{label} greedy")
+        axes[0].plot(x, [e["meanAtK"] for e in evals], "s--", color=color, label=f"{label} mean@4")
+        axes[1].plot(x, [e["reasoningTokens"] for e in evals], "o-", color=color, label=label)
         window = 5  # a moving mean: one step's 64 completions are noisy
         xs = [s["step"] for s in steps][window - 1 :]
         acc = [s["accuracy"] for s in steps]
         toks = [s["completionTokensMean"] for s in steps]
 
-        axes[2].plot(xs, smooth(acc, window), label=f"{label} accuracy")
-        twin = axes[2]
-        twin.plot(xs, [t / 100 for t in smooth(toks, window)], ":", label=f"{label} tokens / 100")
+        axes[2].plot(xs, smooth(acc, window), color=color, label=f"{label} accuracy")
+        axes[2].plot(
+            xs,
+            [t / 100 for t in smooth(toks, window)],
+            ":",
+            color=color,
+            label=f"{label} tokens / 100",
+        )
     axes[0].set(title="held-out eval: accuracy (96 prompts)", xlabel="step", ylim=(0, 1))
     axes[1].set(title="reasoning tokens of correct greedy answers", xlabel="step")
     axes[2].set(title="training batches (moving mean of 5 steps)", xlabel="step")
