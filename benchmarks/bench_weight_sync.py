@@ -22,7 +22,9 @@ Printed: both medians, push/raw (goal <= 2x), push as a share of a training step
 <= 10%; the step time is ``--step-s``, by default the tiny sample's 0.88 s measured by
 ``benchmarks/bench_trainer.py`` in issue #11), the server's own split of a push, and how many
 bytes one optimizer step leaves unchanged (the case for sending only changed tensors).
-Models: ``tiny`` is ``builtin:tiny`` (0.36M parameters); ``50m`` is a random Qwen2 with the
+Models: ``tiny`` is ``builtin:tiny`` (0.36M parameters); ``smollm2`` is
+``builtin:smollm2-135m-instruct`` (134.5M parameters, 538 MB float32, tied embeddings; needs
+the ``smollm2`` extra); ``50m`` is a random Qwen2 with the
 same character tokenizer (hidden 768, 8 layers, 12 heads / 4 KV heads, MLP 2048: 50.4M
 parameters, 202 MB float32), built locally by the same builder, no model hub.
 It is a benchmark, not a test.
@@ -51,8 +53,11 @@ from agpo_rollout.wire import DEFAULT_BUCKET_BYTES  # noqa: E402  (after the pat
 
 HANDSHAKE_TIMEOUT_S = 120.0
 RAW_METHOD = "agpo_bench_receive"
+#: Models a builtin name resolves (built or converted once into the model cache).
+PACKAGED = {"tiny": "builtin:tiny", "smollm2": "builtin:smollm2-135m-instruct"}
 MODELS: dict[str, dict[str, Any]] = {
     "tiny": {},  # builtin:tiny's defaults
+    "smollm2": {},  # SmolLM2-135M-Instruct (the smollm2 extra): 134.5M parameters, tied embeddings
     "50m": {
         "hidden_size": 768,
         "intermediate_size": 2048,
@@ -156,8 +161,8 @@ def build_model(name: str, cache: Path) -> Path:
     from agpo_trainer.models import resolve_model_path
     from agpo_trainer.models.tiny import build_tiny_model
 
-    if name == "tiny":
-        return Path(resolve_model_path("builtin:tiny", cache))
+    if name in PACKAGED:
+        return Path(resolve_model_path(PACKAGED[name], cache))
     target = cache / f"bench-{name}"
     if not (target / "config.json").exists():
         build_tiny_model(target, seed=0, **MODELS[name])
