@@ -118,6 +118,7 @@ class PolicyLossTraits:
 
     whole_groups: bool = False  # all responses of a prompt in one micro-batch and rank slice
     aggregation: str | None = None  # the only lossAggregation it is written for, if any
+    ratio: bool = True  # weighs tokens by pi/pi_old: old log-probs matter (rolloutCorrection)
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,9 @@ POLICY_LOSSES: Catalog[PolicyLossTraits] = Catalog(
     "algorithm.policyLoss",
     {
         "clipped": PolicyLossTraits(),
-        "gvpo": PolicyLossTraits(whole_groups=True, aggregation="seq-mean-token-sum"),
+        "gspo": PolicyLossTraits(),
+        "cispo": PolicyLossTraits(),
+        "gvpo": PolicyLossTraits(whole_groups=True, aggregation="seq-mean-token-sum", ratio=False),
     },
 )
 LENGTH_REWARDS: Catalog[LengthRewardTraits] = Catalog(

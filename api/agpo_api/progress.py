@@ -35,8 +35,17 @@ class TrainerProgress(BaseModel):
     resample_rounds: float | None = None
     loss: float | None = None
     ratio_mean: float | None = None
+    ratio_min: float | None = None
+    ratio_max: float | None = None
     kl: float | None = None
+    entropy: float | None = None
     clip_ratio: float | None = None
+    clip_ratio_low: float | None = None
+    clip_ratio_high: float | None = None
+    # algorithm.rolloutCorrection on: the engine-trainer gap and the weights it gave
+    rollout_trainer_kl: float | None = None
+    is_weight_mean: float | None = None
+    is_masked_ratio: float | None = None
     grad_norm: float | None = None
     step_seconds: float | None = None
     rollout_seconds: float | None = None

@@ -20,6 +20,7 @@ from agpo_api.models import (
     EvaluationSpec,
     MetricsSpec,
     ModelSpec,
+    RolloutCorrectionSpec,
     RolloutSpec,
     TrainerSpec,
     TrainingSpec,
@@ -89,6 +90,7 @@ class ResolvedAlgorithm:
     length_reward: ResolvedLengthReward
     answer_marker: str  # reasoning ends at its last occurrence (or at </think>)
     reward_range: tuple[float, float] | None  # of the summed rewards; None: unknown
+    rollout_correction: RolloutCorrectionSpec  # every field has its default
 
     @property
     def resamples(self) -> bool:
@@ -194,7 +196,7 @@ def resolve_algorithm_section(
 
 _COPIED = (
     "advantage", "zero_variance", "policy_loss", "loss_aggregation", "gvpo_beta",
-    "zero_variance_advantage", "max_resample_rounds", "group_size",
+    "zero_variance_advantage", "max_resample_rounds", "group_size", "rollout_correction",
 )  # fmt: skip
 
 

@@ -63,6 +63,11 @@ TRAINING: tuple[Panel, ...] = (
           width=8),
     Panel("Entropy", "Mean token entropy of the policy on the step's completions.",
           ("entropy",), width=8),
+    Panel("Rollout vs trainer", "With algorithm.rolloutCorrection: the k3 KL between the "
+          "rollout engine's and the trainer's probabilities of the sampled tokens, the mean "
+          "correction weight and the share of tokens it dropped (mis).",
+          ("rollout_trainer_kl", "is_weight_mean", "is_masked_ratio"),
+          legends=("KL", "weight mean", "dropped"), width=8),
     Panel("Step time", "Mean wall time of a training step (rollout + update + weight sync).",
           ("step_seconds",), unit="s"),
     Panel("Weight-sync time", "Mean time to push new weights to the vLLM servers.",

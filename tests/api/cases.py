@@ -177,6 +177,21 @@ BAD_CASES: list[BadCase] = [
         "spec.algorithm.lossAggregation",
     ),
     BadCase(
+        "rollout correction under gvpo (no ratio)",
+        {"spec.algorithm.preset": "gvpo", "spec.algorithm.rolloutCorrection": {"mode": "tis"}},
+        "spec.algorithm.rolloutCorrection",
+    ),
+    BadCase(
+        "mis bounds reversed",
+        {"spec.algorithm.rolloutCorrection": {"mode": "mis", "lower": 2.0, "upper": 0.5}},
+        "spec.algorithm.rolloutCorrection.upper",
+    ),
+    BadCase(
+        "tis cap below 1",
+        {"spec.algorithm.rolloutCorrection": {"mode": "tis", "cap": 0.5}},
+        "spec.algorithm.rolloutCorrection.cap",
+    ),
+    BadCase(
         "gvpo splitting groups across processes",
         {
             "spec.algorithm.policyLoss": "gvpo",

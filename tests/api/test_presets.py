@@ -106,7 +106,8 @@ def test_explicit_fields_override_the_preset() -> None:
 
 def test_resolved_spec_round_trips() -> None:
     for preset in PRESETS:
-        spec = AlgorithmSpec.model_validate({"preset": preset, "clip": {"low": 0.1}})
+        clip = {"low": 0.1, "high": 0.3}
+        spec = AlgorithmSpec.model_validate({"preset": preset, "clip": clip})
         assert AlgorithmSpec.model_validate(spec.to_dict()) == spec
 
 

@@ -223,7 +223,7 @@ def test_unknown_names_list_valid_ones() -> None:
         match=r"seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm, token-mean",
     ):
         compute_policy_loss(**batch(), aggregation="token-sum")
-    with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'.*clipped, gvpo"):
+    with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'.*cispo, clipped, gspo, gvpo"):
         compute_policy_loss(**batch(), loss_type="ppo")
     with pytest.raises(ValueError, match="valid names"):
         get_loss_aggregation("mean")
@@ -240,7 +240,7 @@ def test_shape_errors() -> None:
     with pytest.raises(ValueError, match="sample_mask"):
         compute_policy_loss(**inputs, sample_mask=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="clip"):
-        compute_policy_loss(**inputs, config=PolicyLossConfig(clip_low=1.0))
+        compute_policy_loss(**inputs, config=PolicyLossConfig(clip_low=1.5))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 from pydantic.alias_generators import to_camel
 
 from agpo_api.metrics_table import METRICS, rows
+from agpo_api.models import RolloutCorrectionSpec
 from agpo_api.progress import TrainerProgress
 from agpo_trainer.algorithms import PolicyLossConfig, compute_policy_loss
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics
@@ -31,6 +32,7 @@ def loss_figures(loss_type: str = "clipped") -> dict[str, float]:
         entropy=torch.rand(4, 5, generator=g, dtype=torch.float64), loss_type=loss_type,
         aggregation="seq-mean-token-sum" if loss_type == "gvpo" else "token-mean",
         config=PolicyLossConfig(group_size=2),
+        rollout_logprobs=old + 0.01, correction=RolloutCorrectionSpec(mode="tis"),
     )  # fmt: skip
     return figures
 

@@ -130,3 +130,117 @@ def test_matches_verl_core_algos(seed: int, tmp_path: Path) -> None:
         ours_frac = metrics["clip_ratio_low"] + metrics["clip_ratio_high"]
         # (verl takes its masked mean in float32)
         assert ours_frac == pytest.approx(float(verl["clipfrac_" + mode]), abs=1e-6)
+
+
+# --------------------------------------------------------------------- GSPO and CISPO (issue 20)
+SEQUENCE_SCRIPT = r"""
+import importlib.util, sys, types
+import torch
+spec = importlib.util.find_spec("verl")
+pkg = types.ModuleType("verl"); pkg.__path__ = list(spec.submodule_search_locations)
+sys.modules["verl"] = pkg
+import verl.trainer.ppo.core_algos as ca
+
+x = torch.load(sys.argv[1])
+out = {}
+n, t = x["response_mask"].shape
+mask = x["response_mask"].double()
+adv = x["advantages"].unsqueeze(-1).expand(n, t)
+low, high = x["clip"]
+config = ca.ActorConfig(strategy="fsdp", rollout_n=4, ppo_micro_batch_size_per_gpu=1,
+                        clip_ratio=low, clip_ratio_low=low,
+                        clip_ratio_high=high)
+fns = {"gspo": ca.compute_policy_loss_gspo, "cispo": ca.compute_policy_loss_cispo}
+for name, fn in fns.items():
+    for mode in x["aggregations"]:
+        logp = x["logp"].clone().requires_grad_()
+        loss, metrics = fn(x["old"], logp, adv, mask, loss_agg_mode=mode, config=config)
+        loss.backward()
+        out[f"{name}/{mode}/loss"] = loss.detach()
+        out[f"{name}/{mode}/grad"] = logp.grad
+        out[f"{name}/{mode}/clipfrac"] = torch.tensor(metrics["actor/pg_clipfrac"])
+torch.save(out, sys.argv[2])
+"""
+CLIP = (0.2, 0.28)
+
+
+@pytest.fixture(scope="module")
+def verl_sequence_losses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """verl 0.9.1's GSPO and CISPO losses, gradients and clip fractions on ``inputs(1)``."""
+    if not (VERL_DIR / "verl").is_dir():
+        pytest.skip(f"verl 0.9.1 is not installed in {VERL_DIR} (run `make tools`)")
+    tmp = tmp_path_factory.mktemp("verl-seq")
+    torch.save({**inputs(1), "clip": CLIP}, tmp / "in.pt")
+    env = {**os.environ, "PYTHONPATH": f"{VERL_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", SEQUENCE_SCRIPT, str(tmp / "in.pt"), str(tmp / "out.pt")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(torch.load(tmp / "out.pt"))
+
+
+def sequence_loss_mismatches(verl: dict[str, torch.Tensor], name: str, loss_type: str) -> list[str]:
+    """Where our ``loss_type`` differs from verl's ``name`` on ``inputs(1)``, over every
+    aggregation: loss (CISPO's up to its gradient-free term, see algorithms/cispo.py), the
+    gradient with respect to the log-probs, and the clip fraction. Empty: parity."""
+    x = inputs(1)
+    mask = x["response_mask"]
+    t = mask.shape[-1]  # type: ignore[union-attr]
+    adv = x["advantages"]
+    wrong = []
+    for mode in AGGREGATIONS:
+        logp = x["logp"].clone().requires_grad_()  # type: ignore[union-attr]
+        loss, metrics = compute_policy_loss(
+            logp, x["old"], adv, mask,  # type: ignore[arg-type]
+            config=PolicyLossConfig(clip_low=CLIP[0], clip_high=CLIP[1]), aggregation=mode,
+            max_tokens=t, loss_type=loss_type,
+        )  # fmt: skip
+        loss.backward()
+        value = loss.detach()
+        if name == "cispo":  # verl's loss is on log pi, ours on log pi - old: add the constant
+            old = x["old"]
+            w = torch.exp(x["logp"] - old).clamp(1 - CLIP[0], 1 + CLIP[1])  # type: ignore[operator]
+            token_mask, seq_mask = masks(mask, None, old.dtype)  # type: ignore[arg-type, union-attr]
+            constant = -w * adv.unsqueeze(-1) * old  # type: ignore[union-attr]
+            value = value + get_loss_aggregation(mode)(constant, token_mask, seq_mask, t)
+        close = {"atol": 1e-10, "rtol": 1e-7}
+        for what, ours, theirs in (
+            ("loss", value, verl[f"{name}/{mode}/loss"]),
+            ("grad", logp.grad, verl[f"{name}/{mode}/grad"]),
+        ):
+            try:
+                torch.testing.assert_close(ours, theirs, **close)
+            except AssertionError:
+                wrong.append(f"{mode} {what}")
+        frac = metrics["clip_ratio_low"] + metrics["clip_ratio_high"]
+        if abs(frac - float(verl[f"{name}/{mode}/clipfrac"])) > 1e-6:
+            wrong.append(f"{mode} clipfrac")
+    return wrong
+
+
+@pytest.mark.parametrize("name", ["gspo", "cispo"])
+def test_gspo_and_cispo_match_verl(
+    name: str, verl_sequence_losses: dict[str, torch.Tensor]
+) -> None:
+    assert sequence_loss_mismatches(verl_sequence_losses, name, name) == []
+
+
+def test_a_broken_gspo_fails_the_parity_check(
+    verl_sequence_losses: dict[str, torch.Tensor],
+) -> None:
+    """The check can fail: GSPO with the sequence's log-ratio summed instead of averaged (the
+    unnormalised sequence ratio, the paper's named pitfall) differs from verl everywhere."""
+    from agpo_api.catalog import PolicyLossTraits
+    from agpo_trainer.algorithms import POLICY_LOSSES, register_policy_loss
+    from agpo_trainer.algorithms.losses import clipped_surrogate
+
+    def broken(log_ratio, advantages, token_mask, config):  # type: ignore[no-untyped-def]
+        seq = (log_ratio * (token_mask > 0)).sum(-1, keepdim=True).detach()
+        log_s = (log_ratio - log_ratio.detach() + seq).clamp(max=10.0)
+        return clipped_surrogate(torch.exp(log_s), advantages, config.clip_low, config.clip_high)
+
+    with POLICY_LOSSES.scope():
+        register_policy_loss("gspo_broken", traits=PolicyLossTraits())(broken)
+        wrong = sequence_loss_mismatches(verl_sequence_losses, "gspo", "gspo_broken")
+    assert len(wrong) >= len(AGGREGATIONS), wrong

@@ -52,6 +52,10 @@ class UpdateStats:
     ratio_min: float | None = None
     ratio_max: float | None = None
     gvpo_mse: float | None = None
+    # algorithm.rolloutCorrection on: the engine-trainer gap and the weights it gave
+    rollout_trainer_kl: float | None = None
+    is_weight_mean: float | None = None
+    is_masked_ratio: float | None = None
 
     @property
     def clip_ratio(self) -> float:

@@ -7,7 +7,10 @@ the ranks step together. Within it the loss (``algorithm.policyLoss``) is comput
 micro-batches, each weighted by its share of the mini-batch's global denominator (over all
 ranks), so an optimizer step does not depend on the world size or the micro-batch size. Old
 log-probs are always the rollout's: from the second optimizer step on the policy has moved, the
-importance ratio leaves 1 and the clip acts. A policy loss whose traits say it needs whole
+importance ratio leaves 1 and the clip acts. With ``algorithm.rolloutCorrection`` on, the old
+log-probs are instead the trainer's own, recomputed once per batch before its first update
+(:func:`trainer_logprobs`), and the rollout's weight each token's loss
+(:mod:`agpo_trainer.algorithms.correction`). A policy loss whose traits say it needs whole
 groups (GVPO: each prompt's responses in the same gradient step) gets micro-batches cut at group
 boundaries, and the spec makes rank slices and mini-batches whole groups.
 
@@ -26,6 +29,7 @@ exactly as before.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -136,6 +140,12 @@ def train_step(
         [len(c) for c in batch.completion_ids], batch.sample_mask, world_size, minis
     )
     policy.model.train()
+    rollout: list[list[float]] | None = None
+    if algo.rollout_correction.mode != "none":
+        rollout = mine.old_logprobs
+        own = trainer_logprobs(policy, batch, mine, spec, rank=rank, world_size=world_size,
+                               micro=micro)  # fmt: skip
+        mine = dataclasses.replace(mine, old_logprobs=own)
     steps: list[dict[str, float]] = []
     norms: list[float] = []
     for _ in range(t.epochs):
@@ -145,7 +155,7 @@ def train_step(
                 batch, rows, spec, rank=rank, world_size=world_size, micro=micro
             )
             metrics, norm = optimizer_step(
-                policy, mine, rows, parts, totals[k], spec, world_size=world_size
+                policy, mine, rows, parts, totals[k], spec, world_size=world_size, rollout=rollout
             )
             steps.append(metrics)
             norms.append(norm)
@@ -155,6 +165,43 @@ def train_step(
         grad_norm=sum(norms) / len(norms),
         learning_rate=policy.scheduler.get_last_lr()[0],
     )
+
+
+def trainer_logprobs(
+    policy: Policy, batch: Batch, mine: Batch, spec: ResolvedSpec, *, rank: int,
+    world_size: int, micro: int,
+) -> list[list[float]]:  # fmt: skip
+    """The log-probs of this rank's completions under the policy as it is now (the weights
+    that generated them, or one version newer with ``maxStaleness: 1``), by the trainer's own
+    forward pass: no gradient, chunked, in the update's micro-batch cut (the same count on
+    every rank, as FSDP2 needs), in the mode the update runs in."""
+    temperature = spec.training.temperature
+    chunk_tokens = spec.trainer.logprob_chunk_tokens
+    out: list[list[float]] = []
+    parts = micro_batch_cut(batch, range(len(mine)), spec, rank=rank, world_size=world_size,
+                            micro=micro)  # fmt: skip
+    with torch.no_grad():
+        for idx in parts:
+            x = Responses.build(
+                [mine.prompt_ids[i] for i in idx],
+                [mine.completion_ids[i] for i in idx],
+                policy.pad_id,
+                policy.device,
+            )
+            logp, _ = response_logprobs(policy.model, x, temperature, chunk_tokens=chunk_tokens)
+            rows = logp.float().tolist()
+            out += [rows[r][: len(mine.completion_ids[i])] for r, i in enumerate(idx)]
+    return out
+
+
+def _padded(
+    values: list[list[float]], idx: range, shape: torch.Size, device: torch.device
+) -> torch.Tensor:
+    """Per-row float lists of ``idx`` right-padded with 0 into ``shape`` ``[B, T]``."""
+    out = torch.zeros(shape, dtype=torch.float32, device=device)
+    for r, i in enumerate(idx):
+        out[r, : len(values[i])] = torch.tensor(values[i])
+    return out
 
 
 def micro_batch_cut(
@@ -185,10 +232,12 @@ def optimizer_step(
     spec: ResolvedSpec,
     *,
     world_size: int,
+    rollout: list[list[float]] | None = None,
 ) -> tuple[dict[str, float], float]:
     """One optimizer step on ``rows`` of this rank's slice, in the micro-batches ``parts``
     (relative to ``rows``): the whole mini-batch's metrics, summed over ranks, and the
-    gradient norm before clipping."""
+    gradient norm before clipping. ``rollout``: the engine's log-probs of this rank's rows
+    when ``mine.old_logprobs`` are the trainer's own (rollout correction)."""
     algo, device = spec.algorithm, policy.device
     config = PolicyLossConfig.of(algo)
     temperature = spec.training.temperature
@@ -203,9 +252,8 @@ def optimizer_step(
             policy.pad_id,
             device,
         )
-        old = torch.zeros(x.tokens.shape, dtype=torch.float32, device=device)
-        for r, i in enumerate(idx):
-            old[r, : len(mine.completion_ids[i])] = torch.tensor(mine.old_logprobs[i])
+        old = _padded(mine.old_logprobs, idx, x.tokens.shape, device)
+        behaviour = None if rollout is None else _padded(rollout, idx, x.tokens.shape, device)
         sample_mask = [mine.sample_mask[i] for i in idx]
         with policy.no_sync(skip=k < len(chunks) - 1):
             logp, entropy = response_logprobs(
@@ -230,6 +278,8 @@ def optimizer_step(
                 max_tokens=spec.training.max_completion_tokens,
                 entropy=entropy,
                 loss_type=algo.policy_loss,
+                rollout_logprobs=behaviour,
+                correction=algo.rollout_correction,
             )
             local = count_included([len(mine.completion_ids[i]) for i in idx], sample_mask)
             share = micro_batch_share(algo.loss_aggregation, local, total)

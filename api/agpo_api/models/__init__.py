@@ -6,15 +6,11 @@ A minimal spec needs only ``model`` and ``dataset``; every default below is what
 """
 
 from agpo_api.models.algorithm import (
-    DEFAULT_CORRECT_THRESHOLD,
     DEFAULT_GVPO_BETA,
     DEFAULT_ZERO_VARIANCE_ADVANTAGE,
     AlgorithmSpec,
     ClipSpec,
-    CorrectSpec,
     LengthRewardSpec,
-    RewardBounds,
-    RewardSpec,
 )
 from agpo_api.models.common import (
     API_VERSION,
@@ -34,6 +30,7 @@ from agpo_api.models.common import (
     SecretKeyRef,
     Toleration,
 )
+from agpo_api.models.correction import RolloutCorrectionSpec
 from agpo_api.models.evaluation import (
     TASKS_WITH_SPLITS,
     EvaluationSource,
@@ -73,6 +70,12 @@ from agpo_api.models.presets import (
     default_coefficient,
     preset_of,
     resolve_algorithm,
+)
+from agpo_api.models.rewards import (
+    DEFAULT_CORRECT_THRESHOLD,
+    CorrectSpec,
+    RewardBounds,
+    RewardSpec,
 )
 from agpo_api.models.training import (
     DEFAULT_CHECKPOINT_SIZE,
@@ -146,6 +149,7 @@ __all__ = [
     "RewardBounds",
     "RewardName",
     "RewardSpec",
+    "RolloutCorrectionSpec",
     "RolloutSpec",
     "RunPolicy",
     "SecretKeyRef",

@@ -1,101 +1,33 @@
-"""``spec.algorithm``: rewards, the length reward, the clip range, the estimator, the zero-variance policy and the policy loss."""
+"""``spec.algorithm``: the length reward, the clip range, the estimator, the zero-variance policy,
+the policy loss and the rollout correction (the rewards are in :mod:`agpo_api.models.rewards`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from agpo_api.base import CALLABLE_PATTERN, ApiModel, Rule, exactly_one
+from agpo_api.base import ApiModel, Rule
 from agpo_api.catalog import ADVANTAGES, POLICY_LOSSES, ZERO_VARIANCE, aggregations_for, cel_list
 from agpo_api.models.common import PositiveInt
+from agpo_api.models.correction import RolloutCorrectionSpec
 from agpo_api.models.presets import (
     AdvantageName,
     LengthRewardName,
     LossAggregationName,
     PolicyLossName,
     PresetName,
-    RewardName,
     ZeroVarianceName,
     cel_effective,
     default_coefficient,
     resolve_algorithm,
 )
+from agpo_api.models.rewards import CorrectSpec, RewardSpec
 
-#: A completion is correct when the deciding reward is above this (``correct.threshold``).
-DEFAULT_CORRECT_THRESHOLD = 0.5
 #: GVPO's beta (``gvpoBeta``; arXiv 2504.19599).
 DEFAULT_GVPO_BETA = 0.1
 #: AGPO's advantage magnitude for zero-variance groups (``zeroVarianceAdvantage``).
 DEFAULT_ZERO_VARIANCE_ADVANTAGE = 1.0
-
-
-class RewardBounds(ApiModel):
-    """The attainable range of a custom reward function, ``[min, max]``."""
-
-    min: float = Field(description="The lowest value the function returns.")
-    max: float = Field(description="The highest value the function returns.")
-
-    rules = (
-        Rule(
-            "max",
-            "self.max >= self.min",
-            "bounds.max must be >= bounds.min",
-            lambda s: s.max >= s.min,
-        ),
-    )
-
-
-class RewardSpec(ApiModel):
-    """One reward term: a builtin reward by name, or a Python function ``module:callable``."""
-
-    name: RewardName | None = Field(
-        default=None,
-        description="Builtin reward: accuracy (math-verify, [0, 1]) or format ([0, 1]).",
-    )
-    function: Annotated[str, Field(pattern=CALLABLE_PATTERN, max_length=256)] | None = Field(
-        default=None,
-        description="Custom reward 'module:callable', called as fn(prompts, completions, answers) "
-        "-> list[float].",
-    )
-    weight: float = Field(default=1.0, description="Weight in the summed reward.")
-    bounds: RewardBounds | None = Field(
-        default=None,
-        description="A custom function's attainable range; zeroVariance agpo needs it (it gives "
-        "a homogeneous group +v at the maximum of the summed range and -v at its minimum).",
-    )
-
-    rules = (
-        Rule(
-            "name",
-            # `function` is a CEL keyword; Kubernetes exposes such fields as __name__.
-            "has(self.name) != has(self.__function__)",
-            "set exactly one of name or function in each reward",
-            exactly_one("name", "function"),
-        ),
-        Rule(
-            "bounds",
-            "!has(self.bounds) || has(self.__function__)",
-            "bounds are for custom functions; builtin rewards have theirs (accuracy and format: "
-            "[0, 1]); remove bounds",
-            lambda s: s.bounds is None or s.function is not None,
-        ),
-    )
-
-
-class CorrectSpec(ApiModel):
-    """What counts as a correct answer (for the length rewards and the accuracy metric)."""
-
-    reward: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
-        default=None,
-        description="The reward that decides it: accuracy, or the name or function of one of "
-        "algorithm.rewards; default accuracy (required when the rewards are custom functions "
-        "only).",
-    )
-    threshold: float = Field(
-        default=DEFAULT_CORRECT_THRESHOLD,
-        description="A completion is correct when that reward is above this.",
-    )
 
 
 class LengthRewardSpec(ApiModel):
@@ -160,7 +92,10 @@ class ClipSpec(ApiModel):
     """PPO ratio clip range [1 - low, 1 + high] (DAPO's clip-higher when high > low)."""
 
     low: float | None = Field(
-        default=None, gt=0, lt=1, description="Lower clip epsilon; default the preset's."
+        default=None,
+        gt=0,
+        le=1,
+        description="Lower clip epsilon (1: no lower bound); default the preset's.",
     )
     high: float | None = Field(
         default=None, gt=0, description="Upper clip epsilon; default the preset's."
@@ -169,9 +104,11 @@ class ClipSpec(ApiModel):
     rules = (
         Rule(
             "high",
-            "!has(self.low) || !has(self.high) || self.high >= self.low",
-            "clip.high must be >= clip.low; raise clip.high or lower clip.low",
-            lambda s: s.low is None or s.high is None or s.high >= s.low,
+            # low 1 is "no lower bound" (CISPO's weights), not a range to compare
+            "!has(self.low) || !has(self.high) || self.high >= self.low || self.low == 1.0",
+            "clip.high must be >= clip.low (or clip.low 1: no lower bound); raise clip.high or "
+            "lower clip.low",
+            lambda s: s.low is None or s.high is None or s.high >= s.low or s.low == 1.0,
         ),
     )
 
@@ -189,6 +126,7 @@ _ADV = cel_effective(_S, "advantage")
 _RANGE_ZV = ZERO_VARIANCE.having(lambda t: t.uses_reward_range)
 _RANGE_ADV = ADVANTAGES.having(lambda t: t.uses_reward_range)
 _OWN_AGGREGATION = POLICY_LOSSES.having(lambda t: t.aggregation is not None)
+_NO_RATIO = POLICY_LOSSES.having(lambda t: not t.ratio)
 _USES_RANGE = " || ".join(
     f"{field} in {cel_list(names)}"
     for field, names in ((_ZV, _RANGE_ZV), (_ADV, _RANGE_ADV))
@@ -225,8 +163,10 @@ class AlgorithmSpec(ApiModel):
     )
     policy_loss: PolicyLossName | None = Field(
         default=None,
-        description="clipped: token-level clipped surrogate (PPO/DAPO clip); gvpo: GVPO "
-        "(arXiv 2504.19599; no ratio, no clip). Default: the preset's.",
+        description="clipped: token-level clipped surrogate (PPO/DAPO clip); gspo: GSPO's "
+        "length-normalised sequence ratio, clipped per sequence (arXiv 2507.18071); cispo: "
+        "REINFORCE weighted by the clipped, stop-gradient token ratio (MiniMax-M1, arXiv "
+        "2506.13585); gvpo: GVPO (arXiv 2504.19599; no ratio, no clip). Default: the preset's.",
     )
     gvpo_beta: float = Field(
         default=DEFAULT_GVPO_BETA,
@@ -269,6 +209,12 @@ class AlgorithmSpec(ApiModel):
         default=None,
         description="token-mean (DAPO, AGPO), seq-mean-token-mean (GRPO), seq-mean-token-sum "
         "(GVPO), seq-mean-token-sum-norm (Dr. GRPO). Default: the preset's.",
+    )
+
+    rollout_correction: RolloutCorrectionSpec = Field(
+        default_factory=RolloutCorrectionSpec,
+        description="Correction for the rollout engine's log-probs differing from the trainer's "
+        "(TIS / MIS); default off.",
     )
 
     @model_validator(mode="before")
@@ -334,6 +280,18 @@ class AlgorithmSpec(ApiModel):
             "lossAggregation: seq-mean-token-sum (or leave it to preset: gvpo)",
             lambda s: (
                 s.policy_loss is None or s.loss_aggregation in aggregations_for(s.policy_loss)
+            ),
+        ),
+        Rule(
+            "rolloutCorrection",
+            f"self.rolloutCorrection.mode == 'none' || !({_LOSS} in {cel_list(_NO_RATIO)})",
+            f"policyLoss {' or '.join(_NO_RATIO)} has no importance ratio for "
+            "rolloutCorrection to correct: set rolloutCorrection.mode: none, or choose policyLoss "
+            f"{' or '.join(n for n in POLICY_LOSSES.names() if n not in _NO_RATIO)}",
+            lambda s: (
+                s.rollout_correction.mode == "none"
+                or s.policy_loss is None
+                or POLICY_LOSSES.traits(s.policy_loss).ratio
             ),
         ),
     )

@@ -17,7 +17,7 @@ from agpo_api.catalog import (
 )
 
 # --------------------------------------------------------------------------- algorithm
-PresetName = Literal["agpo", "grpo", "dr_grpo", "dapo", "reinforce_rej", "gvpo"]
+PresetName = Literal["agpo", "grpo", "dr_grpo", "dapo", "reinforce_rej", "gvpo", "gspo", "cispo"]
 # The names of registered parts: checked against their catalog (agpo_api.catalog), which the
 # trainer's registries extend; the CRD gets the shipped names as an enum.
 AdvantageName = Annotated[str, ADVANTAGES.validator(), ADVANTAGES.json_schema()]
@@ -89,6 +89,31 @@ PRESETS: dict[str, dict[str, Any]] = {
         "policyLoss": "gvpo",
         "lossAggregation": "seq-mean-token-sum",
         "clip": {"low": 0.2, "high": 0.2},
+        "lengthReward": {"type": "none", "coefficient": 0.0},
+        "klCoefficient": 0.0,
+    },
+    # GSPO (Qwen3, arXiv 2507.18071): the length-normalised sequence ratio, clipped per
+    # sequence with the paper's range (3e-4 / 4e-4: a sequence ratio moves far less than a
+    # token's), per-sequence mean, no KL.
+    "gspo": {
+        "advantage": "grpo",
+        "zeroVariance": "keep",
+        "policyLoss": "gspo",
+        "lossAggregation": "seq-mean-token-mean",
+        "clip": {"low": 0.0003, "high": 0.0004},
+        "lengthReward": {"type": "none", "coefficient": 0.0},
+        "klCoefficient": 0.0,
+    },
+    # CISPO (MiniMax-M1, arXiv 2506.13585): REINFORCE weighted by the clipped, stop-gradient
+    # ratio on every token; the paper bounds the weight only from above (low 1: no lower
+    # bound) and prints no upper epsilon: 0.28, Trinity-RFT's and DAPO's clip-higher. Token
+    # mean, no KL.
+    "cispo": {
+        "advantage": "grpo",
+        "zeroVariance": "keep",
+        "policyLoss": "cispo",
+        "lossAggregation": "token-mean",
+        "clip": {"low": 1.0, "high": 0.28},
         "lengthReward": {"type": "none", "coefficient": 0.0},
         "klCoefficient": 0.0,
     },

@@ -1,11 +1,13 @@
 """The group-relative family's core: advantage estimators, zero-variance policies, policy losses
-(clipped, GVPO), aggregations and chunked log-probs (pure torch).
+(clipped, GSPO, CISPO, GVPO), aggregations and chunked log-probs (pure torch).
 
 Every kind of part is a :class:`Registry` tied to its catalog in ``agpo_api.catalog`` (the
 names a spec may use and their traits). See ``docs/algorithm.md`` for the formulas, the
 zero-variance rule and the spec mapping, and ``docs/architecture.md`` for adding a part.
 """
 
+from agpo_trainer.algorithms import cispo as _cispo  # noqa: F401  (registers policyLoss cispo)
+from agpo_trainer.algorithms import gspo as _gspo  # noqa: F401  (registers policyLoss gspo)
 from agpo_trainer.algorithms import gvpo as _gvpo  # noqa: F401  (registers policyLoss gvpo)
 from agpo_trainer.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,

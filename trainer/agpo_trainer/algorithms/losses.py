@@ -36,10 +36,11 @@ from torch import Tensor
 
 from agpo_api.catalog import POLICY_LOSSES as CATALOG
 from agpo_api.catalog import PolicyLossTraits
-from agpo_api.models import DEFAULT_GVPO_BETA, DEFAULT_PRESET, PRESETS
+from agpo_api.models import DEFAULT_GVPO_BETA, DEFAULT_PRESET, PRESETS, RolloutCorrectionSpec
 from agpo_api.resolved import ResolvedAlgorithm
 from agpo_trainer.algorithms.advantages import compute_dtype
 from agpo_trainer.algorithms.aggregation import get_loss_aggregation, masks
+from agpo_trainer.algorithms.correction import correction_weights, rollout_trainer_k3
 from agpo_trainer.algorithms.logprobs import entropy_from_logits
 from agpo_trainer.registry import Registry
 
@@ -111,9 +112,10 @@ def get_policy_loss(name: str) -> PolicyLossFn:
     return POLICY_LOSSES.get(name)
 
 
-def _clipped_surrogate(
+def clipped_surrogate(
     ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float
 ) -> PolicyLossOutput:
+    """PPO's clipped surrogate of ``ratio`` ``[B, T]`` (shared by ``clipped`` and ``gspo``)."""
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
     # -min(rho*A, clip(rho)*A) == max(-rho*A, -clip(rho)*A)
@@ -134,7 +136,7 @@ def clipped_loss(
     Shapes: ``[B, T]`` log-ratio and mask, ``[B, 1]`` advantages.
     """
     ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    return _clipped_surrogate(ratio, advantages, config.clip_low, config.clip_high)
+    return clipped_surrogate(ratio, advantages, config.clip_low, config.clip_high)
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -205,6 +207,8 @@ def compute_policy_loss(
     logits: Tensor | None = None,
     entropy: Tensor | None = None,
     loss_type: str = "clipped",
+    rollout_logprobs: Tensor | None = None,
+    correction: RolloutCorrectionSpec | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Policy loss (clipped surrogate or GVPO) with optional k3 KL, masked groups, aggregation.
 
@@ -225,7 +229,12 @@ def compute_policy_loss(
         entropy: ``Tensor[B, T]``, the per-token entropies themselves (the chunked
             log-prob path computes them without ``[B, T, V]`` logits); instead of ``logits``.
         loss_type: registered policy loss, spec ``algorithm.policyLoss``: ``clipped`` |
-            ``gvpo`` (which ignores the clip and needs ``config.group_size`` and whole groups).
+            ``gspo`` | ``cispo`` | ``gvpo`` (which ignores the clip and needs
+            ``config.group_size`` and whole groups).
+        rollout_logprobs: ``Tensor[B, T]``, the rollout engine's log-probs when
+            ``old_logprobs`` are the trainer's own (``algorithm.rolloutCorrection``); with
+            ``correction`` (mode tis or mis) each token's loss is weighted
+            (:mod:`agpo_trainer.algorithms.correction`).
 
     Returns:
         ``(loss, metrics)``: ``loss`` a scalar (float32/float64) with a graph to ``logprobs``;
@@ -240,9 +249,9 @@ def compute_policy_loss(
     _check_shapes(
         logprobs, old_logprobs, advantages, response_mask, ref_logprobs, sample_mask, logits
     )
-    if config.clip_low < 0 or config.clip_high < 0 or config.clip_low >= 1:
+    if config.clip_low < 0 or config.clip_high < 0 or config.clip_low > 1:
         raise ValueError(
-            f"need 0 <= clip_low < 1 and clip_high >= 0, got {config.clip_low}, {config.clip_high}"
+            f"need 0 <= clip_low <= 1 and clip_high >= 0, got {config.clip_low}, {config.clip_high}"
         )
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
@@ -255,6 +264,9 @@ def compute_policy_loss(
         )
     if max_tokens is not None and max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    corrected = correction is not None and correction.mode != "none"
+    if corrected and (rollout_logprobs is None or rollout_logprobs.shape != logprobs.shape):
+        raise ValueError("rolloutCorrection needs rollout_logprobs [B, T] beside old_logprobs")
     loss_fn = get_policy_loss(loss_type)
     agg_fn = get_loss_aggregation(aggregation)
 
@@ -272,7 +284,14 @@ def compute_policy_loss(
     log_ratio = torch.where(valid, logp - old, zero)
 
     out = loss_fn(log_ratio, adv, token_mask, config)
-    policy_loss = agg_fn(out.per_token_loss, token_mask, seq_mask, max_tokens)
+    per_token = out.per_token_loss
+    weights: Tensor | None = None
+    if corrected:
+        assert rollout_logprobs is not None and correction is not None
+        rollout = rollout_logprobs.detach().to(dtype)
+        weights = correction_weights(old, rollout, valid, correction)
+        per_token = per_token * weights
+    policy_loss = agg_fn(per_token, token_mask, seq_mask, max_tokens)
 
     kl: Tensor | None = None
     if ref_logprobs is not None:
@@ -299,6 +318,12 @@ def compute_policy_loss(
         }
         if kl is not None:
             values["kl"] = _masked_mean(kl, counted, count)
+        if weights is not None:
+            assert rollout_logprobs is not None
+            gap = rollout_trainer_k3(old, rollout_logprobs.detach().to(dtype), valid)
+            values["rollout_trainer_kl"] = _masked_mean(gap, counted, count)
+            values["is_weight_mean"] = _masked_mean(weights, counted, count)
+            values["is_masked_ratio"] = _masked_mean(weights == 0, counted, count)
         if logits is not None:
             entropy = entropy_from_logits(logits.detach())
         if entropy is not None:
