@@ -145,8 +145,8 @@ class AlgorithmSpec(ApiModel):
 
     preset: PresetName | None = Field(
         default=None,
-        description="agpo | grpo | dr_grpo | dapo | reinforce_rej | gvpo: expands to advantage, "
-        "zeroVariance, policyLoss, lossAggregation, clip, lengthReward and klCoefficient "
+        description="agpo | grpo | dr_grpo | dapo | reinforce_rej | gvpo | gspo | cispo: "
+        "expands to advantage, zeroVariance, policyLoss, lossAggregation, clip, lengthReward and klCoefficient "
         "(docs/algorithm.md); fields set here override it. Unset: agpo, or grpo when one of "
         "advantage, zeroVariance, policyLoss is set.",
     )
