@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,7 +68,14 @@ def records(log: str, kind: str) -> list[dict[str, Any]]:
     return [json.loads(ln.split(marker, 1)[1]) for ln in log.splitlines() if f"{marker}{{" in ln]
 
 
+def last_run(log: str) -> str:
+    """The part of a trainer log written by its last run (a workdir's log is appended to)."""
+    start = log.rfind(" algorithm {")
+    return log if start < 0 else log[log.rfind("\n", 0, start) + 1 :]
+
+
 def run(variant: str, steps: int, workdir: Path) -> dict[str, Any]:
+    shutil.rmtree(workdir / variant, ignore_errors=True)  # a fresh log and no checkpoint
     path = workdir / f"{variant}.yaml"
     path.write_text(yaml.safe_dump(job(variant, steps)))
     t0 = time.monotonic()
@@ -79,7 +87,7 @@ def run(variant: str, steps: int, workdir: Path) -> dict[str, Any]:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     if done.returncode != 0:
         sys.exit(f"{variant}: agpo run failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    log = (workdir / variant / "logs" / "trainer.log").read_text()
+    log = last_run((workdir / variant / "logs" / "trainer.log").read_text())
     return {
         "variant": variant,
         "job": job(variant, steps)["spec"],
