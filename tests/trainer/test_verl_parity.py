@@ -37,18 +37,25 @@ AGGREGATIONS = [
     "seq-mean-token-sum-norm",
 ]
 
-VERL_SCRIPT = r"""
+#: verl's core_algos without verl's __init__ (an empty package registered first); the inputs
+#: ``x`` and the outputs ``out`` of a script are torch.save files named by argv.
+VERL_PRELUDE = r"""
 import importlib.util, sys, types
 import numpy as np, torch
 spec = importlib.util.find_spec("verl")
 pkg = types.ModuleType("verl"); pkg.__path__ = list(spec.submodule_search_locations)
 sys.modules["verl"] = pkg
 import verl.trainer.ppo.core_algos as ca
-from omegaconf import OmegaConf
 
 x = torch.load(sys.argv[1])
 out = {}
 n, t = x["response_mask"].shape
+"""
+
+VERL_SCRIPT = (
+    VERL_PRELUDE
+    + r"""
+from omegaconf import OmegaConf
 index = np.array([i // x["group_size"] for i in range(n)])
 token_rewards = torch.zeros(n, t, dtype=torch.float64)
 token_rewards[:, 0] = x["rewards"]
@@ -71,6 +78,18 @@ for mode in x["aggregations"]:
     out["clipfrac_" + mode] = torch.tensor(metrics["actor/pg_clipfrac"], dtype=torch.float64)
 torch.save(out, sys.argv[2])
 """
+)
+
+
+def run_verl(script: str, tmp: Path) -> dict[str, torch.Tensor]:
+    """Run ``script`` on ``tmp/in.pt`` in a child with verl on its path; its ``out.pt``."""
+    env = {**os.environ, "PYTHONPATH": f"{VERL_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp / "in.pt"), str(tmp / "out.pt")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(torch.load(tmp / "out.pt"))
 
 
 def inputs(seed: int) -> dict[str, object]:
@@ -101,13 +120,7 @@ def inputs(seed: int) -> dict[str, object]:
 def test_matches_verl_core_algos(seed: int, tmp_path: Path) -> None:
     x = inputs(seed)
     torch.save(x, tmp_path / "in.pt")
-    env = {**os.environ, "PYTHONPATH": f"{VERL_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run(
-        [sys.executable, "-c", VERL_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    verl = torch.load(tmp_path / "out.pt")
+    verl = run_verl(VERL_SCRIPT, tmp_path)
     # rtol 1e-7: verl's seq-mean-token-mean divides by (tokens + 1e-8)
     close = {"atol": 1e-10, "rtol": 1e-7}
     g = int(x["group_size"])  # type: ignore[call-overload]
@@ -133,17 +146,9 @@ def test_matches_verl_core_algos(seed: int, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------- GSPO and CISPO (issue 20)
-SEQUENCE_SCRIPT = r"""
-import importlib.util, sys, types
-import torch
-spec = importlib.util.find_spec("verl")
-pkg = types.ModuleType("verl"); pkg.__path__ = list(spec.submodule_search_locations)
-sys.modules["verl"] = pkg
-import verl.trainer.ppo.core_algos as ca
-
-x = torch.load(sys.argv[1])
-out = {}
-n, t = x["response_mask"].shape
+SEQUENCE_SCRIPT = (
+    VERL_PRELUDE
+    + r"""
 mask = x["response_mask"].double()
 adv = x["advantages"].unsqueeze(-1).expand(n, t)
 low, high = x["clip"]
@@ -161,6 +166,7 @@ for name, fn in fns.items():
         out[f"{name}/{mode}/clipfrac"] = torch.tensor(metrics["actor/pg_clipfrac"])
 torch.save(out, sys.argv[2])
 """
+)
 CLIP = (0.2, 0.28)
 
 
@@ -171,13 +177,7 @@ def verl_sequence_losses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         pytest.skip(f"verl 0.9.1 is not installed in {VERL_DIR} (run `make tools`)")
     tmp = tmp_path_factory.mktemp("verl-seq")
     torch.save({**inputs(1), "clip": CLIP}, tmp / "in.pt")
-    env = {**os.environ, "PYTHONPATH": f"{VERL_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run(
-        [sys.executable, "-c", SEQUENCE_SCRIPT, str(tmp / "in.pt"), str(tmp / "out.pt")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return dict(torch.load(tmp / "out.pt"))
+    return dict(run_verl(SEQUENCE_SCRIPT, tmp))
 
 
 def sequence_loss_mismatches(verl: dict[str, torch.Tensor], name: str, loss_type: str) -> list[str]:
