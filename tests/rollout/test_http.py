@@ -14,6 +14,10 @@ import pytest
 
 from agpo_trainer.rollout.http import HttpCallError, RetryPolicy, call
 
+#: A scripted "status" that sends 200 with its headers, part of the body, then drops the
+#: connection: a server killed while it answered.
+CUT = 0
+
 
 class Scripted(ThreadingHTTPServer):
     """Answers with the next status of `statuses` (the last one repeats)."""
@@ -36,6 +40,14 @@ class Handler(BaseHTTPRequestHandler):
         statuses = self.server.statuses
         status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
         body = b'{"ok": true}' if status == 200 else b"busy\n  try later"
+        if status == CUT:
+            self.send_response(200)
+            self.send_header("Content-Length", "1589")
+            self.end_headers()
+            self.wfile.write(b'{"ok"')
+            self.wfile.flush()
+            self.close_connection = True
+            return
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -65,6 +77,18 @@ def test_transient_statuses_are_retried_until_success(server: Scripted) -> None:
     response = call("GET", f"{server.url}/x", token="t", timeout_s=10, policy=FAST)
     assert response.json() == {"ok": True}
     assert server.seen == [("/x", "Bearer t")] * 4
+
+
+def test_a_connection_cut_mid_answer_is_retried(server: Scripted) -> None:
+    """A server killed while it streamed its answer (requests' ChunkedEncodingError: the
+    chaos test caught one) is transient like a refused connection; without retries it is
+    one line."""
+    server.statuses = [CUT, 200]
+    response = call("GET", f"{server.url}/x", token=None, timeout_s=10, policy=FAST)
+    assert response.json() == {"ok": True} and len(server.seen) == 2
+    server.statuses = [CUT]
+    with pytest.raises(HttpCallError, match="connection broken while reading the answer"):
+        call("GET", f"{server.url}/x", token=None, timeout_s=10)
 
 
 def test_other_errors_fail_at_once_with_the_status(server: Scripted) -> None:

@@ -1,7 +1,8 @@
 """Small HTTP layer shared by the rollout client and the weight syncer.
 
 Deadlines, not attempt counts, bound every call: a caller states how long it may wait in
-total, and retries (only for transient failures: connection refused/reset, 502/503/504)
+total, and retries (only for transient failures: connection refused/reset or cut mid-answer,
+502/503/504)
 back off exponentially inside that budget. Errors are one line and name the URL.
 
 Retries are tenacity's (`stop_before_delay` + `wait_exponential`), not urllib3's `Retry`:
@@ -130,6 +131,11 @@ def _attempt(
         )
     except requests.ConnectionError as exc:  # ConnectTimeout included: retried too
         raise _Transient(_connection_reason(exc)) from None
+    except requests.exceptions.ChunkedEncodingError:
+        # The body stopped short: the server died while answering (a vLLM server killed
+        # mid-generate). As transient as a refused connection: a seeded request may be sent
+        # again to the server that replaces it.
+        raise _Transient("connection broken while reading the answer") from None
     except requests.Timeout:  # a read timeout: the server took the request, do not resend
         raise HttpCallError(
             f"{method} {url} timed out after {time.monotonic() - started:.1f}s "
