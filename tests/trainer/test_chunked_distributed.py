@@ -55,6 +55,7 @@ def policy(world_size: int, rank: int, trainer: dict[str, Any]) -> Policy:
 
 def _rank(rank: int, tmp: str, strategy: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
+    done = False
     try:
         batch = pickle.loads((Path(tmp) / "batch.pkl").read_bytes())
         p = policy(2, rank, {"strategy": strategy, **BOUNDED})
@@ -63,8 +64,15 @@ def _rank(rank: int, tmp: str, strategy: str) -> None:
         if rank == 0:
             state = weights if weights is not None else p.module.state_dict()
             torch.save({k: v.detach().cpu() for k, v in state.items()}, Path(tmp) / "out.pt")
+        dist.barrier()  # both ranks past every collective before either tears down
+        done = True
     finally:
         dist.destroy_process_group()
+    if done:
+        # The interpreter's teardown of a gloo process aborts now and then ("terminate called
+        # without an active exception", SIGABRT; 1 in ~6 runs, before issue 20's changes too):
+        # the work is saved, so leave without it.
+        os._exit(0)
 
 
 @pytest.mark.slow

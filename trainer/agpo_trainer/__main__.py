@@ -165,5 +165,17 @@ def _shutdown() -> None:
         dist.destroy_process_group()
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code`` without the interpreter's teardown: after a gloo process group the
+    C++ destructors abort now and then (SIGABRT, "terminate called without an active
+    exception"), which turned a finished rank into a failed one and cost agpo run a restart
+    (the chaos test caught it after the last step). Logs and streams are flushed first; the
+    termination message is already written."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
