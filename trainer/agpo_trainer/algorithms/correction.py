@@ -71,8 +71,8 @@ def correction_weights(
 
 def rollout_trainer_k3(old: Tensor, rollout: Tensor, valid: Tensor) -> Tensor:
     """Per-token k3 of KL(rollout || trainer), ``[B, T]`` (0 on padding), in float64 as
-    ``expm1(d) - d``: the gap is ~1e-6 in float32 on CPU, where ``exp(d) - d - 1`` in float32
-    cancels to noise of either sign (it measured -6e-9)."""
+    ``expm1(d) - d``: on CPU in float32 the log-probs differ by ~1e-7, where ``exp(d) - d - 1``
+    in float32 cancels to noise (it measured -6e-9)."""
     d = log_weights(old.double(), rollout.double(), valid, "token")
     d = d.clamp(-LOG_WEIGHT_CLAMP, LOG_WEIGHT_CLAMP)
     return torch.expm1(d) - d

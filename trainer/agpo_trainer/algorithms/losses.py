@@ -285,6 +285,7 @@ def compute_policy_loss(
 
     out = loss_fn(log_ratio, adv, token_mask, config)
     per_token = out.per_token_loss
+    rollout: Tensor | None = None
     weights: Tensor | None = None
     if corrected:
         assert rollout_logprobs is not None and correction is not None
@@ -318,9 +319,8 @@ def compute_policy_loss(
         }
         if kl is not None:
             values["kl"] = _masked_mean(kl, counted, count)
-        if weights is not None:
-            assert rollout_logprobs is not None
-            gap = rollout_trainer_k3(old, rollout_logprobs.detach().to(dtype), valid)
+        if rollout is not None and weights is not None:
+            gap = rollout_trainer_k3(old, rollout, valid)
             values["rollout_trainer_kl"] = _masked_mean(gap, counted, count)
             values["is_weight_mean"] = _masked_mean(weights, counted, count)
             values["is_masked_ratio"] = _masked_mean(weights == 0, counted, count)
