@@ -87,6 +87,13 @@ METRICS: tuple[Metric, ...] = (
     _g("completion_tokens_mean", "Mean completion (reasoning) length in tokens.", "rollout"),
     Metric("completion_tokens", "histogram", "Completion lengths in tokens.", "event",
            status=False, buckets=TOKEN_BUCKETS),
+    _g("correct_completion_tokens_mean", "Mean length in tokens of the correct completions.",
+       "rollout"),
+    _g("correct_reasoning_tokens_mean", "Mean tokens before the answer marker of the correct "
+       "completions.", "rollout"),
+    _g("all_correct_fraction", "Fraction of groups whose completions are all correct.",
+       "rollout"),
+    _g("all_wrong_fraction", "Fraction of groups whose completions are all wrong.", "rollout"),
     _g("completion_clipped_ratio", "Fraction of completions cut at maxCompletionTokens.",
        "rollout", status=False),
     Metric("rollout_tokens", "counter", "Completion tokens generated.", "rollout",
@@ -128,6 +135,10 @@ METRICS: tuple[Metric, ...] = (
     _g("train_seconds", "Wall time of the update per step.", "step", prometheus=False),
     Metric("weight_sync_seconds", "histogram", "Wall time of pushing weights to vLLM.", "step",
            event=True),
+    # ------------------------------------------------------------------ experiment trackers
+    Metric("tracker_dropped", "counter", "Records an experiment tracker (spec.tracking) did "
+           "not take: it was down, failing or slower than the run.", "event", status=False,
+           labels=("tracker",)),
     # ------------------------------------------------------------------ evaluation
     _g("eval_step", "Step of the latest evaluation.", "eval"),
     _g("eval_accuracy", "Greedy accuracy on the evaluation prompts.", "eval"),

@@ -32,6 +32,10 @@ class TrainerProgress(BaseModel):
     accuracy: float | None = None
     completion_tokens_mean: float | None = None
     zero_variance_fraction: float | None = None
+    correct_completion_tokens_mean: float | None = None
+    correct_reasoning_tokens_mean: float | None = None
+    all_correct_fraction: float | None = None
+    all_wrong_fraction: float | None = None
     resample_rounds: float | None = None
     loss: float | None = None
     ratio_mean: float | None = None

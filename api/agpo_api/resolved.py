@@ -10,7 +10,10 @@ place), so no part of the trainer applies a default or tests a registered name i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+from pydantic import BaseModel
 
 from agpo_api.catalog import LENGTH_REWARDS, POLICY_LOSSES, REWARDS, TASKS, ZERO_VARIANCE
 from agpo_api.models import (
@@ -22,6 +25,7 @@ from agpo_api.models import (
     ModelSpec,
     RolloutCorrectionSpec,
     RolloutSpec,
+    TrackingSpec,
     TrainerSpec,
     TrainingSpec,
 )
@@ -116,7 +120,25 @@ class ResolvedSpec:
     trainer: TrainerSpec
     rollout: RolloutSpec
     metrics: MetricsSpec
+    tracking: TrackingSpec
     evaluation: EvaluationSpec | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data: the sections in their wire (camelCase) form, the resolved
+        algorithm's fields by name (what the run header of the records and the trackers'
+        params show)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON data: a model by its aliases, a dataclass field by field."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def resolve(spec: AGPOJobSpec) -> ResolvedSpec:
@@ -132,6 +154,7 @@ def resolve(spec: AGPOJobSpec) -> ResolvedSpec:
         trainer=spec.trainer,
         rollout=spec.rollout,
         metrics=spec.metrics,
+        tracking=spec.tracking,
         evaluation=spec.effective_evaluation(),
     )
 

@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 from agpo_api.metrics_table import METRICS, rows
 from agpo_api.models import RolloutCorrectionSpec
 from agpo_api.progress import TrainerProgress
+from agpo_api.records import figures
 from agpo_trainer.algorithms import PolicyLossConfig, compute_policy_loss
 from agpo_trainer.metrics import StatusBoard, TrainerMetrics
 from agpo_trainer.stats import EvalStats, RolloutStats, StepStats, UpdateStats, combine_steps
@@ -43,6 +44,8 @@ def step_stats(update: UpdateStats) -> StepStats:
         completion_tokens_mean=2.0, completion_clipped_ratio=0.0, rollout_tokens=64.0,
         resample_rounds=0.0, rollout_seconds=1.5, reward_seconds=0.25,
         reward_component_mean={"accuracy": 0.25, "length": 0.01},
+        correct_completion_tokens_mean=3.0, correct_reasoning_tokens_mean=1.0,
+        all_correct_fraction=0.25, all_wrong_fraction=0.125,
     )  # fmt: skip
     return StepStats(
         step=3, total_steps=80, policy_version=3, rollout=rollout, update=update,
@@ -86,7 +89,7 @@ def test_every_row_reaches_the_log_line_status_and_prometheus() -> None:
     metrics.record_step(step)
     metrics.record_eval(EVAL)
     for m in rows("event"):  # figures reported where they happen (a push, a skipped prompt)
-        metrics.add(m.field, 1.0)
+        metrics.add(m.field, 1.0, label="mlflow" if m.labels else None)
     metrics.add("weight_sync_seconds", 0.5)
     board.update(step.progress())
     board.update(EVAL.progress())
@@ -106,6 +109,23 @@ def test_every_row_reaches_the_log_line_status_and_prometheus() -> None:
             assert m.wire not in snapshot, m.field
     assert 'agpo_reward_component_mean{reward="length"} 0.01' in text
     assert list(line)[-1] == "prompts"
+
+
+def test_every_row_reaches_the_records() -> None:
+    """The records file (agpo report, the trackers) holds every step and eval row, status
+    or not, by its wire name; the trackers' flat figures are those values."""
+    step = step_stats(UpdateStats.from_loss_metrics(loss_figures(), grad_norm=1.0,
+                                                    learning_rate=1e-3))  # fmt: skip
+    record, evaluation = step.record(), EVAL.record()
+    for m in rows("step", "rollout", "update"):
+        assert record[m.wire] == step.value(m), m.field
+    for m in rows("eval"):
+        assert evaluation[m.wire] == EVAL.value(m), m.field
+    assert record["prompts"] == [4, 1] and evaluation["step"] == 3
+    flat = figures("step", record)
+    assert flat["rewardComponentMean/length"] == 0.01 and flat["learningRate"] == 1e-3
+    assert "prompts" not in flat and "step" not in flat
+    assert figures("eval", evaluation)["evalPolicyVersion"] == 3.0  # never a step's name
 
 
 def test_typed_status_fields_are_rows_of_the_table() -> None:

@@ -14,7 +14,7 @@ from agpo_trainer.stats import RolloutStats, StepStats, UpdateStats
 #: The log line's keys before the refactor, in order.
 LOG_KEYS = [
     "step", "totalSteps", "policyVersion", "rewardMean", "accuracy", "completionTokensMean",
-    "zeroVarianceFraction", "resampleRounds", "loss", "ratioMean", "kl", "entropy", "clipRatio",
+    "zeroVarianceFraction", "allCorrectFraction", "allWrongFraction", "resampleRounds", "loss", "ratioMean", "kl", "entropy", "clipRatio",
     "clipRatioLow", "clipRatioHigh", "gradNorm", "stepSeconds", "rolloutSeconds", "rewardSeconds", "trainSeconds",
     "weightSyncSeconds", "prompts",
 ]  # fmt: skip

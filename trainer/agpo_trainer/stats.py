@@ -32,6 +32,12 @@ class RolloutStats:
     rollout_seconds: float
     reward_seconds: float
     reward_component_mean: dict[str, float] = field(default_factory=dict)  # by reward term
+    # The correct completions' lengths (None: none was correct) and the groups whose
+    # completions were all correct or all wrong (the two kinds of zero-variance group).
+    correct_completion_tokens_mean: float | None = None
+    correct_reasoning_tokens_mean: float | None = None
+    all_correct_fraction: float = 0.0
+    all_wrong_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,12 @@ class StepStats:
         """``step {...}``: the progress as one JSON object ("prompts" last: it is long)."""
         return "step " + json.dumps(self.progress().to_wire())
 
+    def record(self) -> dict[str, Any]:
+        """The ``step`` record (:mod:`agpo_api.records`): every row's figure by its wire
+        name, the status rows and the others, then the prompts."""
+        figures = {m.wire: self.value(m) for m in rows("step", "rollout", "update")}
+        return {**figures, "prompts": self.prompts}
+
 
 @dataclass(frozen=True)
 class EvalStats:
@@ -144,6 +156,15 @@ class EvalStats:
             "seconds": round(self.seconds, 3),
         }  # fmt: skip
         return "eval " + json.dumps(wire)
+
+    def record(self) -> dict[str, Any]:
+        """The ``eval`` record (:mod:`agpo_api.records`): every ``eval`` row's figure by its
+        wire name, and what the figures are of."""
+        figures = {m.wire: self.value(m) for m in rows("eval")}
+        return {
+            "step": self.step, "policyVersion": self.policy_version, "prompts": self.prompts,
+            "samples": self.samples, **figures,
+        }  # fmt: skip
 
 
 def combine_steps(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
