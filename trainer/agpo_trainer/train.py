@@ -35,7 +35,13 @@ from torch import Tensor
 from agpo_api.models import AGPOJob
 from agpo_api.progress import TrainerProgress
 from agpo_api.resolved import ResolvedSpec, resolve
-from agpo_trainer.checkpoint import CheckpointMeta, resume_training_state, save_training_state
+from agpo_trainer.callbacks import Callbacks, Chain, Recording
+from agpo_trainer.checkpoint import (
+    CheckpointMeta,
+    latest_checkpoint,
+    resume_training_state,
+    save_training_state,
+)
 from agpo_trainer.data import PromptSampler, check_prompts_fit, load_examples
 from agpo_trainer.distributed import broadcast_object
 from agpo_trainer.evaluation import Evaluator, evaluation_sets
@@ -46,44 +52,14 @@ from agpo_trainer.policy import Policy
 from agpo_trainer.prompts import PromptEncoder
 from agpo_trainer.rollout.backend import BackendFactory, RolloutBackend, WeightSyncFailed, connect
 from agpo_trainer.runtime import Runtime
-from agpo_trainer.stats import EvalStats, StepStats, algorithm_line
+from agpo_trainer.stats import StepStats, algorithm_line
+from agpo_trainer.tracking import RunTracking
 from agpo_trainer.update import train_step
 from agpo_trainer.warmup import format_warmup
 
 log = logging.getLogger("agpo_trainer")
 
-
-class Callbacks:
-    """Rank 0's hooks into the loop (TRL's ``TrainerCallback`` in small): the study records
-    its figures through them. Each default does nothing."""
-
-    def on_batch(self, step: int, batch: Batch) -> None:
-        """Step ``step + 1``'s batch is ready; the policy is still that of step ``step``."""
-
-    def on_step(self, stats: StepStats, batch: Batch) -> None:
-        """A step is finished (trained, pushed, checkpointed)."""
-
-    def on_eval(self, result: EvalStats) -> None:
-        """An evaluation is finished."""
-
-
-class Recording(Callbacks):
-    """Callbacks that keep what they are given (tests, notebooks): every batch, step and
-    evaluation, in order."""
-
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-        self.steps: list[StepStats] = []
-        self.evals: list[EvalStats] = []
-
-    def on_batch(self, step: int, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    def on_step(self, stats: StepStats, batch: Batch) -> None:
-        self.steps.append(stats)
-
-    def on_eval(self, result: EvalStats) -> None:
-        self.evals.append(result)
+__all__ = ["Callbacks", "Recording", "train"]  # the hooks' classes, where callers take them
 
 
 def train(
@@ -141,6 +117,14 @@ def train(
         if rt.metrics_port:
             serve(metrics, board, rt.metrics_port)
         metrics.add("total_steps", total_steps)
+        # the records file and spec.tracking's trackers first: their run header opens the run
+        tracking = RunTracking(
+            spec,
+            job.metadata.name or "",
+            rt.checkpoint_dir,
+            on_drop=lambda tracker, n: metrics.add("tracker_dropped", n, label=tracker),
+        )
+        hooks = Chain([tracking, hooks])
         servers = backend(spec, rt, policy)
         experience = Experience(
             spec, tokenizer=policy.tokenizer, sampler=sampler, client=servers, metrics=metrics
@@ -257,6 +241,7 @@ def train(
             os.killpg(os.getpgid(0), signal.SIGKILL)
     if not rt.is_main:
         return None
+    hooks.on_end(latest_checkpoint(rt.checkpoint_dir))
     board.update(TrainerProgress(phase="Succeeded"))
     return board.snapshot()
 

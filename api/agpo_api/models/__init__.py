@@ -77,6 +77,7 @@ from agpo_api.models.rewards import (
     RewardBounds,
     RewardSpec,
 )
+from agpo_api.models.tracking import MlflowSpec, TensorBoardSpec, TrackingSpec, WandbSpec
 from agpo_api.models.training import (
     DEFAULT_CHECKPOINT_SIZE,
     AccessMode,
@@ -137,6 +138,7 @@ __all__ = [
     "LocalObjectReference",
     "LossAggregationName",
     "MetricsSpec",
+    "MlflowSpec",
     "ModelSource",
     "ModelSpec",
     "NonNegativeInt",
@@ -153,9 +155,12 @@ __all__ = [
     "RolloutSpec",
     "RunPolicy",
     "SecretKeyRef",
+    "TensorBoardSpec",
     "Toleration",
+    "TrackingSpec",
     "TrainerSpec",
     "TrainingSpec",
+    "WandbSpec",
     "WeightSyncSpec",
     "ZeroVarianceName",
     "cel_effective",

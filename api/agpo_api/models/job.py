@@ -18,6 +18,7 @@ from agpo_api.models.common import MAX_JOB_NAME_LENGTH, LocalObjectReference, No
 from agpo_api.models.evaluation import TASKS_WITH_SPLITS, EvaluationSpec, has_eval_split
 from agpo_api.models.inputs import DatasetSpec, ModelSpec
 from agpo_api.models.presets import cel_effective
+from agpo_api.models.tracking import TrackingSpec
 from agpo_api.models.training import TrainingSpec
 from agpo_api.models.workloads import MetricsSpec, RolloutSpec, RunPolicy, TrainerSpec
 from agpo_api.vocabulary import Phase
@@ -39,6 +40,11 @@ class AGPOJobSpec(ApiModel):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec,
+        description="Experiment trackers (MLflow, TensorBoard, W&B) fed by rank 0; none by "
+        "default.",
+    )
     evaluation: EvaluationSpec | None = Field(
         default=None,
         description="Held-out evaluation; unset = the defaults (at the end, on the builtin "

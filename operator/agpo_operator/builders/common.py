@@ -246,6 +246,17 @@ def hf_token_env(job: AGPOJob) -> list[Obj]:
     return [env_secret(EnvVar.HF_TOKEN, ref.name, ref.key)] if ref is not None else []
 
 
+def tracking_env(job: AGPOJob) -> list[Obj]:
+    """The trackers' credentials (spec.tracking), from the Secrets the spec names, as the
+    variables MLflow's and W&B's libraries read."""
+    t = job.spec.tracking
+    refs = [
+        (EnvVar.MLFLOW_TRACKING_TOKEN, t.mlflow.token_secret_ref if t.mlflow else None),
+        (EnvVar.WANDB_API_KEY, t.wandb.api_key_secret_ref if t.wandb else None),
+    ]
+    return [env_secret(name, ref.name, ref.key) for name, ref in refs if ref is not None]
+
+
 def image(spec_image: str | None, default: str) -> str:
     return spec_image or default
 

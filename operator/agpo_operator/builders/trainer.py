@@ -43,6 +43,7 @@ from agpo_operator.builders.common import (
     env_secret,
     env_value,
     hf_token_env,
+    tracking_env,
     job_file_volume,
     labels,
     merge_env,
@@ -81,6 +82,8 @@ RESERVED_ENV = frozenset(
         EnvVar.JOB_FILE.value,
         *(f.metadata["env"].value for f in fields(TrainerSettings) if f.name in OPERATOR_SETTINGS),
         EnvVar.HF_TOKEN.value,
+        EnvVar.MLFLOW_TRACKING_TOKEN.value,
+        EnvVar.WANDB_API_KEY.value,
     }
 )
 # Stands for the token in TrainerSettings: pods read it from the job's Secret.
@@ -160,6 +163,7 @@ def trainer_env(job: AGPOJob, n: Names) -> list[Obj]:
         *settings[: split + 1],
         *hf_token_env(job),
         *settings[split + 1 :],
+        *tracking_env(job),
     ]
     return merge_env(ours, [e.to_dict() for e in job.spec.trainer.env], RESERVED_ENV)
 
