@@ -72,6 +72,10 @@ def read_records(path: Path) -> RunRecords:
         text = path.read_text()
     except OSError as e:
         raise RecordsError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise RecordsError(
+            f"{path} is not text (a binary file?): give a run directory or its {RECORDS_FILE}"
+        ) from None
     run: dict[str, Any] | None = None
     by_kind: dict[str, dict[int, dict[str, Any]]] = {"step": {}, "eval": {}}
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]

@@ -1,4 +1,4 @@
-"""The ``agpo`` command line: ``crd``, ``validate``, ``render`` and ``run``.
+"""The ``agpo`` command line: ``crd``, ``validate``, ``render``, ``run`` and ``report``.
 
 Exit codes: 0 success, 2 invalid input (every problem printed as one line), 1 a failure while
 running. A user mistake never prints a traceback.
@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{err.source}: {p}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        from agpo_trainer.launcher import run_local
+        from agpo_trainer.launcher import run_local, run_workdir
     except ImportError as err:
         print(
             f"agpo run needs the trainer and rollout extras ({err.name} is missing): "
@@ -71,9 +71,54 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    return run_local(
+    code = run_local(
         job, steps=args.steps, workdir=args.workdir, source=Path(args.file), fresh=args.fresh
     )
+    if code == EXIT_OK:
+        report_after_run(run_workdir(job, Path(args.file), args.workdir))
+    return code
+
+
+def report_after_run(workdir: Path) -> None:
+    """The end of a successful ``agpo run``: its report, or one warning line."""
+    try:
+        from agpo_cli.report import report_for
+
+        path = report_for(workdir)
+    except ImportError as err:
+        why = f"{err.name} is missing: pip install 'agpo[report]'"
+    except Exception as err:  # the run succeeded: a report it cannot make must not fail it
+        why = (str(err).splitlines() or [type(err).__name__])[0]
+    else:
+        print(f"  report: {path}", file=sys.stderr)  # after done_summary's lines, on stderr too
+        return
+    print(f"agpo run: warning: no report ({why})", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a run's report: one self-contained HTML file of plots, spec and versions."""
+    from agpo_api.records import RecordsError, find_records, read_records
+
+    try:
+        records = read_records(find_records(args.run_dir))
+    except RecordsError as err:
+        print(f"agpo report: error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        from agpo_cli.report import write_report
+    except ImportError as err:
+        print(
+            f"agpo report needs matplotlib ({err.name} is missing): pip install 'agpo[report]'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    try:
+        path = write_report(records, args.output)
+    except OSError as err:
+        print(f"agpo report: error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    print(path)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
         "deleted) instead of resuming from the newest checkpoint",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help=cmd_report.__doc__)
+    p.add_argument(
+        "run_dir",
+        type=Path,
+        metavar="RUN_DIR",
+        help="the work directory of `agpo run`, a checkpoint directory, or a records.jsonl",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the report (default: report.html next to the records)",
+    )
+    p.set_defaults(func=cmd_report)
     return parser
 
 

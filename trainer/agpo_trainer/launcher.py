@@ -90,7 +90,7 @@ def _run(
     spec = job.spec
     job_file = source.resolve()
     model_dir = preflight(job, job_file.parent, export_cache_dir())  # nothing is started yet
-    workdir = (workdir or Path("runs") / (job.metadata.name or source.stem)).resolve()
+    workdir = run_workdir(job, source, workdir)
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     say(console, start_over(workdir / "checkpoints", fresh=fresh, resume=spec.training.resume))
     token = secrets.token_urlsafe(24)  # per run; only the trainer and the servers know it
@@ -144,3 +144,9 @@ def _watch(group: TrainerGroup, servers: LocalServers, restarts: Restarts, bar: 
         bar.show(read_status(group.metrics_port))
         time.sleep(POLL_S)
     return code
+
+
+def run_workdir(job: AGPOJob, source: Path, workdir: Path | None = None) -> Path:
+    """Where ``agpo run`` keeps a job's checkpoints and logs: ``--workdir``, else
+    ``./runs/<name>`` (the file's stem for a job without a name)."""
+    return (workdir or Path("runs") / (job.metadata.name or source.stem)).resolve()
