@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agpo_api.records import find_records, read_records
 from agpo_trainer.rollout.server import free_port
 
 from e2e_support import ROOT_SAMPLE, prom_query
@@ -122,6 +123,14 @@ def test_gspo_with_tis_learns_and_exports_the_correction_figures(
         assert seen, f"{series} never scraped"
     weight = prom_query(prom, "max_over_time(agpo_is_weight_mean[15m])")
     assert float(weight[0]["value"][1]) == pytest.approx(1.0, abs=1e-2)
+    # the records file holds what the log says, and `agpo run` ended with the report of it
+    kept = read_records(find_records(tmp_path / "run"))
+    assert [(r["step"], r["rewardMean"]) for r in kept.steps] == [
+        (s["step"], s["rewardMean"]) for s in steps
+    ]
+    assert [r["evalAccuracy"] for r in kept.evals] == [e["accuracy"] for e in evals]
+    report = tmp_path / "run" / "checkpoints" / "report.html"
+    assert f"  report: {report}" in err.splitlines() and report.stat().st_size > 50_000
 
 
 #: The held-out greedy gain the gspo-tis run must show in 40 steps: its measured run went

@@ -150,7 +150,9 @@ class Experience:
         adv, mask = advantages_of(rewards, algo)
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
         zero_var = homogeneous_groups(rewards, g)
-        right = self._correct_figures(completions, correct.bool(), lengths)
+        tokens, reasoning, all_right, all_wrong = self._correct_figures(
+            completions, correct.bool(), lengths
+        )
         stats = RolloutStats(
             reward_mean=float(rewards.mean()),
             reward_std=float(rewards.std()) if len(rewards) > 1 else 0.0,
@@ -163,7 +165,10 @@ class Experience:
             rollout_seconds=rollout_s,
             reward_seconds=time.perf_counter() - start,
             reward_component_mean={k: float(v.mean()) for k, v in components.items()},
-            **right,
+            correct_completion_tokens_mean=tokens,
+            correct_reasoning_tokens_mean=reasoning,
+            all_correct_fraction=all_right,
+            all_wrong_fraction=all_wrong,
         )
         for n in lengths.tolist():
             self.metrics.add("completion_tokens", n)
@@ -179,20 +184,21 @@ class Experience:
 
     def _correct_figures(
         self, completions: list[Any], correct: Tensor, lengths: Tensor
-    ) -> dict[str, float | None]:
-        """The figures of the correct completions (None when none is) and of whole groups:
-        what overthinking looks like per step (tokens spent on answers that were right)."""
+    ) -> tuple[float | None, float | None, float, float]:
+        """The mean completion and reasoning tokens of the correct completions (None when none
+        is: what overthinking looks like per step, tokens spent on answers that were right),
+        and the fractions of groups all correct and all wrong."""
         grouped = correct.view(-1, self.spec.algorithm.group_size)
         picked = correct.nonzero().flatten().tolist()
         stops = self.spec.training.stop
         texts = [scored_text(self.tokenizer, completions[i].token_ids, stops) for i in picked]
         reasoning = reasoning_lengths(self.tokenizer, texts, self.spec.algorithm.answer_marker)
-        return {
-            "correct_completion_tokens_mean": float(lengths[correct].mean()) if picked else None,
-            "correct_reasoning_tokens_mean": sum(reasoning) / len(picked) if picked else None,
-            "all_correct_fraction": float(grouped.all(dim=1).float().mean()),
-            "all_wrong_fraction": float((~grouped).all(dim=1).float().mean()),
-        }
+        return (
+            float(lengths[correct].mean()) if picked else None,
+            sum(reasoning) / len(picked) if picked else None,
+            float(grouped.all(dim=1).float().mean()),
+            float((~grouped).all(dim=1).float().mean()),
+        )
 
     def _draw(self, n: int, examples: list[Example]) -> list[list[int]]:
         """The next ``n`` usable prompts (too-long ones skipped and counted)."""

@@ -43,7 +43,6 @@ from agpo_operator.builders.common import (
     env_secret,
     env_value,
     hf_token_env,
-    tracking_env,
     job_file_volume,
     labels,
     merge_env,
@@ -53,6 +52,7 @@ from agpo_operator.builders.common import (
     scheduling,
     selector_labels,
     shm_volume,
+    tracking_env,
     workload_labels,
 )
 from agpo_operator.builders.model import (

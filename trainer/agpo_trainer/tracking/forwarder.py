@@ -57,7 +57,7 @@ class Forwarder:
         )
         self._thread.start()
 
-    def put(self, item: tuple[str, Any, Any]) -> None:
+    def put(self, item: tuple[Any, ...]) -> None:
         """Queue ``(call, *args)``; never blocks: a full queue drops it."""
         try:
             self._queue.put_nowait(item)
