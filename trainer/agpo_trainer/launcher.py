@@ -89,6 +89,10 @@ def _run(
 ) -> int:
     spec = job.spec
     job_file = source.resolve()
+    # agpo run draws one progress bar; a builtin model's save ("Writing model shards") is noise
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model_dir = preflight(job, job_file.parent, export_cache_dir())  # nothing is started yet
     workdir = run_workdir(job, source, workdir)
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
