@@ -18,6 +18,7 @@ setup: $(VENV)/.installed
 # Set-up says one line per stage; pip's and apt's output goes to $(SETUP_LOG), and a stage that
 # fails names the log and shows its last lines. `make V=1` shows everything as it happens.
 SETUP_LOG ?= $(CURDIR)/runs/setup.log
+comma := ,
 ifeq ($(V),1)
 stage = @echo "setup: $(1)" && $(2)
 else
@@ -84,7 +85,7 @@ test-fast: setup smollm2
 lint-setup: $(LINT_VENV)/.installed
 
 $(LINT_VENV)/.installed: pyproject.toml
-	$(call stage,installing the lint tools into $(LINT_VENV),$(PYTHON) -m venv $(LINT_VENV) && $(LINT)/pip install -q --upgrade pip && $(LINT)/pip install -e '.[lint,operator]')
+	$(call stage,installing the lint tools into $(LINT_VENV),$(PYTHON) -m venv $(LINT_VENV) && $(LINT)/pip install -q --upgrade pip && $(LINT)/pip install -e '.[lint$(comma)operator]')
 	@touch $@
 
 # mypy --strict covers the pure modules (pyproject.toml [tool.mypy] lists them).
