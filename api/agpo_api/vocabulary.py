@@ -93,6 +93,7 @@ class Reason(StrEnum):
     TTL_EXPIRED = "TTLExpired"
     RECONCILE_ERROR = "ReconcileError"
     POD_MONITOR_UNAVAILABLE = "PodMonitorUnavailable"
+    POD_GROUP_UNAVAILABLE = "PodGroupUnavailable"
     CHILDREN_RECREATED = "ChildrenRecreated"
 
 

@@ -24,6 +24,10 @@ from agpo_operator.lifecycle import fail, succeed
 from agpo_operator.machine import Machine
 from agpo_operator.observe import JobCondition, PodPhase, PodView, job_condition
 
+#: The PodScheduled reason of a pod that still has a scheduling gate (Kueue's
+#: ``kueue.x-k8s.io/admission`` until its pod group is admitted).
+SCHEDULING_GATED = "SchedulingGated"
+
 C, R = ConditionType, Reason
 
 
@@ -177,16 +181,26 @@ def _seconds_left(m: Machine, since_key: str, timeout: int | None) -> float | No
     return remaining
 
 
+def _kueue_gated(m: Machine) -> bool:
+    """Some pod of a Kueue pod group still has its scheduling gate (not admitted yet)."""
+    gang = m.spec.run_policy.gang
+    if gang is None or gang.mode != "kueue":
+        return False
+    pods = (*m.obs.trainer_pods, *m.obs.rollout_pods)
+    return any(p.waiting.startswith(SCHEDULING_GATED) for p in pods)
+
+
 def _startup_timeout(m: Machine, waiting: str) -> bool:
     """Pods not all running and ready within startupTimeoutSeconds of their creation (or the
     restart, or the resume): Failed/StartupTimeout, naming the waiting pod and its reason.
 
     Failed, not a restart: the new pods would be the same pods and wait for the same reason
     (an image that does not exist, a request no node can serve). A trainer Job suspended by
-    Kueue is waiting for its quota: that does not count.
+    Kueue is waiting for its quota: that does not count, and neither do pods that Kueue's
+    admission gate holds (``runPolicy.gang.mode: kueue``: the job's pod group waits for quota).
     """
     tj = m.obs.trainer_job or {}
-    if (tj.get("spec") or {}).get("suspend"):
+    if (tj.get("spec") or {}).get("suspend") or _kueue_gated(m):
         m.st["waitingSince"] = m.now
         return False
     timeout = m.spec.run_policy.startup_timeout_seconds

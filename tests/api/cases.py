@@ -128,6 +128,19 @@ BAD_CASES: list[BadCase] = [
         "spec.runPolicy.queueName",
     ),
     BadCase(
+        "gang kueue without a queue",
+        {"spec.runPolicy.gang": {"mode": "kueue"}},
+        "spec.runPolicy.gang.mode",
+    ),
+    BadCase(
+        "gang kueue with coscheduling's timeout",
+        {
+            "spec.runPolicy.queueName": "gpu",
+            "spec.runPolicy.gang": {"mode": "kueue", "scheduleTimeoutSeconds": 60},
+        },
+        "spec.runPolicy.gang.scheduleTimeoutSeconds",
+    ),
+    BadCase(
         "advantage agpo (removed: preset agpo)",
         {"spec.algorithm.advantage": "agpo"},
         "spec.algorithm.advantage",

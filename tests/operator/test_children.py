@@ -45,7 +45,7 @@ def job(**changes: Any) -> AGPOJob:
 
 def every_object(registry: Registry = CHILDREN) -> list[tuple[Child, Obj]]:
     """Each child with what it builds for a job that has every optional child."""
-    j = job(metrics={"podMonitor": True})
+    j = job(metrics={"podMonitor": True}, runPolicy__gang={"mode": "coscheduling"})
     return [
         built
         for lifetime in Lifetime

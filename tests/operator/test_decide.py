@@ -423,6 +423,26 @@ def test_a_kueue_suspended_trainer_job_is_not_timed_out() -> None:
     assert d.status["waitingSince"] == "2026-01-01T14:00:00Z"
 
 
+@pytest.mark.parametrize(("mode", "timed_out"), [("kueue", False), ("coscheduling", True)])
+def test_pods_held_by_kueues_admission_gate_are_not_timed_out(mode: str, timed_out: bool) -> None:
+    """A Kueue pod group waits for quota with its pods gated: that is admission, not a pod
+    that cannot start. Under coscheduling the same wait is the scheduler's, and counts."""
+    s = spec(runPolicy__startupTimeoutSeconds=60, runPolicy__queueName="q",
+             runPolicy__gang={"mode": mode})  # fmt: skip
+    gated = PodView.of({
+        "metadata": {"name": "j-rollout-0"},
+        "status": {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
+            "message": "Scheduling is blocked due to non-empty scheduling gates",
+        }]},
+    })  # fmt: skip
+    pods = {"rollout_pods": (gated,), "trainer_pods": ()}
+    d = decide(observe(created(s), s, now=T0 + dt.timedelta(hours=2), **pods))
+    assert (d.status["phase"] == "Failed") is timed_out, d.status
+    if not timed_out:
+        assert d.status["waitingSince"] == "2026-01-01T14:00:00Z"
+
+
 def test_progress_timeout_restarts_a_hung_trainer() -> None:
     """Gap (c): a hung trainer was caught only by activeDeadlineSeconds."""
     s = spec(runPolicy__progressTimeoutSeconds=300)

@@ -86,7 +86,9 @@ from agpo_api.models.training import (
     TrainingSpec,
 )
 from agpo_api.models.workloads import (
+    COSCHEDULING_SCHEDULER,
     DEFAULT_STARTUP_TIMEOUT_SECONDS,
+    GangSpec,
     MetricsSpec,
     RolloutSpec,
     RunPolicy,
@@ -96,6 +98,7 @@ from agpo_api.models.workloads import (
 
 __all__ = [
     "API_VERSION",
+    "COSCHEDULING_SCHEDULER",
     "DEFAULT_CHECKPOINT_SIZE",
     "DEFAULT_CORRECT_THRESHOLD",
     "DEFAULT_GVPO_BETA",
@@ -132,6 +135,7 @@ __all__ = [
     "EvaluationSpec",
     "ExampleTurn",
     "FileSource",
+    "GangSpec",
     "HfSource",
     "LengthRewardName",
     "LengthRewardSpec",

@@ -113,6 +113,28 @@ class RolloutSpec(ApiModel):
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 1800
 
 
+#: The scheduler-plugins "as a second scheduler" deployment's name (its chart's values.yaml).
+COSCHEDULING_SCHEDULER = "scheduler-plugins-scheduler"
+
+
+class GangSpec(ApiModel):
+    """All of a job's pods, trainer and rollout, admitted or scheduled together or not at all,
+    so a half-started job never holds GPUs doing nothing (docs/operate.md "Gang admission")."""
+
+    mode: Literal["kueue", "coscheduling"] = Field(
+        description="kueue: every pod in one Kueue plain-pod group (labels queue-name and "
+        "pod-group-name, annotation pod-group-total-count; needs runPolicy.queueName and "
+        "Kueue's pod integration); coscheduling: a scheduler-plugins PodGroup (minMember = "
+        "every pod) and the pods labelled scheduling.x-k8s.io/pod-group, scheduled by "
+        f"runPolicy.schedulerName (default {COSCHEDULING_SCHEDULER})."
+    )
+    schedule_timeout_seconds: PositiveInt | None = Field(
+        default=None,
+        description="coscheduling: the PodGroup's scheduleTimeoutSeconds (how long the "
+        "scheduler waits for the whole group before it retries); unset: the plugin's default.",
+    )
+
+
 class RunPolicy(ApiModel):
     """Restarts, deadlines, cleanup and scheduling (Kubeflow-style run policy)."""
 
@@ -145,8 +167,45 @@ class RunPolicy(ApiModel):
     scheduler_name: DnsSubdomain | None = Field(default=None, description="Pod scheduler.")
     priority_class_name: DnsSubdomain | None = Field(default=None, description="PriorityClass.")
     queue_name: Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)] | None = Field(
-        default=None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name)."
+        default=None,
+        description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name): on the trainer Job "
+        "and the rollout StatefulSet, each admitted on its own, or with gang.mode kueue on "
+        "every pod, admitted together.",
     )
+    gang: GangSpec | None = Field(
+        default=None,
+        description="Admit or schedule every pod of the job together (Kueue pod group or "
+        "scheduler-plugins coscheduling); unset: each workload on its own.",
+    )
+
+    rules = (
+        Rule(
+            "gang.mode",
+            "!has(self.gang) || self.gang.mode != 'kueue' || has(self.queueName)",
+            "runPolicy.gang.mode kueue needs runPolicy.queueName (the LocalQueue that admits "
+            "the pod group); set it, or use mode coscheduling",
+            lambda s: s.gang is None or s.gang.mode != "kueue" or s.queue_name is not None,
+        ),
+        Rule(
+            "gang.scheduleTimeoutSeconds",
+            "!has(self.gang) || self.gang.mode == 'coscheduling' || "
+            "!has(self.gang.scheduleTimeoutSeconds)",
+            "runPolicy.gang.scheduleTimeoutSeconds is the coscheduling PodGroup's; remove it "
+            "under mode kueue (Kueue admits by quota, without a timeout)",
+            lambda s: (
+                s.gang is None
+                or s.gang.mode == "coscheduling"
+                or s.gang.schedule_timeout_seconds is None
+            ),
+        ),
+    )
+
+    @property
+    def pod_scheduler(self) -> str | None:
+        """The pods' schedulerName: the spec's, else coscheduling's scheduler under that mode."""
+        if self.scheduler_name is None and self.gang and self.gang.mode == "coscheduling":
+            return COSCHEDULING_SCHEDULER
+        return self.scheduler_name
 
 
 class MetricsSpec(ApiModel):

@@ -21,6 +21,7 @@ from agpo_api import AGPOJob
 from agpo_operator.builders.child import Child, Creation, Lifetime, Registry
 from agpo_operator.builders.common import BuildOptions, Names, Obj, adopt, names
 from agpo_operator.builders.config import SPEC_CONFIGMAP
+from agpo_operator.builders.gang import POD_GROUP
 from agpo_operator.builders.monitoring import METRICS_SERVICE, POD_MONITOR
 from agpo_operator.builders.rollout import ROLLOUT_SERVICE, ROLLOUT_STATEFULSET
 from agpo_operator.builders.security import (
@@ -45,6 +46,7 @@ CHILDREN = Registry((
     TRAINER_SERVICE,
     METRICS_SERVICE,
     POD_MONITOR,
+    POD_GROUP,
     ROLLOUT_STATEFULSET,
     TRAINER_JOB,
 ))  # fmt: skip

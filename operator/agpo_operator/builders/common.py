@@ -25,6 +25,11 @@ JOB_LABEL = "agpo.dev/job"
 ROLE_LABEL = "agpo.dev/role"
 ATTEMPT_LABEL = "agpo.dev/attempt"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Kueue's plain-pod groups (pkg/controller/jobs/pod/constants, Kueue >= 0.6; docs/operate.md).
+KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_GROUP_COUNT = "kueue.x-k8s.io/pod-group-total-count"
+# scheduler-plugins coscheduling (>= v0.25.7; v0.33.x for Kubernetes 1.33).
+COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 MANAGED_BY = "agpo-operator"
 PART_OF = "agpo"
@@ -79,6 +84,11 @@ class Names:
     @property
     def checkpoints(self) -> str:
         return f"{self.job}-checkpoints"
+
+    @property
+    def gang(self) -> str:
+        """The pod group of every pod of the job (Kueue's group name, the PodGroup's name)."""
+        return f"{self.job}-gang"
 
     @property
     def master_host(self) -> str:
@@ -197,8 +207,8 @@ def scheduling(job: AGPOJob, node_selector: dict[str, str], tolerations: list[An
     """Scheduler, priority, node selector, tolerations and pull secrets of a pod spec."""
     rp = job.spec.run_policy
     out: Obj = {}
-    if rp.scheduler_name:
-        out["schedulerName"] = rp.scheduler_name
+    if rp.pod_scheduler:
+        out["schedulerName"] = rp.pod_scheduler
     if rp.priority_class_name:
         out["priorityClassName"] = rp.priority_class_name
     if node_selector:
@@ -211,10 +221,42 @@ def scheduling(job: AGPOJob, node_selector: dict[str, str], tolerations: list[An
 
 
 def workload_labels(job: AGPOJob, n: Names, role: str) -> dict[str, str]:
-    """Labels of a workload object (StatefulSet, Job): the child labels plus the Kueue queue."""
+    """Labels of a workload object (StatefulSet, Job): the child labels plus the Kueue queue,
+    unless the pods form a Kueue group (a workload with the queue label would be Kueue's own
+    Workload, and its pods would not join the group)."""
     out = labels(n.job, role)
-    if job.spec.run_policy.queue_name:
-        out[QUEUE_LABEL] = job.spec.run_policy.queue_name
+    rp = job.spec.run_policy
+    if rp.queue_name and not (rp.gang and rp.gang.mode == "kueue"):
+        out[QUEUE_LABEL] = rp.queue_name
+    return out
+
+
+def gang_size(job: AGPOJob) -> int:
+    """Every pod of the job: the trainer pods and the vLLM servers."""
+    return job.spec.trainer.nodes + job.spec.rollout.replicas
+
+
+def gang_metadata(job: AGPOJob, n: Names) -> Obj:
+    """The labels and annotations that put a pod in the job's gang (empty without one)."""
+    rp = job.spec.run_policy
+    if rp.gang is None:
+        return {"labels": {}, "annotations": {}}
+    if rp.gang.mode == "coscheduling":
+        return {"labels": {COSCHEDULING_LABEL: n.gang}, "annotations": {}}
+    assert rp.queue_name is not None  # the contract's rule: gang kueue needs a queue
+    return {
+        "labels": {QUEUE_LABEL: rp.queue_name, KUEUE_GROUP_LABEL: n.gang},
+        "annotations": {KUEUE_GROUP_COUNT: str(gang_size(job))},
+    }
+
+
+def pod_template_metadata(job: AGPOJob, n: Names, pod_labels: dict[str, str], base: Obj) -> Obj:
+    """A pod template's metadata: its labels and ``base``'s annotations, plus the gang's."""
+    gang = gang_metadata(job, n)
+    annotations = {**(base.get("annotations") or {}), **gang["annotations"]}
+    out: Obj = {"labels": {**pod_labels, **gang["labels"]}}
+    if annotations:
+        out["annotations"] = annotations
     return out
 
 

@@ -31,6 +31,7 @@ from agpo_operator.builders.common import (
     merge_env,
     metadata,
     pod_security_context,
+    pod_template_metadata,
     resources,
     scheduling,
     selector_labels,
@@ -176,10 +177,9 @@ def build_rollout_statefulset(job: AGPOJob, n: Names, options: BuildOptions) -> 
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": select},
             "template": {
-                "metadata": {
-                    "labels": metadata(n, n.rollout, "rollout")["labels"],
-                    **pod_annotations(job),
-                },
+                "metadata": pod_template_metadata(
+                    job, n, metadata(n, n.rollout, "rollout")["labels"], pod_annotations(job)
+                ),
                 "spec": rollout_pod_spec(job, n, options),
             },
         },

@@ -48,6 +48,7 @@ from agpo_operator.builders.common import (
     merge_env,
     metadata,
     pod_security_context,
+    pod_template_metadata,
     resources,
     scheduling,
     selector_labels,
@@ -267,7 +268,7 @@ def build_trainer_job(job: AGPOJob, n: Names, options: BuildOptions, creation: C
             "backoffLimit": 0,
             "podReplacementPolicy": "Failed",
             "template": {
-                "metadata": {"labels": pod_labels, **pod_annotations(job)},
+                "metadata": pod_template_metadata(job, n, pod_labels, pod_annotations(job)),
                 "spec": trainer_pod_spec(job, n, options),
             },
         },
