@@ -137,7 +137,7 @@ class Experience:
             self.metrics.add("resampled_prompts", want)
         rollout_s = time.perf_counter() - start
         start = time.perf_counter()
-        rewards, components, correct = self._score(examples, completions)
+        rewards, components, correct, texts = self._score(examples, completions)
         if algo.resamples:
             # DAPO dynamic sampling: keep groups with variance first, then fill with the rest
             # (which the loss masks), so the batch always has promptsPerStep groups.
@@ -147,11 +147,12 @@ class Experience:
             idx = torch.tensor([i * g + j for i in order for j in range(g)])
             rewards, correct = rewards[idx], correct[idx]
             components = {k: v[idx] for k, v in components.items()}
+            texts = [texts[i] for i in idx.tolist()]
         adv, mask = advantages_of(rewards, algo)
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
         zero_var = homogeneous_groups(rewards, g)
         tokens, reasoning, all_right, all_wrong = self._correct_figures(
-            completions, correct.bool(), lengths
+            texts, correct.bool(), lengths
         )
         stats = RolloutStats(
             reward_mean=float(rewards.mean()),
@@ -183,16 +184,15 @@ class Experience:
         )
 
     def _correct_figures(
-        self, completions: list[Any], correct: Tensor, lengths: Tensor
+        self, texts: list[str], correct: Tensor, lengths: Tensor
     ) -> tuple[float | None, float | None, float, float]:
         """The mean completion and reasoning tokens of the correct completions (None when none
         is: what overthinking looks like per step, tokens spent on answers that were right),
         and the fractions of groups all correct and all wrong."""
         grouped = correct.view(-1, self.spec.algorithm.group_size)
         picked = correct.nonzero().flatten().tolist()
-        stops = self.spec.training.stop
-        texts = [scored_text(self.tokenizer, completions[i].token_ids, stops) for i in picked]
-        reasoning = reasoning_lengths(self.tokenizer, texts, self.spec.algorithm.answer_marker)
+        right = [texts[i] for i in picked]  # the scored texts: decoded once, in _score
+        reasoning = reasoning_lengths(self.tokenizer, right, self.spec.algorithm.answer_marker)
         return (
             float(lengths[correct].mean()) if picked else None,
             sum(reasoning) / len(picked) if picked else None,
@@ -222,11 +222,13 @@ class Experience:
 
     def _score(
         self, examples: list[Example], completions: list[Any]
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor, list[str]]:
+        """Rewards, their components and correctness of ``completions``, and the texts they
+        were scored on (decoded once here; the step statistics read them too)."""
         g = self.spec.algorithm.group_size
         stops = self.spec.training.stop
         texts = [scored_text(self.tokenizer, c.token_ids, stops) for c in completions]
-        return score(
+        rewards, components, correct = score(
             prompts=[examples[i // g].prompt for i in range(len(completions))],
             completions=texts,
             answers=[examples[i // g].answer for i in range(len(completions))],
@@ -236,3 +238,4 @@ class Experience:
             length_values=length_values(self.spec, self.tokenizer, texts),
             finished=[not c.truncated for c in completions],
         )
+        return rewards, components, correct, texts

@@ -87,15 +87,18 @@ class RunTracking(Callbacks):
 
     def _write(self, kind: Kind, record: dict[str, Any]) -> None:
         self._file.write(record_line(kind, record) + "\n")
+
+    def _record(self, kind: Kind, record: dict[str, Any]) -> None:
+        """A step or eval record: to the file, then to every tracker."""
+        self._write(kind, record)
         for f in self.forwarders:
-            if kind != "run":
-                f.put(("log", kind, record))
+            f.put(("log", kind, record))
 
     def on_step(self, stats: StepStats, batch: Batch) -> None:
-        self._write("step", stats.record())
+        self._record("step", stats.record())
 
     def on_eval(self, result: EvalStats) -> None:
-        self._write("eval", result.record())
+        self._record("eval", result.record())
 
     def on_end(self, checkpoint: Path | None) -> None:
         self._file.close()
