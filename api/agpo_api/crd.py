@@ -37,6 +37,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Reward", "type": "number", "jsonPath": ".status.rewardMean"},
     {"name": "Tokens", "type": "number", "jsonPath": ".status.completionTokensMean"},
     {"name": "Eval", "type": "number", "jsonPath": ".status.evalAccuracy"},
+    {"name": "Serving", "type": "integer", "jsonPath": ".status.servingServers", "priority": 1},
     {
         "name": "Rollout-Ready",
         "type": "string",
@@ -187,6 +188,15 @@ def openapi_schema() -> Schema:
     }
 
 
+#: ``kubectl scale agpojob/NAME --replicas=N`` (and an HPA or KEDA) set the rollout pool's size;
+#: the operator scales the StatefulSet and the trainer joins the new servers (docs/operate.md).
+SCALE_SUBRESOURCE = {
+    "specReplicasPath": ".spec.rollout.replicas",
+    "statusReplicasPath": ".status.rolloutReplicas",
+    "labelSelectorPath": ".status.rolloutSelector",
+}
+
+
 def crd() -> dict[str, Any]:
     """The whole CustomResourceDefinition object."""
     return {
@@ -215,7 +225,7 @@ def crd() -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, "scale": SCALE_SUBRESOURCE},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
                     "schema": {"openAPIV3Schema": openapi_schema()},
                 }

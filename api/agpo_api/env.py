@@ -21,6 +21,10 @@ class EnvVar(StrEnum):
     # Trainer pods: written by the operator (or `agpo run`), read by agpo_trainer.
     JOB_FILE = "AGPO_JOB_FILE"
     ROLLOUT_URLS = "AGPO_ROLLOUT_URLS"
+    # Where the trainer finds the rollout servers at each step boundary (an elastic pool):
+    # dns://HOST:PORT (every address of a headless Service) or file:///PATH (one URL per line,
+    # what `agpo run` writes). Unset: the fixed AGPO_ROLLOUT_URLS.
+    ROLLOUT_DISCOVERY = "AGPO_ROLLOUT_DISCOVERY"
     ROLLOUT_TOKEN = "AGPO_ROLLOUT_TOKEN"  # rollout pods too; always from a Secret in pods
     CHECKPOINT_DIR = "AGPO_CHECKPOINT_DIR"
     WEIGHT_SYNC_HOST = "AGPO_WEIGHT_SYNC_HOST"
@@ -83,6 +87,7 @@ class TrainerSettings:
     """
 
     rollout_urls: tuple[str, ...] = _var(EnvVar.ROLLOUT_URLS, ())
+    rollout_discovery: str | None = _var(EnvVar.ROLLOUT_DISCOVERY)
     rollout_token: str | None = _var(EnvVar.ROLLOUT_TOKEN)
     checkpoint_dir: str | None = _var(EnvVar.CHECKPOINT_DIR)
     weight_sync_host: str | None = _var(EnvVar.WEIGHT_SYNC_HOST)  # None: the pod's address

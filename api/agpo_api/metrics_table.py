@@ -135,6 +135,13 @@ METRICS: tuple[Metric, ...] = (
     _g("train_seconds", "Wall time of the update per step.", "step", prometheus=False),
     Metric("weight_sync_seconds", "histogram", "Wall time of pushing weights to vLLM.", "step",
            event=True),
+    Metric("server_push_seconds", "histogram", "Wall time of one server's weight push (a "
+           "lagging server's ends at weightSync.timeoutSeconds).", "event", status=False,
+           labels=("server",)),
+    # ------------------------------------------------------------------ the rollout pool
+    _g("rollout_servers", "vLLM servers joined to the weight transport.", "step"),
+    _g("serving_servers", "vLLM servers serving the newest pushed weights (the others lag "
+       "and get no prompts).", "step"),
     # ------------------------------------------------------------------ experiment trackers
     Metric("tracker_dropped", "counter", "Records an experiment tracker (spec.tracking) did "
            "not take: it was down, failing or slower than the run.", "event", status=False,

@@ -56,6 +56,11 @@ class TrainerProgress(BaseModel):
     reward_seconds: float | None = None
     train_seconds: float | None = None
     weight_sync_seconds: float | None = None
+    # The rollout pool after the step: servers joined, and those serving the newest pushed
+    # weights; the URLs of joined servers that missed a push (WeightSyncDegraded).
+    rollout_servers: int | None = None
+    serving_servers: int | None = None
+    lagging_servers: list[str] | None = None
     # The weight version that generated the step's batch; the policy version it trained
     # minus that (0 on-policy; at most training.maxStaleness + weightSync.everySteps - 1).
     rollout_policy_version: int | None = None
@@ -83,6 +88,7 @@ CR_STATUS_FIELDS = (
     "completion_tokens_mean",
     "zero_variance_fraction",
     "policy_version",
+    "serving_servers",
     "eval_step",
     "eval_accuracy",
     "eval_mean_at_k",

@@ -41,6 +41,8 @@ class ConditionType(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SPEC_CHANGE_REFUSED = "SpecChangeRefused"
+    # A rollout server missed a weight push (weightSync.timeoutSeconds); the others serve.
+    WEIGHT_SYNC_DEGRADED = "WeightSyncDegraded"
     # Only on jobs whose checkpoints are on an emptyDir (training.checkpoint.storage.emptyDir).
     EPHEMERAL_CHECKPOINTS = "EphemeralCheckpoints"
 
@@ -94,6 +96,9 @@ class Reason(StrEnum):
     RECONCILE_ERROR = "ReconcileError"
     POD_MONITOR_UNAVAILABLE = "PodMonitorUnavailable"
     POD_GROUP_UNAVAILABLE = "PodGroupUnavailable"
+    SERVERS_LAGGING = "ServersLagging"  # WeightSyncDegraded: the message names them
+    ALL_SERVERS_SERVING = "AllServersServing"
+    ROLLOUT_SCALED = "RolloutScaled"  # spec.rollout.replicas changed on a live job
     CHILDREN_RECREATED = "ChildrenRecreated"
 
 

@@ -74,7 +74,18 @@ def test_crd_names_and_printer_columns() -> None:
     assert spec["group"] == "agpo.dev" and spec["scope"] == "Namespaced"
     assert spec["names"]["plural"] == "agpojobs" and spec["names"]["shortNames"] == ["agpo"]
     version = spec["versions"][0]
-    assert version["subresources"] == {"status": {}}
+    # kubectl scale / an HPA drive the rollout pool through the scale subresource
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.rollout.replicas",
+            "statusReplicasPath": ".status.rolloutReplicas",
+            "labelSelectorPath": ".status.rolloutSelector",
+        },
+    }
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert status["rolloutReplicas"]["type"] == "integer"
+    assert status["rolloutSelector"]["type"] == "string"
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert {"Phase", "Step", "Reward", "Tokens", "Age"} <= set(columns)
     for path in columns.values():

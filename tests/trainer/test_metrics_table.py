@@ -50,7 +50,8 @@ def step_stats(update: UpdateStats) -> StepStats:
     return StepStats(
         step=3, total_steps=80, policy_version=3, rollout=rollout, update=update,
         step_seconds=2.0, train_seconds=0.25, weight_sync_seconds=0.125, prompts=[4, 1],
-        rollout_policy_version=2, batch_staleness=1,
+        rollout_policy_version=2, batch_staleness=1, rollout_servers=2, serving_servers=1,
+        lagging_servers=["http://10.0.0.2:8000"],
     )  # fmt: skip
 
 
@@ -108,6 +109,7 @@ def test_every_row_reaches_the_log_line_status_and_prometheus() -> None:
         else:
             assert m.wire not in snapshot, m.field
     assert 'agpo_reward_component_mean{reward="length"} 0.01' in text
+    assert snapshot["laggingServers"] == line["laggingServers"] == ["http://10.0.0.2:8000"]
     assert list(line)[-1] == "prompts"
 
 
@@ -130,7 +132,7 @@ def test_every_row_reaches_the_records() -> None:
 
 def test_typed_status_fields_are_rows_of_the_table() -> None:
     status = {m.field for m in METRICS if m.status}
-    typed = set(TrainerProgress.model_fields) - {"phase", "prompts"}
+    typed = set(TrainerProgress.model_fields) - {"phase", "prompts", "lagging_servers"}
     assert typed <= status  # no typed field without its row
     # a status row without a typed field (none today) is served all the same, as an extra
     extra = TrainerProgress(step=1, some_new_figure=2.0).to_wire()

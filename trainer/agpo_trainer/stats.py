@@ -103,6 +103,10 @@ class StepStats:
     # versions older that is than the policy the batch trained (training.maxStaleness).
     rollout_policy_version: int | None = None
     batch_staleness: int | None = None
+    # The rollout pool after the step's push (an in-process backend reports none).
+    rollout_servers: int | None = None
+    serving_servers: int | None = None
+    lagging_servers: list[str] | None = None  # /status only: the operator's condition names them
 
     def value(self, metric: Metric) -> Any:
         """The figure of a ``step``, ``rollout`` or ``update`` row of the metrics table."""
@@ -112,7 +116,7 @@ class StepStats:
     def progress(self) -> TrainerProgress:
         """The ``/status`` fields of this step: the table's status rows, then the prompts."""
         values = {m.field: self.value(m) for m in rows("step", "rollout", "update", status=True)}
-        return TrainerProgress(**values, prompts=self.prompts)
+        return TrainerProgress(**values, lagging_servers=self.lagging_servers, prompts=self.prompts)
 
     def log_line(self) -> str:
         """``step {...}``: the progress as one JSON object ("prompts" last: it is long)."""

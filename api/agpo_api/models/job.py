@@ -229,6 +229,18 @@ class AGPOJobStatus(ApiModel):
     eval_reasoning_tokens: float | None = Field(
         default=None, description="Mean reasoning tokens of correct greedy evaluation answers."
     )
+    serving_servers: int | None = Field(
+        default=None,
+        description="Rollout servers serving the newest pushed weights (the trainer's count).",
+    )
+    rollout_replicas: int | None = Field(
+        default=None,
+        description="Ready rollout pods: the scale subresource's status replicas.",
+    )
+    rollout_selector: str | None = Field(
+        default=None,
+        description="Label selector of the rollout pods, for the scale subresource (HPA/KEDA).",
+    )
     restarts: int | None = None
     start_time: str | None = None
     # The times the run policy's timeouts count from (decisions read them from here, never

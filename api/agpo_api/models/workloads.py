@@ -68,6 +68,11 @@ class TrainerSpec(ApiModel):
     )
 
 
+#: A push longer than this marks a server lagging (verl acknowledges in 1800 s, TRL's HTTP
+#: calls time out; a 7B bf16 model moves in well under a minute over a 10 Gb/s link).
+DEFAULT_WEIGHT_SYNC_TIMEOUT_SECONDS = 120
+
+
 class WeightSyncSpec(ApiModel):
     """How new weights reach the vLLM servers."""
 
@@ -76,13 +81,23 @@ class WeightSyncSpec(ApiModel):
     )
     every_steps: PositiveInt = Field(default=1, description="Push weights every N steps.")
     port: Port = Field(default=29600, description="Trainer port the rollout workers join.")
+    timeout_seconds: PositiveInt = Field(
+        default=DEFAULT_WEIGHT_SYNC_TIMEOUT_SECONDS,
+        description="Longest one server's push may take. A server past it is lagging: it gets "
+        "no prompts until it is pushed to again, the others go on (WeightSyncDegraded); the "
+        "trainer restarts only when no server serves the new weights.",
+    )
 
 
 class RolloutSpec(ApiModel):
     """vLLM rollout servers: ``replicas`` individually addressable OpenAI-compatible servers."""
 
     image: str | None = Field(default=None, description="vLLM image; default: the operator's.")
-    replicas: PositiveInt = Field(default=1, description="vLLM servers; each receives weights.")
+    replicas: PositiveInt = Field(
+        default=1,
+        description="vLLM servers; each receives weights. May change while the job runs "
+        "(kubectl scale): the trainer joins new servers at a step boundary and drops gone ones.",
+    )
     gpus_per_replica: NonNegativeInt = Field(default=1, description="GPUs per server; 0 = CPU.")
     tensor_parallel_size: PositiveInt = Field(default=1, description="vLLM tensor parallelism.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM memory share.")
