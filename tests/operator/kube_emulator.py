@@ -9,6 +9,9 @@ The stock emulator stores bodies as POSTed. This subclass, like kube-apiserver:
   losing events between the snapshot and the live stream;
 * gives ``/status`` subresource semantics (a status patch changes only ``status``; a main
   patch never changes ``status``) and bumps ``generation`` on other non-metadata changes;
+* serves the ``/scale`` subresource of the resources in ``scales`` (an autoscaling/v1
+  ``Scale`` mapped through the resource's paths, as a CRD's ``subresources.scale`` gives
+  them; a patch of it changes only the spec's replicas);
 * answers a failed JSON-patch ``test`` with 422 and a name conflict with 409;
 * filters lists by equality label selectors;
 * cascades deletions to objects whose ownerReferences name the deleted uid (the garbage
@@ -17,7 +20,8 @@ The stock emulator stores bodies as POSTed. This subclass, like kube-apiserver:
 It records every response's status (``served``) so tests can assert on errors. Kubernetes
 requests are served directly, not through kmock's DSL reactions (see ``_handle``).
 Still missing (tests must not rely on them): schema validation, admission, optimistic
-locking on updates, PUT, deletecollection, field selectors, any controller or kubelet.
+locking on updates, PUT, deletecollection, field selectors, set-based selectors, any
+controller or kubelet.
 """
 
 from __future__ import annotations
@@ -63,6 +67,58 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _at(obj: Obj, path: str) -> Any:
+    """The value at a ``.a.b`` path (None where it is missing)."""
+    node: Any = obj
+    for key in path.strip(".").split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _set_at(obj: Obj, path: str, value: Any) -> None:
+    *parents, leaf = path.strip(".").split(".")
+    for key in parents:
+        obj = obj.setdefault(key, {})
+    obj[leaf] = value
+
+
+@dataclass(frozen=True)
+class ScalePaths:
+    """Where a resource keeps what its ``/scale`` subresource shows (a CRD's
+    ``subresources.scale``; kube-apiserver's own mapping for StatefulSets)."""
+
+    spec_replicas: str
+    status_replicas: str
+    selector: str | None = None
+
+    @classmethod
+    def of_crd(cls, scale: dict[str, str]) -> ScalePaths:
+        return cls(scale["specReplicasPath"], scale["statusReplicasPath"],
+                   scale.get("labelSelectorPath"))  # fmt: skip
+
+    def view(self, obj: Obj) -> Obj:
+        """The object as an autoscaling/v1 Scale."""
+        meta = obj["metadata"]
+        status: Obj = {"replicas": _at(obj, self.status_replicas) or 0}
+        selector = _at(obj, self.selector) if self.selector else None
+        if isinstance(selector, dict):  # a LabelSelector (a StatefulSet's spec.selector)
+            selector = ",".join(f"{k}={v}" for k, v in selector.get("matchLabels", {}).items())
+        if selector:
+            status["selector"] = selector
+        keep = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {k: meta[k] for k in keep if k in meta},
+            "spec": {"replicas": _at(obj, self.spec_replicas)},
+            "status": status,
+        }
+
+
+#: kube-apiserver's scale subresource of apps/v1 StatefulSets.
+STATEFULSET_SCALE = ScalePaths(".spec.replicas", ".status.replicas", ".spec.selector")
+
+
 def _selector(raw: str | None) -> dict[str, str]:
     out = {}
     for part in (raw or "").split(","):
@@ -77,6 +133,7 @@ class Cluster(kmock.KubernetesEmulator):
     """The emulator the operator tests and the benchmark run against."""
 
     gc: bool = True
+    scales: dict[Any, ScalePaths] = attrs.field(factory=dict)  # by kmock resource
     _rv: int = attrs.field(default=0, init=False)
     served: list[Served] = attrs.field(factory=list, init=False)
     _arrivals: dict[int, float] = attrs.field(factory=dict, init=False)
@@ -182,11 +239,20 @@ class Cluster(kmock.KubernetesEmulator):
     async def _patch(self, request: rendering.Request, key: Any, obj: kmock.Object) -> Any:
         old = copy.deepcopy(obj.raw)
         patch = request.data
+        scale = self._scale(request)
         try:
-            new = copy.deepcopy(dict(dicts.patch_dict(copy.deepcopy(old), patch)))
+            target = scale.view(old) if scale else old
+            new = copy.deepcopy(dict(dicts.patch_dict(copy.deepcopy(target), patch)))
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(err)) from None
-        if request.subresource == "status":
+        if scale is not None:  # only the replicas go through to the object
+            replicas = (new.get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or replicas < 0:
+                message = f"spec.replicas: Invalid value: {replicas!r}"
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=message)
+            new = copy.deepcopy(old)
+            _set_at(new, scale.spec_replicas, replicas)
+        elif request.subresource == "status":
             new = {**old, "status": new.get("status")}
             if new["status"] is None:
                 del new["status"]
@@ -227,6 +293,14 @@ class Cluster(kmock.KubernetesEmulator):
             if any(r.get("uid") == uid for r in refs):
                 await self._remove(other_key)
 
+    def _scale(self, request: rendering.Request) -> ScalePaths | None:
+        """The scale mapping of a ``/scale`` request (404 for a resource without one)."""
+        if request.subresource != "scale":
+            return None
+        if request.resource not in self.scales:
+            raise kmock.KubernetesResourceNotFoundError()
+        return self.scales[request.resource]
+
     # ------------------------------------------------------------------ reads
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         key = self._created.pop(id(request))
@@ -236,12 +310,16 @@ class Cluster(kmock.KubernetesEmulator):
         key = (request.resource, request.namespace, request.name)
         if key not in self._objects or self._objects[key].deleted:
             raise kmock.KubernetesObjectNotFoundError()
-        return copy.deepcopy(self._objects[key].raw)
+        scale = self._scale(request)
+        obj = copy.deepcopy(self._objects[key].raw)
+        return scale.view(obj) if scale else obj
 
     async def _serve_current(self, request: rendering.Request) -> rendering.Payload:
         """The object after a patch or a delete (its last state if it is gone now)."""
         key = (request.resource, request.namespace, request.name)
-        return copy.deepcopy(self._objects[key].last.raw)
+        scale = self._scale(request)
+        obj = copy.deepcopy(self._objects[key].last.raw)
+        return scale.view(obj) if scale else obj
 
     def _visible(self, request: rendering.Request) -> list[Obj]:
         selector = _selector(request.params.get("labelSelector"))

@@ -26,10 +26,11 @@ import kopf
 import pytest
 import pytest_asyncio
 import yaml
-from kube_emulator import Cluster, Served
+from kube_emulator import STATEFULSET_SCALE, Cluster, ScalePaths, Served
 
 import agpo_operator  # noqa: F401
 from agpo_api import parse_job
+from agpo_api.crd import crd
 from agpo_operator import handlers  # noqa: F401
 from agpo_operator.act import ActContext
 from agpo_operator.actions import Event
@@ -91,6 +92,11 @@ class World:
             if resource == RESOURCES[plural] and ns == namespace and not obj.deleted:
                 out.append(copy.deepcopy(obj.raw))
         return out
+
+    def versions(self, plural: str, name: str, namespace: str = NS) -> list[dict[str, Any]]:
+        """Every state the object has had, oldest first (the emulator keeps them all)."""
+        obj = self.cluster.objects[RESOURCES[plural], namespace, name]
+        return [copy.deepcopy(dict(v)) for v in obj.history]
 
     def status(self, name: str, namespace: str = NS) -> dict[str, Any]:
         return (self.get("agpojobs", name, namespace) or {}).get("status") or {}
@@ -184,7 +190,41 @@ class World:
             await self._create_pod(sts, name, {}, namespace)
             await self.set_pod(name, "Running", ready=ready, namespace=namespace)
             names.append(name)
+        await self._rollout_status(job, namespace)
         return names
+
+    async def sync_rollout(self, job: str, ready: bool = True, namespace: str = NS) -> list[str]:
+        """What the StatefulSet controller does after a scale: pods for the missing ordinals
+        (run, ``ready`` or not), the ordinals beyond ``spec.replicas`` deleted, the status.
+        Returns the new pods."""
+        sts = self.get("statefulsets", f"{job}-rollout", namespace)
+        assert sts is not None, "no rollout StatefulSet"
+        wanted = {f"{job}-rollout-{i}" for i in range(sts["spec"]["replicas"])}
+        have = set(self.pods(job, "rollout", namespace))
+        for name in sorted(have - wanted):
+            await self.http("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
+        new = sorted(wanted - have)
+        for name in new:
+            await self._create_pod(sts, name, {}, namespace)
+            await self.set_pod(name, "Running", ready=ready, namespace=namespace)
+        await self._rollout_status(job, namespace)
+        return new
+
+    async def _rollout_status(self, job: str, namespace: str) -> None:
+        """The StatefulSet's status from its pods, as its controller writes it."""
+        pods = [p for p in self.all("pods", namespace)
+                if p["metadata"]["labels"].get("agpo.dev/job") == job
+                and p["metadata"]["labels"].get("agpo.dev/role") == "rollout"]  # fmt: skip
+        ready = sum(
+            any(c["type"] == "Ready" and c["status"] == "True"
+                for c in (p.get("status") or {}).get("conditions") or [])
+            for p in pods
+        )  # fmt: skip
+        status = {"replicas": len(pods), "readyReplicas": ready}
+        await self.http(
+            "PATCH", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{job}-rollout/status",
+            {"status": status}, "application/merge-patch+json",
+        )  # fmt: skip
 
     async def start_trainer(
         self, job: str, phase: str = "Running", namespace: str = NS,
@@ -373,9 +413,14 @@ async def world(
             warnings.simplefilter("ignore", DeprecationWarning)
             cluster.resources.load_bundled()
         cluster.resources[AGPOJOBS] = kmock.ResourceInfo(
-            kind="AGPOJob", singular="agpojob", namespaced=True, subresources={"status"},
+            kind="AGPOJob", singular="agpojob", namespaced=True, subresources={"status", "scale"},
             verbs={"get", "list", "watch", "create", "patch", "delete"},
         )  # fmt: skip
+        # The scale subresources: the CRD's own paths (never written here a second time), and
+        # the StatefulSet's, which kube-apiserver maps itself.
+        [version] = crd()["spec"]["versions"]
+        cluster.scales[AGPOJOBS] = ScalePaths.of_crd(version["subresources"]["scale"])
+        cluster.scales[RESOURCES["statefulsets"]] = STATEFULSET_SCALE
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
