@@ -32,6 +32,7 @@ import kubernetes.client
 import kubernetes.config
 
 from agpo_operator.builders.child import Kind
+from agpo_operator.builders.common import label_selector
 
 Obj = dict[str, Any]
 
@@ -138,10 +139,8 @@ class Kube:
 
     async def list(self, kind: Kind, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
         """Objects whose labels match (filtered here too, should a server ignore the selector)."""
-        selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        result = await self.request(
-            "GET", path(kind, namespace), query=[("labelSelector", selector)]
-        )
+        query = [("labelSelector", label_selector(labels))]
+        result = await self.request("GET", path(kind, namespace), query=query)
         items: list[Obj] = (result or {}).get("items", [])
         return [i for i in items if matches(i.get("metadata", {}).get("labels"), labels)]
 

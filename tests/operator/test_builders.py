@@ -174,10 +174,11 @@ def test_trainer_is_an_indexed_job_with_torchrun_rendezvous() -> None:
     assert e["MASTER_ADDR"] == e["PET_MASTER_ADDR"] == "qm-trainer-0.qm-trainer"
     assert e["MASTER_PORT"] == e["PET_MASTER_PORT"] == "29500"
     assert e["WORLD_SIZE"] == "16" and e["PYTHONUNBUFFERED"] == "1"
-    assert e["AGPO_ROLLOUT_URLS"] == (
-        "http://qm-rollout-0.qm-rollout.ml-training.svc:8000,"
-        "http://qm-rollout-1.qm-rollout.ml-training.svc:8000"
-    )
+    # Every address of the vLLM pods' headless Service, resolved by the trainer at each step
+    # boundary (no fixed list: the pool may be scaled while the trainer runs).
+    assert e["AGPO_ROLLOUT_DISCOVERY"] == "dns://qm-rollout.ml-training.svc:8000"
+    assert objs[("Service", "qm-rollout")]["spec"]["clusterIP"] == "None"
+    assert "AGPO_ROLLOUT_URLS" not in e
     assert e["AGPO_ROLLOUT_TOKEN"] == {"secretKeyRef": {"name": "qm-rollout-token", "key": "token"}}
     assert e["AGPO_CHECKPOINT_DIR"] == "/checkpoints/qwen-math-agpo"
     assert e["AGPO_WEIGHT_SYNC_HOST"] == "qm-trainer-0.qm-trainer.ml-training.svc"

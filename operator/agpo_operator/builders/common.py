@@ -7,6 +7,7 @@ no kopf. The names here are the contract with the trainer and rollout images (se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,8 +96,11 @@ class Names:
         """Rank 0's stable DNS name (Indexed Job hostname + the headless Service subdomain)."""
         return f"{self.trainer}-0.{self.trainer}"
 
-    def rollout_url(self, index: int) -> str:
-        return f"http://{self.rollout}-{index}.{self.rollout}.{self.namespace}.svc:{ROLLOUT_PORT}"
+    @property
+    def rollout_discovery(self) -> str:
+        """Where the trainer finds the vLLM servers: every address of their headless Service
+        (``AGPO_ROLLOUT_DISCOVERY``; DNS, so the trainer pods need no API access)."""
+        return f"dns://{self.rollout}.{self.namespace}.svc:{ROLLOUT_PORT}"
 
 
 def names(job: AGPOJob, namespace: str) -> Names:
@@ -109,6 +113,11 @@ def names(job: AGPOJob, namespace: str) -> Names:
 def selector_labels(job: str, role: str) -> dict[str, str]:
     """The labels that select one role's pods of one job (Services, NetworkPolicies)."""
     return {JOB_LABEL: job, ROLE_LABEL: role}
+
+
+def label_selector(match: Mapping[str, str]) -> str:
+    """Equality-based labels as a selector string: ``k1=v1,k2=v2``."""
+    return ",".join(f"{k}={v}" for k, v in match.items())
 
 
 def labels(job: str, role: str) -> dict[str, str]:

@@ -65,9 +65,10 @@ from agpo_operator.builders.model import (
 from agpo_operator.builders.storage import checkpoint_volume_source
 
 # The TrainerSettings the operator sets (the others, e.g. AGPO_CRASH_AFTER_STEP or
-# AGPO_MICRO_BATCH_SIZE, are left to the job's env).
+# AGPO_MICRO_BATCH_SIZE, are left to the job's env). rollout_urls is not set (the servers are
+# discovered) but reserved all the same: a job's env must not point the trainer elsewhere.
 OPERATOR_SETTINGS = (
-    "rollout_urls", "rollout_token", "checkpoint_dir", "weight_sync_host", "weight_sync_port",
+    "rollout_urls", "rollout_discovery", "rollout_token", "checkpoint_dir", "weight_sync_host", "weight_sync_port",
     "metrics_port", "model_path", "dataset_path",
 )  # fmt: skip
 # torchrun's rendezvous, Kubeflow PyTorchJob style (RANK and PET_NODE_RANK: the pod's index).
@@ -135,7 +136,9 @@ def torchrun_env(job: AGPOJob, n: Names) -> list[Obj]:
 def trainer_settings(job: AGPOJob, n: Names) -> TrainerSettings:
     """What the operator tells every trainer pod (the token only as a placeholder)."""
     return TrainerSettings(
-        rollout_urls=tuple(n.rollout_url(i) for i in range(job.spec.rollout.replicas)),
+        # Not a list of the replicas: the pool may be scaled while the trainer runs, and its
+        # pod template must not change for it (a new template would mean a new trainer Job).
+        rollout_discovery=n.rollout_discovery,
         rollout_token=_FROM_SECRET,
         checkpoint_dir=checkpoint_dir(job, n),
         weight_sync_host=f"{n.master_host}.{n.namespace}.svc",
