@@ -29,11 +29,13 @@ from agpo_operator.actions import (
     DeleteRollout,
     DeleteTrainer,
     Event,
+    ScaleRollout,
     SuspendTrainer,
 )
 from agpo_operator.builders import BuildOptions, Child, Registry
 from agpo_operator.builders.child import AGPOJOB, POD, Built, Creation, Identity, Lifetime, waves
 from agpo_operator.builders.common import JOB_LABEL, Names
+from agpo_operator.builders.rollout import ROLLOUT_STATEFULSET
 from agpo_operator.builders.storage import retained
 from agpo_operator.builders.trainer import TRAINER_JOB
 from agpo_operator.kube import ApiError, Kube, Obj
@@ -82,6 +84,14 @@ async def perform(ctx: ActContext, action: Action) -> None:
             await create_in_order(ctx, ctx.build(Lifetime.ROLLOUT))
         case CreateTrainer(attempt):
             await create_in_order(ctx, ctx.build(Lifetime.ATTEMPT, Creation(attempt=attempt)))
+        case ScaleRollout(replicas):
+            # The scale subresource: the operator may change the pool's size and nothing else
+            # of the StatefulSet (its RBAC grants patch on statefulsets/scale only).
+            scale = {"spec": {"replicas": replicas}}
+            name = ROLLOUT_STATEFULSET.name(n)
+            await kube.patch(
+                ROLLOUT_STATEFULSET.kind, n.namespace, name, scale, subresource="scale"
+            )
         case DeleteRollout():
             await _delete(ctx, Lifetime.ROLLOUT)
         case DeleteTrainer():

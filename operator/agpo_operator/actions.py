@@ -36,6 +36,14 @@ class CreateTrainer:
 
 
 @dataclass(frozen=True)
+class ScaleRollout:
+    """The vLLM StatefulSet to ``replicas`` servers (its scale subresource); nothing else of
+    the job changes: the trainer finds the servers by DNS (``AGPO_ROLLOUT_DISCOVERY``)."""
+
+    replicas: int
+
+
+@dataclass(frozen=True)
 class DeleteRollout:
     """The vLLM StatefulSet (and its pods)."""
 
@@ -66,6 +74,7 @@ Action = (
     CreateStatic
     | CreateRollout
     | CreateTrainer
+    | ScaleRollout
     | DeleteRollout
     | DeleteTrainer
     | SuspendTrainer

@@ -36,6 +36,8 @@ from agpo_operator.lifecycle import (
 )
 from agpo_operator.machine import Machine
 from agpo_operator.observe import Observation, deleting
+from agpo_operator.pool import report, scale, weight_sync
+from agpo_operator.spec_change import mutable_names
 
 C, R = ConditionType, Reason
 
@@ -61,6 +63,7 @@ def decide(obs: Observation) -> Decision:
     if phase in TERMINAL_PHASES:
         finished(m)
         return m.finish()
+    report(m)
     if not created:
         create(m)
         return m.finish()
@@ -73,6 +76,7 @@ def decide(obs: Observation) -> Decision:
     if deadline(m):
         return m.finish()
     m.st.update(cr_status_values(m.obs.progress))
+    weight_sync(m)
     if _workloads(m):
         check_pods(m)
     return m.finish()
@@ -83,9 +87,7 @@ def _spec_change(m: Machine) -> None:
         message = (
             "; ".join(m.obs.refused)
             + ". The job keeps running with its original spec: revert the change, or delete "
-            "and recreate the job (only runPolicy.suspend, activeDeadlineSeconds, "
-            "ttlSecondsAfterFinished, backoffLimit, cleanPodPolicy, startupTimeoutSeconds and "
-            "progressTimeoutSeconds may change)"
+            f"and recreate the job (only {mutable_names(m.spec)} may change on it)"
         )
         m.cond(C.SPEC_CHANGE_REFUSED, True, m.obs.refused_reason, message, EventType.WARNING)
     elif is_true(m.st, C.SPEC_CHANGE_REFUSED):
@@ -98,6 +100,8 @@ def _workloads(m: Machine) -> bool:
     attempt = int(m.st.get("restarts") or 0)
     if m.obs.statefulset is None:
         m.act(CreateRollout())
+    else:
+        scale(m)
     tj = m.obs.trainer_job
     if tj is None:
         m.act(CreateTrainer(attempt))

@@ -23,6 +23,7 @@ from agpo_operator.conditions import condition, is_true, parse_time
 from agpo_operator.lifecycle import fail, succeed
 from agpo_operator.machine import Machine
 from agpo_operator.observe import JobCondition, PodPhase, PodView, job_condition
+from agpo_operator.pool import scaling_up
 
 #: The PodScheduled reason of a pod that still has a scheduling gate (Kueue's
 #: ``kueue.x-k8s.io/admission`` until its pod group is admitted).
@@ -138,10 +139,17 @@ def _readiness(m: Machine, trainer: list[PodView], rollout: list[PodView]) -> No
     if ready >= replicas:
         m.cond(C.ROLLOUT_READY, True, R.ALL_REPLICAS_READY, rollout_msg, EventType.NORMAL)
     else:
-        lost = EventType.WARNING if is_true(m.st, C.ROLLOUT_READY) else None
-        m.cond(C.ROLLOUT_READY, False, R.REPLICAS_NOT_READY, rollout_msg, lost)
+        # A ready server lost is worth a Warning; new servers of a larger pool are not.
+        lost = is_true(m.st, C.ROLLOUT_READY) and not scaling_up(m)
+        m.cond(C.ROLLOUT_READY, False, R.REPLICAS_NOT_READY, rollout_msg,
+               EventType.WARNING if lost else None)  # fmt: skip
     trainer_msg = f"{running}/{nodes} trainer pods running"
-    if ready >= replicas and running >= nodes:
+    # The whole pool to start; then the job runs while one server serves: the trainer sends
+    # prompts only to the servers that serve and joins the others when they are ready (after
+    # a scale-up, or pods waiting for room), so neither stalls training nor counts towards
+    # startupTimeoutSeconds.
+    serving = ready >= replicas or (ready > 0 and m.st.get("phase") == Phase.RUNNING)
+    if serving and running >= nodes:
         both = f"{trainer_msg}; {rollout_msg}"
         m.cond(C.RUNNING, True, R.TRAINER_RUNNING, both, EventType.NORMAL)
         if is_true(m.st, C.RESTARTING):

@@ -31,6 +31,7 @@ from agpo_operator.builders.storage import ephemeral_checkpoints
 from agpo_operator.conditions import is_true, parse_time
 from agpo_operator.machine import Machine, initial_conditions
 from agpo_operator.observe import JobCondition, PodView, deleting, job_condition
+from agpo_operator.pool import no_servers
 
 C, R = ConditionType, Reason
 
@@ -108,6 +109,7 @@ def _cleanup(m: Machine) -> None:
     sts, tj = m.obs.statefulset, m.obs.trainer_job
     if sts is not None and not deleting(sts):
         m.act(DeleteRollout())
+        no_servers(m)  # a finished job's StatefulSet is not read again
     if tj is None or deleting(tj):
         return
     if policy == "All":

@@ -1,24 +1,96 @@
 """Spec changes on a live job: which fields may change, which edits are refused (pure).
 
-Only the run-policy fields below may change once the children exist; every other change is
-refused (``SpecChangeRefused``) and the job keeps running with the spec it was built from
-(stored in its ConfigMap).
+Only the fields of :data:`MUTABLE` may change once the children exist (some not on every job:
+a field's ``refusals`` say when and why); every other change is refused
+(``SpecChangeRefused``) and the job keeps running with the spec it was built from (stored in
+its ConfigMap) plus the accepted changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from pydantic import BaseModel
 
 from agpo_api import AGPOJob, AGPOJobSpec
 from agpo_api.vocabulary import ConditionType, Reason
 from agpo_operator.conditions import is_true
 
-# Run-policy fields a user may change on a live job; every other spec field is immutable.
-MUTABLE_RUN_POLICY = (
-    "suspend", "active_deadline_seconds", "ttl_seconds_after_finished", "backoff_limit",
-    "clean_pod_policy", "startup_timeout_seconds", "progress_timeout_seconds",
+
+@dataclass(frozen=True)
+class Refusal:
+    """A job on which a mutable field cannot change after all: ``applies`` to the spec it
+    runs with, ``why`` it cannot (the rest of the user's one line)."""
+
+    applies: Callable[[AGPOJobSpec], bool]
+    why: str
+
+
+@dataclass(frozen=True)
+class Mutable:
+    """A spec field a user may change on a live job, by its attribute path from the spec."""
+
+    path: tuple[str, ...]
+    refusals: tuple[Refusal, ...] = ()
+
+    @property
+    def wire(self) -> tuple[str, ...]:
+        """The path in the manifest (camelCase aliases): ``("runPolicy", "suspend")``."""
+        out, model = [], AGPOJobSpec
+        for name in self.path:
+            field = model.model_fields[name]
+            out.append(field.alias or name)
+            model = field.annotation  # type: ignore[assignment]
+        return tuple(out)
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.wire)
+
+    def refusal(self, running: AGPOJobSpec) -> str | None:
+        """Why this job cannot take a change of the field (None: it can)."""
+        return next((r.why for r in self.refusals if r.applies(running)), None)
+
+
+def _run_policy(*names: str) -> tuple[Mutable, ...]:
+    return tuple(Mutable(("run_policy", name)) for name in names)
+
+
+#: The rollout pool is elastic: the operator scales the StatefulSet and the trainer finds the
+#: servers by DNS at each step boundary. Except where a pod count is fixed at creation:
+ROLLOUT_REPLICAS = Mutable(
+    ("rollout", "replicas"),
+    refusals=(
+        Refusal(
+            lambda spec: spec.run_policy.gang is not None,
+            "runPolicy.gang is set: the gang's size (every trainer and vLLM pod) is fixed when "
+            "it is admitted, and scaling it would need each extra pod admitted on its own, "
+            "which is not built",
+        ),
+        Refusal(
+            lambda spec: spec.rollout.weight_sync.backend == "nccl",
+            "rollout.weightSync.backend is nccl: server i joins on its own port "
+            "(weightSync.port + i) and the trainer's NetworkPolicy admits only the ports of "
+            "the servers the job was created with",
+        ),
+    ),
+)
+
+#: The fields a user may change on a live job; every other spec field is immutable.
+MUTABLE: tuple[Mutable, ...] = (
+    *_run_policy(
+        "suspend", "active_deadline_seconds", "ttl_seconds_after_finished", "backoff_limit",
+        "clean_pod_policy", "startup_timeout_seconds", "progress_timeout_seconds",
+    ),
+    ROLLOUT_REPLICAS,
 )  # fmt: skip
+
+
+def mutable_names(running: AGPOJobSpec) -> str:
+    """The fields this job may change, for the user's message: ``runPolicy.suspend, ...``."""
+    return ", ".join(f.name for f in _open(running))
 
 
 def _leaves(value: Any, prefix: str) -> dict[str, Any]:
@@ -30,32 +102,58 @@ def _leaves(value: Any, prefix: str) -> dict[str, Any]:
     return {prefix: value}
 
 
-def _without_mutable(spec: AGPOJobSpec) -> dict[str, Any]:
+def _without(spec: AGPOJobSpec, fields: tuple[Mutable, ...]) -> dict[str, Any]:
     data = spec.to_dict()
-    run_policy = data.get("runPolicy", {})
-    for name in MUTABLE_RUN_POLICY:
-        alias = AGPOJobSpec.model_fields["run_policy"].annotation.model_fields[name].alias  # type: ignore[union-attr]
-        run_policy.pop(alias or name, None)
+    for f in fields:
+        *parents, leaf = f.wire
+        node = data
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
     return data
 
 
+def _open(running: AGPOJobSpec) -> tuple[Mutable, ...]:
+    """The mutable fields this job may change."""
+    return tuple(f for f in MUTABLE if f.refusal(running) is None)
+
+
 def immutable_changes(applied: AGPOJobSpec, current: AGPOJobSpec) -> list[str]:
-    """One line per immutable field that differs between the running and the requested spec."""
-    old = _leaves(_without_mutable(applied), "spec")
-    new = _leaves(_without_mutable(current), "spec")
+    """One line per field that differs between the running and the requested spec and may not
+    change on this job."""
+    open_fields = _open(applied)
+    old = _leaves(_without(applied, open_fields), "spec")
+    new = _leaves(_without(current, open_fields), "spec")
+    why = {f"spec.{f.name}": f.refusal(applied) for f in MUTABLE}
     out = []
     for path in sorted(set(old) | set(new)):
         if old.get(path) != new.get(path):
-            out.append(f"{path} cannot change on a live job (running: {old.get(path)!r}, "
-                       f"requested: {new.get(path)!r})")  # fmt: skip
+            values = f"running: {old.get(path)!r}, requested: {new.get(path)!r}"
+            reason = why.get(path)
+            out.append(f"{path} cannot change on this job ({values}): {reason}" if reason
+                       else f"{path} cannot change on a live job ({values})")  # fmt: skip
     return out
 
 
+def _replace(model: BaseModel, path: tuple[str, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, *rest = path
+    return model.model_copy(update={head: _replace(getattr(model, head), tuple(rest), value)})
+
+
+def _value(model: BaseModel, path: tuple[str, ...]) -> Any:
+    for name in path:
+        model = getattr(model, name)
+    return model
+
+
 def effective_spec(applied: AGPOJobSpec, current: AGPOJobSpec) -> AGPOJobSpec:
-    """The running spec with the requested values of the mutable run-policy fields."""
-    updates = {name: getattr(current.run_policy, name) for name in MUTABLE_RUN_POLICY}
-    run_policy = applied.run_policy.model_copy(update=updates)
-    return applied.model_copy(update={"run_policy": run_policy})
+    """The running spec with the requested values of the fields this job may change."""
+    spec = applied
+    for f in _open(applied):
+        spec = _replace(spec, f.path, _value(current, f.path))
+    return spec
 
 
 class SpecResolution(NamedTuple):

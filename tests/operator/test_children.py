@@ -73,9 +73,10 @@ def test_every_childs_grants_are_in_the_generated_roles() -> None:
     chart = yaml.safe_load((ROOT / "charts/agpo-operator/files/rbac-rules.yaml").read_text())
     for child in CHILDREN.children:
         for grant in child.grants:
+            resource = "/".join(filter(None, (child.kind.plural, grant.subresource)))
             for verb in grant.verbs:
                 for rules in (rbac_rules(), role["rules"], chart["rules"]):
-                    assert allows(rules, child.kind.group, child.kind.plural, verb), (child, verb)
+                    assert allows(rules, child.kind.group, resource, verb), (child, verb)
 
 
 def test_rules_are_one_per_resource_with_the_union_of_verbs_and_every_reason() -> None:

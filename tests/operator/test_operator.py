@@ -458,14 +458,14 @@ async def test_spec_changed_while_the_operator_was_down(world: World, operator: 
     await run_to_running(world, "offline")
     await operator.stop()
     await world.patch_job(
-        "offline", {"spec": {"rollout": {"replicas": 3}, "runPolicy": {"suspend": True}}}
+        "offline", {"spec": {"trainer": {"nodes": 2}, "runPolicy": {"suspend": True}}}
     )
     await operator.start()
     # The new operator reads the running spec back from the job's ConfigMap.
     await eventually(
         lambda: world.condition("offline", "SpecChangeRefused").get("status") == "True"
     )
-    assert "spec.rollout.replicas" in world.condition("offline", "SpecChangeRefused")["message"]
+    assert "spec.trainer.nodes" in world.condition("offline", "SpecChangeRefused")["message"]
     await eventually(
         lambda: world.status("offline").get("phase") == "Suspended"
     )  # mutable: applied

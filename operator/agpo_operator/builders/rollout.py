@@ -1,6 +1,7 @@
-"""Rollout: ``replicas`` individually addressable vLLM OpenAI servers (StatefulSet + headless
-Service), so the trainer can push weights to every replica by name
-(``<job>-rollout-<i>.<job>-rollout.<ns>.svc:8000``)."""
+"""Rollout: ``replicas`` vLLM OpenAI servers (StatefulSet + headless Service). The trainer
+finds them by resolving the Service's name (every pod's address, ready or not: it probes
+them) at each step boundary, so the pool can grow and shrink while the job runs: the operator
+scales the StatefulSet to ``spec.rollout.replicas`` and nothing else changes."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from agpo_operator.builders.common import (
     env_value,
     hf_token_env,
     job_file_volume,
+    label_selector,
     merge_env,
     metadata,
     pod_security_context,
@@ -145,6 +147,12 @@ def rollout_pod_spec(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
     return spec
 
 
+def rollout_selector(n: Names) -> str:
+    """The vLLM pods' label selector as a string (``status.rolloutSelector``: what the CR's
+    scale subresource reports, so that an HPA can find the pods)."""
+    return label_selector(selector_labels(n.job, "rollout"))
+
+
 def build_rollout_service(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
     """Headless Service giving every vLLM pod a stable DNS name."""
     return {
@@ -197,6 +205,11 @@ ROLLOUT_STATEFULSET = Child(
         Grant(("create",), "the vLLM rollout servers"),
         Grant(("list",), "read with the trainer Job and the pods on every pass"),
         Grant(("delete",), "removed while suspended and when finished"),
+        Grant(
+            ("patch",),
+            "scaled to spec.rollout.replicas (kubectl scale, an autoscaler)",
+            subresource="scale",
+        ),
     ),
     lifetime=Lifetime.ROLLOUT,
 )
