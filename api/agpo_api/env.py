@@ -44,6 +44,9 @@ class EnvVar(StrEnum):
     # Rollout pods: read by the vLLM plugin (agpo_rollout.auth) and vLLM itself.
     ROLLOUT_AUTH = "AGPO_ROLLOUT_AUTH"  # "disabled" switches the token check off (local only)
     AUTH_ALLOW_METRICS = "AGPO_AUTH_ALLOW_METRICS"  # "1": vLLM's /metrics without the token
+    # Fault injection for tests: a push of a later version never gets an answer (the server
+    # hangs in /agpo/push_weights, its workers never join the broadcast), as a wedged node.
+    STALL_PUSH_AFTER_VERSION = "AGPO_STALL_PUSH_AFTER_VERSION"
     VLLM_DEV_MODE = "VLLM_SERVER_DEV_MODE"  # mounts vLLM's RL endpoints
     VLLM_CPU_KVCACHE = "VLLM_CPU_KVCACHE_SPACE"  # GiB of KV cache on CPU
     HF_TOKEN = "HF_TOKEN"

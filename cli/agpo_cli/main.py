@@ -72,8 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     code = run_local(
-        job, steps=args.steps, workdir=args.workdir, source=Path(args.file), fresh=args.fresh
-    )
+        job, steps=args.steps, workdir=args.workdir, source=Path(args.file), fresh=args.fresh,
+        rollout_replicas=args.rollout_replicas,
+    )  # fmt: skip
     if code == EXIT_OK:
         report_after_run(run_workdir(job, Path(args.file), args.workdir))
     return code
@@ -93,6 +94,33 @@ def report_after_run(workdir: Path) -> None:
         print(f"  report: {path}", file=sys.stderr)  # after done_summary's lines, on stderr too
         return
     print(f"agpo run: warning: no report ({why})", file=sys.stderr)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    """Change the number of vLLM servers of a running `agpo run` (kubectl scale, locally)."""
+    from agpo_trainer.local.servers import replicas_file, servers_file, write_atomically
+
+    run_dir: Path = args.run_dir
+    if not servers_file(run_dir).exists():
+        print(
+            f"agpo scale: error: {run_dir} is not the work directory of an `agpo run` "
+            f"(no {servers_file(run_dir).relative_to(run_dir)}); pass the run's --workdir "
+            "(default ./runs/NAME)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    write_atomically(replicas_file(run_dir), f"{args.rollout_replicas}\n")
+    print(
+        f"asked for {args.rollout_replicas} rollout server(s) in {run_dir}: `agpo run` starts "
+        "or stops them, and the trainer joins the new ones at a step boundary"
+    )
+    return EXIT_OK
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -155,7 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="start at step 0: move WORKDIR/checkpoints aside (renamed with a timestamp, not "
         "deleted) instead of resuming from the newest checkpoint",
     )
+    p.add_argument(
+        "--rollout-replicas",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="start N vLLM servers instead of spec.rollout.replicas (`agpo scale` changes it "
+        "while the run goes on)",
+    )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("scale", help=cmd_scale.__doc__)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the work directory of the run")
+    p.add_argument(
+        "--rollout-replicas", type=_positive, required=True, metavar="N", help="vLLM servers"
+    )
+    p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("report", help=cmd_report.__doc__)
     p.add_argument(

@@ -23,6 +23,7 @@ imported only when the route is called, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -94,6 +95,8 @@ class PushRoute:
         self.app = app
         env = dict(os.environ) if env is None else env
         self.enabled = env.get(EnvVar.VLLM_DEV_MODE.value, "") == "1"
+        stall = env.get(EnvVar.STALL_PUSH_AFTER_VERSION.value, "")
+        self.stall_after = int(stall) if stall.lstrip("-").isdigit() else None
 
     def matches(self, scope: Scope) -> bool:
         if not self.enabled or scope["type"] != "http" or scope.get("method") != "POST":
@@ -115,6 +118,8 @@ class PushRoute:
         except PushRequestError as exc:
             await _answer(send, 400, {"error": str(exc)})
             return
+        if self.stall_after is not None and version.isdigit() and int(version) > self.stall_after:
+            await asyncio.Event().wait()  # fault injection: never answers, never loads
         engine = scope["app"].state.engine_client  # Starlette sets scope["app"]
         try:
             result = await push_weights(engine, info, version, mode)

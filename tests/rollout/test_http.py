@@ -17,6 +17,8 @@ from agpo_trainer.rollout.http import HttpCallError, RetryPolicy, call
 #: A scripted "status" that sends 200 with its headers, part of the body, then drops the
 #: connection: a server killed while it answered.
 CUT = 0
+#: A scripted "status": vLLM's HTTP 500 for a request in flight when its engine went away.
+ENGINE_DEAD = 1500
 
 
 class Scripted(ThreadingHTTPServer):
@@ -40,6 +42,9 @@ class Handler(BaseHTTPRequestHandler):
         statuses = self.server.statuses
         status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
         body = b'{"ok": true}' if status == 200 else b"busy\n  try later"
+        if status == ENGINE_DEAD:
+            status, body = 500, b'{"error": {"message": "EngineCore encountered an issue", '
+            body += b'"type": "InternalServerError"}, "detail": "EngineDeadError"}'
         if status == CUT:
             self.send_response(200)
             self.send_header("Content-Length", "1589")
@@ -89,6 +94,23 @@ def test_a_connection_cut_mid_answer_is_retried(server: Scripted) -> None:
     server.statuses = [CUT]
     with pytest.raises(HttpCallError, match="connection broken while reading the answer"):
         call("GET", f"{server.url}/x", token=None, timeout_s=10)
+
+
+def test_a_stopping_vllm_servers_engine_dead_answer_is_transient(server: Scripted) -> None:
+    """SIGTERM makes vLLM abort the requests in flight with a 500 naming EngineDeadError: the
+    server is going (a scale-down), so the request may go to another one; a plain 500 is
+    the request's own failure and final."""
+    server.statuses = [ENGINE_DEAD, 200]
+    response = call("GET", f"{server.url}/x", token=None, timeout_s=10, policy=FAST)
+    assert response.json() == {"ok": True} and len(server.seen) == 2
+    server.statuses = [ENGINE_DEAD]
+    with pytest.raises(HttpCallError) as info:
+        call("GET", f"{server.url}/x", token=None, timeout_s=10)
+    assert info.value.transient and "HTTP 500" in str(info.value)
+    server.statuses = [500]
+    with pytest.raises(HttpCallError) as info:
+        call("GET", f"{server.url}/x", token=None, timeout_s=10, policy=FAST)
+    assert not info.value.transient and info.value.status == 500
 
 
 def test_other_errors_fail_at_once_with_the_status(server: Scripted) -> None:

@@ -49,8 +49,9 @@ def test_a_replaced_server_is_noticed_and_served_the_weights_again(
     from conftest import load_reference
 
     from agpo_trainer.metrics import TrainerMetrics
-    from agpo_trainer.rollout.backend import VLLMBackend
     from agpo_trainer.rollout.client import RolloutClient
+    from agpo_trainer.rollout.discovery import StaticDiscovery
+    from agpo_trainer.rollout.pool import ElasticPool
     from agpo_trainer.rollout.weight_sync import WeightSyncer
     from agpo_trainer.train import ensure_served, push_weights
 
@@ -63,8 +64,11 @@ def test_a_replaced_server_is_noticed_and_served_the_weights_again(
         [server.url], TOKEN, master_address="127.0.0.1", master_port=0, timeout_s=60,
         ready_timeout_s=300,
     )  # fmt: skip
-    syncer.init()
-    servers = VLLMBackend(RolloutClient([server.url], TOKEN, timeout_s=60), syncer)
+    servers = ElasticPool(
+        StaticDiscovery((server.url,)), RolloutClient([], TOKEN, timeout_s=60), syncer,
+        ready_timeout_s=300, push_timeout_s=60,
+    )  # fmt: skip
+    servers.start()
     try:
         push_weights(servers, None, weights, 3, TrainerMetrics())  # type: ignore[arg-type]
         assert syncer.lagging(3) == {}

@@ -2,7 +2,7 @@
 
 Checks what it can before any server starts (:mod:`agpo_trainer.preflight`: dataset, template,
 tokenizer, prompt lengths, model, reward functions), starts ``rollout.replicas`` vLLM servers
-(with this project's plugin and token check), waits for their health, runs torchrun with
+(with this project's plugin and token check; ``agpo scale`` changes their number mid-run), waits for their health, runs torchrun with
 ``trainer.procsPerNode`` processes, and shows live progress from the trainer's ``/status``.
 The parts are in :mod:`agpo_trainer.local`; this module runs them in order.
 
@@ -48,8 +48,10 @@ def run_local(
     workdir: Path | None,
     source: Path,
     fresh: bool = False,
+    rollout_replicas: int | None = None,
 ) -> int:
-    """Run ``job`` here; returns the process exit code. Prints one line on failure."""
+    """Run ``job`` here; returns the process exit code. Prints one line on failure.
+    ``rollout_replicas`` starts that many servers instead of ``rollout.replicas``."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -61,7 +63,10 @@ def run_local(
         sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        return _run(job, steps=steps, workdir=workdir, source=source, console=console, fresh=fresh)
+        return _run(
+            job, steps=steps, workdir=workdir, source=source, console=console, fresh=fresh,
+            replicas=rollout_replicas or job.spec.rollout.replicas,
+        )  # fmt: skip
     except LaunchError as err:
         # Plain print: one line whatever the terminal width, no markup interpretation.
         print(f"agpo run: error: {err}", file=sys.stderr, flush=True)
@@ -86,6 +91,7 @@ def _run(
     source: Path,
     console: Console,
     fresh: bool = False,
+    replicas: int = 1,
 ) -> int:
     spec = job.spec
     job_file = source.resolve()
@@ -102,9 +108,9 @@ def _run(
     restarts = Restarts(spec.run_policy.backoff_limit)
 
     with ExitStack() as stack:  # stops, in reverse order, what was started
-        servers = LocalServers(job, model_dir, token=token, logs=workdir / "logs")
+        servers = LocalServers(job, model_dir, token=token, workdir=workdir, replicas=replicas)
         stack.callback(servers.stop)
-        console.print(f"starting {spec.rollout.replicas} vLLM server(s) for {spec.model.name} ...")
+        console.print(f"starting {replicas} vLLM server(s) for {spec.model.name} ...")
         servers.start()
 
         group = TrainerGroup(
@@ -116,7 +122,7 @@ def _run(
             steps=steps,
         )
         console.print(f"starting torchrun with {spec.trainer.procs_per_node} process(es) ...")
-        group.start(servers.urls)
+        group.start(servers.urls, servers.discovery)
         stack.callback(group.stop)
         with StepBar(console, total) as bar:
             _train(group, servers, restarts, bar)
@@ -136,15 +142,16 @@ def _train(group: TrainerGroup, servers: LocalServers, restarts: Restarts, bar: 
         restarts.take(what, bar.console)
         again = start_over(group.checkpoints, fresh=False, resume=True)
         say(bar.console, f"agpo run: {again}")
-        group.start(servers.urls)
+        group.start(servers.urls, servers.discovery)
     bar.finish()
 
 
 def _watch(group: TrainerGroup, servers: LocalServers, restarts: Restarts, bar: StepBar) -> int:
-    """Show progress until the trainer group exits (its code); a dead server is started again
-    meanwhile (the trainer waits for it and joins it again)."""
+    """Show progress until the trainer group exits (its code); meanwhile a dead server is
+    started again (the trainer joins it again) and the pool follows ``agpo scale``."""
     while (code := group.poll()) is None:
         servers.replace_dead(restarts, bar.console)
+        servers.follow_scale(bar.console)
         bar.show(read_status(group.metrics_port))
         time.sleep(POLL_S)
     return code

@@ -47,6 +47,9 @@ class Runtime:
     # In pods the operator says where it mounted the weights and the dataset file.
     model_path: str | None = None
     dataset_path: str | None = None
+    # Where the pool finds its servers at each step boundary (agpo_trainer.rollout.discovery);
+    # None: the fixed rollout_urls.
+    rollout_discovery: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -74,10 +77,19 @@ class Runtime:
             s = TrainerSettings.from_env(e)
         except EnvError as err:
             raise ConfigError(str(err)) from None
-        if not s.rollout_urls:
+        if not s.rollout_urls and not s.rollout_discovery:
             raise ConfigError(
                 f"{EnvVar.ROLLOUT_URLS.value} is empty: set the vLLM server URLs (comma-separated)"
+                f" or {EnvVar.ROLLOUT_DISCOVERY.value} (dns://HOST:PORT or file:///PATH)"
             )
+        if s.rollout_discovery:
+            from agpo_trainer.rollout.discovery import DiscoveryError, discovery_from
+
+            try:
+                discovery_from(s.rollout_discovery)
+            except DiscoveryError as err:
+                where = f"{EnvVar.ROLLOUT_DISCOVERY.value}={s.rollout_discovery!r}"
+                raise ConfigError(str(err) if where in str(err) else f"{where}: {err}") from None
         spec = job.spec
         name = job.metadata.name or "agpojob"
         port = spec.metrics.port if s.metrics_port is None else s.metrics_port
@@ -103,4 +115,5 @@ class Runtime:
             crash_after_step=s.crash_after_step,
             model_path=s.model_path,
             dataset_path=s.dataset_path,
+            rollout_discovery=s.rollout_discovery,
         )

@@ -218,6 +218,7 @@ def train(
         # report (rank 0)
         if rt.is_main:
             assert batch.stats is not None  # rank 0 built the batch
+            pool = pool_figures(servers, metrics)
             stats = StepStats(
                 step=step,
                 total_steps=total_steps,
@@ -230,6 +231,7 @@ def train(
                 prompts=batch.example_indices,
                 rollout_policy_version=generated,
                 batch_staleness=staleness,
+                **pool,
             )
             metrics.record_step(stats)
             board.update(stats.progress())
@@ -285,17 +287,31 @@ def rollout(
 def ensure_served(
     servers: RolloutBackend, policy: Policy, weights: dict[str, Tensor] | None, served: int
 ) -> None:
-    """Rank 0: push version ``served`` again to every server if one does not serve it.
+    """Rank 0, at a step boundary: every server that will generate serves version ``served``
+    (new servers joined and pushed it, replaced or lagging ones pushed it again, gone ones
+    dropped: :meth:`RolloutBackend.refresh`).
 
     Sharded (FSDP), ``weights`` is rank 0's gathered copy of exactly that version; otherwise
     the module is, since it changes only in the update after which it is pushed (or, with
     ``weightSync.everySteps > 1``, it is newer: then the servers get the newer weights,
     under the version they serve, until the next regular push)."""
-    stale = servers.lagging(served)
-    if not stale:
-        return
-    log.warning("servers %s do not serve weight version %d; pushing it again", stale, served)
-    servers.resync(policy.module if weights is None else weights, served)
+    servers.refresh(policy.module if weights is None else weights, served)
+
+
+def pool_figures(servers: RolloutBackend | None, metrics: TrainerMetrics) -> dict[str, Any]:
+    """Rank 0: the rollout pool's step figures (none for a backend that is not a pool); each
+    server's pushes since the last step go to the per-server histogram."""
+    health = servers.health() if servers is not None else None
+    if health is None:
+        return {}
+    for url, seconds in health.push_seconds.items():
+        for s in seconds:
+            metrics.add("server_push_seconds", s, label=url)
+    return {
+        "rollout_servers": health.servers,
+        "serving_servers": health.serving,
+        "lagging_servers": health.lagging,
+    }
 
 
 def check_reward_functions(spec: ResolvedSpec) -> None:

@@ -1,7 +1,13 @@
 """The vLLM servers of one ``agpo run``: ``rollout.replicas`` of them, started side by side,
 waited for until healthy, and a dead one replaced on its own port (same URL: the trainer waits
 for it and joins it again). Each runs in its own session, so stopping one stops its engine and
-workers too (:class:`agpo_trainer.rollout.server.VLLMServer`)."""
+workers too (:class:`agpo_trainer.rollout.server.VLLMServer`).
+
+The pool is elastic, as in a cluster: the healthy servers' URLs are written to
+``<workdir>/rollout/servers`` (the trainer's ``file://`` discovery, read at each step
+boundary), and the count asked for in ``<workdir>/rollout/replicas`` (``agpo scale``) is
+followed while the run goes on: a new server is listed once healthy, a removed one is
+unlisted before it is stopped."""
 
 from __future__ import annotations
 
@@ -24,27 +30,95 @@ if TYPE_CHECKING:
 START_TIMEOUT_ENV = "AGPO_SERVER_START_TIMEOUT"
 
 
-class LocalServers:
-    """The run's servers, in replica order (the order of the trainer's rollout URLs)."""
+def servers_file(workdir: Path) -> Path:
+    """The run's discovery file: the URLs of the servers in the pool, one per line."""
+    return workdir / "rollout" / "servers"
 
-    def __init__(self, job: AGPOJob, model_dir: str, *, token: str, logs: Path) -> None:
+
+def replicas_file(workdir: Path) -> Path:
+    """How many servers the run should have (``agpo scale`` writes it)."""
+    return workdir / "rollout" / "replicas"
+
+
+def read_replicas(workdir: Path) -> int | None:
+    """The count ``agpo scale`` asked for; None when unset or unreadable."""
+    try:
+        text = replicas_file(workdir).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) >= 1 else None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old or the new content, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class LocalServers:
+    """The run's servers, in pool order (the order of the discovery file)."""
+
+    def __init__(
+        self, job: AGPOJob, model_dir: str, *, token: str, workdir: Path, replicas: int
+    ) -> None:
         self._job = job
         self._model_dir = model_dir
         self._token = token
-        self._logs = logs
+        self._workdir = workdir
+        self._logs = workdir / "logs"
+        self._replicas = replicas
         self._servers: list[VLLMServer] = []
+        self._starting: list[VLLMServer] = []  # scaled up, not healthy yet
+        self._next = 0  # log file index: never reused, so a log is one server's
 
     @property
     def urls(self) -> list[str]:
         return [server.url for server in self._servers]
 
+    @property
+    def discovery(self) -> Path:
+        return servers_file(self._workdir)
+
     def start(self) -> None:
         """Start every replica, then wait for each: they load the model at the same time."""
-        replicas = self._job.spec.rollout.replicas
+        write_atomically(replicas_file(self._workdir), f"{self._replicas}\n")
         # Extended one by one, so that stop() finds those started before a failing one.
-        self._servers.extend(self._new(i).start() for i in range(replicas))
+        self._servers.extend(self._new().start() for _ in range(self._replicas))
         for server in self._servers:
             _wait_ready(server)
+        self._publish()
+
+    def follow_scale(self, console: Console) -> None:
+        """Move towards the count in the replicas file: start servers (listed once healthy)
+        or unlist and stop the newest ones. Never blocks on a starting server."""
+        for server in list(self._starting):
+            if server.poll() is not None:  # it died starting: say so, ask for what there is
+                self._starting.remove(server)
+                say(console, f"agpo run: a new vLLM server failed to start (log: "
+                             f"{server.log_path}); staying at {len(self._servers)}")  # fmt: skip
+                write_atomically(replicas_file(self._workdir), f"{len(self._servers)}\n")
+            elif server.healthy():
+                self._starting.remove(server)
+                self._servers.append(server)
+                self._publish()
+                say(console, f"agpo run: vLLM server {server.url} is up; the trainer joins it "
+                             "at the next step")  # fmt: skip
+        wanted = read_replicas(self._workdir)
+        if wanted is None:
+            return
+        while len(self._servers) + len(self._starting) < wanted:
+            self._starting.append(self._new().start())
+            say(console, f"agpo run: starting vLLM server {self._starting[-1].url} "
+                         f"({wanted} asked for)")  # fmt: skip
+        while self._starting and len(self._servers) + len(self._starting) > wanted:
+            self._starting.pop().stop()
+        while len(self._servers) > wanted:
+            gone = self._servers.pop()
+            self._publish()  # unlisted first: the trainer drops it at its next boundary
+            gone.stop()  # requests in flight to it go to the other servers
+            say(console, f"agpo run: stopped vLLM server {gone.url} ({wanted} asked for)")
 
     def replace_dead(self, restarts: Restarts, console: Console) -> None:
         """Start each server that has exited again on its port, counting one restart each
@@ -55,13 +129,16 @@ class LocalServers:
             )
             dead.stop()  # whatever is left of its process group
             # In the list before it is healthy, so that stop() stops it if it never is.
-            self._servers[i] = self._new(i, port=dead.port).start()
+            self._servers[i] = self._new(port=dead.port).start()
             _wait_ready(self._servers[i])
             say(console, f"agpo run: vLLM server {self._servers[i].url} is serving again")
 
     def stop(self) -> None:
-        for server in self._servers:
+        for server in [*self._servers, *self._starting]:
             server.stop()
+
+    def _publish(self) -> None:
+        write_atomically(self.discovery, "".join(f"{u}\n" for u in self.urls))
 
     def _dead(self) -> Iterator[tuple[int, VLLMServer]]:
         # A generator: each server is polled when its turn comes, after the ones before it
@@ -70,8 +147,9 @@ class LocalServers:
             if server.poll() is not None:
                 yield i, server
 
-    def _new(self, index: int, port: int | None = None) -> VLLMServer:
+    def _new(self, port: int | None = None) -> VLLMServer:
         spec = self._job.spec
+        index, self._next = self._next, self._next + 1
         return VLLMServer(
             self._model_dir,
             port=port,

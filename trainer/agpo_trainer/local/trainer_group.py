@@ -29,11 +29,14 @@ def trainer_command(job_file: Path, procs: int) -> list[str]:
 def trainer_env(
     *, urls: list[str], token: str, workdir: Path, metrics_port: int, sync_port: int,
     steps: int | None, base_dir: Path, termination_log: Path | None = None,
+    discovery: Path | None = None,
 ) -> dict[str, str]:  # fmt: skip
     """The trainer's environment: its settings (written by :class:`TrainerSettings`, the one
     writer the trainer's parser mirrors) plus what Python needs here."""
     settings = TrainerSettings(
         rollout_urls=tuple(urls),
+        # the elastic pool's file, read at each step boundary (else the fixed urls)
+        rollout_discovery=f"file://{discovery}" if discovery else None,
         rollout_token=token,
         checkpoint_dir=str(workdir / "checkpoints"),
         weight_sync_host="127.0.0.1",
@@ -80,8 +83,9 @@ class TrainerGroup:
     def termination(self) -> Path:
         return self.workdir / "logs" / "termination.log"
 
-    def start(self, urls: list[str]) -> None:
-        """Start a group against the servers at ``urls`` (the previous one must be stopped)."""
+    def start(self, urls: list[str], discovery: Path | None = None) -> None:
+        """Start a group against the servers at ``urls``, or those ``discovery`` lists at
+        each step (the previous group must be stopped)."""
         # The previous group's line must not be read as this one's reason.
         self.termination.unlink(missing_ok=True)
         env = {
@@ -90,7 +94,7 @@ class TrainerGroup:
                 urls=urls, token=self.token, workdir=self.workdir, metrics_port=self.metrics_port,
                 # Chosen anew for each group: the previous group's port may not be free yet.
                 sync_port=free_port(), steps=self.steps, base_dir=self.job_file.parent,
-                termination_log=self.termination,
+                termination_log=self.termination, discovery=discovery,
             ),
         }  # fmt: skip
         self._process = _start_process(trainer_command(self.job_file, self.procs), env, self.log)

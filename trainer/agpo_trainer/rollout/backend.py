@@ -1,8 +1,9 @@
 """Where rank 0's rollouts come from and where the weights go: the :class:`RolloutBackend`
 protocol that :func:`agpo_trainer.train.train` takes as a parameter.
 
-Two implementations: :class:`VLLMBackend` (the product: the vLLM servers' ``/v1/completions``
-and the weight syncer, built by :func:`connect`) and
+Two implementations: :class:`agpo_trainer.rollout.pool.ElasticPool` (the product: the vLLM
+servers' ``/v1/completions`` and the weight syncer, an elastic pool built by :func:`connect`)
+and
 :class:`agpo_trainer.rollout.inprocess.InProcessBackend` (a served copy of the policy in this
 process, for the study, the gate and tests), so every caller runs the product's loop.
 """
@@ -19,12 +20,10 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from agpo_trainer.policy import Policy
+    from agpo_trainer.rollout.pool import ElasticPool, PoolHealth
     from agpo_trainer.runtime import Runtime
 
     Weights = nn.Module | dict[str, Tensor]
-
-#: The longest a single weight-sync call may take, whatever the rollout timeout.
-WEIGHT_SYNC_CALL_TIMEOUT_S = 120.0
 
 
 class WeightSyncFailed(RuntimeError):
@@ -56,52 +55,48 @@ class RolloutBackend(Protocol):
         """``{server: served version}`` of the servers not serving ``version``."""
         ...
 
+    def refresh(self, weights: Weights, version: int) -> float:
+        """A step boundary: make the servers that will generate serve ``version`` (join new
+        ones, catch up replaced or lagging ones, drop gone ones); the seconds it took."""
+        ...
+
+    def health(self) -> PoolHealth | None:
+        """The servers joined, serving, lagging, and each push's seconds since the last call
+        (None: not a pool of servers)."""
+        ...
+
 
 #: How ``train`` gets its backend, once the policy is loaded (rank 0 only).
 BackendFactory = Callable[[ResolvedSpec, "Runtime", "Policy"], RolloutBackend]
 
 
-class VLLMBackend:
-    """The vLLM servers: generation through :class:`RolloutClient`, weights through the
-    :class:`WeightSyncer` (its errors become :class:`WeightSyncFailed`)."""
-
-    def __init__(self, client: Any, syncer: Any) -> None:
-        self.client, self.syncer = client, syncer
-        self.generate = client.generate  # the client's own signature and errors
-
-    def push(self, weights: Weights, version: int) -> float:
-        from agpo_trainer.rollout.weight_sync import WeightSyncError
-
-        try:
-            return float(self.syncer.push(weights, version))
-        except WeightSyncError as err:
-            raise WeightSyncFailed(str(err)) from err
-
-    def resync(self, weights: Weights, version: int) -> float:
-        return float(self.syncer.resync(weights, version))
-
-    def lagging(self, version: int) -> dict[str, str]:
-        return dict(self.syncer.lagging(version))
-
-
-def connect(spec: ResolvedSpec, rt: Runtime, policy: Policy) -> VLLMBackend:
-    """Rank 0: the vLLM servers of ``AGPO_ROLLOUT_URLS``, joined to the weight transport."""
+def connect(spec: ResolvedSpec, rt: Runtime, policy: Policy) -> ElasticPool:
+    """Rank 0: the vLLM servers (``AGPO_ROLLOUT_DISCOVERY``, else the fixed
+    ``AGPO_ROLLOUT_URLS``), the ones there now joined to the weight transport."""
     from agpo_trainer.policy import compute_dtype_of
     from agpo_trainer.rollout.client import RolloutClient
+    from agpo_trainer.rollout.discovery import discovery_from
+    from agpo_trainer.rollout.pool import ElasticPool
     from agpo_trainer.rollout.weight_sync import WeightSyncer
 
     timeout = rt.rollout_timeout_s
-    client = RolloutClient(rt.rollout_urls, rt.rollout_token, timeout_s=timeout)
+    push_timeout = float(spec.rollout.weight_sync.timeout_seconds)
+    discovery = discovery_from(rt.rollout_discovery, rt.rollout_urls)
+    # The pool hands it the servers that serve the pushed weights.
+    client = RolloutClient([], rt.rollout_token, timeout_s=timeout)
     syncer = WeightSyncer(
-        rt.rollout_urls,
+        [],
         token=rt.rollout_token,
         backend=spec.rollout.weight_sync.backend,
         master_address=rt.weight_sync_host,
         master_port=rt.weight_sync_port,
-        timeout_s=min(WEIGHT_SYNC_CALL_TIMEOUT_S, timeout),
+        timeout_s=push_timeout,
         ready_timeout_s=timeout,
         # float32 master weights travel in the dtype the servers serve (model.dtype)
         cast_dtype=compute_dtype_of(spec),
     )
-    syncer.init()
-    return VLLMBackend(client, syncer)
+    pool = ElasticPool(
+        discovery, client, syncer, ready_timeout_s=timeout, push_timeout_s=push_timeout
+    )
+    pool.start()
+    return pool

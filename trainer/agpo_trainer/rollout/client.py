@@ -7,16 +7,22 @@ the returned log-probs are the behaviour-policy term of the importance ratio.
 
 One request per prompt (with `n = group size`) keeps a group on one replica (its prefix is
 cached once) and lets requests spread round-robin over all replicas, concurrently.
+
+The server list may change between calls (an elastic pool sets it at each step boundary). A
+request whose server cannot be reached or drops the answer (killed, scaled away) goes to the
+next server: its seed is the prompt's, not the server's, so the completions and the data
+order stay those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from agpo_trainer.rollout.http import HttpCallError, RetryPolicy, call
+from agpo_trainer.rollout.http import NO_RETRY, HttpCallError, RetryPolicy, call
 
 
 class RolloutError(RuntimeError):
@@ -133,9 +139,10 @@ def _completion(choice: Any, prompt_index: int, prompt_token_ids: Sequence[int])
 class RolloutClient:
     """Generates groups of completions over one or more vLLM servers.
 
-    `timeout_s` bounds each prompt's request including retries; while a server is briefly
-    unavailable (connection refused/reset, 502/503/504) the request is retried with
-    exponential backoff, then fails with a `RolloutError` naming the URL.
+    `timeout_s` bounds each prompt's request including retries; while a server is
+    unavailable (connection refused/reset, 502/503/504) the request goes to the next server,
+    and when none answers it is tried again with exponential backoff, then fails with a
+    `RolloutError` naming the URL.
     """
 
     def __init__(
@@ -148,14 +155,17 @@ class RolloutClient:
         max_concurrency: int = 64,
         model: str | None = None,
     ) -> None:
-        if not urls:
-            raise ValueError("RolloutClient needs at least one server URL")
-        self.urls = [u.rstrip("/") for u in urls]
+        self.set_urls(urls)  # may be empty until an elastic pool has a server
         self.token = token
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
         self.max_concurrency = max_concurrency
         self.model = model
+
+    def set_urls(self, urls: Sequence[str]) -> None:
+        """The servers the next :meth:`generate` spreads its prompts over (in-flight calls
+        keep the list they started with)."""
+        self.urls = [u.rstrip("/") for u in urls]
 
     def generate(
         self,
@@ -179,6 +189,9 @@ class RolloutClient:
             raise ValueError(f"n and max_tokens must be >= 1, got n={n} max_tokens={max_tokens}")
         if not prompt_token_ids:
             return []
+        urls = list(self.urls)
+        if not urls:
+            raise RolloutError("rollout failed: no rollout server serves the current weights")
         pool = ThreadPoolExecutor(
             max_workers=min(self.max_concurrency, len(prompt_token_ids)),
             thread_name_prefix="rollout",
@@ -197,8 +210,8 @@ class RolloutClient:
                     model=self.model,
                     stop=stop,
                 )
-                url = self.urls[i % len(self.urls)]
-                futures.append(pool.submit(self._one, url, body, i, prompt, n))
+                order = urls[i % len(urls) :] + urls[: i % len(urls)]  # round-robin first
+                futures.append(pool.submit(self._one, order, body, i, prompt, n))
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for f in done:
                 if f.exception() is not None:
@@ -210,22 +223,48 @@ class RolloutClient:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _one(
-        self, url: str, body: dict[str, Any], index: int, prompt: Sequence[int], n: int
+        self, order: list[str], body: dict[str, Any], index: int, prompt: Sequence[int], n: int
     ) -> list[Completion]:
-        try:
-            response = call(
-                "POST",
-                f"{url}/v1/completions",
-                token=self.token,
-                timeout_s=self.timeout_s,
-                json=body,
-                policy=self.retry,
-            )
-        except HttpCallError as exc:
-            raise RolloutError(f"rollout failed: {exc}") from None
+        """One prompt's request: to ``order[0]``, else the next server that answers."""
+        response = self._post(order, body)
         return parse_completion_response(
             response.json(), prompt_index=index, prompt_token_ids=prompt, n=n
         )
+
+    def _post(self, order: list[str], body: dict[str, Any]) -> Any:
+        """POST to the first server of ``order`` that takes the request; unreachable ones are
+        skipped, and the round is tried again, backing off, until ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
+        waits = self.retry.wait() if self.retry.retry else None
+        rounds, last = 0, None
+        while True:
+            for url in order:
+                left = deadline - time.monotonic()
+                try:
+                    return call(
+                        "POST",
+                        f"{url}/v1/completions",
+                        token=self.token,
+                        timeout_s=max(left, 0.1),
+                        json=body,
+                        policy=NO_RETRY,
+                    )
+                except HttpCallError as exc:
+                    if not exc.transient or time.monotonic() >= deadline or waits is None:
+                        raise RolloutError(f"rollout failed: {exc}") from None
+                    last = exc
+            rounds += 1
+            pause = min(float(waits(_Attempt(rounds))), deadline - time.monotonic())
+            if pause <= 0:
+                raise RolloutError(f"rollout failed: {last}") from None
+            time.sleep(pause)  # every server refused: back off (tenacity's schedule)
+
+
+class _Attempt:
+    """What tenacity's wait strategies read: the attempt number."""
+
+    def __init__(self, number: int) -> None:
+        self.attempt_number = number
 
 
 __all__ = [

@@ -33,15 +33,23 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: What vLLM answers (HTTP 500) to the requests in flight when its engine is gone: a server
+#: stopping (SIGTERM aborts them) or crashed. The server is going, not the request wrong.
+ENGINE_DEAD = "EngineDeadError"
 
 
 class HttpCallError(RuntimeError):
     """A call failed for good (after retries, or with a non-retryable answer)."""
 
-    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, url: str, status: int | None = None, transient: bool = False
+    ) -> None:
         super().__init__(message)
         self.url = url
         self.status = status
+        # The server could not be reached or dropped the answer (refused, reset, 502-504):
+        # the request may go to another server. A read timeout is not: the server took it.
+        self.transient = transient
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
@@ -145,7 +153,9 @@ def _attempt(
     if response.ok:
         return response
     reason = f"HTTP {response.status_code}: {_short(response.text)}"
-    if response.status_code in RETRY_STATUSES:
+    if response.status_code in RETRY_STATUSES or (
+        response.status_code == 500 and ENGINE_DEAD in response.text
+    ):
         raise _Transient(reason)
     raise HttpCallError(f"{method} {url} failed: {reason}", url=url, status=response.status_code)
 
@@ -188,4 +198,5 @@ def call(
             f"{method} {url} failed after {last.attempt_number} attempt(s) in "
             f"{time.monotonic() - started:.1f}s (limit {timeout_s:.0f}s): {reason}",
             url=url,
+            transient=True,
         ) from None

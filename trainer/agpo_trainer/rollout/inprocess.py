@@ -254,6 +254,12 @@ class InProcessBackend:
     def lagging(self, version: int) -> dict[str, str]:
         return {} if self.version == version else {"in-process": str(self.version)}
 
+    def refresh(self, weights: nn.Module | dict[str, Tensor], version: int) -> float:
+        return self.push(weights, version) if self.lagging(version) else 0.0
+
+    def health(self) -> None:
+        return None  # one copy, in this process: no pool to report
+
 
 def keeping(servers: list[InProcessBackend]) -> Callable[..., InProcessBackend]:
     """A backend factory (:meth:`InProcessBackend.of`) that also appends the backend it builds

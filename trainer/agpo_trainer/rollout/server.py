@@ -138,6 +138,13 @@ class VLLMServer:
     def poll(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
+    def healthy(self) -> bool:
+        """One look at `/health` (for a caller that must not block)."""
+        try:
+            return requests.get(f"{self.url}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         """Poll `/health` until 200; fail fast with the log tail if the process exits."""
         if self.process is None:

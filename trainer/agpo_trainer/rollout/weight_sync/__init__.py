@@ -22,6 +22,7 @@ from agpo_trainer.rollout.weight_sync.gloo import GlooTransport
 from agpo_trainer.rollout.weight_sync.nccl import HTTPWeightSyncClient, NcclTransport
 from agpo_trainer.rollout.weight_sync.syncer import (
     BACKENDS,
+    PushRound,
     SyncStats,
     WeightSyncer,
     default_master_address,
@@ -39,6 +40,7 @@ __all__ = [
     "GlooTransport",
     "HTTPWeightSyncClient",
     "NcclTransport",
+    "PushRound",
     "Server",
     "ServerCalls",
     "SyncStats",

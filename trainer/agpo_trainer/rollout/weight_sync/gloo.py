@@ -117,6 +117,12 @@ class GlooTransport:
             phases={k: float(v) for k, v in (answer.get("phases") or {}).items()},
         )
 
+    def drop(self, server: Server) -> None:
+        # A sender thread still stuck in a broadcast to it ends on gloo's own timeout.
+        sender = self.senders.pop(server.url, None)
+        if sender is not None:
+            sender.close()
+
     def close(self) -> None:
         for sender in self.senders.values():
             sender.close()

@@ -123,6 +123,11 @@ class NcclTransport:
         served = (self.calls(server, "GET", "/weight_info") or {}).get("weight_version")
         return PushAnswer(version=str(served), phases=phases)
 
+    def drop(self, server: Server) -> None:
+        session = self.sessions.pop(server.url, None)
+        if session is not None:
+            session.engine.shutdown()
+
     def close(self) -> None:
         for session in self.sessions.values():
             session.engine.shutdown()

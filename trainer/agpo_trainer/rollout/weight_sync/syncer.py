@@ -57,6 +57,32 @@ class SyncStats:
     server_phases: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class PushRound:
+    """One push into a set of servers: each server's answer or error, and its seconds."""
+
+    answers: dict[str, PushAnswer] = field(default_factory=dict)
+    errors: dict[str, Exception] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    stats: SyncStats = field(default_factory=SyncStats)
+
+    def served(self, version: int) -> list[str]:
+        """The servers that answered and now serve ``version``."""
+        return [u for u, a in self.answers.items() if a.version == str(version)]
+
+    def missed(self, version: int) -> dict[str, str]:
+        """``{server: why}`` of the servers that do not serve ``version`` after the push."""
+        out = {u: f"{type(e).__name__}: {e}" for u, e in self.errors.items()}
+        out.update(
+            {
+                u: f"reports version {a.version} after pushing {version}"
+                for u, a in self.answers.items()
+                if a.version != str(version)
+            }
+        )
+        return out
+
+
 def default_master_address() -> str:
     """How rollout workers reach this process: $AGPO_WEIGHT_SYNC_HOST, else $POD_IP,
     else this host's resolved name."""
@@ -93,8 +119,6 @@ class WeightSyncer:
             raise ValueError(f"unknown weight sync backend {backend!r}; valid: {BACKENDS}")
         if pause_mode not in PAUSE_MODES:
             raise ValueError(f"pause_mode must be wait, abort or keep, got {pause_mode!r}")
-        if not urls:
-            raise ValueError("WeightSyncer needs at least one server URL")
         self.servers = [Server(u.rstrip("/"), index=i) for i, u in enumerate(urls)]
         self.token = token
         self.backend = backend
@@ -128,27 +152,98 @@ class WeightSyncer:
 
     # --- running on every server ----------------------------------------------------
 
-    def _each(self, fn: Callable[[Server], T], *, wait_all: bool = False) -> list[T]:
-        """Run `fn` on every server concurrently and raise the first error. Unless
-        `wait_all`, the other calls are not waited for (their own timeouts end them)."""
-        pool = ThreadPoolExecutor(max_workers=len(self.servers), thread_name_prefix="wsync")
+    def _each(
+        self,
+        fn: Callable[[Server], T],
+        *,
+        wait_all: bool = False,
+        servers: Sequence[Server] | None = None,
+    ) -> list[T]:
+        """Run `fn` on every server (or on `servers`) concurrently and raise the first error.
+        Unless `wait_all`, the other calls are not waited for (their own timeouts end them)."""
+        targets = self.servers if servers is None else list(servers)
+        if not targets:
+            return []
+        pool = ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="wsync")
         try:
-            futures = [pool.submit(fn, s) for s in self.servers]
+            futures = [pool.submit(fn, s) for s in targets]
             if wait_all:
                 wait(futures)
             return [f.result() for f in futures]
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _each_for_transport(self, fn: Callable[[Server], T], *, wait_all: bool = False) -> list[T]:
+    def _each_for_transport(
+        self,
+        fn: Callable[[Server], T],
+        *,
+        wait_all: bool = False,
+        servers: Sequence[Server] | None = None,
+    ) -> list[T]:
         if self.transport.parallel:
-            return self._each(fn, wait_all=wait_all)
-        return [fn(server) for server in self.servers]
+            return self._each(fn, wait_all=wait_all, servers=servers)
+        return [fn(server) for server in (self.servers if servers is None else servers)]
+
+    def _settle(
+        self, fn: Callable[[Server], T], servers: Sequence[Server]
+    ) -> tuple[dict[str, T], dict[str, Exception], dict[str, float]]:
+        """Run `fn` on each of `servers` (at once when the transport allows), every call
+        to its end: `({url: result}, {url: error}, {url: seconds})`, never raising."""
+        results: dict[str, T] = {}
+        errors: dict[str, Exception] = {}
+        seconds: dict[str, float] = {}
+
+        def settled(server: Server) -> None:
+            start = time.perf_counter()
+            try:
+                results[server.url] = fn(server)
+            except Exception as exc:  # each server's own failure, reported by its URL
+                errors[server.url] = exc
+            seconds[server.url] = time.perf_counter() - start
+
+        self._each_for_transport(settled, wait_all=True, servers=servers)
+        return results, errors, seconds
+
+    # --- the set of servers (an elastic pool adds and removes) ---------------------------
+
+    def add(self, url: str) -> Server:
+        """A new server, not joined yet (:meth:`join`)."""
+        # The lowest index no current server has: nccl's port is weightSync.port + index, so
+        # the ports stay within the pool's size (a group name also has a fresh nonce).
+        taken = {s.index for s in self.servers}
+        server = Server(url.rstrip("/"), index=min(set(range(len(taken) + 1)) - taken))
+        self.servers.append(server)
+        return server
+
+    def remove(self, server: Server) -> None:
+        """Forget ``server`` and its group."""
+        self.transport.drop(server)
+        self.servers = [s for s in self.servers if s is not server]
+
+    def join(self, servers: Sequence[Server], *, ready_timeout_s: float) -> dict[str, Exception]:
+        """Join each of ``servers`` in a fresh group (dropping any group it had), waiting up
+        to ``ready_timeout_s`` for it to answer; ``{url: error}`` of those that did not."""
+        nonce = uuid.uuid4().hex[:8]
+        self.master_port = self.transport.listen()
+
+        def one(server: Server) -> None:
+            self.transport.drop(server)
+            data = self.calls(
+                server, "GET", "/get_world_size", timeout_s=ready_timeout_s, retry=True
+            )
+            server.workers = int(data["world_size"])
+            self.transport.init(server, f"{nonce}-{server.index}")
+
+        _, errors, _ = self._settle(one, servers)
+        self._initialized = True
+        return errors
 
     # --- init ----------------------------------------------------------------------
 
     def init(self) -> None:
         """Join every server's transfer group. Servers must be up (waited for here)."""
+        if not self.servers:
+            raise WeightSyncError("weight sync: no rollout server to join")
         nonce = uuid.uuid4().hex[:8]  # fresh store keys on every (re-)init
         self._each(self._discover)
         self.master_port = self.transport.listen()
@@ -186,47 +281,54 @@ class WeightSyncer:
         """
         if not self._initialized:
             raise WeightSyncError("WeightSyncer.init() must succeed before push()")
-        stats = SyncStats(version=version)
-        start = time.perf_counter()
         try:
-            payload = self.transport.prepare(model)
-            stats.pack_s = time.perf_counter() - start
-            stats.bytes = payload.nbytes
-            t = time.perf_counter()
-            # wait_all: when one server fails, the others' pushes still end (each is
-            # bounded by its timeout) before this raises, so none is left mid-push.
-            answers: list[PushAnswer] = self._each_for_transport(
-                lambda s: self.transport.push(s, payload, str(version), self.pause_mode),
-                wait_all=True,
-            )
-            stats.transfer_s = time.perf_counter() - t
+            round_ = self.push_each(model, version, self.servers)
         except Exception:
+            self._initialized = False  # packing failed: the groups' state is unknown
+            raise
+        if round_.errors:
             # The groups are in an unknown state; the next push must re-init.
             self._initialized = False
-            raise
-        stale = {
-            s.url: a.version
-            for s, a in zip(self.servers, answers, strict=True)
-            if a.version != str(version)
-        }
-        if stale:
+            raise next(iter(round_.errors.values()))
+        missed = round_.missed(version)
+        if missed:
+            stale = {u: round_.answers[u].version for u in missed}
             raise WeightSyncError(
                 f"weight sync: servers report versions {stale} after pushing {version}"
             )
-        slowest = max(answers, key=lambda a: sum(a.phases.values()))
-        stats.server_phases = dict(slowest.phases)
-        stats.pause_s = slowest.phases.get("pause", 0.0)
-        stats.resume_verify_s = slowest.phases.get("resume", 0.0)
-        stats.total_s = time.perf_counter() - start
-        self.last = stats
         logger.info(
             "pushed weight version %d (%.1f MB) to %d server(s) in %.3fs",
             version,
-            stats.bytes / 1e6,
+            round_.stats.bytes / 1e6,
             len(self.servers),
-            stats.total_s,
+            round_.stats.total_s,
         )
-        return stats.total_s
+        return round_.stats.total_s
+
+    def push_each(self, model: Weights, version: int, servers: Sequence[Server]) -> PushRound:
+        """Push ``model`` as ``version`` into each of ``servers`` (packed once, all at once),
+        every push to its end or its timeout; never raises for a server's failure. A server
+        that failed keeps a group in an unknown state: :meth:`join` it again first."""
+        round_ = PushRound(stats=SyncStats(version=version))
+        if not servers:
+            return round_
+        start = time.perf_counter()
+        payload = self.transport.prepare(model)
+        round_.stats.pack_s = time.perf_counter() - start
+        round_.stats.bytes = payload.nbytes
+        t = time.perf_counter()
+        round_.answers, round_.errors, round_.seconds = self._settle(
+            lambda s: self.transport.push(s, payload, str(version), self.pause_mode), servers
+        )
+        round_.stats.transfer_s = time.perf_counter() - t
+        if round_.answers:
+            slowest = max(round_.answers.values(), key=lambda a: sum(a.phases.values()))
+            round_.stats.server_phases = dict(slowest.phases)
+            round_.stats.pause_s = slowest.phases.get("pause", 0.0)
+            round_.stats.resume_verify_s = slowest.phases.get("resume", 0.0)
+        round_.stats.total_s = time.perf_counter() - start
+        self.last = round_.stats
+        return round_
 
     # --- served weights, verified --------------------------------------------------------
 
@@ -275,4 +377,4 @@ class WeightSyncer:
         self.close()
 
 
-__all__ = ["BACKENDS", "SyncStats", "WeightSyncer", "default_master_address"]
+__all__ = ["BACKENDS", "PushRound", "SyncStats", "WeightSyncer", "default_master_address"]

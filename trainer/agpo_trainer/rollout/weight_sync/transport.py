@@ -111,6 +111,10 @@ class Transport(Protocol):
         server, in as few HTTP round trips as its API allows; the served version after."""
         ...
 
+    def drop(self, server: Server) -> None:
+        """Forget `server`'s group (it left the pool, or missed a push and joins again)."""
+        ...
+
     def close(self) -> None:
         """Drop every group; the next push needs `init` again."""
         ...
