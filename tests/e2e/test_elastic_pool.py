@@ -33,8 +33,8 @@ import requests
 
 from agpo_api import load_job
 from agpo_trainer.data import PromptSampler, load_examples
-from agpo_trainer.rollout.server import VLLMServer
 from agpo_trainer.models import resolve_model_path
+from agpo_trainer.rollout.server import VLLMServer
 
 from e2e_support import job_file, kill_group, wait_for
 

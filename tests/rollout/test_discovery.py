@@ -69,9 +69,9 @@ def test_the_trainer_refuses_a_malformed_source_naming_the_variable() -> None:
     job = load_job(Path(__file__).parents[2] / "manifests" / "samples" / "tiny-cpu.yaml")
     rt = Runtime.from_env(job, {EnvVar.ROLLOUT_DISCOVERY.value: "dns://svc.ns.svc:8000"})
     assert rt.rollout_discovery == "dns://svc.ns.svc:8000" and rt.rollout_urls == []
-    with pytest.raises(ConfigError, match="AGPO_ROLLOUT_DISCOVERY='dns://svc'"):
+    with pytest.raises(ConfigError, match=r"AGPO_ROLLOUT_DISCOVERY='dns://svc'"):
         Runtime.from_env(job, {EnvVar.ROLLOUT_DISCOVERY.value: "dns://svc"})
-    with pytest.raises(ConfigError, match="AGPO_ROLLOUT_URLS is empty.*AGPO_ROLLOUT_DISCOVERY"):
+    with pytest.raises(ConfigError, match=r"AGPO_ROLLOUT_URLS is empty.*AGPO_ROLLOUT_DISCOVERY"):
         Runtime.from_env(job, {})
 
 
