@@ -124,8 +124,10 @@ def test_a_server_started_mid_run_joins_serves_batches_and_leaves_again(
             for p in trainer:
                 p.resume()
         both = wait_for(
-            lambda: reached(proc, log, 1)
-            and [r for r in step_records(log) if r.get("servingServers") == 2],
+            lambda: (
+                reached(proc, log, 1)
+                and [r for r in step_records(log) if r.get("servingServers") == 2]
+            ),
             300,
             "a step with two servers serving",
         )
