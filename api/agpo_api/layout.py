@@ -9,6 +9,11 @@ ROLLOUT_PORT = 8000
 RENDEZVOUS_PORT = 29500
 #: The weight-transfer rendezvous the trainer hosts when the spec names none.
 WEIGHT_SYNC_PORT = 29600
+#: nccl: server i of the pool rendezvouses on ``weightSync.port + i`` (vLLM's engine hosts a
+#: store per group; the trainer gives a joining server the lowest index free). The trainer's
+#: NetworkPolicy admits this whole block, so the pool can be scaled without a new policy, and
+#: an nccl job has at most this many servers.
+NCCL_SYNC_PORTS = 64
 
 #: The resolved AGPOJob, mounted from the job's ConfigMap into every pod.
 JOB_FILE_DIR = "/etc/agpo"

@@ -87,6 +87,16 @@ BAD_CASES: list[BadCase] = [
         "spec.algorithm.rewards[0].function",
     ),
     BadCase(
+        "nccl pool larger than the trainer's block of sync ports",
+        {"spec.rollout.weightSync.backend": "nccl", "spec.rollout.replicas": 65},
+        "spec.rollout.replicas",
+    ),
+    BadCase(
+        "nccl sync ports past 65535",
+        {"spec.rollout.weightSync.backend": "nccl", "spec.rollout.weightSync.port": 65500},
+        "spec.rollout.replicas",
+    ),
+    BadCase(
         "tensorParallelSize does not divide gpusPerReplica",
         {"spec.rollout.gpusPerReplica": 4, "spec.rollout.tensorParallelSize": 3},
         "spec.rollout.tensorParallelSize",

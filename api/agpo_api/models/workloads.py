@@ -12,6 +12,7 @@ from agpo_api.base import (
     DnsSubdomain,
     Rule,
 )
+from agpo_api.layout import NCCL_SYNC_PORTS
 from agpo_api.models.common import (
     EnvVar,
     NonNegativeInt,
@@ -110,6 +111,21 @@ class RolloutSpec(ApiModel):
     weight_sync: WeightSyncSpec = Field(default_factory=WeightSyncSpec, description="Weight sync.")
 
     rules = (
+        Rule(
+            "replicas",
+            f"self.weightSync.backend != 'nccl' || (self.replicas <= {NCCL_SYNC_PORTS} && "
+            f"self.weightSync.port + {NCCL_SYNC_PORTS - 1} <= 65535)",
+            f"with weightSync.backend nccl, replicas must be at most {NCCL_SYNC_PORTS} and "
+            f"weightSync.port + {NCCL_SYNC_PORTS - 1} at most 65535 (server i joins on "
+            "weightSync.port + i; the trainer admits that block)",
+            lambda s: (
+                s.weight_sync.backend != "nccl"
+                or (
+                    s.replicas <= NCCL_SYNC_PORTS
+                    and s.weight_sync.port + NCCL_SYNC_PORTS - 1 <= 65535
+                )
+            ),
+        ),
         Rule(
             "tensorParallelSize",
             "self.gpusPerReplica == 0 ? self.tensorParallelSize == 1 : "
