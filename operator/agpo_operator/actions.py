@@ -96,6 +96,7 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     RESTARTED = "restarted"
+    REPLACED = "replaced"  # a failed vLLM pod deleted for its StatefulSet to recreate
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ level-based: the same observation always gives the same decision, so an operator
 repeated reconcile repeats nothing that the status already records (a restart is counted once
 because ``status.restarts`` is written before the old trainer Job is deleted).
 
-Phases: Pending -> Initializing -> Running -> Succeeded | Failed, with Restarting (a trainer or
-rollout pod failed; the trainer group restarts from its newest checkpoint) and Suspended.
+Phases: Pending -> Initializing -> Running -> Succeeded | Failed, with Restarting (a trainer pod
+failed, or a rollout pod before the group ran; the trainer group restarts from its newest
+checkpoint) and Suspended. A rollout pod that fails once the group runs is replaced alone.
 
 This module holds the phase flow; the steps live in :mod:`agpo_operator.lifecycle` (create,
 suspend, resume, succeed, fail, cleanup, TTL, deadline) and :mod:`agpo_operator.health` (failure

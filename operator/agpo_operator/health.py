@@ -2,10 +2,13 @@
 
 :func:`check_pods` judges the pods of the current attempt. Failures are classified by the
 pods' termination messages (:mod:`agpo_api.termination`): permanent ones fail the job at once,
-transient ones restart the trainer group from its newest checkpoint within backoffLimit. A
-deleted rollout token Secret is recreated and restarts the group. Otherwise the conditions
-say how many vLLM servers are ready and trainer pods running. The run policy's timeouts count
-from times kept in the status (``waitingSince``, ``lastProgressTime``), so they are level-based
+transient trainer failures restart the trainer group from its newest checkpoint within
+backoffLimit. A vLLM server that fails transiently once the group has run is only replaced:
+the trainer treats the servers as a pool (it drops a dead one and joins its replacement at a
+step boundary), and fails by itself, a counted restart, when no server serves. A deleted
+rollout token Secret is recreated and restarts the group. Otherwise the conditions say how
+many vLLM servers are ready and trainer pods running. The run policy's timeouts count from
+times kept in the status (``waitingSince``, ``lastProgressTime``), so they are level-based
 too: startupTimeoutSeconds fails the job, progressTimeoutSeconds restarts the group.
 """
 
@@ -16,7 +19,7 @@ from typing import Any
 
 from agpo_api.termination import Termination
 from agpo_api.vocabulary import ConditionType, EventType, Phase, Reason
-from agpo_operator.actions import CreateStatic, DeletePods, DeleteTrainer, Outcome
+from agpo_operator.actions import CreateStatic, DeletePods, DeleteTrainer, Event, Outcome
 from agpo_operator.builders.common import Names
 from agpo_operator.builders.security import TOKEN_SECRET
 from agpo_operator.conditions import condition, is_true, parse_time
@@ -43,13 +46,8 @@ def check_pods(m: Machine) -> None:
         return
     if _token_missing(m, trainer, rollout):
         return
-    failure = _trainer_failure(obs.trainer_job, trainer)
     broken = [p for p in rollout if p.phase == PodPhase.FAILED or p.restarts > 0]
-    restarting = m.st.get("phase") == Phase.RESTARTING
-    if failure is None and broken and not restarting:
-        p = broken[0]
-        message = f"rollout pod {p.name} failed: {p.problem or p.phase}"
-        failure = (R.ROLLOUT_POD_FAILED, message, _permanent(p.termination))
+    failure = _trainer_failure(obs.trainer_job, trainer) or _rollout_failure(m, broken)
     if failure is not None:
         reason, message, permanent = failure
         if permanent:
@@ -58,9 +56,9 @@ def check_pods(m: Machine) -> None:
         else:
             _restart_or_fail(m, reason, message, [p.name for p in broken])
         return
-    if broken:  # a rollout pod died during a restart: replace it, count nothing twice
-        m.act(DeletePods(tuple(p.name for p in broken)))
-    _readiness(m, trainer, rollout)
+    if broken:
+        _replace(m, broken)
+    _readiness(m, trainer, [p for p in rollout if p not in broken])
 
 
 def _permanent(termination: Termination | None) -> bool:
@@ -85,6 +83,52 @@ def _trainer_failure(
         message = f"trainer Job failed: {cond.get('reason', '')} {cond.get('message', '')}"
         return R.TRAINER_JOB_FAILED, message.strip(), False
     return None
+
+
+def _rollout_message(p: PodView) -> str:
+    # A restarted container that left no exit code still says what happened to it.
+    cause = p.problem or (f"restarted {p.restarts} time(s)" if p.restarts else p.phase)
+    return f"rollout pod {p.name} failed: {cause}"
+
+
+def _has_run(m: Machine) -> bool:
+    """This attempt's trainer group has been Running: it serves from the pool since then, even
+    while no server is ready (the phase then says Initializing). ``lastProgressTime`` is set
+    when the group first runs and cleared by a restart or a suspend."""
+    return m.st.get("phase") == Phase.RUNNING or "lastProgressTime" in m.st
+
+
+def _rollout_failure(m: Machine, broken: list[PodView]) -> tuple[Reason, str, bool] | None:
+    """A broken vLLM server that fails the job or restarts the trainer group: (reason,
+    message, permanent). A permanent failure in any phase: a replacement would fail the same
+    way. A transient one only before this attempt's group has run: nothing trained is lost,
+    and a server that crashes while the job starts usually crashes again, which backoffLimit
+    ends sooner than startupTimeoutSeconds. Once the group runs the trainer drops the server
+    and joins its replacement (:func:`_replace`); during a restart the pod is replaced too."""
+    permanent = next((p for p in broken if _permanent(p.termination)), None)
+    if permanent is not None:
+        return R.ROLLOUT_POD_FAILED, _rollout_message(permanent), True
+    if not broken or m.st.get("phase") == Phase.RESTARTING or _has_run(m):
+        return None
+    return R.ROLLOUT_POD_FAILED, _rollout_message(broken[0]), False
+
+
+def _replace(m: Machine, broken: list[PodView]) -> None:
+    """Delete broken vLLM pods; their StatefulSet recreates them and the trainer joins the new
+    ones at a step boundary, pushing them the current weights first. No restart, no backoffLimit
+    spent: the trainer itself fails (a counted restart) when no server serves for its rollout
+    timeout. Deleting, not waiting for the kubelet's restart, makes each failure seen once: the
+    new pod's restart count starts at 0."""
+    m.act(DeletePods(tuple(p.name for p in broken)))
+    if m.st.get("phase") == Phase.RESTARTING:
+        return  # quietly, as before: the restart in progress said and counted why
+    for p in broken:
+        message = (
+            f"{_rollout_message(p)}; replaced (its StatefulSet recreates it): the trainer goes "
+            "on with the other servers and joins the new one at a step boundary, no restart"
+        )
+        m.d.events.append(Event(EventType.WARNING, R.ROLLOUT_POD_FAILED, message))
+        m.count(Outcome.REPLACED, R.ROLLOUT_POD_FAILED)
 
 
 def _token_missing(m: Machine, trainer: list[PodView], rollout: list[PodView]) -> bool:

@@ -27,7 +27,12 @@ JOBS_FAILED = Counter(
 )
 JOBS_RESTARTED = Counter(
     f"{PREFIX}_jobs_restarted",
-    "Trainer group restarts (after a failed trainer or rollout pod).",
+    "Trainer group restarts (after a failed trainer pod, or a rollout pod before it ran).",
+    registry=REGISTRY,
+)
+ROLLOUT_PODS_REPLACED = Counter(
+    f"{PREFIX}_rollout_pods_replaced",
+    "Failed vLLM pods of running jobs deleted for their StatefulSet to recreate (no restart).",
     registry=REGISTRY,
 )
 JOBS_BY_PHASE = Gauge(
@@ -50,11 +55,13 @@ _OUTCOMES: dict[Outcome, Callable[[str], None]] = {
     Outcome.SUCCEEDED: lambda reason: JOBS_SUCCEEDED.inc(),
     Outcome.FAILED: lambda reason: JOBS_FAILED.labels(reason=reason or "Unknown").inc(),
     Outcome.RESTARTED: lambda reason: JOBS_RESTARTED.inc(),
+    Outcome.REPLACED: lambda reason: ROLLOUT_PODS_REPLACED.inc(),
 }
 
 
 def count(outcome: Outcome, reason: str = "") -> None:
-    """Count one job outcome (``created``, ``succeeded``, ``failed``, ``restarted``)."""
+    """Count one job outcome (``created``, ``succeeded``, ``failed``, ``restarted``,
+    ``replaced``)."""
     _OUTCOMES[outcome](reason)
 
 

@@ -297,6 +297,12 @@ class World:
             and p["metadata"]["labels"].get("agpo.dev/role") == role
         )  # fmt: skip
 
+    def replaced(self, pod: str, uid: str, namespace: str = NS) -> bool:
+        """The pod with ``uid`` was deleted (and maybe already recreated under its name by its
+        StatefulSet: a new uid)."""
+        now = self.get("pods", pod, namespace)
+        return now is None or now["metadata"]["uid"] != uid
+
     def set_progress(self, job: str, namespace: str = NS, **values: Any) -> None:
         self.progress[(namespace, job)] = values
 

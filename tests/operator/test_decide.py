@@ -167,18 +167,113 @@ def test_a_failed_trainer_pod_restarts_the_group_and_counts_once() -> None:
     assert ok.status["phase"] == "Running" and cond(ok, "Restarting")["reason"] == "Recovered"
 
 
-def test_a_restarted_vllm_server_restarts_the_group_and_is_replaced() -> None:
+def server(name: str, message: str, *, restarts: int = 0) -> PodView:
+    """A vLLM pod whose container ended with ``message``: Failed, or restarted by the kubelet
+    (``restarts``: it runs again, its last state holds the exit)."""
+    terminated = {"exitCode": 137, "reason": "Error", "message": message}
+    state = (
+        {"state": {"running": {}}, "lastState": {"terminated": terminated}}
+        if restarts
+        else {"state": {"terminated": terminated}}
+    )
+    return PodView.of({
+        "metadata": {"name": name},
+        "status": {"phase": "Running" if restarts else "Failed",
+                   "containerStatuses": [{"name": "vllm", "restartCount": restarts, **state}]},
+    })  # fmt: skip
+
+
+def pool_of_two() -> tuple[AGPOJobSpec, dict[str, Any]]:
+    """A job with two vLLM servers, Running."""
+    s = spec(rollout__replicas=2)
+    pods = {"rollout_pods": (PodView("j-rollout-0", "Running", ready=True),
+                             PodView("j-rollout-1", "Running", ready=True)),
+            "trainer_pods": (PodView("j-trainer-0-x", "Running", index=0),)}  # fmt: skip
+    status = decide(observe(created(s), s, **pods)).status
+    assert status["phase"] == "Running"
+    return s, status
+
+
+@pytest.mark.parametrize("restarts", [0, 1], ids=["failed", "restarted"])
+def test_a_vllm_server_failing_while_the_job_runs_is_replaced_and_the_trainer_goes_on(
+    restarts: int,
+) -> None:
+    s, status = pool_of_two()
+    broken = server("j-rollout-1", "transient: CUDA error: an illegal memory access",
+                    restarts=restarts)  # fmt: skip
+    pods = {"rollout_pods": (PodView("j-rollout-0", "Running", ready=True), broken),
+            "trainer_pods": (PodView("j-trainer-0-x", "Running", index=0),)}  # fmt: skip
+    d = decide(observe(status, s, **pods))
+    assert d.actions == [DeletePods(("j-rollout-1",))]  # the trainer Job is not touched
+    assert d.status["phase"] == "Running" and d.status["restarts"] == 0
+    assert cond(d, "Restarting")["reason"] == "NoRestart"
+    assert d.counters == [("replaced", "RolloutPodFailed")]
+    warnings = [e for e in d.events if e.reason == "RolloutPodFailed"]
+    assert len(warnings) == 1 and warnings[0].type == "Warning"
+    message = warnings[0].message
+    assert message.startswith("rollout pod j-rollout-1 failed: container vllm exited with code "
+                              "137 (Error): transient: CUDA error: an illegal memory access")  # fmt: skip
+    assert "the trainer goes on" in message and "\n" not in message
+    # The pod being replaced is no ready server any more: one of two serves.
+    assert cond(d, "RolloutReady")["message"] == "1/2 vLLM servers ready"
+    # Seen again while it goes away: nothing more is done, said or counted.
+    going = dataclasses.replace(broken, deleting=True)
+    again = decide(
+        observe(d.status, s, **{**pods, "rollout_pods": (pods["rollout_pods"][0], going)})
+    )
+    assert again.actions == [] and again.counters == [] and again.status["restarts"] == 0
+    assert [e for e in again.events if e.reason == "RolloutPodFailed"] == []
+
+
+def test_the_only_server_failing_after_the_job_ran_is_replaced_again_and_again() -> None:
+    """With one server the job waits (Initializing: none serves) while its replacement loads;
+    a replacement that fails then is replaced too: the group has run, so the trainer decides
+    (it fails when no server serves for its rollout timeout)."""
     status = decide(observe(created(), **running_pods())).status
+    trainer = {"trainer_pods": (PodView("j-trainer-0-x", "Running", index=0),)}
+    first = decide(observe(status, rollout_pods=(server("j-rollout-0", "Killed", restarts=1),),
+                           **trainer))  # fmt: skip
+    assert first.actions == [DeletePods(("j-rollout-0",))] and first.status["restarts"] == 0
+    loading = decide(observe(first.status, rollout_pods=(PodView("j-rollout-0", "Pending"),),
+                             **trainer))  # fmt: skip
+    assert loading.status["phase"] == "Initializing" and loading.actions == []
+    again = decide(observe(loading.status, rollout_pods=(server("j-rollout-0", "Killed"),),
+                           **trainer))  # fmt: skip
+    assert again.actions == [DeletePods(("j-rollout-0",))] and again.status["restarts"] == 0
+    assert [e.reason for e in again.events] == ["RolloutPodFailed"]
+
+
+def test_a_vllm_server_failing_before_the_group_ran_restarts_it_and_is_replaced() -> None:
+    """Before the group first runs a failed server counts against backoffLimit, as it did
+    before the pool was elastic: a crash loop at start ends there."""
     broken = {
-        "rollout_pods": (PodView("j-rollout-0", "Running", ready=True, restarts=1),),
+        "rollout_pods": (server("j-rollout-0", "OOMKilled", restarts=1),),
         "trainer_pods": (PodView("j-trainer-0-x", "Running", index=0),),
     }
-    d = decide(observe(status, **broken))
+    d = decide(observe(created(), **broken))
     assert cond(d, "Restarting")["reason"] == "RolloutPodFailed" and d.status["restarts"] == 1
     assert d.actions == [DeleteTrainer(), DeletePods(("j-rollout-0",))]
-    # Seen again while restarting: replaced, not counted again.
+    # Seen again while restarting: replaced, not counted or said again.
     again = decide(observe(d.status, trainer_job=tj(1), **broken))
     assert again.status["restarts"] == 1 and again.actions == [DeletePods(("j-rollout-0",))]
+    assert again.counters == [] and again.events == []
+
+
+@pytest.mark.parametrize("ran", [True, False], ids=["running", "starting"])
+def test_a_permanent_vllm_failure_fails_the_job(ran: bool) -> None:
+    s, status = (
+        pool_of_two() if ran else (spec(rollout__replicas=2), created(spec(rollout__replicas=2)))
+    )
+    reason = "model /models/policy cannot load: config.json missing"
+    pods = {"rollout_pods": (PodView("j-rollout-0", "Running", ready=True),
+                             server("j-rollout-1", f"Traceback ...\npermanent: {reason}")),
+            "trainer_pods": (PodView("j-trainer-0-x", "Running", index=0),)}  # fmt: skip
+    d = decide(observe(status, s, **pods))
+    assert d.status["phase"] == "Failed" and d.status["restarts"] == 0
+    failed = cond(d, "Failed")
+    assert failed["reason"] == "PermanentFailure"
+    assert "rollout pod j-rollout-1" in failed["message"] and reason in failed["message"]
+    assert DeletePods not in acts(d) and DeleteTrainer not in acts(d)
 
 
 def test_the_backoff_limit_turns_a_failure_into_failed() -> None:

@@ -3,12 +3,16 @@
 (a) checkpoints survive pod replacement (a claim by default); (b) permanent failures fail at
 once with the trainer's reason, transient ones restart with it; (c) no endless waiting
 (startupTimeoutSeconds); (d) the final progress after success, and deleted static children
-recreated. The pure decisions behind them are in test_decide.py.
+recreated; (e) a vLLM server that fails while the job runs is replaced alone, the trainer goes
+on (the elastic pool). The pure decisions behind them are in test_decide.py.
 """
 
 from __future__ import annotations
 
-from test_operator import clean, run_to_running
+from typing import Any
+
+from test_operator import clean, counter, run_to_running
+from test_scaling import trainer_identity
 
 from agpo_api.termination import FailureKind, format_success, format_termination
 
@@ -154,3 +158,68 @@ async def test_deleted_static_children_are_recreated(world: World, operator: Ope
     assert world.status("mend")["phase"] == "Running" and world.status("mend")["restarts"] == 0
     assert all("-> 404" in e and "GET" in e for e in world.errors())
     assert world.forbidden() == []
+
+
+async def test_a_vllm_server_that_fails_while_running_is_replaced_and_the_trainer_goes_on(
+    world: World, operator: Operator
+) -> None:
+    """(e) backoffLimit 0: a counted restart would fail the job at once."""
+    replaced_before = counter("agpo_operator_rollout_pods_replaced_total")
+    await world.create_job(sample(name="pool", rollout__replicas=2, runPolicy__backoffLimit=0))
+    await run_to_running(world, "pool")
+    trainer = trainer_identity(world, "pool")
+    first_running = len(world.versions("agpojobs", "pool")) - 1
+
+    def failures() -> list[dict[str, Any]]:
+        return [e for e in world.events("pool") if e["reason"] == "RolloutPodFailed"]
+
+    # A server dies (the pod fails), then another restarts in place (the kubelet did it).
+    transient = format_termination(FailureKind.TRANSIENT, "CUDA error: an illegal memory access")
+    kills = (("pool-rollout-1", "Failed", None, 0), ("pool-rollout-0", "Running", True, 1))
+    for n, (pod, phase, ready, restarts) in enumerate(kills, start=1):
+        uid = world.get("pods", pod)["metadata"]["uid"]
+        await world.set_pod(pod, phase, ready=ready, restarts=restarts, exit_code=137,
+                            message=transient)  # fmt: skip
+        await eventually(lambda p=pod, u=uid: world.replaced(p, u), what=f"{pod} replaced")
+        await eventually(lambda k=n: len(failures()) == k, what=f"{n} RolloutPodFailed events")
+        events = failures()
+        assert events[-1]["type"] == "Warning"
+        message = events[-1]["message"]
+        assert message.startswith(f"rollout pod {pod} failed: container main exited with code 137")
+        assert "CUDA error: an illegal memory access" in message
+        assert "the trainer goes on" in message and "\n" not in message
+        assert await world.sync_rollout("pool") == [pod]  # the StatefulSet recreates it
+        await eventually(lambda: world.condition("pool", "RolloutReady").get("status") == "True")
+
+    # The trainer: the same Job and pods, never restarted; the job Running in every state since.
+    assert trainer_identity(world, "pool") == trainer
+    assert len(world.creates("jobs")) == 1 and world.deletes("jobs") == []
+    assert [s.request.name for s in world.deletes("pods")] == ["pool-rollout-1", "pool-rollout-0"]
+    phases = {(v.get("status") or {}).get("phase")
+              for v in world.versions("agpojobs", "pool")[first_running:]}  # fmt: skip
+    assert phases == {"Running"}
+    assert world.status("pool")["restarts"] == 0
+    assert world.condition("pool", "Restarting")["reason"] == "NoRestart"
+    assert len(failures()) == 2  # one Warning per failure
+    await eventually(
+        lambda: counter("agpo_operator_rollout_pods_replaced_total") == replaced_before + 2
+    )
+    clean(world)
+
+
+async def test_a_permanent_vllm_failure_still_fails_the_job(
+    world: World, operator: Operator
+) -> None:
+    await world.create_job(sample(name="noload", rollout__replicas=2))
+    await run_to_running(world, "noload")
+    reason = "model /models/policy cannot load: config.json is missing"
+    message = f"Traceback ...\n{format_termination(FailureKind.PERMANENT, reason)}"
+    await world.set_pod("noload-rollout-1", "Failed", exit_code=1, message=message)
+    await eventually(lambda: world.status("noload").get("phase") == "Failed")
+    failed = world.condition("noload", "Failed")
+    assert failed["reason"] == "PermanentFailure"
+    assert "rollout pod noload-rollout-1" in failed["message"] and reason in failed["message"]
+    assert world.status("noload")["restarts"] == 0
+    assert len(world.creates("jobs", "noload-trainer")) == 1
+    await eventually(lambda: "PermanentFailure" in world.reasons("noload"))
+    clean(world)
