@@ -59,7 +59,8 @@ def _run_policy(*names: str) -> tuple[Mutable, ...]:
 
 
 #: The rollout pool is elastic: the operator scales the StatefulSet and the trainer finds the
-#: servers by DNS at each step boundary. Except where a pod count is fixed at creation:
+#: servers by DNS at each step boundary (an nccl pool within its block of sync ports, which
+#: the trainer's NetworkPolicy admits whole). Except where a pod count is fixed at creation:
 ROLLOUT_REPLICAS = Mutable(
     ("rollout", "replicas"),
     refusals=(
@@ -68,12 +69,6 @@ ROLLOUT_REPLICAS = Mutable(
             "runPolicy.gang is set: the gang's size (every trainer and vLLM pod) is fixed when "
             "it is admitted, and scaling it would need each extra pod admitted on its own, "
             "which is not built",
-        ),
-        Refusal(
-            lambda spec: spec.rollout.weight_sync.backend == "nccl",
-            "rollout.weightSync.backend is nccl: server i joins on its own port "
-            "(weightSync.port + i) and the trainer's NetworkPolicy admits only the ports of "
-            "the servers the job was created with",
         ),
     ),
 )

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agpo_api import parse_job
+from agpo_api.layout import NCCL_SYNC_PORTS
 from agpo_operator.builders import BuildOptions, build_children
 
 from operator_support import sample
@@ -159,8 +160,9 @@ def test_policies_select_exactly_the_job_pods() -> None:
     assert by_name["a-trainer"]["ingress"][1]["ports"] == [{"protocol": "TCP", "port": 9400}]
 
 
-def test_nccl_weight_sync_admits_one_store_port_per_rollout_replica() -> None:
-    """vLLM's nccl engine gives replica i the rendezvous port weightSync.port + i."""
+def test_nccl_weight_sync_admits_the_block_of_store_ports_of_any_pool_size() -> None:
+    """vLLM's nccl engine gives server i the rendezvous port weightSync.port + i; the pool may
+    be scaled, so the whole block of NCCL_SYNC_PORTS is admitted, whatever the replicas."""
     manifest = sample("qwen-math-gpu", name="gpu", rollout__replicas=3)
     found = [
         o for o in build_children(parse_job(manifest), NS, NO_RANGE) if o["kind"] == "NetworkPolicy"
@@ -169,9 +171,9 @@ def test_nccl_weight_sync_admits_one_store_port_per_rollout_replica() -> None:
         p for p in found if p["spec"]["podSelector"]["matchLabels"]["agpo.dev/role"] == "trainer"
     )
     rollout_pod = pod("gpu", "rollout")
-    for port in (29600, 29601, 29602):
+    for port in (29600, 29601, 29602, 29600 + NCCL_SYNC_PORTS - 1):
         assert admits([trainer], pod("gpu", "trainer"), rollout_pod, port), port
-    assert not admits([trainer], pod("gpu", "trainer"), rollout_pod, 29603)
+    assert not admits([trainer], pod("gpu", "trainer"), rollout_pod, 29600 + NCCL_SYNC_PORTS)
 
 
 def test_a_job_cannot_switch_off_the_rollout_token_check() -> None:

@@ -18,6 +18,7 @@ import base64
 
 from agpo_api import AGPOJob
 from agpo_api.layout import (
+    NCCL_SYNC_PORTS,
     RENDEZVOUS_PORT,
     ROLLOUT_PORT,
     TOKEN_KEY,
@@ -137,11 +138,11 @@ def build_trainer_network_policy(job: AGPOJob, n: Names, options: BuildOptions) 
     the monitoring namespace, if configured.
     """
     sync_port = job.spec.rollout.weight_sync.port
-    # nccl: one rendezvous store per rollout replica, on sync_port + i (docs/weight-sync.md);
-    # gloo: one store for all of them.
-    sync = job.spec.rollout.weight_sync
-    last_sync_port = sync_port + job.spec.rollout.replicas - 1 if sync.backend == "nccl" else None
-    sync_ports = _tcp(sync_port, last_sync_port) if last_sync_port != sync_port else _tcp(sync_port)
+    # nccl: one rendezvous store per server, on sync_port + i with i the lowest index free
+    # (docs/weight-sync.md): the whole block, so a scaled pool needs no new policy (a rule
+    # keeps replicas <= NCCL_SYNC_PORTS); gloo: one store for all of them.
+    nccl = job.spec.rollout.weight_sync.backend == "nccl"
+    sync_ports = _tcp(sync_port, sync_port + NCCL_SYNC_PORTS - 1) if nccl else _tcp(sync_port)
     metrics_port = job.spec.metrics.port
     metrics_from = [_namespace_peer(options.operator_namespace)]
     if options.monitoring_namespace and options.monitoring_namespace != options.operator_namespace:
