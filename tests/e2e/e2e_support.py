@@ -60,6 +60,15 @@ def wait_for(
     pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+def step_records(log: Path) -> list[dict[str, Any]]:
+    """The step records rank 0 logged in ``log`` (none while it does not exist)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    return [json.loads(ln.split(" step ", 1)[1]) for ln in text.splitlines() if " step {" in ln]
+
+
 def job_file(tmp_path: Path, **overrides: Any) -> Path:
     """The tiny job with ``spec.training`` etc. entries overridden, written to a file."""
     doc = json.loads(json.dumps(TINY_JOB))

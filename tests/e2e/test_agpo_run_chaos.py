@@ -13,7 +13,6 @@ never on plain sleeps.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import signal
@@ -21,7 +20,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -29,21 +27,13 @@ import pytest
 from agpo_api import load_job
 from agpo_trainer.data import PromptSampler, load_examples
 
-from e2e_support import job_file, kill_group, wait_for
+from e2e_support import job_file, kill_group, step_records, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SEED = int(os.environ.get("AGPO_CHAOS_SEED", "20261201"))
 STEPS, EVERY = 30, 5
 KINDS = ("trainer rank", "trainer group", "vLLM server")
-
-
-def step_records(log: Path) -> list[dict[str, Any]]:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return []
-    return [json.loads(ln.split(" step ", 1)[1]) for ln in text.splitlines() if " step {" in ln]
 
 
 def family(pid: int) -> list[psutil.Process]:

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -36,17 +35,9 @@ from agpo_trainer.data import PromptSampler, load_examples
 from agpo_trainer.models import resolve_model_path
 from agpo_trainer.rollout.server import VLLMServer
 
-from e2e_support import job_file, kill_group, wait_for
+from e2e_support import job_file, kill_group, step_records, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def step_records(log: Path) -> list[dict[str, Any]]:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return []
-    return [json.loads(ln.split(" step ", 1)[1]) for ln in text.splitlines() if " step {" in ln]
 
 
 def expected_prompts(job: Path, steps: int) -> dict[int, list[int]]:
