@@ -103,9 +103,9 @@ def cmd_scale(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     if not servers_file(run_dir).exists():
         print(
-            f"agpo scale: error: {run_dir} is not the work directory of an `agpo run` "
-            f"(no {servers_file(run_dir).relative_to(run_dir)}); pass the run's --workdir "
-            "(default ./runs/NAME)",
+            f"agpo scale: error: no running `agpo run` in {run_dir} (no "
+            f"{servers_file(run_dir).relative_to(run_dir)}: it lists a running run's servers "
+            "once they are up); pass the run's --workdir (default ./runs/NAME)",
             file=sys.stderr,
         )
         return EXIT_INVALID

@@ -126,7 +126,6 @@ def test_a_server_started_mid_run_joins_serves_batches_and_leaves_again(
         new_log = workdir / "logs" / "vllm-1.log"
         wait_for(lambda: completions_served(new_log) > 0, 120, "the new server to serve")
         wait_for(lambda: reached(proc, log, joined_at + 2), 300, "two more steps")
-        scaled_down_after = step_records(log)[-1]["step"]
         scale(workdir, 1)
         _, stderr = proc.communicate(timeout=600)
     finally:
@@ -138,9 +137,9 @@ def test_a_server_started_mid_run_joins_serves_batches_and_leaves_again(
     assert "left the pool" in text  # scaled back to one: dropped at a boundary
     assert records[0]["rolloutServers"] == 1 and records[-1]["rolloutServers"] == 1
     assert max(r["servingServers"] for r in records) == 2
-    # a join never left a server behind (after the scale-down, the stopped server may be
-    # asked once before it is unlisted: a step may say it lagged)
-    assert all(r["laggingServers"] == [] for r in records if r["step"] <= scaled_down_after)
+    # a join never left a server behind, and a server scaled away is not "lagging" (a
+    # stopped server asked before it is unlisted is silent, not behind)
+    assert all(r["laggingServers"] == [] for r in records)
     assert "; restart " not in stderr  # nothing was restarted for the scaling
     assert "is up; the trainer joins it" in stderr and "stopped vLLM server" in stderr
     print(f"\njoined at step {joined_at}; new server answered {completions_served(new_log)} "

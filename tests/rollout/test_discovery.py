@@ -30,7 +30,9 @@ def test_a_file_is_read_again_on_every_call(tmp_path: Path) -> None:
     path = tmp_path / "servers"
     found = discovery_from(f"file://{path}")
     assert isinstance(found, FileDiscovery) and found.urls() == []  # not written yet
-    path.write_text("http://127.0.0.1:8001\n\n# a comment\nhttp://127.0.0.1:8002/  # second\n")
+    path.write_text(
+        "http://127.0.0.1:8001\n\n# a comment\nhttp://127.0.0.1:8002/  # second\nnot-a-url\n"
+    )
     assert found.urls() == ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
     path.write_text("http://127.0.0.1:8002\nhttp://127.0.0.1:8002\n")
     assert found.urls() == ["http://127.0.0.1:8002"]  # duplicates once
@@ -51,6 +53,11 @@ def test_dns_lists_every_address_of_the_name() -> None:
     [
         ("dns://rollout", "dns://HOST:PORT"),
         ("dns://rollout:80/path", "dns://HOST:PORT"),
+        ("dns://rollout:abc", "dns://HOST:PORT"),
+        ("dns://rollout:99999", "PORT 1-65535"),
+        ("dns://rollout:0", "PORT 1-65535"),
+        ("dns://[::1:80", "dns://HOST:PORT"),
+        ("dns://user@rollout:80", "dns://HOST:PORT"),
         ("file://relative/servers", "file:///ABSOLUTE/PATH"),
         ("consul://x", "use one of dns://..., file://..."),
         ("rollout:8000", "use one of"),

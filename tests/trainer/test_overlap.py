@@ -56,6 +56,12 @@ class Servers:
             with self.lock:
                 self.generating -= 1
 
+    def refresh(self, weights: Any, version: int) -> float:
+        assert self.generating == 0, "the pool refreshed while a generation runs"
+        assert self.version == version, "refreshed with another version than the served one"
+        self.events.append(("refresh", version))
+        return 0.25
+
     def push(self, weights: Any, version: int) -> float:
         assert self.generating == 0, "weights pushed while a generation runs"
         self.version = version
@@ -76,6 +82,7 @@ def pipeline(depth: int, total: int, servers: Servers) -> RolloutPipeline[Any, A
         sampler_state=servers.sampler.state_dict,
         served=0,
         weights=None,
+        refresh=servers.refresh,
     )
 
 
@@ -229,3 +236,18 @@ def test_check_staleness_refuses_too_old_or_newer_batches() -> None:
     with pytest.raises(ValueError, match="maxStaleness must be 0 or 1"):
         RolloutPipeline(depth=2, total_steps=1, generate=lambda *a: None, push=lambda w, v: 0.0,
                         sampler_state=dict, served=0, weights=None)  # fmt: skip
+
+
+def test_the_pool_is_refreshed_at_every_boundary_before_a_prefetch_starts() -> None:
+    """maxStaleness 1: the prefetch may not push, so new or lagging servers are joined at
+    the boundary, after the deferred push and before the next generation starts (on the
+    loop's thread, with the newest served version)."""
+    servers, records = run_loop(1, 4)
+    kinds = [e[0] for e in servers.events]
+    assert kinds.count("refresh") == 3  # before the prefetch of steps 2, 3 and 4
+    for i, event in enumerate(servers.events):
+        if event[0] == "refresh":
+            nxt = next(e for e in servers.events[i + 1 :] if e[0] in ("generated", "replaced"))
+            assert nxt[0] == "generated" and nxt[2] == event[1]  # generated with that version
+    # step 1: refresh; 2, 3: the deferred push + refresh; 4: deferred push + the last push
+    assert [r["sync"] for r in records] == [0.25, 0.75, 0.75, 1.0]

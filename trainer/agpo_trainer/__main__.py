@@ -65,10 +65,11 @@ def _permanent_errors() -> tuple[type[BaseException], ...]:
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
     """Faults of the moment (a server that went away): one line, and a restart may help."""
+    from agpo_trainer.rollout.backend import WeightSyncFailed
     from agpo_trainer.rollout.client import RolloutError
     from agpo_trainer.rollout.http import HttpCallError
 
-    found: list[type[BaseException]] = [RolloutError, HttpCallError]
+    found: list[type[BaseException]] = [RolloutError, HttpCallError, WeightSyncFailed]
     try:
         from agpo_trainer.rollout.weight_sync import WeightSyncError
 

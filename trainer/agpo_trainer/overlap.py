@@ -44,6 +44,9 @@ W = TypeVar("W")  # the weights to push (a gathered state dict, or None for the 
 Generate = Callable[[int, int, Any, bool], Any]
 #: ``push(weights, version)``: the seconds a push of ``weights`` as ``version`` took.
 Push = Callable[[Any, int], float]
+#: ``refresh(weights, version)``: a step boundary's pool work (servers joined, caught up or
+#: dropped: ``RolloutBackend.refresh``), the seconds it took.
+Refresh = Callable[[Any, int], float]
 
 
 class StalenessError(RuntimeError):
@@ -123,11 +126,13 @@ class RolloutPipeline(Generic[B, W]):
         sampler_state: Callable[[], dict[str, int]],
         served: int,
         weights: W,
+        refresh: Refresh | None = None,
     ) -> None:
         if depth not in (0, 1):
             raise ValueError(f"training.maxStaleness must be 0 or 1, got {depth}")
         self.depth, self.total_steps = depth, total_steps
         self._generate, self._push, self._sampler_state = generate, push, sampler_state
+        self._refresh = refresh
         self.served = served  # the version every server serves (once nothing is deferred)
         self.served_weights: W = weights  # its gathered copy (FSDP), else None
         self._prefetch: _Prefetch[B] | None = None
@@ -148,6 +153,10 @@ class RolloutPipeline(Generic[B, W]):
                 )
             got = self._now(step)
         if self.depth and step + 1 < self.total_steps:
+            # The boundary, on this thread, nothing in flight: the pool joins new servers
+            # and catches up lagging ones before the prefetch (which may not push) starts.
+            if self._refresh is not None:
+                sync_s += self._refresh(self.served_weights, self.served)
             self._start(step + 1)
         assert got.batch is not None
         return got.batch, got.version, sync_s

@@ -158,6 +158,7 @@ def train(
             sampler_state=sampler.state_dict,
             served=version,
             weights=weights,
+            refresh=lambda w, v: ensure_served(rank0, policy, w, v),
         )
 
     def evaluate() -> None:  # rank 0, between steps: no training request is in flight
@@ -286,7 +287,7 @@ def rollout(
 
 def ensure_served(
     servers: RolloutBackend, policy: Policy, weights: dict[str, Tensor] | None, served: int
-) -> None:
+) -> float:
     """Rank 0, at a step boundary: every server that will generate serves version ``served``
     (new servers joined and pushed it, replaced or lagging ones pushed it again, gone ones
     dropped: :meth:`RolloutBackend.refresh`).
@@ -295,7 +296,7 @@ def ensure_served(
     the module is, since it changes only in the update after which it is pushed (or, with
     ``weightSync.everySteps > 1``, it is newer: then the servers get the newer weights,
     under the version they serve, until the next regular push)."""
-    servers.refresh(policy.module if weights is None else weights, served)
+    return servers.refresh(policy.module if weights is None else weights, served)
 
 
 def pool_figures(servers: RolloutBackend | None, metrics: TrainerMetrics) -> dict[str, Any]:

@@ -12,6 +12,7 @@ unlisted before it is stopped."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,11 +51,13 @@ def read_replicas(workdir: Path) -> int | None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old or the new content, never half of it."""
+    """Readers see the old or the new content, never half of it (a temporary file of its
+    own per writer: `agpo scale` and `agpo run` may write the same file at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
 
 
 class LocalServers:
@@ -96,9 +99,10 @@ class LocalServers:
         for server in list(self._starting):
             if server.poll() is not None:  # it died starting: say so, ask for what there is
                 self._starting.remove(server)
+                count = len(self._servers) + len(self._starting)
                 say(console, f"agpo run: a new vLLM server failed to start (log: "
-                             f"{server.log_path}); staying at {len(self._servers)}")  # fmt: skip
-                write_atomically(replicas_file(self._workdir), f"{len(self._servers)}\n")
+                             f"{server.log_path}); asking for {count}")  # fmt: skip
+                write_atomically(replicas_file(self._workdir), f"{count}\n")
             elif server.healthy():
                 self._starting.remove(server)
                 self._servers.append(server)
@@ -134,6 +138,9 @@ class LocalServers:
             say(console, f"agpo run: vLLM server {self._servers[i].url} is serving again")
 
     def stop(self) -> None:
+        # Unlisted first: the discovery file says a run's servers are up (`agpo scale` reads
+        # its presence as "this run is running").
+        self.discovery.unlink(missing_ok=True)
         for server in [*self._servers, *self._starting]:
             server.stop()
 

@@ -250,9 +250,11 @@ class RolloutClient:
                         policy=NO_RETRY,
                     )
                 except HttpCallError as exc:
-                    if not exc.transient or time.monotonic() >= deadline or waits is None:
+                    if not exc.transient or time.monotonic() >= deadline:
                         raise RolloutError(f"rollout failed: {exc}") from None
                     last = exc
+            if waits is None:  # no retries: one round over the servers
+                raise RolloutError(f"rollout failed: {last}") from None
             rounds += 1
             pause = min(float(waits(_Attempt(rounds))), deadline - time.monotonic())
             if pause <= 0:

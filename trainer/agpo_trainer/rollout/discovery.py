@@ -52,11 +52,13 @@ class FileDiscovery:
 
     def urls(self) -> list[str]:
         try:
-            text = self.path.read_text()
+            text = self.path.read_text(errors="replace")
         except OSError:
             return []
         lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-        return list(dict.fromkeys(u.rstrip("/") for u in lines if u))
+        # only what the rollout client can call: a stray line is not a server
+        urls = (u.rstrip("/") for u in lines if u.startswith(("http://", "https://")))
+        return list(dict.fromkeys(urls))
 
 
 def _http(address: str, port: int) -> str:
@@ -81,10 +83,16 @@ class DnsDiscovery:
 
 
 def _dns(rest: str) -> Discovery:
-    parts = urlsplit(f"//{rest}")
-    if not parts.hostname or parts.port is None or parts.path not in ("", "/"):
-        raise DiscoveryError(f"dns://{rest}: write dns://HOST:PORT (a headless Service)")
-    return DnsDiscovery(parts.hostname, parts.port)
+    how = f"dns://{rest}: write dns://HOST:PORT (a headless Service; PORT 1-65535)"
+    try:
+        parts = urlsplit(f"//{rest}")
+        port = parts.port  # raises for a port that is not a number or out of range
+    except ValueError:
+        raise DiscoveryError(how) from None
+    extra = parts.username or parts.password or parts.query or parts.fragment
+    if not parts.hostname or not port or parts.path not in ("", "/") or extra:
+        raise DiscoveryError(how)
+    return DnsDiscovery(parts.hostname, port)
 
 
 def _file(rest: str) -> Discovery:

@@ -150,6 +150,8 @@ def _attempt(
             f"(limit {timeout_s:.0f}s)",
             url=url,
         ) from None
+    except requests.RequestException as exc:  # a malformed URL and the like: never transient
+        raise HttpCallError(f"{method} {url} failed: {_short(str(exc), 160)}", url=url) from None
     if response.ok:
         return response
     reason = f"HTTP {response.status_code}: {_short(response.text)}"

@@ -27,11 +27,13 @@ involve no other server, which keeps generating with the weights it has.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agpo_api.layout import NCCL_SYNC_PORTS
 from agpo_trainer.rollout.backend import WeightSyncFailed
 from agpo_trainer.rollout.client import Completion, RolloutClient
 from agpo_trainer.rollout.discovery import Discovery, StaticDiscovery
@@ -90,8 +92,13 @@ class ElasticPool:
         *,
         ready_timeout_s: float,
         push_timeout_s: float,
+        max_servers: int | None = None,
     ) -> None:
         self.discovery = discovery
+        # nccl's block of sync ports bounds the pool; gloo has one port for all
+        self.max_servers = max_servers or (
+            NCCL_SYNC_PORTS if syncer.backend == "nccl" else sys.maxsize
+        )
         self.client = client
         self.syncer = syncer
         self.ready_timeout_s = ready_timeout_s
@@ -154,7 +161,7 @@ class ElasticPool:
         self.version = version
         for member in self.members.values():
             member.joined, member.retry_at = False, 0.0
-        self._catch_up(weights, version, wait=True)
+        self._catch_up(weights, version)
         return time.perf_counter() - start
 
     def refresh(self, weights: Weights, version: int) -> float:
@@ -165,13 +172,14 @@ class ElasticPool:
         self.version = version
         self._listed()  # an unlisted server leaves before it is asked anything
         self._verify(version)
-        self._catch_up(weights, version, wait=True)
+        self._catch_up(weights, version)
         return time.perf_counter() - start
 
     def lagging(self, version: int) -> dict[str, str]:
         """``{server: served version}`` of the serving servers that no longer serve
-        ``version`` (replaced in place while generating). One that does not answer left:
-        its requests went to the others, so it does not spoil the batch."""
+        ``version`` (replaced in place while generating; every member when none serves).
+        One that does not answer left: its requests went to the others, so it does not
+        spoil the batch."""
         return self._verify(version)
 
     def health(self) -> PoolHealth:
@@ -195,8 +203,11 @@ class ElasticPool:
     # --- the boundary's parts -------------------------------------------------------------
 
     def _verify(self, version: int) -> dict[str, str]:
-        """Ask each serving server what it serves; a changed one is caught up next, a silent
-        one is no longer given prompts."""
+        """Ask each serving server what it serves; a changed one (replaced in place) is
+        returned and caught up at the next boundary. A silent one gets no prompts until it
+        answers again, without counting as lagging: it died or is being scaled away, and
+        its requests in flight went to the others. When no server serves ``version`` any
+        more, every member is returned: a batch must not be trusted then."""
         changed: dict[str, str] = {}
         for url in self.serving():
             member = self.members[url]
@@ -208,14 +219,27 @@ class ElasticPool:
                     timeout_s=PROBE_TIMEOUT_S,
                 ).json()
             except (HttpCallError, ValueError) as exc:
-                self._miss(member, f"does not answer ({exc})", 0.0)
+                self._silent(member, exc)
                 continue
-            served = str(answer.get("weight_version"))
+            served = str(answer.get("weight_version") if isinstance(answer, dict) else None)
             if served != str(version):
                 changed[url] = served
                 self._miss(member, f"serves version {served}, not {version} (replaced?)", 0.0)
         self._publish()
+        if not self.serving():
+            changed.update({u: str(m.served) for u, m in self.members.items()})
         return changed
+
+    def _silent(self, member: Member, exc: Exception) -> None:
+        """``member`` does not answer: no prompts, no group, asked again at the next boundary
+        (not a missed push: no WeightSyncDegraded for a server that went away)."""
+        self._drop_group(member)
+        member.joined, member.served, member.retry_at = False, None, 0.0
+        log.warning(
+            "rollout server %s does not answer (%s); it gets no prompts until it answers again",
+            member.url,
+            _one_line(str(exc)),
+        )
 
     def _listed(self) -> list[str]:
         """The discovery's servers: new ones become members (not joined yet), gone ones leave."""
@@ -226,13 +250,19 @@ class ElasticPool:
             log.warning("rollout server %s left the pool", url)
             self.syncer.remove(self.members.pop(url).server)
         for url in [u for u in urls if u not in self.members]:
+            if len(self.members) >= self.max_servers:
+                # nccl: server i joins on weightSync.port + i, and only NCCL_SYNC_PORTS of
+                # them are admitted (a terminating pod and its replacement, listed at once)
+                log.warning("rollout server %s waits: the pool has %d servers, the most "
+                            "this transport admits", url, self.max_servers)  # fmt: skip
+                continue
             # A discovered server becomes a member once it answers (the headless Service
             # lists pods still loading their model); a fixed one is one from the start.
             if isinstance(self.discovery, StaticDiscovery) or _healthy(url):
                 self.members[url] = Member(self.syncer.add(url))
         return urls
 
-    def _catch_up(self, weights: Weights, version: int, *, wait: bool) -> None:
+    def _catch_up(self, weights: Weights, version: int) -> None:
         """Join and push every member not serving ``version`` whose retry is due; while none
         serves, look again until the ready timeout."""
         deadline = time.monotonic() + self.ready_timeout_s
@@ -246,7 +276,7 @@ class ElasticPool:
             if due:
                 self._join_and_push(due, weights, version)
             self._publish()
-            if self.serving() or not wait:
+            if self.serving():
                 return
             if time.monotonic() >= deadline:
                 raise WeightSyncFailed(
@@ -287,9 +317,17 @@ class ElasticPool:
             if url in self.members:
                 self._miss(self.members[url], f"missed weight version {version}: {why}")
 
+    def _drop_group(self, member: Member) -> None:
+        # A transport that cannot tear a group down (vLLM's nccl engine shutting down a dead
+        # peer's communicator) must not stop the boundary: the group is forgotten anyway.
+        try:
+            self.syncer.transport.drop(member.server)
+        except Exception as exc:
+            log.warning("dropping the weight-sync group of %s failed: %s", member.url, exc)
+
     def _miss(self, member: Member, why: str, backoff: float | None = None) -> None:
         """``member`` gets no prompts until it is joined and pushed again, after a backoff."""
-        self.syncer.transport.drop(member.server)
+        self._drop_group(member)
         member.joined, member.served = False, None
         member.misses += 1
         delay = (
@@ -308,8 +346,7 @@ class ElasticPool:
     def _publish(self) -> None:
         """Hand the serving servers to the client; say once when the set of laggards moves."""
         serving = self.serving()
-        if serving:
-            self.client.set_urls(serving)
+        self.client.set_urls(serving)  # none: generate fails at once instead of guessing
         lagging = frozenset(self._lagging())
         if lagging != self._reported and self.version is not None:
             if lagging:
@@ -327,9 +364,6 @@ class ElasticPool:
     def _why_not(self) -> str:
         listed = ", ".join(sorted(self.members)) or "none listed"
         return f"servers: {listed}"
-
-    def close(self) -> None:
-        self.syncer.close()
 
 
 def _healthy(url: str) -> bool:

@@ -276,8 +276,8 @@ class WeightSyncer:
         gloo each server gets one HTTP round trip (the plugin's `/agpo/push_weights`:
         pause, load, resume, version) while the buckets, packed once, are broadcast to
         all servers at once. Raises `WeightSyncError` on any failure; a server may then
-        stay paused with partially loaded weights, so the next push joins again first
-        (`push_weights` in the loop resyncs).
+        stay paused with partially loaded weights, so it must be joined again first (the
+        trainer's pool uses :meth:`push_each` and lets such a server lag instead).
         """
         if not self._initialized:
             raise WeightSyncError("WeightSyncer.init() must succeed before push()")
@@ -346,16 +346,6 @@ class WeightSyncer:
             s.url: str(a.get("weight_version")) for s, a in zip(self.servers, answers, strict=True)
         }
         return {url: v for url, v in served.items() if v != str(version)}
-
-    def resync(self, model: Weights, version: int) -> float:
-        """Join every server again (a new process has no group with this one; the live ones
-        get a fresh group, which a re-init always makes) and push ``model`` as ``version``;
-        the seconds it took."""
-        start = time.perf_counter()
-        self.close()
-        self.init()
-        self.push(model, version)
-        return time.perf_counter() - start
 
     # --- queries / teardown ------------------------------------------------------------
 
