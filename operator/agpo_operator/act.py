@@ -12,6 +12,7 @@ action (the spec the children were built from, the job's own deletion) it record
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from agpo_operator.actions import (
 from agpo_operator.builders import BuildOptions, Child, Registry
 from agpo_operator.builders.child import AGPOJOB, POD, Built, Creation, Identity, Lifetime, waves
 from agpo_operator.builders.common import JOB_LABEL, Names
-from agpo_operator.builders.rollout import ROLLOUT_STATEFULSET
+from agpo_operator.builders.rollout import ROLLOUT_EXTRA, ROLLOUT_STATEFULSET
 from agpo_operator.builders.storage import retained
 from agpo_operator.builders.trainer import TRAINER_JOB
 from agpo_operator.kube import ApiError, Kube, Obj
@@ -58,6 +59,7 @@ class ActContext:
     has_api_group: Callable[[str], Awaitable[bool]]
     post_event: Callable[[Event], None]  # an Event on the AGPOJob
     children: Registry = builders.CHILDREN  # what the create and delete actions touch
+    gang_replicas: int | None = None  # the vLLM servers of the job's gang (pool.gang_minimum)
 
     def job(self) -> AGPOJob:
         """The job to build children for: this job's name with the spec to act on."""
@@ -69,9 +71,8 @@ class ActContext:
 
     def build(self, lifetime: Lifetime, creation: Creation | None = None) -> list[Built]:
         """This job's children of one lifetime, in creation order."""
-        return self.children.build(
-            lifetime, self.job(), self.names.namespace, self.options, creation or Creation()
-        )
+        made = dataclasses.replace(creation or Creation(), gang_replicas=self.gang_replicas)
+        return self.children.build(lifetime, self.job(), self.names.namespace, self.options, made)
 
 
 async def perform(ctx: ActContext, action: Action) -> None:
@@ -80,22 +81,24 @@ async def perform(ctx: ActContext, action: Action) -> None:
     match action:
         case CreateStatic(only):
             await _create_static(ctx, only)
-        case CreateRollout():
-            await create_in_order(ctx, ctx.build(Lifetime.ROLLOUT))
+        case CreateRollout(only):
+            built = ctx.build(Lifetime.ROLLOUT)
+            if only:
+                built = [(c, obj) for c, obj in built if child_key(obj) in set(only)]
+            await create_in_order(ctx, built)
         case CreateTrainer(attempt):
             await create_in_order(ctx, ctx.build(Lifetime.ATTEMPT, Creation(attempt=attempt)))
-        case ScaleRollout(replicas):
+        case ScaleRollout(replicas, extra):
             # The scale subresource: the operator may change the pool's size and nothing else
-            # of the StatefulSet (its RBAC grants patch on statefulsets/scale only).
+            # of a StatefulSet (its RBAC grants patch on statefulsets/scale only).
             scale = {"spec": {"replicas": replicas}}
-            name = ROLLOUT_STATEFULSET.name(n)
-            await kube.patch(
-                ROLLOUT_STATEFULSET.kind, n.namespace, name, scale, subresource="scale"
-            )
-        case DeleteRollout():
-            await _delete(ctx, Lifetime.ROLLOUT)
+            child = ROLLOUT_EXTRA if extra else ROLLOUT_STATEFULSET
+            await kube.patch(child.kind, n.namespace, child.name(n), scale, subresource="scale")
+        case DeleteRollout(main, extra):
+            chosen = ((ROLLOUT_STATEFULSET, main), (ROLLOUT_EXTRA, extra))
+            await _delete(ctx, tuple(child for child, wanted in chosen if wanted))
         case DeleteTrainer():
-            await _delete(ctx, Lifetime.ATTEMPT)
+            await _delete(ctx, ctx.children.of(Lifetime.ATTEMPT))
         case SuspendTrainer():
             suspend = {"spec": {"suspend": True}}
             await kube.patch(TRAINER_JOB.kind, n.namespace, TRAINER_JOB.name(n), suspend)
@@ -141,9 +144,9 @@ async def create_in_order(ctx: ActContext, built: list[Built]) -> None:
         await asyncio.gather(*(create_child(ctx, child, obj) for child, obj in wave))
 
 
-async def _delete(ctx: ActContext, lifetime: Lifetime) -> None:
+async def _delete(ctx: ActContext, children: tuple[Child, ...]) -> None:
     n = ctx.names
-    for child in ctx.children.of(lifetime):
+    for child in children:
         await ctx.kube.delete(child.kind, n.namespace, child.name(n))
 
 

@@ -25,7 +25,10 @@ class CreateStatic:
 
 @dataclass(frozen=True)
 class CreateRollout:
-    """The vLLM StatefulSet."""
+    """The vLLM StatefulSets the spec needs: all of them, or ``only`` these (``Kind/name``:
+    the extra servers' StatefulSet of a gang job scaled above its gang)."""
+
+    only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,21 @@ class CreateTrainer:
 
 @dataclass(frozen=True)
 class ScaleRollout:
-    """The vLLM StatefulSet to ``replicas`` servers (its scale subresource); nothing else of
-    the job changes: the trainer finds the servers by DNS (``AGPO_ROLLOUT_DISCOVERY``)."""
+    """A vLLM StatefulSet to ``replicas`` servers (its scale subresource): the job's, or with
+    ``extra`` a gang job's servers above its gang. Nothing else of the job changes: the
+    trainer finds the servers by DNS (``AGPO_ROLLOUT_DISCOVERY``)."""
 
     replicas: int
+    extra: bool = False
 
 
 @dataclass(frozen=True)
 class DeleteRollout:
-    """The vLLM StatefulSet (and its pods)."""
+    """The vLLM StatefulSets that exist (and their pods): the job's own, and a gang job's
+    extra one (``extra``: the servers above its gang)."""
+
+    main: bool = True
+    extra: bool = False
 
 
 @dataclass(frozen=True)

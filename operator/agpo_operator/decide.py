@@ -23,7 +23,8 @@ from __future__ import annotations
 from agpo_api.progress import cr_status_values
 from agpo_api.vocabulary import TERMINAL_PHASES, ConditionType, EventType, Phase, Reason
 from agpo_operator.actions import CreateRollout, CreateTrainer, Decision, DeleteTrainer
-from agpo_operator.builders.common import ATTEMPT_LABEL
+from agpo_operator.builders.common import ATTEMPT_LABEL, Names
+from agpo_operator.builders.rollout import ROLLOUT_STATEFULSET
 from agpo_operator.conditions import condition, is_true
 from agpo_operator.health import check_pods
 from agpo_operator.lifecycle import (
@@ -99,8 +100,10 @@ def _spec_change(m: Machine) -> None:
 def _workloads(m: Machine) -> bool:
     """Make sure this attempt's StatefulSet and trainer Job exist; True when pods can be read."""
     attempt = int(m.st.get("restarts") or 0)
-    if m.obs.statefulset is None:
+    if m.obs.statefulset is None and m.obs.extra_statefulset is None:
         m.act(CreateRollout())
+    elif m.obs.statefulset is None:  # the gang's alone: the extra one exists (no 409 for it)
+        m.act(CreateRollout((ROLLOUT_STATEFULSET.key(Names(m.obs.name, m.obs.namespace)),)))
     else:
         scale(m)
     tj = m.obs.trainer_job

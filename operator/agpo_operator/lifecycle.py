@@ -21,7 +21,6 @@ from agpo_operator.actions import (
     CreateTrainer,
     Decision,
     DeleteJob,
-    DeleteRollout,
     DeleteTrainer,
     Event,
     Outcome,
@@ -31,7 +30,7 @@ from agpo_operator.builders.storage import ephemeral_checkpoints
 from agpo_operator.conditions import is_true, parse_time
 from agpo_operator.machine import Machine, initial_conditions
 from agpo_operator.observe import JobCondition, PodView, deleting, job_condition
-from agpo_operator.pool import no_servers
+from agpo_operator.pool import delete_rollout, no_servers
 
 C, R = ConditionType, Reason
 
@@ -106,10 +105,10 @@ def _cleanup(m: Machine) -> None:
     policy = m.spec.run_policy.clean_pod_policy
     if policy == "None":
         return
-    sts, tj = m.obs.statefulset, m.obs.trainer_job
-    if sts is not None and not deleting(sts):
-        m.act(DeleteRollout())
-        no_servers(m)  # a finished job's StatefulSet is not read again
+    tj = m.obs.trainer_job
+    if (delete := delete_rollout(m.obs)) is not None:
+        m.act(delete)
+        no_servers(m)  # a finished job's StatefulSets are not read again
     if tj is None or deleting(tj):
         return
     if policy == "All":
@@ -168,9 +167,9 @@ def succeed(m: Machine, trainer: list[PodView]) -> None:
 
 
 def suspend(m: Machine) -> None:
-    sts, tj = m.obs.statefulset, m.obs.trainer_job
-    if sts is not None and not deleting(sts):
-        m.act(DeleteRollout())
+    tj = m.obs.trainer_job
+    if (delete := delete_rollout(m.obs)) is not None:
+        m.act(delete)
     if tj is not None and not deleting(tj):
         m.act(DeleteTrainer())
     message = "spec.runPolicy.suspend is true: pods are removed, checkpoints are kept"

@@ -47,6 +47,7 @@ from agpo_operator.observe import (
     read_children,
     read_missing,
 )
+from agpo_operator.pool import gang_minimum
 from agpo_operator.spec_change import needs_applied, resolve_spec
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -173,7 +174,11 @@ class JobLoop:
         generation = int(meta.get("generation") or 1)
         job, problems = parse_body(body, self.name, self.namespace)
         applied = None
-        if needs_applied(job, status, generation):
+        # A gang job always: the spec it was created with says how many servers its gang holds
+        # (read once, then remembered).
+        gang = job is not None and job.spec.run_policy.gang is not None
+        created = is_true(status, ConditionType.CREATED)
+        if needs_applied(job, status, generation) or (gang and created):
             applied = self.applied or await load_applied(self.rt.kube, self.names)
             self.applied = applied or self.applied
         spec, refused, refused_reason = resolve_spec(job, problems, status, generation, applied)
@@ -187,6 +192,7 @@ class JobLoop:
             problems=problems,
             refused=refused,
             refused_reason=refused_reason,
+            applied_replicas=applied.rollout.replicas if applied is not None else None,
         )
         if spec is None or not is_true(status, ConditionType.CREATED) or self.cleaned:
             return obs
@@ -196,6 +202,7 @@ class JobLoop:
         return dataclasses.replace(
             obs,
             statefulset=children.statefulset,
+            extra_statefulset=children.extra_statefulset,
             trainer_job=children.trainer_job,
             rollout_pods=children.rollout_pods,
             trainer_pods=children.trainer_pods,
@@ -241,7 +248,7 @@ class JobLoop:
     async def apply(self, body: Mapping[str, Any], obs: Observation, decision: Decision) -> None:
         """Creates first, then the status, then deletions (so a restart is counted before the
         old Job goes; an interrupted creation is simply retried)."""
-        ctx = self.context(body, obs.spec)
+        ctx = self.context(body, obs.spec, obs)
         creates = [a for a in decision.actions if is_create(a)]
         others = [a for a in decision.actions if not is_create(a)]
         for action in creates:
@@ -260,7 +267,14 @@ class JobLoop:
         elif phase not in TERMINAL_PHASES:
             self.cleaned = False
 
-    def context(self, body: Mapping[str, Any], spec: AGPOJobSpec | None) -> ActContext:
+    def context(
+        self, body: Mapping[str, Any], spec: AGPOJobSpec | None, obs: Observation | None = None
+    ) -> ActContext:
+        """What the actions need; ``obs`` says how many servers a gang job's gang holds (the
+        check for deleted static children needs only their names)."""
+        gang_replicas = None
+        if spec is not None and obs is not None:
+            gang_replicas = gang_minimum(spec, obs.applied_replicas, obs.statefulset)
         return ActContext(
             kube=self.rt.kube,
             options=self.rt.options,
@@ -269,12 +283,14 @@ class JobLoop:
             spec=spec,
             has_api_group=self.rt.has_api_group,
             post_event=lambda event: self.rt.post_event(body, event),
+            gang_replicas=gang_replicas,
         )
 
     async def perform(self, ctx: ActContext, action: Action) -> None:
         """One action, and what the loop remembers of it."""
         await perform(ctx, action)
-        if isinstance(action, CreateStatic):
+        # The job's creation; a ConfigMap recreated later keeps the gang's size, not ctx.spec's.
+        if isinstance(action, CreateStatic) and not action.only:
             self.applied = ctx.spec
         elif isinstance(action, DeleteJob):
             self.deleted = True

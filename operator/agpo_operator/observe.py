@@ -187,8 +187,12 @@ class Observation:
     refused_reason: Reason = Reason.IMMUTABLE_FIELD
     statefulset: Mapping[str, Any] | None = None
     trainer_job: Mapping[str, Any] | None = None
-    rollout_pods: tuple[PodView, ...] = ()
+    rollout_pods: tuple[PodView, ...] = ()  # of both StatefulSets
     trainer_pods: tuple[PodView, ...] = ()
+    # A gang job's servers above its gang (``<job>-rollout-x``), and rollout.replicas of the
+    # spec the job was created with (its ConfigMap): how many servers its gang holds.
+    extra_statefulset: Mapping[str, Any] | None = None
+    applied_replicas: int | None = None
     progress: Mapping[str, Any] | None = None
     # Static children ("Kind/name") found missing by the last check (empty: all there, or
     # not checked in this pass); the token Secret is never read (see docs/reliability.md).
@@ -203,19 +207,32 @@ class Children:
     trainer_job: Obj | None = None
     rollout_pods: tuple[PodView, ...] = ()
     trainer_pods: tuple[PodView, ...] = ()
+    extra_statefulset: Obj | None = None
+
+
+def _named(objs: list[Obj], name: str) -> Obj | None:
+    return next((o for o in objs if o["metadata"]["name"] == name), None)
+
+
+def _uid(obj: Obj | None) -> str | None:
+    uid = (obj or {}).get("metadata", {}).get("uid")
+    return uid if isinstance(uid, str) else None
 
 
 def children_of(names: Names, stss: list[Obj], jobs: list[Obj], pods: list[Obj]) -> Children:
-    """This job's StatefulSet and trainer Job among the listed ones, and the pods each owns."""
-    sts = next((s for s in stss if s["metadata"]["name"] == names.rollout), None)
-    tj = next((j for j in jobs if j["metadata"]["name"] == names.trainer), None)
-    sts_uid = (sts or {}).get("metadata", {}).get("uid")
-    tj_uid = (tj or {}).get("metadata", {}).get("uid")
+    """This job's StatefulSets and trainer Job among the listed ones, and the pods each owns
+    (the rollout pods: those of both StatefulSets)."""
+    sts, extra = _named(stss, names.rollout), _named(stss, names.rollout_extra)
+    tj = _named(jobs, names.trainer)
+    rollout_uids = [u for u in (_uid(sts), _uid(extra)) if u is not None]
     return Children(
         statefulset=sts,
         trainer_job=tj,
-        rollout_pods=tuple(PodView.of(p) for p in pods if owned_by(p, sts_uid)),
-        trainer_pods=tuple(PodView.of(p) for p in pods if owned_by(p, tj_uid)),
+        rollout_pods=tuple(
+            PodView.of(p) for p in pods if any(owned_by(p, u) for u in rollout_uids)
+        ),
+        trainer_pods=tuple(PodView.of(p) for p in pods if owned_by(p, _uid(tj))),
+        extra_statefulset=extra,
     )
 
 

@@ -1,7 +1,7 @@
 """Spec changes on a live job: which fields may change, which edits are refused (pure).
 
 Only the fields of :data:`MUTABLE` may change once the children exist (some not on every job:
-a field's ``refusals`` say when and why); every other change is refused
+a field's ``refusals`` say when and why; some not below a ``floor``); every other change is refused
 (``SpecChangeRefused``) and the job keeps running with the spec it was built from (stored in
 its ConfigMap) plus the accepted changes.
 """
@@ -29,11 +29,21 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class Floor:
+    """The least value a mutable number may take on a job: ``least`` of the spec it was
+    created with (None: no floor there), and ``why`` (formatted with ``least``)."""
+
+    least: Callable[[AGPOJobSpec], int | None]
+    why: str
+
+
+@dataclass(frozen=True)
 class Mutable:
     """A spec field a user may change on a live job, by its attribute path from the spec."""
 
     path: tuple[str, ...]
     refusals: tuple[Refusal, ...] = ()
+    floor: Floor | None = None
 
     @property
     def wire(self) -> tuple[str, ...]:
@@ -53,6 +63,17 @@ class Mutable:
         """Why this job cannot take a change of the field (None: it can)."""
         return next((r.why for r in self.refusals if r.applies(running)), None)
 
+    def least(self, running: AGPOJobSpec) -> int | None:
+        return self.floor.least(running) if self.floor is not None else None
+
+    def below(self, running: AGPOJobSpec, current: AGPOJobSpec) -> str | None:
+        """The user's line when the requested value is below the field's floor (else None)."""
+        least, value = self.least(running), _value(current, self.path)
+        if self.floor is None or least is None or value >= least:
+            return None
+        why = self.floor.why.format(least=least)
+        return f"spec.{self.name} cannot be below {least} on this job (requested: {value}): {why}"
+
 
 def _run_policy(*names: str) -> tuple[Mutable, ...]:
     return tuple(Mutable(("run_policy", name)) for name in names)
@@ -60,16 +81,14 @@ def _run_policy(*names: str) -> tuple[Mutable, ...]:
 
 #: The rollout pool is elastic: the operator scales the StatefulSet and the trainer finds the
 #: servers by DNS at each step boundary (an nccl pool within its block of sync ports, which
-#: the trainer's NetworkPolicy admits whole). Except where a pod count is fixed at creation:
+#: the trainer's NetworkPolicy admits whole). A gang job's gang keeps the servers it was
+#: admitted with (created with): only servers above them come and go, each admitted alone.
 ROLLOUT_REPLICAS = Mutable(
     ("rollout", "replicas"),
-    refusals=(
-        Refusal(
-            lambda spec: spec.run_policy.gang is not None,
-            "runPolicy.gang is set: the gang's size (every trainer and vLLM pod) is fixed when "
-            "it is admitted, and scaling it would need each extra pod admitted on its own, "
-            "which is not built",
-        ),
+    floor=Floor(
+        lambda spec: spec.rollout.replicas if spec.run_policy.gang is not None else None,
+        "runPolicy.gang is set and the gang was admitted with {least} vLLM servers, which "
+        "stay while the job runs; only servers above {least} come and go, each admitted alone",
     ),
 )
 
@@ -120,7 +139,7 @@ def immutable_changes(applied: AGPOJobSpec, current: AGPOJobSpec) -> list[str]:
     old = _leaves(_without(applied, open_fields), "spec")
     new = _leaves(_without(current, open_fields), "spec")
     why = {f"spec.{f.name}": f.refusal(applied) for f in MUTABLE}
-    out = []
+    out = [line for f in open_fields if (line := f.below(applied, current)) is not None]
     for path in sorted(set(old) | set(new)):
         if old.get(path) != new.get(path):
             values = f"running: {old.get(path)!r}, requested: {new.get(path)!r}"
@@ -147,7 +166,9 @@ def effective_spec(applied: AGPOJobSpec, current: AGPOJobSpec) -> AGPOJobSpec:
     """The running spec with the requested values of the fields this job may change."""
     spec = applied
     for f in _open(applied):
-        spec = _replace(spec, f.path, _value(current, f.path))
+        value = _value(current, f.path)
+        least = f.least(applied)
+        spec = _replace(spec, f.path, value if least is None else max(value, least))
     return spec
 
 

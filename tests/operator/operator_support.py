@@ -128,6 +128,11 @@ class World:
             and (name is None or (s.request.data or {}).get("metadata", {}).get("name") == name)
         ]  # fmt: skip
 
+    def creates_all(self) -> list[Served]:
+        """Every object the operator created (a POST that was answered 201)."""
+        return [s for s in self.operator_requests()
+                if s.request.method.value == "POST" and s.status == 201]  # fmt: skip
+
     def deletes(self, plural: str, name: str | None = None) -> list[Served]:
         return [
             s for s in self.operator_requests()
@@ -190,39 +195,53 @@ class World:
             await self._create_pod(sts, name, {}, namespace)
             await self.set_pod(name, "Running", ready=ready, namespace=namespace)
             names.append(name)
-        await self._rollout_status(job, namespace)
+        await self._rollout_status(sts, namespace)
         return names
 
     async def sync_rollout(self, job: str, ready: bool = True, namespace: str = NS) -> list[str]:
-        """What the StatefulSet controller does after a scale: pods for the missing ordinals
-        (run, ``ready`` or not), the ordinals beyond ``spec.replicas`` deleted, the status.
-        Returns the new pods."""
-        sts = self.get("statefulsets", f"{job}-rollout", namespace)
-        assert sts is not None, "no rollout StatefulSet"
-        wanted = {f"{job}-rollout-{i}" for i in range(sts["spec"]["replicas"])}
-        have = set(self.pods(job, "rollout", namespace))
-        for name in sorted(have - wanted):
-            await self.http("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
-        new = sorted(wanted - have)
-        for name in new:
-            await self._create_pod(sts, name, {}, namespace)
-            await self.set_pod(name, "Running", ready=ready, namespace=namespace)
-        await self._rollout_status(job, namespace)
-        return new
+        """What the StatefulSet controller does after a scale, for each of the job's vLLM
+        StatefulSets (``<job>-rollout`` and a gang job's ``<job>-rollout-x``): pods for the
+        missing ordinals (run, ``ready`` or not), those it owns beyond ``spec.replicas``
+        deleted, the status. Returns the new pods."""
+        found = [self.get("statefulsets", f"{job}-{suffix}", namespace)
+                 for suffix in ("rollout", "rollout-x")]  # fmt: skip
+        stss = [s for s in found if s is not None]
+        assert stss, "no rollout StatefulSet"
+        new = []
+        for sts in stss:
+            name = sts["metadata"]["name"]
+            wanted = {f"{name}-{i}" for i in range(sts["spec"]["replicas"])}
+            have = set(self.owned_pods(sts, namespace))
+            for pod in sorted(have - wanted):
+                await self.http("DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod}")
+            for pod in sorted(wanted - have):
+                await self._create_pod(sts, pod, {}, namespace)
+                await self.set_pod(pod, "Running", ready=ready, namespace=namespace)
+                new.append(pod)
+            await self._rollout_status(sts, namespace)
+        return sorted(new)
 
-    async def _rollout_status(self, job: str, namespace: str) -> None:
-        """The StatefulSet's status from its pods, as its controller writes it."""
-        pods = [p for p in self.all("pods", namespace)
-                if p["metadata"]["labels"].get("agpo.dev/job") == job
-                and p["metadata"]["labels"].get("agpo.dev/role") == "rollout"]  # fmt: skip
+    def owned_pods(self, owner: dict[str, Any], namespace: str = NS) -> list[str]:
+        """The pods whose controller is ``owner`` (how a StatefulSet tells its pods)."""
+        uid = owner["metadata"]["uid"]
+        return sorted(
+            p["metadata"]["name"] for p in self.all("pods", namespace)
+            if any(r.get("uid") == uid and r.get("controller")
+                   for r in p["metadata"].get("ownerReferences") or [])
+        )  # fmt: skip
+
+    async def _rollout_status(self, sts: dict[str, Any], namespace: str) -> None:
+        """A StatefulSet's status from the pods it owns, as its controller writes it."""
+        pods = [self.get("pods", p, namespace) or {} for p in self.owned_pods(sts, namespace)]
         ready = sum(
             any(c["type"] == "Ready" and c["status"] == "True"
                 for c in (p.get("status") or {}).get("conditions") or [])
             for p in pods
         )  # fmt: skip
         status = {"replicas": len(pods), "readyReplicas": ready}
+        name = sts["metadata"]["name"]
         await self.http(
-            "PATCH", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{job}-rollout/status",
+            "PATCH", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}/status",
             {"status": status}, "application/merge-patch+json",
         )  # fmt: skip
 

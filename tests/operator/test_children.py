@@ -44,12 +44,15 @@ def job(**changes: Any) -> AGPOJob:
 
 
 def every_object(registry: Registry = CHILDREN) -> list[tuple[Child, Obj]]:
-    """Each child with what it builds for a job that has every optional child."""
-    j = job(metrics={"podMonitor": True}, runPolicy__gang={"mode": "coscheduling"})
+    """Each child with what it builds for a job that has every optional child: a gang job
+    scaled from the 2 servers of its gang to 3 (the third in the extra StatefulSet)."""
+    j = job(metrics={"podMonitor": True}, runPolicy__gang={"mode": "coscheduling"},
+            rollout__replicas=3)  # fmt: skip
+    creation = Creation("t", 1, gang_replicas=2)
     return [
         built
         for lifetime in Lifetime
-        for built in registry.build(lifetime, j, "ns", BuildOptions(), Creation("t", 1))
+        for built in registry.build(lifetime, j, "ns", BuildOptions(), creation)
     ]
 
 

@@ -15,8 +15,9 @@ import pytest
 from packaging.version import Version
 
 from agpo_api import parse_job
-from agpo_operator.builders import BuildOptions, build_children
-from agpo_operator.rbac import rbac_rules
+from agpo_operator.builders import CHILDREN, BuildOptions, build_children
+from agpo_operator.builders.child import Creation, Lifetime
+from agpo_operator.rbac import allows, rbac_rules
 
 from operator_support import NS, Operator, World, eventually, sample
 
@@ -54,6 +55,19 @@ def objects(name: str = "qm", **run_policy: Any) -> dict[tuple[str, str], dict[s
     changes = {f"runPolicy__{k}": v for k, v in run_policy.items()}
     job = parse_job({**sample("qwen-math-gpu", **changes), "metadata": {"name": name}})
     return {(o["kind"], o["metadata"]["name"]): o for o in build_children(job, NS, OPTIONS)}
+
+
+def scaled(replicas: int, admitted: int, name: str = "qm", **run_policy: Any,
+           ) -> dict[tuple[str, str], dict[str, Any]]:  # fmt: skip
+    """The children the operator builds for the qwen-math-gpu sample whose gang was admitted
+    with ``admitted`` vLLM servers and whose spec now asks for ``replicas``."""
+    changes = {f"runPolicy__{k}": v for k, v in run_policy.items()}
+    manifest = sample("qwen-math-gpu", rollout__replicas=replicas, **changes)
+    job = parse_job({**manifest, "metadata": {"name": name}})
+    creation = Creation(gang_replicas=admitted)
+    return {(o["kind"], o["metadata"]["name"]): o
+            for lifetime in Lifetime
+            for _, o in CHILDREN.build(lifetime, job, NS, OPTIONS, creation)}  # fmt: skip
 
 
 def pod_templates(objs: dict[tuple[str, str], Any]) -> list[dict[str, Any]]:
@@ -144,3 +158,76 @@ async def test_the_operator_creates_the_pod_group_where_the_api_exists(
     assert template["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
     assert "PodGroupUnavailable" not in world.reasons("grouped")
     assert world.forbidden() == []
+
+
+# ---------------------------------------------------------------- a scaled gang (elastic pool)
+GROUP_KEYS = {"kueue.x-k8s.io/pod-group-name", "scheduling.x-k8s.io/pod-group"}
+
+
+def test_servers_above_a_kueue_gang_are_plain_pods_in_a_second_statefulset() -> None:
+    """2 trainer pods + 2 vLLM servers admitted as one group, scaled to 4 servers: the gang's
+    objects are what they were at creation, the 2 servers above it a second StatefulSet whose
+    pods Kueue admits one by one (the queue label, no group label or count)."""
+    created, now = scaled(2, 2, gang={"mode": "kueue"}), scaled(4, 2, gang={"mode": "kueue"})
+    strictly_valid(now)
+    assert ("StatefulSet", "qm-rollout-x") not in created  # created when first needed
+    assert now.keys() - created.keys() == {("StatefulSet", "qm-rollout-x")}
+    for key in created:  # the gang, its Services, policies and job file: unchanged
+        assert now[key] == created[key], key
+    extra = now[("StatefulSet", "qm-rollout-x")]
+    gang = now[("StatefulSet", "qm-rollout")]
+    assert extra["spec"]["replicas"] == 2 and gang["spec"]["replicas"] == 2
+    meta = extra["spec"]["template"]["metadata"]
+    assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert not GROUP_KEYS & meta["labels"].keys()
+    assert "kueue.x-k8s.io/pod-group-total-count" not in meta.get("annotations", {})
+    # the same role labels as the gang's servers: the Service, the NetworkPolicies and the
+    # operator's rollout-pod checks select them; their own selector keeps the two apart
+    role = {"agpo.dev/job": "qm", "agpo.dev/role": "rollout"}
+    assert role.items() <= meta["labels"].items()
+    assert now[("Service", "qm-rollout")]["spec"]["selector"] == role
+    assert extra["spec"]["selector"]["matchLabels"] == {**role, "agpo.dev/pool": "extra"}
+    assert extra["spec"]["serviceName"] == "qm-rollout"
+    assert extra["spec"]["template"]["spec"] == gang["spec"]["template"]["spec"]
+    # no queue label on the StatefulSet itself: Kueue would make its pods a group of their own
+    assert "kueue.x-k8s.io/queue-name" not in extra["metadata"]["labels"]
+    # scaled back to the gang's 2: no extra servers
+    assert ("StatefulSet", "qm-rollout-x") not in scaled(2, 2, gang={"mode": "kueue"})
+
+
+def test_servers_above_a_coscheduling_gang_are_in_no_pod_group() -> None:
+    gang = {"mode": "coscheduling"}
+    created, now = scaled(2, 2, gang=gang, queueName=None), scaled(5, 2, gang=gang, queueName=None)
+    strictly_valid(now)
+    assert now[("PodGroup", "qm-gang")] == created[("PodGroup", "qm-gang")]
+    assert now[("PodGroup", "qm-gang")]["spec"] == {"minMember": 4}
+    assert now[("StatefulSet", "qm-rollout")] == created[("StatefulSet", "qm-rollout")]
+    extra = now[("StatefulSet", "qm-rollout-x")]
+    assert extra["spec"]["replicas"] == 3
+    template = extra["spec"]["template"]
+    assert not GROUP_KEYS & template["metadata"]["labels"].keys()
+    assert "kueue.x-k8s.io/queue-name" not in template["metadata"]["labels"]
+    # still scheduler-plugins' scheduler: it schedules a pod of no PodGroup like any pod
+    assert template["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+
+
+def test_the_extra_statefulset_name_fits_the_longest_job_name() -> None:
+    """A StatefulSet's name goes into its pods' controller-revision-hash label (name, '-',
+    a hash of up to 10 characters; a label value is at most 63): at most 52 characters."""
+    longest = "j" * 40  # MAX_JOB_NAME_LENGTH
+    objs = scaled(3, 2, name=longest, gang={"mode": "kueue"})
+    extra = objs[("StatefulSet", f"{longest}-rollout-x")]
+    assert len(extra["metadata"]["name"]) <= 52
+    strictly_valid(objs)
+
+
+def test_the_extra_statefulset_rbac_is_the_statefulsets_rule() -> None:
+    """Generated from the descriptors: no verb beyond the gang's StatefulSet's (create, list,
+    delete, and patch on the scale subresource only)."""
+    rules = rbac_rules()
+    assert [r for r in rules if r["resources"] == ["statefulsets"]] == [
+        {"apiGroups": ["apps"], "resources": ["statefulsets"],
+         "verbs": ["list", "create", "delete"]}
+    ]  # fmt: skip
+    assert allows(rules, "apps", "statefulsets/scale", "patch")
+    assert not allows(rules, "apps", "statefulsets", "patch")

@@ -12,13 +12,14 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
+import kmock
 import kubernetes_validate
 import pytest
 import yaml
 from test_gang import K8S_VERSION
 
 from agpo_api import AGPOJobSpec, parse_job
-from agpo_operator.actions import ScaleRollout
+from agpo_operator.actions import CreateRollout, DeleteRollout, ScaleRollout
 from agpo_operator.builders import BuildOptions, build_children
 from agpo_operator.decide import decide
 from agpo_operator.observe import Observation, PodView
@@ -86,16 +87,25 @@ def test_discovery_needs_no_api_access_and_scaling_only_the_scale_subresource() 
 
 
 # ---------------------------------------------------------------------- spec changes
-def test_replicas_may_change_except_where_a_pod_count_is_fixed() -> None:
+def test_replicas_may_change_and_a_gang_job_not_below_its_gang() -> None:
     assert immutable_changes(spec(), spec(rollout__replicas=3)) == []
     assert effective_spec(spec(), spec(rollout__replicas=3)).rollout.replicas == 3
 
+    # A gang job: above the servers its gang was admitted with (2 here), both ways.
     gang = {"runPolicy__gang": {"mode": "coscheduling"}}
-    [line] = immutable_changes(spec(**gang), spec(**gang, rollout__replicas=3))
-    assert line.startswith("spec.rollout.replicas cannot change on this job (running: 1, "
-                           "requested: 3): runPolicy.gang is set")  # fmt: skip
-    assert "admitted" in line and "\n" not in line
-    assert effective_spec(spec(**gang), spec(**gang, rollout__replicas=3)).rollout.replicas == 1
+    created = spec(**gang, rollout__replicas=2)
+    for replicas in (2, 3, 7):
+        assert immutable_changes(created, spec(**gang, rollout__replicas=replicas)) == []
+        assert effective_spec(created, spec(**gang, rollout__replicas=replicas)).rollout.replicas \
+            == replicas  # fmt: skip
+    # Below it: refused in one line naming the field, the minimum and why; the gang stays.
+    [line] = immutable_changes(created, spec(**gang, rollout__replicas=1))
+    assert line == (
+        "spec.rollout.replicas cannot be below 2 on this job (requested: 1): runPolicy.gang is "
+        "set and the gang was admitted with 2 vLLM servers, which stay while the job runs; only "
+        "servers above 2 come and go, each admitted alone"
+    )
+    assert effective_spec(created, spec(**gang, rollout__replicas=1)).rollout.replicas == 2
 
     # nccl: server i rendezvouses on weightSync.port + i, inside the block the trainer's
     # NetworkPolicy admits whole; the CRD's rule keeps the pool within it
@@ -150,6 +160,53 @@ def test_a_larger_pool_scales_the_statefulset_and_keeps_the_job_running() -> Non
     assert later.status["phase"] == "Running" and "waitingSince" not in later.status
     assert later.status["rolloutReplicas"] == 1
     assert later.status["rolloutSelector"] == "agpo.dev/job=j,agpo.dev/role=rollout"
+
+
+def extra(replicas: int, ready: int | None = None) -> dict[str, Any]:
+    """A gang job's StatefulSet of the servers above its gang."""
+    out = sts(replicas, ready)
+    out["metadata"] = {"name": "j-rollout-x", "uid": "extra-uid"}
+    return out
+
+
+KUEUE = {"runPolicy__gang": {"mode": "kueue"}, "runPolicy__queueName": "q"}
+
+
+def test_a_gang_job_scaled_above_its_gang_gets_a_second_statefulset() -> None:
+    up = decide(running(spec(**KUEUE, rollout__replicas=4), statefulset=sts(2),
+                        applied_replicas=2))  # fmt: skip
+    assert up.actions == [CreateRollout(("StatefulSet/j-rollout-x",))]
+    assert [(e.type, e.message) for e in up.events] == [("Normal", "rollout scaled from 2 to 4 "
+            "servers (2 above the gang's 2, each admitted on its own)")]  # fmt: skip
+    assert up.status["phase"] == "Running"
+
+    # Once there, the extra StatefulSet is scaled, never the gang's; status counts both.
+    both = running(spec(**KUEUE, rollout__replicas=3), statefulset=sts(2, ready=2),
+                   extra_statefulset=extra(2, ready=2), applied_replicas=2)  # fmt: skip
+    d = decide(both)
+    assert d.actions == [ScaleRollout(1, extra=True)]
+    assert d.status["rolloutReplicas"] == 4
+    down = dataclasses.replace(both, spec=spec(**KUEUE, rollout__replicas=2))
+    assert decide(down).actions == [ScaleRollout(0, extra=True)]
+    settled = dataclasses.replace(down, extra_statefulset=extra(0))
+    assert decide(settled).actions == []
+    # Someone scaled the gang's StatefulSet: back to the gang's size (level-based).
+    assert decide(dataclasses.replace(settled, statefulset=sts(3))).actions == [ScaleRollout(2)]
+    # Without the job's ConfigMap the gang's StatefulSet (never scaled) says the minimum.
+    lost = dataclasses.replace(
+        settled, applied_replicas=None, spec=spec(**KUEUE, rollout__replicas=5)
+    )
+    assert decide(lost).actions == [ScaleRollout(3, extra=True)]
+    # Suspend (and a job's end) removes both StatefulSets.
+    paused = dataclasses.replace(both, spec=spec(**KUEUE, rollout__replicas=3,
+                                                 runPolicy__suspend=True))  # fmt: skip
+    assert DeleteRollout(main=True, extra=True) in decide(paused).actions
+
+
+def test_a_job_without_a_gang_scales_its_one_statefulset() -> None:
+    d = decide(running(spec(rollout__replicas=4), applied_replicas=1))
+    assert d.actions == [ScaleRollout(4)]
+    assert [e.message for e in d.events] == ["rollout scaled from 1 to 4 servers"]
 
 
 def test_a_ready_server_lost_without_a_scale_is_still_a_warning() -> None:
@@ -338,20 +395,153 @@ async def test_weight_sync_degraded_follows_the_trainers_lagging_servers(
     assert world.errors() == [] and world.forbidden() == []
 
 
-async def test_a_gang_job_refuses_a_replicas_change(world: World, operator: Operator) -> None:
-    await world.create_job(sample(name="gang", runPolicy__gang={"mode": "coscheduling"}))
-    await run_to_running(world, "gang")
-    await world.patch_job("gang", {"spec": {"rollout": {"replicas": 3}}})
-    cond = await eventually(lambda: (c := world.condition("gang", "SpecChangeRefused")) and c)
+STRICT_SKIP = {"AGPOJob", "Event", "PodMonitor", "PodGroup"}  # CRDs (test_gang), kopf's
+
+
+def created_objects_valid(world: World) -> None:
+    """Every object the operator created validates strictly against Kubernetes 1.33."""
+    for served in world.creates_all():
+        body = served.request.data or {}
+        if body.get("kind") in STRICT_SKIP:
+            continue
+        try:
+            kubernetes_validate.validate(body, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:  # pragma: no cover - message
+            pytest.fail(f"{body.get('kind')}/{body['metadata']['name']}: {err.message}")
+
+
+GROUP_KEYS = {"kueue.x-k8s.io/pod-group-name", "scheduling.x-k8s.io/pod-group"}
+
+
+def pod_meta(world: World, name: str) -> dict[str, Any]:
+    return (world.get("pods", name) or {})["metadata"]
+
+
+async def scale_gang(
+    world: World, name: str, first: list[str]
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """From the gang's 2 servers to 4, back to 2, then 1 (refused); the gang's StatefulSet and
+    the trainer untouched throughout. Returns the extra StatefulSet as it was at 2 servers
+    and its pods' labels."""
+    gang_sts = world.get("statefulsets", f"{name}-rollout")
+    trainer = trainer_identity(world, name)
+
+    await world.http("PATCH", scale_path(name), {"spec": {"replicas": 4}}, SCALE)
+    extra = await eventually(lambda: world.get("statefulsets", f"{name}-rollout-x"),
+                             what="the extra StatefulSet")  # fmt: skip
+    assert extra["spec"]["replicas"] == 2
+    extras = await world.sync_rollout(name)
+    assert extras == [f"{name}-rollout-x-0", f"{name}-rollout-x-1"]
+    extra_labels = [pod_meta(world, pod)["labels"] for pod in extras]
+    await eventually(lambda: world.status(name).get("rolloutReplicas") == 4)
+    await eventually(lambda: world.condition(name, "RolloutReady").get("message")
+                     == "4/4 vLLM servers ready")  # fmt: skip
+    assert world.pods(name, "rollout") == sorted([*first, f"{name}-rollout-x-0",
+                                                  f"{name}-rollout-x-1"])  # fmt: skip
+    scaled = [e["message"] for e in world.events(name) if e["reason"] == "RolloutScaled"]
+    assert scaled == [
+        "rollout scaled from 2 to 4 servers (2 above the gang's 2, each admitted on its own)"
+    ]
+
+    # 4 -> 2: the extra servers go, the gang's stay.
+    await world.http("PATCH", scale_path(name), {"spec": {"replicas": 2}}, SCALE)
+    await eventually(lambda: world.get("statefulsets", f"{name}-rollout-x")["spec"]["replicas"]
+                     == 0, what="the extra StatefulSet at 0")  # fmt: skip
+    await world.sync_rollout(name)
+    await eventually(lambda: world.status(name).get("rolloutReplicas") == 2)
+    assert world.pods(name, "rollout") == first
+
+    # 2 -> 1: below the gang, refused in one line; nothing changes.
+    await world.patch_job(name, {"spec": {"rollout": {"replicas": 1}}})
+    cond = await eventually(lambda: (c := world.condition(name, "SpecChangeRefused")) and c)
     assert cond["status"] == "True" and cond["reason"] == "ImmutableField"
-    assert cond["message"].startswith("spec.rollout.replicas cannot change on this job "
-                                      "(running: 1, requested: 3): runPolicy.gang is set")  # fmt: skip
-    assert (
-        "\n" not in cond["message"] and "rollout.replicas" not in cond["message"].split("only")[1]
+    assert cond["message"].startswith(
+        "spec.rollout.replicas cannot be below 2 on this job (requested: 1): runPolicy.gang is "
+        "set and the gang was admitted with 2 vLLM servers"
     )
-    await eventually(lambda: "ImmutableField" in world.reasons("gang"))
-    assert sts_replicas(world, "gang") == 1 and world.status("gang")["phase"] == "Running"
-    assert "RolloutScaled" not in world.reasons("gang")
-    assert [s for s in world.operator_requests() if s.request.subresource == "scale"] == []
-    # PodGroupUnavailable: this emulator serves no scheduling.x-k8s.io API (test_gang).
-    assert [e for e in world.errors() if "podgroups" not in e] == [] and world.forbidden() == []
+    assert "\n" not in cond["message"]
+    await eventually(lambda: "ImmutableField" in world.reasons(name))
+    assert world.get("statefulsets", f"{name}-rollout-x")["spec"]["replicas"] == 0
+    assert world.status(name)["phase"] == "Running"
+
+    # The gang's StatefulSet: never scaled, its template (and so its pods) never changed.
+    assert world.get("statefulsets", f"{name}-rollout") == gang_sts
+    assert [s for s in world.operator_requests() if s.request.subresource == "scale"
+            and s.request.name == f"{name}-rollout"] == []  # fmt: skip
+    # The trainer: the same Job and pods, created once, never patched, deleted or restarted.
+    assert trainer_identity(world, name) == trainer
+    assert len(world.creates("jobs")) == 1 and world.deletes("jobs") == []
+    assert [s for s in world.operator_requests()
+            if s.request.method.value == "PATCH" and s.request.resource.plural == "jobs"] == []  # fmt: skip
+    assert world.status(name)["restarts"] == 0
+    created_objects_valid(world)
+    return extra, extra_labels
+
+
+async def test_a_kueue_gang_scales_above_its_gang_with_pods_admitted_alone(
+    world: World, operator: Operator
+) -> None:
+    kueue = {"runPolicy__gang": {"mode": "kueue"}, "runPolicy__queueName": "gpu-queue"}
+    await world.create_job(sample(name="kg", rollout__replicas=2, **kueue))
+    await run_to_running(world, "kg")
+    first = world.pods("kg", "rollout")
+    assert first == ["kg-rollout-0", "kg-rollout-1"]
+    assert pod_meta(world, "kg-rollout-0")["labels"]["kueue.x-k8s.io/pod-group-name"] == "kg-gang"
+
+    extra, extra_labels = await scale_gang(world, "kg", first)
+    assert extra["spec"]["template"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] \
+        == "gpu-queue"  # fmt: skip
+    assert "kueue.x-k8s.io/queue-name" not in extra["metadata"]["labels"]
+    # The extra pods as they ran: the queue label, no group, no count (Kueue admits each alone).
+    for labels in extra_labels:
+        assert labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        assert labels["agpo.dev/role"] == "rollout" and not GROUP_KEYS & labels.keys()
+    count = "kueue.x-k8s.io/pod-group-total-count"
+    assert count not in extra["spec"]["template"]["metadata"].get("annotations", {})
+    # The gang's pods still count the gang as admitted: 1 trainer pod + 2 vLLM servers.
+    gang_sts = world.get("statefulsets", "kg-rollout")
+    trainer = world.get("jobs", "kg-trainer")
+    for template in (gang_sts["spec"]["template"], trainer["spec"]["template"]):
+        assert template["metadata"]["annotations"][count] == "3"
+    assert world.errors() == [] and world.forbidden() == []
+
+
+async def test_a_coscheduling_gang_scales_outside_its_pod_group_and_suspends_whole(
+    world: World, operator: Operator
+) -> None:
+    world.cluster.resources["scheduling.x-k8s.io/v1alpha1/podgroups"] = kmock.ResourceInfo(
+        kind="PodGroup", namespaced=True, verbs={"get", "create"}
+    )
+    operator.memo.agpo._groups = None  # forget the cached discovery (re-read every 5 min)
+    cosched = {"runPolicy__gang": {"mode": "coscheduling"}}
+    await world.create_job(sample(name="cg", rollout__replicas=2, **cosched))
+    group = await eventually(lambda: world.get("podgroups", "cg-gang"))
+    await run_to_running(world, "cg")
+    first = world.pods("cg", "rollout")
+
+    await world.http("PATCH", scale_path("cg"), {"spec": {"replicas": 3}}, SCALE)
+    await eventually(lambda: world.get("statefulsets", "cg-rollout-x"), what="extra servers")
+    assert await world.sync_rollout("cg") == ["cg-rollout-x-0"]
+    labels = pod_meta(world, "cg-rollout-x-0")["labels"]
+    assert labels["agpo.dev/role"] == "rollout" and not GROUP_KEYS & labels.keys()
+    assert pod_meta(world, "cg-rollout-0")["labels"]["scheduling.x-k8s.io/pod-group"] == "cg-gang"
+    await eventually(lambda: world.status("cg").get("rolloutReplicas") == 3)
+    assert world.get("podgroups", "cg-gang") == group  # minMember 3: 1 trainer + 2 servers
+    assert group["spec"] == {"minMember": 3}
+
+    # Suspend removes both StatefulSets; resume brings back the gang's 2 and the extra 1.
+    await world.patch_job("cg", {"spec": {"runPolicy": {"suspend": True}}})
+    await eventually(lambda: world.get("statefulsets", "cg-rollout") is None
+                     and world.get("statefulsets", "cg-rollout-x") is None,
+                     what="both StatefulSets removed")  # fmt: skip
+    await eventually(lambda: world.status("cg").get("phase") == "Suspended")
+    await world.patch_job("cg", {"spec": {"runPolicy": {"suspend": False}}})
+    gang_sts = await eventually(lambda: world.get("statefulsets", "cg-rollout"))
+    again = await eventually(lambda: world.get("statefulsets", "cg-rollout-x"))
+    assert gang_sts["spec"]["replicas"] == 2 and again["spec"]["replicas"] == 1
+    await eventually(lambda: world.get("jobs", "cg-trainer"), what="the trainer Job again")
+    assert world.get("podgroups", "cg-gang") == group
+    assert world.pods("cg", "rollout") == []  # the emulator's controller: nothing yet
+    assert first == ["cg-rollout-0", "cg-rollout-1"]
+    created_objects_valid(world)
+    assert world.errors() == [] and world.forbidden() == []

@@ -11,7 +11,8 @@ Each child object is a :class:`~agpo_operator.builders.child.Child` next to its 
 * static: created once with the job and kept until it is deleted (identity, network
   isolation, the token, configuration, checkpoint storage, Services, monitoring); recreated
   when deleted;
-* rollout: the vLLM StatefulSet (removed while suspended or finished);
+* rollout: the vLLM StatefulSet, and a gang job's second one for the servers above its gang
+  (removed while suspended or finished);
 * attempt: the torchrun Job of the current attempt (replaced on every restart).
 """
 
@@ -23,7 +24,7 @@ from agpo_operator.builders.common import BuildOptions, Names, Obj, adopt, names
 from agpo_operator.builders.config import SPEC_CONFIGMAP
 from agpo_operator.builders.gang import POD_GROUP
 from agpo_operator.builders.monitoring import METRICS_SERVICE, POD_MONITOR
-from agpo_operator.builders.rollout import ROLLOUT_SERVICE, ROLLOUT_STATEFULSET
+from agpo_operator.builders.rollout import ROLLOUT_EXTRA, ROLLOUT_SERVICE, ROLLOUT_STATEFULSET
 from agpo_operator.builders.security import (
     ROLLOUT_NETWORK_POLICY,
     SERVICE_ACCOUNT,
@@ -48,6 +49,7 @@ CHILDREN = Registry((
     POD_MONITOR,
     POD_GROUP,
     ROLLOUT_STATEFULSET,
+    ROLLOUT_EXTRA,
     TRAINER_JOB,
 ))  # fmt: skip
 

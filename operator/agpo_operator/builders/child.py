@@ -90,10 +90,15 @@ class OptionalApi:
 @dataclass(frozen=True)
 class Creation:
     """What differs between two builds of one job's children: the rollout token (generated
-    when the operator creates them; None for ``agpo render``) and the trainer attempt."""
+    when the operator creates them; None for ``agpo render``), the trainer attempt, and the
+    vLLM servers the job's gang was admitted with (``gang_replicas``: the rollout.replicas of
+    the spec it was created with; None: the spec's own, as at creation). A scaled gang job's
+    spec asks for more servers than its gang holds: the gang's objects keep their size and the
+    servers above it go in the extra StatefulSet (``builders.rollout``)."""
 
     token: str | None = None
     attempt: int = 0
+    gang_replicas: int | None = None
 
 
 Build = Callable[[AGPOJob, Names, BuildOptions, Creation], Obj | None]

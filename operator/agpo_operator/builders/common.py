@@ -75,6 +75,13 @@ class Names:
         return f"{self.job}-rollout"
 
     @property
+    def rollout_extra(self) -> str:
+        """The vLLM servers above a gang's own (``-x``, not ``-extra``: a StatefulSet's name
+        goes into its pods' ``controller-revision-hash`` label with a 10-character hash, so it
+        must stay within 52 characters; 40 + 10 = 50)."""
+        return f"{self.job}-rollout-x"
+
+    @property
     def trainer(self) -> str:
         return f"{self.job}-trainer"
 
@@ -240,12 +247,15 @@ def workload_labels(job: AGPOJob, n: Names, role: str) -> dict[str, str]:
     return out
 
 
-def gang_size(job: AGPOJob) -> int:
-    """Every pod of the job: the trainer pods and the vLLM servers."""
-    return job.spec.trainer.nodes + job.spec.rollout.replicas
+def gang_size(job: AGPOJob, admitted: int | None = None) -> int:
+    """Every pod of the job's gang: the trainer pods and the vLLM servers it was admitted with
+    (``admitted``; None: the spec's own, as when the job is created). Servers added later are
+    not in it (:func:`solo_metadata`)."""
+    rollout = job.spec.rollout.replicas if admitted is None else admitted
+    return job.spec.trainer.nodes + rollout
 
 
-def gang_metadata(job: AGPOJob, n: Names) -> Obj:
+def gang_metadata(job: AGPOJob, n: Names, admitted: int | None = None) -> Obj:
     """The labels and annotations that put a pod in the job's gang (empty without one)."""
     rp = job.spec.run_policy
     if rp.gang is None:
@@ -255,13 +265,26 @@ def gang_metadata(job: AGPOJob, n: Names) -> Obj:
     assert rp.queue_name is not None  # the contract's rule: gang kueue needs a queue
     return {
         "labels": {QUEUE_LABEL: rp.queue_name, KUEUE_GROUP_LABEL: n.gang},
-        "annotations": {KUEUE_GROUP_COUNT: str(gang_size(job))},
+        "annotations": {KUEUE_GROUP_COUNT: str(gang_size(job, admitted))},
     }
 
 
-def pod_template_metadata(job: AGPOJob, n: Names, pod_labels: dict[str, str], base: Obj) -> Obj:
-    """A pod template's metadata: its labels and ``base``'s annotations, plus the gang's."""
-    gang = gang_metadata(job, n)
+def solo_metadata(job: AGPOJob) -> Obj:
+    """The labels of a vLLM pod outside the gang (one a scale-up added): under Kueue only the
+    queue label, so that Kueue admits the pod on its own (a plain pod, its own Workload);
+    under coscheduling none, so that the scheduler places it like any pod (docs/operate.md,
+    "Gang admission")."""
+    rp = job.spec.run_policy
+    queued = rp.gang is not None and rp.gang.mode == "kueue" and rp.queue_name
+    return {"labels": {QUEUE_LABEL: rp.queue_name} if queued else {}, "annotations": {}}
+
+
+def pod_template_metadata(
+    job: AGPOJob, n: Names, pod_labels: dict[str, str], base: Obj, membership: Obj | None = None
+) -> Obj:
+    """A pod template's metadata: its labels and ``base``'s annotations, plus ``membership``
+    (the gang's, :func:`gang_metadata`, when not given)."""
+    gang = gang_metadata(job, n) if membership is None else membership
     annotations = {**(base.get("annotations") or {}), **gang["annotations"]}
     out: Obj = {"labels": {**pod_labels, **gang["labels"]}}
     if annotations:

@@ -14,19 +14,22 @@ from __future__ import annotations
 
 from agpo_api import AGPOJob, AGPOJobSpec
 from agpo_api.vocabulary import Reason
-from agpo_operator.builders.child import Kind, OptionalApi, created
+from agpo_operator.builders.child import READ_BACK, Child, Creation, Grant, Kind, OptionalApi
 from agpo_operator.builders.common import BuildOptions, Names, Obj, gang_size, metadata
 
 PODGROUP_API_GROUP = "scheduling.x-k8s.io"
 POD_GROUP_KIND = Kind(f"{PODGROUP_API_GROUP}/v1alpha1", "PodGroup", "podgroups")
 
 
-def build_pod_group(job: AGPOJob, n: Names, options: BuildOptions) -> Obj | None:
-    """The job's PodGroup under ``runPolicy.gang.mode: coscheduling``, else None."""
+def build_pod_group(
+    job: AGPOJob, n: Names, options: BuildOptions, creation: Creation
+) -> Obj | None:
+    """The job's PodGroup under ``runPolicy.gang.mode: coscheduling``, else None; its
+    minMember is the gang as admitted (vLLM servers a scale-up adds are not members)."""
     gang = job.spec.run_policy.gang
     if gang is None or gang.mode != "coscheduling":
         return None
-    spec: Obj = {"minMember": gang_size(job)}
+    spec: Obj = {"minMember": gang_size(job, creation.gang_replicas)}
     if gang.schedule_timeout_seconds is not None:
         spec["scheduleTimeoutSeconds"] = gang.schedule_timeout_seconds
     return {
@@ -46,10 +49,14 @@ def _no_coscheduling(spec: AGPOJobSpec, n: Names) -> str:
     )
 
 
-POD_GROUP = created(
-    POD_GROUP_KIND,
-    build_pod_group,
-    lambda n: n.gang,
-    "the coscheduling PodGroup of every pod (runPolicy.gang.mode coscheduling)",
+POD_GROUP = Child(
+    kind=POD_GROUP_KIND,
+    build=build_pod_group,
+    name=lambda n: n.gang,
+    grants=(
+        Grant(("create",), "the coscheduling PodGroup of every pod (runPolicy.gang.mode "
+              "coscheduling)"),
+        READ_BACK,
+    ),
     requires=OptionalApi(PODGROUP_API_GROUP, Reason.POD_GROUP_UNAVAILABLE, _no_coscheduling),
-)
+)  # fmt: skip

@@ -1,22 +1,27 @@
 """Rollout: ``replicas`` vLLM OpenAI servers (StatefulSet + headless Service). The trainer
 finds them by resolving the Service's name (every pod's address, ready or not: it probes
 them) at each step boundary, so the pool can grow and shrink while the job runs: the operator
-scales the StatefulSet to ``spec.rollout.replicas`` and nothing else changes."""
+scales the StatefulSet to ``spec.rollout.replicas`` and nothing else changes.
+
+A gang job (``runPolicy.gang``) keeps its StatefulSet at the servers its gang was admitted
+with (its minimum); the servers above it are a second StatefulSet, ``<job>-rollout-x``, whose
+pods carry the same role labels (the Service, the NetworkPolicies and the operator's checks
+cover them) and no gang membership: each is admitted on its own."""
 
 from __future__ import annotations
 
-from agpo_api import AGPOJob
+from agpo_api import AGPOJob, AGPOJobSpec
 from agpo_api.env import AUTH_ENV, EnvVar
 from agpo_api.layout import JOB_FILE, ROLLOUT_PORT, TINY_MODEL_DIR, TOKEN_KEY
 from agpo_api.vllm_server import job_server_command, server_env
 from agpo_operator.builders.child import (
     SERVICE,
     Child,
+    Creation,
     Grant,
     Kind,
     Lifetime,
     created,
-    plain,
 )
 from agpo_operator.builders.common import (
     BuildOptions,
@@ -27,6 +32,7 @@ from agpo_operator.builders.common import (
     container_security_context,
     env_secret,
     env_value,
+    gang_metadata,
     hf_token_env,
     job_file_volume,
     label_selector,
@@ -38,6 +44,7 @@ from agpo_operator.builders.common import (
     scheduling,
     selector_labels,
     shm_volume,
+    solo_metadata,
     workload_labels,
 )
 from agpo_operator.builders.model import (
@@ -170,23 +177,39 @@ def build_rollout_service(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
     }
 
 
-def build_rollout_statefulset(job: AGPOJob, n: Names, options: BuildOptions) -> Obj:
-    """The vLLM servers; pods start in parallel (each takes minutes to load a model)."""
-    select = selector_labels(n.job, "rollout")
-    meta = metadata(n, n.rollout, "rollout")
+#: The label that tells the extra servers' StatefulSet its own pods from the gang's: the
+#: gang's selector (immutable, ``agpo.dev/job`` + ``agpo.dev/role``) matches them too, but a
+#: StatefulSet adopts only pods without a controller, and every pod here has its own.
+POOL_LABEL = "agpo.dev/pool"
+
+
+def pool_sizes(spec: AGPOJobSpec, gang_replicas: int | None) -> tuple[int, int]:
+    """The servers of the job's StatefulSet and of the extra one: all of
+    ``spec.rollout.replicas`` in the first without a gang; with one, the gang's own
+    (``gang_replicas``, None: the spec's, as at creation) and the rest above it."""
+    wanted = spec.rollout.replicas
+    if spec.run_policy.gang is None or gang_replicas is None:
+        return wanted, 0
+    return gang_replicas, max(wanted - gang_replicas, 0)
+
+
+def _statefulset(job: AGPOJob, n: Names, options: BuildOptions, name: str, replicas: int,
+                 select: dict[str, str], membership: Obj) -> Obj:  # fmt: skip
+    meta = metadata(n, name, "rollout")
     meta["labels"] = workload_labels(job, n, "rollout")
+    pod_labels = {**metadata(n, n.rollout, "rollout")["labels"], **select}
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": meta,
         "spec": {
             "serviceName": n.rollout,
-            "replicas": job.spec.rollout.replicas,
+            "replicas": replicas,
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": select},
             "template": {
                 "metadata": pod_template_metadata(
-                    job, n, metadata(n, n.rollout, "rollout")["labels"], pod_annotations(job)
+                    job, n, pod_labels, pod_annotations(job), membership
                 ),
                 "spec": rollout_pod_spec(job, n, options),
             },
@@ -194,12 +217,36 @@ def build_rollout_statefulset(job: AGPOJob, n: Names, options: BuildOptions) -> 
     }
 
 
+def build_rollout_statefulset(
+    job: AGPOJob, n: Names, options: BuildOptions, creation: Creation
+) -> Obj:
+    """The vLLM servers (a gang job's: those of its gang); pods start in parallel (each takes
+    minutes to load a model)."""
+    replicas, _ = pool_sizes(job.spec, creation.gang_replicas)
+    membership = gang_metadata(job, n, creation.gang_replicas)
+    return _statefulset(job, n, options, n.rollout, replicas, selector_labels(n.job, "rollout"),
+                        membership)  # fmt: skip
+
+
+def build_extra_statefulset(
+    job: AGPOJob, n: Names, options: BuildOptions, creation: Creation
+) -> Obj | None:
+    """A gang job's vLLM servers above its gang (None while there are none): the same pods
+    under the same Service, outside the gang (:func:`~.common.solo_metadata`)."""
+    _, extra = pool_sizes(job.spec, creation.gang_replicas)
+    if extra == 0:
+        return None
+    select = {**selector_labels(n.job, "rollout"), POOL_LABEL: "extra"}
+    return _statefulset(job, n, options, n.rollout_extra, extra, select, solo_metadata(job))
+
+
 ROLLOUT_SERVICE = created(
     SERVICE, build_rollout_service, lambda n: n.rollout, "the vLLM pods' headless Service"
 )
+STATEFULSET = Kind("apps/v1", "StatefulSet", "statefulsets")
 ROLLOUT_STATEFULSET = Child(
-    kind=Kind("apps/v1", "StatefulSet", "statefulsets"),
-    build=plain(build_rollout_statefulset),
+    kind=STATEFULSET,
+    build=build_rollout_statefulset,
     name=lambda n: n.rollout,
     grants=(
         Grant(("create",), "the vLLM rollout servers"),
@@ -210,6 +257,20 @@ ROLLOUT_STATEFULSET = Child(
             "scaled to spec.rollout.replicas (kubectl scale, an autoscaler)",
             subresource="scale",
         ),
+    ),
+    lifetime=Lifetime.ROLLOUT,
+)
+#: Created when a gang job is first scaled above its gang, then scaled (to 0 as well); it goes
+#: with the other StatefulSet (suspend, finish, cleanPodPolicy, the job's deletion).
+ROLLOUT_EXTRA = Child(
+    kind=STATEFULSET,
+    build=build_extra_statefulset,
+    name=lambda n: n.rollout_extra,
+    grants=(
+        Grant(("create",), "a gang job's vLLM servers above its gang, each admitted alone"),
+        Grant(("list",), "read with the trainer Job and the pods on every pass"),
+        Grant(("delete",), "removed while suspended and when finished"),
+        Grant(("patch",), "scaled to the servers above the gang's", subresource="scale"),
     ),
     lifetime=Lifetime.ROLLOUT,
 )

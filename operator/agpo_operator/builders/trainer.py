@@ -42,6 +42,7 @@ from agpo_operator.builders.common import (
     container_security_context,
     env_secret,
     env_value,
+    gang_metadata,
     hf_token_env,
     job_file_volume,
     labels,
@@ -271,7 +272,13 @@ def build_trainer_job(job: AGPOJob, n: Names, options: BuildOptions, creation: C
             "backoffLimit": 0,
             "podReplacementPolicy": "Failed",
             "template": {
-                "metadata": pod_template_metadata(job, n, pod_labels, pod_annotations(job)),
+                "metadata": pod_template_metadata(
+                    job,
+                    n,
+                    pod_labels,
+                    pod_annotations(job),
+                    gang_metadata(job, n, creation.gang_replicas),
+                ),
                 "spec": trainer_pod_spec(job, n, options),
             },
         },
