@@ -89,7 +89,7 @@ def _spec_change(m: Machine) -> None:
         message = (
             "; ".join(m.obs.refused)
             + ". The job keeps running with its original spec: revert the change, or delete "
-            f"and recreate the job (only {mutable_names(m.spec)} may change on it)"
+            f"and recreate the job (only {mutable_names()} may change on it)"
         )
         m.cond(C.SPEC_CHANGE_REFUSED, True, m.obs.refused_reason, message, EventType.WARNING)
     elif is_true(m.st, C.SPEC_CHANGE_REFUSED):

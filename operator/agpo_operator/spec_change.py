@@ -1,7 +1,7 @@
 """Spec changes on a live job: which fields may change, which edits are refused (pure).
 
-Only the fields of :data:`MUTABLE` may change once the children exist (some not on every job:
-a field's ``refusals`` say when and why; some not below a ``floor``); every other change is refused
+Only the fields of :data:`MUTABLE` may change once the children exist (some not below a
+``floor`` on some jobs: it says which and why); every other change is refused
 (``SpecChangeRefused``) and the job keeps running with the spec it was built from (stored in
 its ConfigMap) plus the accepted changes.
 """
@@ -20,15 +20,6 @@ from agpo_operator.conditions import is_true
 
 
 @dataclass(frozen=True)
-class Refusal:
-    """A job on which a mutable field cannot change after all: ``applies`` to the spec it
-    runs with, ``why`` it cannot (the rest of the user's one line)."""
-
-    applies: Callable[[AGPOJobSpec], bool]
-    why: str
-
-
-@dataclass(frozen=True)
 class Floor:
     """The least value a mutable number may take on a job: ``least`` of the spec it was
     created with (None: no floor there), and ``why`` (formatted with ``least``)."""
@@ -42,7 +33,6 @@ class Mutable:
     """A spec field a user may change on a live job, by its attribute path from the spec."""
 
     path: tuple[str, ...]
-    refusals: tuple[Refusal, ...] = ()
     floor: Floor | None = None
 
     @property
@@ -59,11 +49,8 @@ class Mutable:
     def name(self) -> str:
         return ".".join(self.wire)
 
-    def refusal(self, running: AGPOJobSpec) -> str | None:
-        """Why this job cannot take a change of the field (None: it can)."""
-        return next((r.why for r in self.refusals if r.applies(running)), None)
-
     def least(self, running: AGPOJobSpec) -> int | None:
+        """The field's floor on this job (None: none)."""
         return self.floor.least(running) if self.floor is not None else None
 
     def below(self, running: AGPOJobSpec, current: AGPOJobSpec) -> str | None:
@@ -102,9 +89,9 @@ MUTABLE: tuple[Mutable, ...] = (
 )  # fmt: skip
 
 
-def mutable_names(running: AGPOJobSpec) -> str:
-    """The fields this job may change, for the user's message: ``runPolicy.suspend, ...``."""
-    return ", ".join(f.name for f in _open(running))
+def mutable_names() -> str:
+    """The fields a live job may change, for the user's message: ``runPolicy.suspend, ...``."""
+    return ", ".join(f.name for f in MUTABLE)
 
 
 def _leaves(value: Any, prefix: str) -> dict[str, Any]:
@@ -127,25 +114,16 @@ def _without(spec: AGPOJobSpec, fields: tuple[Mutable, ...]) -> dict[str, Any]:
     return data
 
 
-def _open(running: AGPOJobSpec) -> tuple[Mutable, ...]:
-    """The mutable fields this job may change."""
-    return tuple(f for f in MUTABLE if f.refusal(running) is None)
-
-
 def immutable_changes(applied: AGPOJobSpec, current: AGPOJobSpec) -> list[str]:
-    """One line per field that differs between the running and the requested spec and may not
-    change on this job."""
-    open_fields = _open(applied)
-    old = _leaves(_without(applied, open_fields), "spec")
-    new = _leaves(_without(current, open_fields), "spec")
-    why = {f"spec.{f.name}": f.refusal(applied) for f in MUTABLE}
-    out = [line for f in open_fields if (line := f.below(applied, current)) is not None]
+    """One line per refused change: a mutable field below its floor, then each other field
+    that differs between the running and the requested spec."""
+    old = _leaves(_without(applied, MUTABLE), "spec")
+    new = _leaves(_without(current, MUTABLE), "spec")
+    out = [line for f in MUTABLE if (line := f.below(applied, current)) is not None]
     for path in sorted(set(old) | set(new)):
         if old.get(path) != new.get(path):
             values = f"running: {old.get(path)!r}, requested: {new.get(path)!r}"
-            reason = why.get(path)
-            out.append(f"{path} cannot change on this job ({values}): {reason}" if reason
-                       else f"{path} cannot change on a live job ({values})")  # fmt: skip
+            out.append(f"{path} cannot change on a live job ({values})")
     return out
 
 
@@ -163,9 +141,9 @@ def _value(model: BaseModel, path: tuple[str, ...]) -> Any:
 
 
 def effective_spec(applied: AGPOJobSpec, current: AGPOJobSpec) -> AGPOJobSpec:
-    """The running spec with the requested values of the fields this job may change."""
+    """The running spec with the requested values of the mutable fields (not below a floor)."""
     spec = applied
-    for f in _open(applied):
+    for f in MUTABLE:
         value = _value(current, f.path)
         least = f.least(applied)
         spec = _replace(spec, f.path, value if least is None else max(value, least))
