@@ -45,7 +45,7 @@ Generate = Callable[[int, int, Any, bool], Any]
 #: ``push(weights, version)``: the seconds a push of ``weights`` as ``version`` took.
 Push = Callable[[Any, int], float]
 #: ``refresh(weights, version)``: a step boundary's pool work (servers joined, caught up or
-#: dropped: ``RolloutBackend.refresh``), the seconds it took.
+#: dropped: ``RolloutBackend.refresh``), the seconds its joins and pushes took (0: none).
 Refresh = Callable[[Any, int], float]
 
 

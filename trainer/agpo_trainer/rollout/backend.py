@@ -57,7 +57,8 @@ class RolloutBackend(Protocol):
 
     def refresh(self, weights: Weights, version: int) -> float:
         """A step boundary: make the servers that will generate serve ``version`` (join new
-        ones, catch up replaced or lagging ones, drop gone ones); the seconds it took."""
+        ones, catch up replaced or lagging ones, drop gone ones); the seconds its joins,
+        pushes and waits took (0 when every server already served it)."""
         ...
 
     def health(self) -> PoolHealth | None:

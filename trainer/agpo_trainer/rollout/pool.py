@@ -162,18 +162,17 @@ class ElasticPool:
         for member in self.members.values():
             member.joined, member.retry_at = False, 0.0
         self._catch_up(weights, version)
-        return time.perf_counter() - start
+        return time.perf_counter() - start  # resync: all of it is joining and pushing
 
     def refresh(self, weights: Weights, version: int) -> float:
         """A step boundary: the listed servers joined, the gone ones dropped, the lagging
         ones (when their retry is due) and the new ones pushed ``version``; waits up to the
-        ready timeout while none serves it."""
-        start = time.perf_counter()
+        ready timeout while none serves it. Returns the seconds spent joining, pushing and
+        waiting (0 when every server already served ``version``: the checks are no push)."""
         self.version = version
         self._listed()  # an unlisted server leaves before it is asked anything
         self._verify(version)
-        self._catch_up(weights, version)
-        return time.perf_counter() - start
+        return self._catch_up(weights, version)
 
     def lagging(self, version: int) -> dict[str, str]:
         """``{server: served version}`` of the serving servers that no longer serve
@@ -262,11 +261,13 @@ class ElasticPool:
                 self.members[url] = Member(self.syncer.add(url))
         return urls
 
-    def _catch_up(self, weights: Weights, version: int) -> None:
+    def _catch_up(self, weights: Weights, version: int) -> float:
         """Join and push every member not serving ``version`` whose retry is due; while none
-        serves, look again until the ready timeout."""
+        serves, look again until the ready timeout. The seconds of joins, pushes and waits."""
         deadline = time.monotonic() + self.ready_timeout_s
+        spent = 0.0
         while True:
+            start = time.perf_counter()
             self._listed()
             due = [
                 m
@@ -277,7 +278,7 @@ class ElasticPool:
                 self._join_and_push(due, weights, version)
             self._publish()
             if self.serving():
-                return
+                return spent + (time.perf_counter() - start if due else 0.0)
             if time.monotonic() >= deadline:
                 raise WeightSyncFailed(
                     f"no rollout server serves weight version {version} after "
@@ -286,6 +287,7 @@ class ElasticPool:
             for member in self.members.values():  # nobody serves: no backing off now
                 member.retry_at = 0.0
             time.sleep(WAIT_POLL_S)
+            spent += time.perf_counter() - start
 
     def _join_and_push(self, due: list[Member], weights: Weights, version: int) -> None:
         # One that does not answer /health yet (starting, restarting in place) is asked
