@@ -316,8 +316,12 @@ class ElasticPool:
                 member = self.members[url]
                 member.served, member.misses, member.retry_at = str(version), 0, 0.0
         for url, why in round_.missed(version).items():
-            if url in self.members:
+            if url not in self.members:
+                continue
+            if _healthy(url):  # up, but did not take the push: it lags behind
                 self._miss(self.members[url], f"missed weight version {version}: {why}")
+            else:  # gone (stopped, scaled away, died): not behind, just absent
+                self._silent(self.members[url], RuntimeError(why))
 
     def _drop_group(self, member: Member) -> None:
         # A transport that cannot tear a group down (vLLM's nccl engine shutting down a dead
