@@ -35,7 +35,8 @@ from tenacity.wait import wait_base
 RETRY_STATUSES = frozenset({502, 503, 504})
 #: What vLLM answers (HTTP 500) to the requests in flight when its engine is gone: a server
 #: stopping (SIGTERM aborts them) or crashed. The server is going, not the request wrong.
-ENGINE_DEAD = "EngineDeadError"
+#: The body carries vLLM's EngineDeadError message (vllm/v1/engine/exceptions.py), not its name.
+ENGINE_DEAD = "EngineCore encountered an issue"
 
 
 class HttpCallError(RuntimeError):
