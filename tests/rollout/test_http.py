@@ -44,9 +44,12 @@ class Handler(BaseHTTPRequestHandler):
         body = b'{"ok": true}' if status == 200 else b"busy\n  try later"
         if status == ENGINE_DEAD:
             # vLLM 0.32's answer, verbatim (seen in the elastic pool's e2e test)
-            status, body = 500, (
-                b'{"error":{"message":"EngineCore encountered an issue. See stack trace (above) '
-                b'for the root cause.","type":"InternalServerError","param":null,"code":500}}'
+            status, body = (
+                500,
+                (
+                    b'{"error":{"message":"EngineCore encountered an issue. See stack trace (above) '
+                    b'for the root cause.","type":"InternalServerError","param":null,"code":500}}'
+                ),
             )
         if status == CUT:
             self.send_response(200)
