@@ -5,8 +5,9 @@
   current weights, then serves batches (its own access log shows the completions); scaled
   back to one, it leaves the pool; no step is lost and the data order is an uninterrupted
   run's;
-* one of two servers SIGKILLed while the trainer runs: its requests go to the other, no step
-  is lost or redone, the data order is unchanged, and the trainer group is never restarted;
+* one of two servers SIGKILLed while the trainer runs (overlapped: a prefetch in flight most
+  of the time): its requests go to the other, no step is lost or redone, the data order is
+  unchanged, and the trainer group is never restarted;
 * a server that stops answering `/agpo/push_weights` (fault injection in the plugin) is
   marked lagging after `weightSync.timeoutSeconds`, reported on `/status` (the operator's
   WeightSyncDegraded) and in the per-server push histogram, while the other server serves
@@ -151,9 +152,12 @@ def test_killing_one_of_two_servers_loses_no_step_and_keeps_the_data_order(
 ) -> None:
     steps = 12
     # Long completions: the rollout is most of a step, so the kill most likely lands in it.
+    # maxStaleness 1: the next step's batch is generated (on a thread) while this one
+    # trains, so requests are in flight most of the time, and the pool is refreshed at the
+    # boundary before each prefetch.
     job = job_file(
         tmp_path, training__steps=steps, training__formatWarmupSteps=10,
-        training__maxCompletionTokens=40, rollout__maxModelLen=128,
+        training__maxCompletionTokens=40, training__maxStaleness=1, rollout__maxModelLen=128,
     )  # fmt: skip
     workdir = tmp_path / "run"
     log = workdir / "logs" / "trainer.log"
