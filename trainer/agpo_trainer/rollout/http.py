@@ -88,7 +88,8 @@ def _session() -> requests.Session:
     return session
 
 
-def _short(text: str, limit: int = 300) -> str:
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, cut at ``limit`` characters (errors name what a server said)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -104,7 +105,7 @@ def _connection_reason(exc: requests.ConnectionError) -> str:
     for marker in ("RemoteDisconnected", "Connection aborted", "Connection reset"):
         if marker in text:
             return f"connection failed: {marker}"
-    return f"connection failed: {_short(text, 160)}"
+    return f"connection failed: {one_line(text, 160)}"
 
 
 class _Transient(Exception):
@@ -152,10 +153,10 @@ def _attempt(
             url=url,
         ) from None
     except requests.RequestException as exc:  # a malformed URL and the like: never transient
-        raise HttpCallError(f"{method} {url} failed: {_short(str(exc), 160)}", url=url) from None
+        raise HttpCallError(f"{method} {url} failed: {one_line(str(exc), 160)}", url=url) from None
     if response.ok:
         return response
-    reason = f"HTTP {response.status_code}: {_short(response.text)}"
+    reason = f"HTTP {response.status_code}: {one_line(response.text)}"
     if response.status_code in RETRY_STATUSES or (
         response.status_code == 500 and ENGINE_DEAD in response.text
     ):

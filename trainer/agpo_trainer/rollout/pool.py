@@ -37,7 +37,7 @@ from agpo_api.layout import NCCL_SYNC_PORTS
 from agpo_trainer.rollout.backend import WeightSyncFailed
 from agpo_trainer.rollout.client import Completion, RolloutClient
 from agpo_trainer.rollout.discovery import Discovery, StaticDiscovery
-from agpo_trainer.rollout.http import HttpCallError, call
+from agpo_trainer.rollout.http import HttpCallError, call, one_line
 from agpo_trainer.rollout.weight_sync import PushRound, Server, WeightSyncer, WeightSyncError
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ class ElasticPool:
         log.warning(
             "rollout server %s does not answer (%s); it gets no prompts until it answers again",
             member.url,
-            _one_line(str(exc)),
+            one_line(str(exc)),
         )
 
     def _listed(self) -> list[str]:
@@ -345,7 +345,7 @@ class ElasticPool:
         log.warning(
             "rollout server %s %s; it gets no prompts until it is pushed to again (in %.0fs)",
             member.url,
-            _one_line(why),
+            one_line(why),
             delay,
         )
 
@@ -378,11 +378,6 @@ def _healthy(url: str) -> bool:
     except HttpCallError:
         return False
     return True
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 __all__ = ["ElasticPool", "Member", "PoolHealth", "WeightSyncError"]

@@ -244,11 +244,10 @@ class WeightSyncer:
         """Join every server's transfer group. Servers must be up (waited for here)."""
         if not self.servers:
             raise WeightSyncError("weight sync: no rollout server to join")
-        nonce = uuid.uuid4().hex[:8]  # fresh store keys on every (re-)init
-        self._each(self._discover)
-        self.master_port = self.transport.listen()
-        self._each_for_transport(lambda s: self.transport.init(s, f"{nonce}-{s.index}"))
-        self._initialized = True
+        errors = self.join(self.servers, ready_timeout_s=self.ready_timeout_s)
+        if errors:
+            self._initialized = False
+            raise next(iter(errors.values()))
         logger.info(
             "weight sync ready: backend=%s servers=%d rendezvous=%s:%d",
             self.backend,
@@ -256,12 +255,6 @@ class WeightSyncer:
             self.master_address,
             self.master_port,
         )
-
-    def _discover(self, server: Server) -> None:
-        data = self.calls(
-            server, "GET", "/get_world_size", timeout_s=self.ready_timeout_s, retry=True
-        )
-        server.workers = int(data["world_size"])
 
     # --- push ----------------------------------------------------------------------
 
