@@ -1,0 +1,341 @@
+"""The second edition's gate (issue #19): does reasoning pay on the ``chainsum`` task, and is
+there overthinking to remove? Run before any study code of the second edition changes.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python study/gate2.py --variant tiny-600
+
+Everything runs through the product: a variant is an ``AGPOJob`` on ``builtin:tiny`` and the
+builtin ``chainsum`` task, its warm base is the trainer's own format warm-up
+(``training.formatWarmupSteps``, the task's ``WarmupRecipe``, cached like `agpo run`'s), the
+figures are sampled with ``InProcessBackend`` (what the study samples with) from the prompts
+``PromptEncoder`` makes, and the GRPO run is ``agpo_trainer.train.train``. It prints
+PASS/FAIL per rule and appends a record to ``study/gate2_log.jsonl`` (failures included).
+
+The rules below were written down before any chainsum figure was measured (commit order
+shows it): the first edition's, re-bucketed for 2-8 operands, plus three that make the token
+claim meaningful (reasoning pays on hard prompts, not on easy ones, and easy prompts do get
+reasoning that a length reward could remove).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from runner import load_policy
+
+from agpo_api.models import AGPOJob
+from agpo_trainer.data import apply_template
+from agpo_trainer.prompts import PromptEncoder
+from agpo_trainer.rollout.inprocess import InProcessBackend, keeping
+from agpo_trainer.runtime import Runtime
+from agpo_trainer.stats import StepStats
+from agpo_trainer.tasks import chainsum as task
+from agpo_trainer.train import Callbacks, train
+
+# ------------------------------------------------------------------ decision rules (fixed)
+EASY = (2, 3)  # operand counts of the easiest buckets
+HARD = (7, 8)  # ... and of the hardest
+ACC_RANGE = (0.30, 0.65)  # mean sampled accuracy on eval (T=1, G=8)
+SPREAD_MIN = 0.20  # accuracy(easy) - accuracy(hard)
+ZERO_VAR_RANGE = (0.20, 0.60)  # fraction of groups with zero reward variance
+ALL_CORRECT_MIN = 0.05
+ALL_WRONG_MIN = 0.05
+SCRATCH_RANGE = (0.35, 0.65)  # fraction of sampled completions with scratch
+LENGTH_CV_MIN = 0.30  # coefficient of variation of completion tokens of correct answers
+GRPO_GAIN_MIN = 0.05  # greedy eval accuracy after - before a 40-step plain-GRPO run
+# new in the second edition (issue #19), on forced formats at T=1, G=8:
+FORCED_HARD_GAIN_MIN = 0.10  # acc(forced scratch) - acc(forced direct) on HARD
+FORCED_EASY_MARGIN = 0.03  # acc(forced direct) >= acc(forced scratch) - this on EASY ("match")
+EASY_SCRATCH_MIN = 0.30  # sampled completions on EASY prompts that use scratch
+
+GROUP = 8
+TEMPERATURE = 1.0
+PER_BUCKET = 40  # sampling set: up to 40 eval prompts per operand count (2 operands: ~10)
+GREEDY_PER_BUCKET = 100  # greedy before/after set
+MAX_TOKENS = 40  # longest grammatical completion: 6 + 16 + 1 + 8 = 31, then EOS
+SAMPLE_SEED = 1000
+LOG = Path(__file__).with_name("gate2_log.jsonl")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A warm-up length (and recipe overrides) on ``builtin:tiny``, and the GRPO check."""
+
+    warmup_steps: int = 600
+    recipe: dict[str, Any] = field(default_factory=dict)  # chainsum.WARMUP_RECIPE overrides
+    grpo_steps: int = 40
+    grpo_prompts: int = 16
+    grpo_lr: float = 1e-4
+
+
+VARIANTS: dict[str, Variant] = {
+    "tiny-300": Variant(warmup_steps=300),
+    "tiny-600": Variant(warmup_steps=600),
+    "tiny-1200": Variant(warmup_steps=1200),
+}
+
+
+def job(v: Variant, seed: int, *, steps: int, work: str = "gate2") -> AGPOJob:
+    """Plain GRPO on the warm base (the first study's base: grpo advantages, zero-variance
+    groups kept, no length reward, token-mean, no KL)."""
+    return AGPOJob.model_validate({
+        "apiVersion": "agpo.dev/v1alpha1",
+        "kind": "AGPOJob",
+        "metadata": {"name": f"{work}-s{seed}"},
+        "spec": {
+            "model": {"name": "builtin:tiny", "dtype": "float32"},
+            "dataset": {
+                "source": {"builtin": {"task": task.NAME, "size": max(steps, 1) * v.grpo_prompts,
+                                       "seed": seed + 2000}},
+                "promptTemplate": "{prompt}",
+            },
+            "algorithm": {"preset": "agpo", "zeroVariance": "keep", "groupSize": GROUP,
+                          "lengthReward": {"type": "none"}, "klCoefficient": 0.0},
+            "training": {
+                "steps": max(steps, 1), "promptsPerStep": v.grpo_prompts,
+                "learningRate": v.grpo_lr, "lrSchedule": "constant", "warmupSteps": 0,
+                "maxPromptTokens": 32, "maxCompletionTokens": MAX_TOKENS,
+                "temperature": TEMPERATURE, "seed": seed,
+                "formatWarmupSteps": v.warmup_steps,
+                "checkpoint": {"everySteps": max(steps, 1), "keep": 1},
+            },
+            "evaluation": {"atEnd": False},
+        },
+    })  # fmt: skip
+
+
+# ------------------------------------------------------------------ sampling
+def sample(
+    model: Any, tok: Any, j: AGPOJob, probs: list[task.Problem], prefix: str, n: int, seed: int
+) -> list[tuple[task.Problem, task.Grade, int]]:
+    """``n`` completions per problem (T=1, or greedy for n=1) after ``prefix`` (forces a
+    format: ``Answer:`` or the first tag), graded with the prefix put back."""
+    encode = PromptEncoder(tok, j.spec.dataset)
+    ids = [encode(apply_template(j.spec.dataset.prompt_template, p.prompt) + prefix) for p in probs]
+    temp = 0.0 if n == 1 else TEMPERATURE
+    comps = InProcessBackend(model, tok).generate(
+        ids, n=n, max_tokens=MAX_TOKENS, temperature=temp, seed=seed
+    )
+    return [
+        (probs[i // n], task.grade(probs[i // n].prompt, prefix + c.text, finished=not c.truncated),
+         len(c.token_ids))
+        for i, c in enumerate(comps)
+    ]  # fmt: skip
+
+
+def _acc(rows: list[tuple[task.Problem, task.Grade, int]], buckets: tuple[int, ...]) -> float:
+    sel = [g.correct for p, g, _ in rows if p.difficulty in buckets]
+    return statistics.fmean(sel) if sel else float("nan")
+
+
+def _by_bucket(rows: list[tuple[task.Problem, task.Grade, int]]) -> dict[int, float]:
+    out: dict[int, list[bool]] = {}
+    for p, g, _ in rows:
+        out.setdefault(p.difficulty, []).append(g.correct)
+    return {n: round(statistics.fmean(c), 3) for n, c in sorted(out.items())}
+
+
+def figures(model: Any, tok: Any, j: AGPOJob, seed: int) -> dict[str, Any]:
+    probs = task.stratified("eval", PER_BUCKET)
+    rows = sample(model, tok, j, probs, "", GROUP, seed + SAMPLE_SEED)
+    correct = [g.correct for _, g, _ in rows]
+    groups = [correct[i : i + GROUP] for i in range(0, len(correct), GROUP)]
+    all_c = statistics.fmean(all(g) for g in groups)
+    all_w = statistics.fmean(not any(g) for g in groups)
+    lens = [n for _, g, n in rows if g.correct]
+    mean_len = statistics.fmean(lens) if lens else 0.0
+    forced = {
+        name: sample(model, tok, j, probs, prefix, GROUP, seed + SAMPLE_SEED + 1)
+        for name, prefix in (("direct", task.ANSWER_PREFIX), ("scratch", task.TAGS[0]))
+    }
+    easy_rows = [g for p, g, _ in rows if p.difficulty in EASY]
+    return {
+        "prompts": len(probs),
+        "samples": len(rows),
+        "accuracy": statistics.fmean(correct),
+        "spread": _acc(rows, EASY) - _acc(rows, HARD),
+        "zero_var": all_c + all_w,
+        "all_correct": all_c,
+        "all_wrong": all_w,
+        "scratch_use": statistics.fmean(g.used_scratch for _, g, _ in rows),
+        "easy_scratch_use": statistics.fmean(g.used_scratch for g in easy_rows),
+        "length_cv": statistics.pstdev(lens) / mean_len if len(lens) > 1 else 0.0,
+        "correct_len_mean": mean_len,
+        "filler_mean": statistics.fmean(g.filler_tokens for _, g, _ in rows),
+        "well_formed": statistics.fmean(g.well_formed for _, g, _ in rows),
+        "acc_by_ops": _by_bucket(rows),
+        "forced_direct_by_ops": _by_bucket(forced["direct"]),
+        "forced_scratch_by_ops": _by_bucket(forced["scratch"]),
+        "forced_hard_gain": _acc(forced["scratch"], HARD) - _acc(forced["direct"], HARD),
+        "forced_easy_gain": _acc(forced["direct"], EASY) - _acc(forced["scratch"], EASY),
+        "scratch_right": statistics.fmean(bool(g.scratch_correct) for _, g, _ in forced["scratch"]),
+    }
+
+
+def greedy_accuracy(model: Any, tok: Any, j: AGPOJob) -> float:
+    probs = task.stratified("eval", GREEDY_PER_BUCKET)
+    return statistics.fmean(g.correct for _, g, _ in sample(model, tok, j, probs, "", 1, 0))
+
+
+class Curve(Callbacks):
+    def __init__(self) -> None:
+        self.curve: list[dict[str, float]] = []
+
+    def on_step(self, stats: StepStats, batch: Any) -> None:
+        r = stats.rollout
+        self.curve.append({"step": stats.step, "reward": r.reward_mean,
+                           "zero_var": r.zero_variance_fraction,
+                           "tokens": r.completion_tokens_mean})  # fmt: skip
+        if stats.step % 10 == 0:
+            last = self.curve[-10:]
+            print(f"grpo step {stats.step}: reward(last 10) "
+                  f"{statistics.fmean(x['reward'] for x in last):.3f}, tokens "
+                  f"{statistics.fmean(x['tokens'] for x in last):.1f}", flush=True)  # fmt: skip
+
+
+# ------------------------------------------------------------------ verdicts
+def verdicts(f: dict[str, Any], gain: float | None) -> list[tuple[str, str, str, bool]]:
+    def inside(x: float, lo_hi: tuple[float, float]) -> bool:
+        return lo_hi[0] <= x <= lo_hi[1]
+
+    e, h = f"{EASY[0]}-{EASY[-1]}", f"{HARD[0]}-{HARD[-1]}"
+    rows = [
+        ("accuracy (T=1)", f"{f['accuracy']:.3f}", f"{ACC_RANGE[0]}-{ACC_RANGE[1]}",
+         inside(f["accuracy"], ACC_RANGE)),
+        (f"spread acc({e}) - acc({h})", f"{f['spread']:.3f}", f">= {SPREAD_MIN}",
+         f["spread"] >= SPREAD_MIN),
+        ("zero-variance groups", f"{f['zero_var']:.3f}",
+         f"{ZERO_VAR_RANGE[0]}-{ZERO_VAR_RANGE[1]}", inside(f["zero_var"], ZERO_VAR_RANGE)),
+        ("  all-correct groups", f"{f['all_correct']:.3f}", f">= {ALL_CORRECT_MIN}",
+         f["all_correct"] >= ALL_CORRECT_MIN),
+        ("  all-wrong groups", f"{f['all_wrong']:.3f}", f">= {ALL_WRONG_MIN}",
+         f["all_wrong"] >= ALL_WRONG_MIN),
+        ("scratch use", f"{f['scratch_use']:.3f}", f"{SCRATCH_RANGE[0]}-{SCRATCH_RANGE[1]}",
+         inside(f["scratch_use"], SCRATCH_RANGE)),
+        ("CV of correct lengths", f"{f['length_cv']:.3f}", f">= {LENGTH_CV_MIN}",
+         f["length_cv"] >= LENGTH_CV_MIN),
+        (f"forced scratch - direct ({h} ops)", f"{f['forced_hard_gain']:+.3f}",
+         f">= {FORCED_HARD_GAIN_MIN}", f["forced_hard_gain"] >= FORCED_HARD_GAIN_MIN),
+        (f"forced direct - scratch ({e} ops)", f"{f['forced_easy_gain']:+.3f}",
+         f">= -{FORCED_EASY_MARGIN}", f["forced_easy_gain"] >= -FORCED_EASY_MARGIN),
+        (f"sampled scratch use ({e} ops)", f"{f['easy_scratch_use']:.3f}",
+         f">= {EASY_SCRATCH_MIN}", f["easy_scratch_use"] >= EASY_SCRATCH_MIN),
+    ]  # fmt: skip
+    if gain is not None:
+        rows.append(("GRPO gain (greedy eval)", f"{gain:+.3f}", f">= {GRPO_GAIN_MIN}",
+                     gain >= GRPO_GAIN_MIN))  # fmt: skip
+    return rows
+
+
+def summary(path: Path = LOG) -> str:
+    """The log as a markdown table (one row per gate run), for docs/results.md."""
+    out = [
+        "| # | variant | seed | warm-up steps | acc | spread | zero-var (c/w) | scratch (easy) "
+        "| forced hard: scratch / direct | forced easy: direct / scratch | greedy before -> "
+        "after | gate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        r = json.loads(line)
+        f = r["figures"]
+        fs, fd = f["forced_scratch_by_ops"], f["forced_direct_by_ops"]
+        hard = lambda d: statistics.fmean(d[str(n)] for n in HARD)  # noqa: E731
+        easy = lambda d: statistics.fmean(d[str(n)] for n in EASY)  # noqa: E731
+        fails = [k for k, ok in r["verdicts"].items() if not ok]
+        greedy = (f"{r['greedy_before']:.3f} -> {r['greedy_after']:.3f}"
+                  if r["greedy_after"] is not None else "-")  # fmt: skip
+        out.append(
+            f"| {i} | {r['variant']} | {r['seed']} | {r['config']['warmup_steps']} "
+            f"| {f['accuracy']:.3f} | {f['spread']:.3f} | {f['zero_var']:.2f} "
+            f"({f['all_correct']:.2f}/{f['all_wrong']:.2f}) | {f['scratch_use']:.2f} "
+            f"({f['easy_scratch_use']:.2f}) | {hard(fs):.2f} / {hard(fd):.2f} "
+            f"| {easy(fd):.2f} / {easy(fs):.2f} | {greedy} "
+            f"| {'PASS' if r['pass'] else 'FAIL: ' + ', '.join(fails)} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--variant", default="tiny-600", choices=sorted(VARIANTS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-grpo", action="store_true", help="only the warm base's figures")
+    ap.add_argument("--no-log", action="store_true", help=f"do not append to {LOG.name}")
+    ap.add_argument("--summary", action="store_true", help="print the log as a markdown table")
+    args = ap.parse_args(argv)
+    if args.summary:
+        print(summary(), end="")
+        return 0
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    v = VARIANTS[args.variant]
+    task.WARMUP_RECIPE.update(v.recipe)  # part of the warm-up cache key: no stale weights
+    t0 = time.time()
+    work = Path(tempfile.mkdtemp(prefix="agpo-gate2-"))
+    try:
+        j = job(v, args.seed, steps=v.grpo_steps)
+        policy = load_policy(j, work)
+        model, tok = policy.module, policy.tokenizer
+        t_warm = time.time() - t0
+        figs = figures(model, tok, j, args.seed)
+        before = after = gain = None
+        curve: list[dict[str, float]] = []
+        if not args.skip_grpo:
+            before = greedy_accuracy(model, tok, j)
+            servers: list[InProcessBackend] = []
+            c = Curve()
+            train(j, Runtime.single(work, Path(os.environ.get("AGPO_CACHE_DIR", Path.home()
+                  / ".cache" / "agpo"))), backend=keeping(servers), callbacks=c)  # fmt: skip
+            curve = c.curve
+            after = greedy_accuracy(servers[0].model, tok, j)
+            gain = after - before
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = verdicts(figs, gain)
+    passed = gain is not None and all(r[3] for r in rows)
+    print(f"\ngate2: chainsum, variant {args.variant}, seed {args.seed}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, warm-up "
+          f"{v.warmup_steps} steps ({t_warm:.0f} s incl. load)")  # fmt: skip
+    print(f"eval: {figs['prompts']} prompts x G={GROUP}, T={TEMPERATURE}")
+    print(f"{'criterion':36} {'value':>8}  {'rule':>12}  verdict")
+    for name, val, rule, ok in rows:
+        print(f"{name:36} {val:>8}  {rule:>12}  {'PASS' if ok else 'FAIL'}")
+    if before is not None:
+        print(f"greedy eval accuracy before {before:.3f}, after {after:.3f}")
+    for k in ("acc_by_ops", "forced_direct_by_ops", "forced_scratch_by_ops"):
+        print(f"{k:22} {figs[k]}")
+    print(f"forced scratch right {figs['scratch_right']:.3f}, well-formed "
+          f"{figs['well_formed']:.3f}, correct length mean {figs['correct_len_mean']:.1f}")  # fmt: skip
+    runtime = time.time() - t0
+    print(f"GATE {'PASS' if passed else 'FAIL'}; runtime {runtime:.0f} s; torch "
+          f"{torch.__version__}, threads {torch.get_num_threads()}, load "
+          f"{os.getloadavg()[0]:.2f}")  # fmt: skip
+    if not args.no_log:
+        rec = {
+            "variant": args.variant, "config": asdict(v), "seed": args.seed,
+            "recipe": dict(task.WARMUP_RECIPE), "figures": figs, "greedy_before": before,
+            "greedy_after": after, "gain": gain,
+            "verdicts": {r[0].strip(): r[3] for r in rows}, "pass": passed,
+            "runtime_s": round(runtime, 1), "torch": torch.__version__,
+            "python": platform.python_version(), "load": os.getloadavg(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "grpo_curve": curve,
+        }  # fmt: skip
+        with LOG.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
