@@ -19,6 +19,7 @@ reasoning that a length reward could remove).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -40,12 +41,17 @@ from agpo_trainer.prompts import PromptEncoder
 from agpo_trainer.rollout.inprocess import InProcessBackend, keeping
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.stats import StepStats
-from agpo_trainer.tasks import chainsum as task
+from agpo_trainer.tasks import bitcount_copy, chainsum
 from agpo_trainer.train import Callbacks, train
 
 # ------------------------------------------------------------------ decision rules (fixed)
-EASY = (2, 3)  # operand counts of the easiest buckets
-HARD = (7, 8)  # ... and of the hardest
+# The easiest and the hardest difficulty buckets of each task, fixed before its first figure:
+# chainsum's with the rules (2-8 operands); bitcount-copy's (2-14 bits) when it was added, the
+# first gate's own short (2-6) and long (11-14) buckets.
+EASY_HARD: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "chainsum": ((2, 3), (7, 8)),
+    "bitcount-copy": ((2, 3, 4, 5, 6), (11, 12, 13, 14)),
+}
 ACC_RANGE = (0.30, 0.65)  # mean sampled accuracy on eval (T=1, G=8)
 SPREAD_MIN = 0.20  # accuracy(easy) - accuracy(hard)
 ZERO_VAR_RANGE = (0.20, 0.60)  # fraction of groups with zero reward variance
@@ -61,19 +67,28 @@ EASY_SCRATCH_MIN = 0.30  # sampled completions on EASY prompts that use scratch
 
 GROUP = 8
 TEMPERATURE = 1.0
-PER_BUCKET = 40  # sampling set: up to 40 eval prompts per operand count (2 operands: ~10)
+PER_BUCKET = 40  # sampling set: up to 40 eval prompts per bucket (chainsum 2 operands: ~10)
 GREEDY_PER_BUCKET = 100  # greedy before/after set
-MAX_TOKENS = 40  # longest grammatical completion: 6 + 16 + 1 + 8 = 31, then EOS
+#: longest grammatical completion + EOS, with room: chainsum 6 + 24 + 1 + 8 = 39;
+#: bitcount-copy 6 + 14 * 3 + 5 (two-digit counts) + 1 + 9 = 63
+MAX_TOKENS = {"chainsum": 48, "bitcount-copy": 72}
+TASK_MODULES = {"chainsum": chainsum, "bitcount-copy": bitcount_copy}
+EXAMPLE = {"chainsum": "3592", "bitcount-copy": "10110"}  # the logged example of the scratch
+LIVE_RECIPE_KEYS = {"scratch_prob", "batch", "decay", "decay_from"}  # read when batches are made
 SAMPLE_SEED = 1000
 LOG = Path(__file__).with_name("gate2_log.jsonl")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A warm-up length (and recipe overrides) on ``builtin:tiny``, and the GRPO check."""
+    """A task, a warm-up length (and recipe overrides) on ``builtin:tiny``, the GRPO check."""
 
+    task: str = "chainsum"
     warmup_steps: int = 600
     recipe: dict[str, Any] = field(default_factory=dict)  # chainsum.WARMUP_RECIPE overrides
+    # None: builtin:tiny; else build_tiny_model's arguments for a larger byte-level Qwen2, built
+    # into the cache (initializer_range 0.02: the recipe's re-initialisation is tiny's only)
+    model: dict[str, Any] | None = None
     grpo_steps: int = 40
     grpo_prompts: int = 16
     grpo_lr: float = 1e-4
@@ -83,7 +98,31 @@ VARIANTS: dict[str, Variant] = {
     "tiny-300": Variant(warmup_steps=300),
     "tiny-600": Variant(warmup_steps=600),
     "tiny-1200": Variant(warmup_steps=1200),
+    "tiny-3000": Variant(warmup_steps=3000),
+    # from here on the scratch copies each operand before adding it (WARMUP_RECIPE version 2)
+    "tiny-1500": Variant(warmup_steps=1500),
+    # bitcount with the copy-then-count scratch: bitcount's warm-up recipe (long strings rarely)
+    "bc-copy-400": Variant(task="bitcount-copy", warmup_steps=400),
+    "bc-copy-800": Variant(task="bitcount-copy", warmup_steps=800),
+    # 4 layers, hidden 128, head_dim 64 (1.05M): room for lookup, then add
+    "small-1500": Variant(
+        warmup_steps=1500,
+        model={"num_layers": 4, "intermediate_size": 512, "num_heads": 2, "num_kv_heads": 1},
+    ),
 }
+
+
+def model_name(v: Variant) -> str:
+    """The job's ``model.name``: ``builtin:tiny``, or the larger model's directory (built once)."""
+    if v.model is None:
+        return "builtin:tiny"
+    from agpo_trainer.models.cache import build_once
+    from agpo_trainer.models.tiny import build_tiny_model
+
+    args = {"initializer_range": 0.02, **v.model}
+    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("AGPO_CACHE_DIR", Path.home() / ".cache" / "agpo"))
+    return str(build_once(cache / "gate2" / f"model-{key}", lambda d: build_tiny_model(d, **args)))
 
 
 def job(v: Variant, seed: int, *, steps: int, work: str = "gate2") -> AGPOJob:
@@ -94,9 +133,9 @@ def job(v: Variant, seed: int, *, steps: int, work: str = "gate2") -> AGPOJob:
         "kind": "AGPOJob",
         "metadata": {"name": f"{work}-s{seed}"},
         "spec": {
-            "model": {"name": "builtin:tiny", "dtype": "float32"},
+            "model": {"name": model_name(v), "dtype": "float32"},
             "dataset": {
-                "source": {"builtin": {"task": task.NAME, "size": max(steps, 1) * v.grpo_prompts,
+                "source": {"builtin": {"task": v.task, "size": max(steps, 1) * v.grpo_prompts,
                                        "seed": seed + 2000}},
                 "promptTemplate": "{prompt}",
             },
@@ -105,7 +144,7 @@ def job(v: Variant, seed: int, *, steps: int, work: str = "gate2") -> AGPOJob:
             "training": {
                 "steps": max(steps, 1), "promptsPerStep": v.grpo_prompts,
                 "learningRate": v.grpo_lr, "lrSchedule": "constant", "warmupSteps": 0,
-                "maxPromptTokens": 32, "maxCompletionTokens": MAX_TOKENS,
+                "maxPromptTokens": 32, "maxCompletionTokens": MAX_TOKENS[v.task],
                 "temperature": TEMPERATURE, "seed": seed,
                 "formatWarmupSteps": v.warmup_steps,
                 "checkpoint": {"everySteps": max(steps, 1), "keep": 1},
@@ -116,16 +155,19 @@ def job(v: Variant, seed: int, *, steps: int, work: str = "gate2") -> AGPOJob:
 
 
 # ------------------------------------------------------------------ sampling
+Graded = list[tuple[Any, Any, int]]  # (problem, the task's Grade, completion tokens)
+
+
 def sample(
-    model: Any, tok: Any, j: AGPOJob, probs: list[task.Problem], prefix: str, n: int, seed: int
-) -> list[tuple[task.Problem, task.Grade, int]]:
+    task: Any, model: Any, tok: Any, j: AGPOJob, probs: list[Any], prefix: str, n: int, seed: int
+) -> Graded:
     """``n`` completions per problem (T=1, or greedy for n=1) after ``prefix`` (forces a
     format: ``Answer:`` or the first tag), graded with the prefix put back."""
     encode = PromptEncoder(tok, j.spec.dataset)
     ids = [encode(apply_template(j.spec.dataset.prompt_template, p.prompt) + prefix) for p in probs]
     temp = 0.0 if n == 1 else TEMPERATURE
     comps = InProcessBackend(model, tok).generate(
-        ids, n=n, max_tokens=MAX_TOKENS, temperature=temp, seed=seed
+        ids, n=n, max_tokens=j.spec.training.max_completion_tokens, temperature=temp, seed=seed
     )
     return [
         (probs[i // n], task.grade(probs[i // n].prompt, prefix + c.text, finished=not c.truncated),
@@ -134,21 +176,23 @@ def sample(
     ]  # fmt: skip
 
 
-def _acc(rows: list[tuple[task.Problem, task.Grade, int]], buckets: tuple[int, ...]) -> float:
+def _acc(rows: Graded, buckets: tuple[int, ...]) -> float:
     sel = [g.correct for p, g, _ in rows if p.difficulty in buckets]
     return statistics.fmean(sel) if sel else float("nan")
 
 
-def _by_bucket(rows: list[tuple[task.Problem, task.Grade, int]]) -> dict[int, float]:
+def _by_bucket(rows: Graded) -> dict[int, float]:
     out: dict[int, list[bool]] = {}
     for p, g, _ in rows:
         out.setdefault(p.difficulty, []).append(g.correct)
     return {n: round(statistics.fmean(c), 3) for n, c in sorted(out.items())}
 
 
-def figures(model: Any, tok: Any, j: AGPOJob, seed: int) -> dict[str, Any]:
+def figures(v: Variant, model: Any, tok: Any, j: AGPOJob, seed: int) -> dict[str, Any]:
+    task = TASK_MODULES[v.task]
+    easy, hard = EASY_HARD[v.task]
     probs = task.stratified("eval", PER_BUCKET)
-    rows = sample(model, tok, j, probs, "", GROUP, seed + SAMPLE_SEED)
+    rows = sample(task, model, tok, j, probs, "", GROUP, seed + SAMPLE_SEED)
     correct = [g.correct for _, g, _ in rows]
     groups = [correct[i : i + GROUP] for i in range(0, len(correct), GROUP)]
     all_c = statistics.fmean(all(g) for g in groups)
@@ -156,15 +200,15 @@ def figures(model: Any, tok: Any, j: AGPOJob, seed: int) -> dict[str, Any]:
     lens = [n for _, g, n in rows if g.correct]
     mean_len = statistics.fmean(lens) if lens else 0.0
     forced = {
-        name: sample(model, tok, j, probs, prefix, GROUP, seed + SAMPLE_SEED + 1)
+        name: sample(task, model, tok, j, probs, prefix, GROUP, seed + SAMPLE_SEED + 1)
         for name, prefix in (("direct", task.ANSWER_PREFIX), ("scratch", task.TAGS[0]))
     }
-    easy_rows = [g for p, g, _ in rows if p.difficulty in EASY]
+    easy_rows = [g for p, g, _ in rows if p.difficulty in easy]
     return {
         "prompts": len(probs),
         "samples": len(rows),
         "accuracy": statistics.fmean(correct),
-        "spread": _acc(rows, EASY) - _acc(rows, HARD),
+        "spread": _acc(rows, easy) - _acc(rows, hard),
         "zero_var": all_c + all_w,
         "all_correct": all_c,
         "all_wrong": all_w,
@@ -177,15 +221,16 @@ def figures(model: Any, tok: Any, j: AGPOJob, seed: int) -> dict[str, Any]:
         "acc_by_ops": _by_bucket(rows),
         "forced_direct_by_ops": _by_bucket(forced["direct"]),
         "forced_scratch_by_ops": _by_bucket(forced["scratch"]),
-        "forced_hard_gain": _acc(forced["scratch"], HARD) - _acc(forced["direct"], HARD),
-        "forced_easy_gain": _acc(forced["direct"], EASY) - _acc(forced["scratch"], EASY),
+        "forced_hard_gain": _acc(forced["scratch"], hard) - _acc(forced["direct"], hard),
+        "forced_easy_gain": _acc(forced["direct"], easy) - _acc(forced["scratch"], easy),
         "scratch_right": statistics.fmean(bool(g.scratch_correct) for _, g, _ in forced["scratch"]),
     }
 
 
-def greedy_accuracy(model: Any, tok: Any, j: AGPOJob) -> float:
+def greedy_accuracy(v: Variant, model: Any, tok: Any, j: AGPOJob) -> float:
+    task = TASK_MODULES[v.task]
     probs = task.stratified("eval", GREEDY_PER_BUCKET)
-    return statistics.fmean(g.correct for _, g, _ in sample(model, tok, j, probs, "", 1, 0))
+    return statistics.fmean(g.correct for _, g, _ in sample(task, model, tok, j, probs, "", 1, 0))
 
 
 class Curve(Callbacks):
@@ -205,11 +250,12 @@ class Curve(Callbacks):
 
 
 # ------------------------------------------------------------------ verdicts
-def verdicts(f: dict[str, Any], gain: float | None) -> list[tuple[str, str, str, bool]]:
+def verdicts(f: dict[str, Any], gain: float | None, task: str) -> list[tuple[str, str, str, bool]]:
     def inside(x: float, lo_hi: tuple[float, float]) -> bool:
         return lo_hi[0] <= x <= lo_hi[1]
 
-    e, h = f"{EASY[0]}-{EASY[-1]}", f"{HARD[0]}-{HARD[-1]}"
+    easy, hard = EASY_HARD[task]
+    e, h = f"{easy[0]}-{easy[-1]}", f"{hard[0]}-{hard[-1]}"
     rows = [
         ("accuracy (T=1)", f"{f['accuracy']:.3f}", f"{ACC_RANGE[0]}-{ACC_RANGE[1]}",
          inside(f["accuracy"], ACC_RANGE)),
@@ -225,11 +271,11 @@ def verdicts(f: dict[str, Any], gain: float | None) -> list[tuple[str, str, str,
          inside(f["scratch_use"], SCRATCH_RANGE)),
         ("CV of correct lengths", f"{f['length_cv']:.3f}", f">= {LENGTH_CV_MIN}",
          f["length_cv"] >= LENGTH_CV_MIN),
-        (f"forced scratch - direct ({h} ops)", f"{f['forced_hard_gain']:+.3f}",
+        (f"forced scratch - direct ({h})", f"{f['forced_hard_gain']:+.3f}",
          f">= {FORCED_HARD_GAIN_MIN}", f["forced_hard_gain"] >= FORCED_HARD_GAIN_MIN),
-        (f"forced direct - scratch ({e} ops)", f"{f['forced_easy_gain']:+.3f}",
+        (f"forced direct - scratch ({e})", f"{f['forced_easy_gain']:+.3f}",
          f">= -{FORCED_EASY_MARGIN}", f["forced_easy_gain"] >= -FORCED_EASY_MARGIN),
-        (f"sampled scratch use ({e} ops)", f"{f['easy_scratch_use']:.3f}",
+        (f"sampled scratch use ({e})", f"{f['easy_scratch_use']:.3f}",
          f">= {EASY_SCRATCH_MIN}", f["easy_scratch_use"] >= EASY_SCRATCH_MIN),
     ]  # fmt: skip
     if gain is not None:
@@ -250,17 +296,20 @@ def summary(path: Path = LOG) -> str:
         r = json.loads(line)
         f = r["figures"]
         fs, fd = f["forced_scratch_by_ops"], f["forced_direct_by_ops"]
-        hard = lambda d: statistics.fmean(d[str(n)] for n in HARD)  # noqa: E731
-        easy = lambda d: statistics.fmean(d[str(n)] for n in EASY)  # noqa: E731
+        e_b, h_b = EASY_HARD[r["config"].get("task", "chainsum")]
+
+        def mean_of(d: dict[str, float], b: tuple[int, ...]) -> float:
+            return statistics.fmean(d[str(n)] for n in b if str(n) in d)
+
         fails = [k for k, ok in r["verdicts"].items() if not ok]
         greedy = (f"{r['greedy_before']:.3f} -> {r['greedy_after']:.3f}"
                   if r["greedy_after"] is not None else "-")  # fmt: skip
         out.append(
-            f"| {i} | {r['variant']} | {r['seed']} | {r['config']['warmup_steps']} "
+            f"| {i} | {r['config'].get('task', 'chainsum')} {r['variant']} | {r['seed']} | {r['config']['warmup_steps']} "
             f"| {f['accuracy']:.3f} | {f['spread']:.3f} | {f['zero_var']:.2f} "
             f"({f['all_correct']:.2f}/{f['all_wrong']:.2f}) | {f['scratch_use']:.2f} "
-            f"({f['easy_scratch_use']:.2f}) | {hard(fs):.2f} / {hard(fd):.2f} "
-            f"| {easy(fd):.2f} / {easy(fs):.2f} | {greedy} "
+            f"({f['easy_scratch_use']:.2f}) | {mean_of(fs, h_b):.2f} / {mean_of(fd, h_b):.2f} "
+            f"| {mean_of(fd, e_b):.2f} / {mean_of(fs, e_b):.2f} | {greedy} "
             f"| {'PASS' if r['pass'] else 'FAIL: ' + ', '.join(fails)} |"
         )
     return "\n".join(out) + "\n"
@@ -281,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     v = VARIANTS[args.variant]
+    task = TASK_MODULES[v.task]
+    if set(v.recipe) - LIVE_RECIPE_KEYS:  # the optimizer's were read when the task registered
+        raise SystemExit(
+            f"variant {args.variant}: only {sorted(LIVE_RECIPE_KEYS)} can be overridden"
+        )
     task.WARMUP_RECIPE.update(v.recipe)  # part of the warm-up cache key: no stale weights
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="agpo-gate2-"))
@@ -289,23 +343,23 @@ def main(argv: list[str] | None = None) -> int:
         policy = load_policy(j, work)
         model, tok = policy.module, policy.tokenizer
         t_warm = time.time() - t0
-        figs = figures(model, tok, j, args.seed)
+        figs = figures(v, model, tok, j, args.seed)
         before = after = gain = None
         curve: list[dict[str, float]] = []
         if not args.skip_grpo:
-            before = greedy_accuracy(model, tok, j)
+            before = greedy_accuracy(v, model, tok, j)
             servers: list[InProcessBackend] = []
             c = Curve()
             train(j, Runtime.single(work, Path(os.environ.get("AGPO_CACHE_DIR", Path.home()
                   / ".cache" / "agpo"))), backend=keeping(servers), callbacks=c)  # fmt: skip
             curve = c.curve
-            after = greedy_accuracy(servers[0].model, tok, j)
+            after = greedy_accuracy(v, servers[0].model, tok, j)
             gain = after - before
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows = verdicts(figs, gain)
+    rows = verdicts(figs, gain, v.task)
     passed = gain is not None and all(r[3] for r in rows)
-    print(f"\ngate2: chainsum, variant {args.variant}, seed {args.seed}, "
+    print(f"\ngate2: {v.task}, variant {args.variant}, seed {args.seed}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, warm-up "
           f"{v.warmup_steps} steps ({t_warm:.0f} s incl. load)")  # fmt: skip
     print(f"eval: {figs['prompts']} prompts x G={GROUP}, T={TEMPERATURE}")
@@ -325,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_log:
         rec = {
             "variant": args.variant, "config": asdict(v), "seed": args.seed,
-            "recipe": dict(task.WARMUP_RECIPE), "figures": figs, "greedy_before": before,
+            "recipe": dict(task.WARMUP_RECIPE), "scratch_example": task.make_completion(EXAMPLE[v.task], scratch=True),
+            "figures": figs, "greedy_before": before,
             "greedy_after": after, "gain": gain,
             "verdicts": {r[0].strip(): r[3] for r in rows}, "pass": passed,
             "runtime_s": round(runtime, 1), "torch": torch.__version__,

@@ -241,6 +241,7 @@ TASKS: Catalog[TaskTraits] = Catalog(
     {
         "arithmetic": TaskTraits(),
         "bitcount": TaskTraits(eval_split=True),
+        "bitcount-copy": TaskTraits(eval_split=True),
         "chainsum": TaskTraits(eval_split=True),
         "wordmath": TaskTraits(eval_split=True),
     },

@@ -106,11 +106,12 @@ class BuiltinSource(ApiModel):
         default="arithmetic",
         description="arithmetic: multi-step integer expressions with single-digit results. "
         "bitcount: count the 1s of a tagged bit string (a1b0c1= -> Answer:2), 2-14 bits. "
+        "bitcount-copy: bitcount with a scratch that copies each bit before counting it. "
         "chainsum: a chain of 2-8 digits summed mod 10 (a3b5c9= -> Answer:7), where a running "
         "sum pays on long chains. "
         "wordmath: grade-school arithmetic and one- to three-step word problems in English, "
         "6 difficulty buckets, answered 'Answer: N' (for chat models; the measured start is its "
-        "system prompt and formatWarmupSteps 16). bitcount, chainsum and wordmath: RL prompts from their "
+        "system prompt and formatWarmupSteps 16). bitcount, bitcount-copy, chainsum and wordmath: RL prompts from their "
         "train split, evaluation from their eval split.",
     )
     size: PositiveInt = Field(default=2000, description="Number of generated problems.")

@@ -1,9 +1,9 @@
 """Builtin tasks with verifiable answers (pure Python, no torch), one file each, registered by
 name (:func:`register_task`; :func:`get_task` looks one up). See :mod:`agpo_trainer.tasks.base`
-for what a task provides, ``arithmetic``, ``bitcount``, ``chainsum`` and ``wordmath`` for the shipped ones.
+for what a task provides, ``arithmetic``, ``bitcount``, ``bitcount_copy``, ``chainsum`` and ``wordmath`` for the shipped ones.
 """
 
-from agpo_trainer.tasks import arithmetic, bitcount, chainsum, wordmath
+from agpo_trainer.tasks import arithmetic, bitcount, bitcount_copy, chainsum, wordmath
 from agpo_trainer.tasks.base import (
     TASKS,
     OwnOptimizer,
@@ -27,6 +27,7 @@ __all__ = [
     "WarmupRecipe",
     "arithmetic",
     "bitcount",
+    "bitcount_copy",
     "chainsum",
     "get_task",
     "register_task",

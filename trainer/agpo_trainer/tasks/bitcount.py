@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -184,13 +184,19 @@ def scratch_for(bits: str) -> str:
 
 
 def make_completion(
-    bits: str, *, filler: int = 0, scratch: bool = False, answer: str | None = None
+    bits: str,
+    *,
+    filler: int = 0,
+    scratch: bool = False,
+    answer: str | None = None,
+    scratch_of: Callable[[str], str] = scratch_for,
 ) -> str:
-    """A completion in the task's grammar (without EOS). ``answer`` overrides the right one."""
+    """A completion in the task's grammar (without EOS). ``answer`` overrides the right one;
+    ``scratch_of`` is the scratch format (``bitcount_copy`` has its own)."""
     if not 0 <= filler <= MAX_FILLER:
         raise ValueError(f"filler must be 0..{MAX_FILLER}, got {filler}")
     ans = str(bits.count("1")) if answer is None else answer
-    body = FILLER_CHAR * filler + (scratch_for(bits) + "\n" if scratch else "")
+    body = FILLER_CHAR * filler + (scratch_of(bits) + "\n" if scratch else "")
     return f"{body}{ANSWER_PREFIX}{ans}"
 
 
@@ -220,7 +226,13 @@ class Grade:
 _ANSWER_RE = re.compile(r"Answer:(\d+)\s*$")
 
 
-def grade(prompt: str, completion: str, *, finished: bool = True) -> Grade:
+def grade(
+    prompt: str,
+    completion: str,
+    *,
+    finished: bool = True,
+    scratch_of: Callable[[str], str] = scratch_for,
+) -> Grade:
     """Grade ``completion`` (decoded text, EOS stripped) for ``prompt``.
 
     Correct iff the completion finished (EOS before the token limit: pass ``finished=False``
@@ -236,7 +248,7 @@ def grade(prompt: str, completion: str, *, finished: bool = True) -> Grade:
     used = bool(scratch_text)
     ans = m.group(1) if m else None
     right = str(bits.count("1"))
-    scratch_ok = (scratch_core == scratch_for(bits)) if used else None
+    scratch_ok = (scratch_core == scratch_of(bits)) if used else None
     well_formed = (
         m is not None
         and finished
@@ -301,11 +313,17 @@ WARMUP_RECIPE: dict[str, Any] = {
 }  # fmt: skip
 
 
-def warmup_batches(steps: int, seed: int) -> list[list[tuple[str, str]]]:
+def warmup_batches(
+    steps: int,
+    seed: int,
+    recipe: dict[str, Any] = WARMUP_RECIPE,
+    scratch_of: Callable[[str], str] = scratch_for,
+) -> list[list[tuple[str, str]]]:
     """Every warm-up batch as (prompt, completion) pairs: ``warmup``-split prompts only, bit
     count ``n`` drawn with weight ``decay ** max(0, n - decay_from)``, then a uniform prompt
-    of that length, filler uniform 0..6, scratch with probability 0.5, the right answer."""
-    r = WARMUP_RECIPE
+    of that length, filler uniform 0..6, scratch with probability ``scratch_prob``, the right
+    answer."""
+    r = recipe
     rng = random.Random(seed + r["seed_offset"])
     buckets: dict[int, list[Problem]] = {}
     for p in problems("warmup"):
@@ -318,7 +336,12 @@ def warmup_batches(steps: int, seed: int) -> list[list[tuple[str, str]]]:
         for _ in range(r["batch"]):
             p = rng.choice(buckets[rng.choices(keys, weights)[0]])
             filler = rng.randint(0, MAX_FILLER)
-            text = make_completion(p.bits, filler=filler, scratch=rng.random() < r["scratch_prob"])
+            text = make_completion(
+                p.bits,
+                filler=filler,
+                scratch=rng.random() < r["scratch_prob"],
+                scratch_of=scratch_of,
+            )
             batch.append((p.prompt, text))
         out.append(batch)
     return out

@@ -16,7 +16,10 @@ Completion grammar (every format the task emits, then EOS)::
     [filler][scratch "\\n"]Answer:<d>
 
 * filler: ``.`` repeated 0..6 times: reasoning-looking length that never helps;
-* scratch: the running sum mod 10 after each tag, ``a3b8c7d9`` for ``a3b5c9d2=``;
+* scratch: per operand its tag, the operand copied and the running sum mod 10:
+  ``a33b58c97d29`` for ``a3b5c9d2=`` (copying first makes each step two short hops, one
+  lookup by tag and one addition of neighbours; the gate's first variants summed in one hop
+  and the 0.36M model never learned the running sum: docs/results.md);
 * ``Answer:<d>``: the sum mod 10, one digit.
 
 "Reasoning tokens" are the tokens before ``Answer:``; the grader reports them split into
@@ -33,7 +36,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from agpo_trainer.tasks import base
@@ -131,7 +134,7 @@ def split_of(prompt: str) -> str:
     return SPLITS[-1][0]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _candidates(n: int) -> tuple[Problem, ...]:
     """The prompts of ``n`` operands a split's sets are drawn from: all of them up to
     :data:`ENUMERATE_UP_TO` operands, else :data:`CANDIDATES` distinct ones from a stream
@@ -145,7 +148,7 @@ def _candidates(n: int) -> tuple[Problem, ...]:
     return tuple(Problem(d) for d in seen)
 
 
-@lru_cache(maxsize=None)
+@cache
 def bucket(split: str, n: int) -> tuple[Problem, ...]:
     """The candidates of ``n`` operands in ``split``, lowest ``stable_hash(prompt + "#pick")``
     first (deterministic, independent of the split hash)."""
@@ -182,11 +185,11 @@ def sample_by_difficulty(split: str, k: int, rng: random.Random) -> list[Problem
 
 # --------------------------------------------------------------------------- completions
 def scratch_for(digits: str) -> str:
-    """The running sum mod 10 after each tag: ``"3592"`` -> ``"a3b8c7d9"``."""
+    """Tag, operand, running sum mod 10 per operand: ``"3592"`` -> ``"a33b58c97d29"``."""
     out, total = [], 0
     for tag, d in zip(TAGS, digits, strict=False):
         total = (total + int(d)) % MODULUS
-        out.append(f"{tag}{total}")
+        out.append(f"{tag}{d}{total}")
     return "".join(out)
 
 
@@ -275,7 +278,7 @@ def eval_rows(prompts: int) -> list[Row]:
 #: right answers on the warm-up split only, operand count uniform. It is also the warmed
 #: weights' cache key: bump ``version`` when its meaning changes.
 WARMUP_RECIPE: dict[str, Any] = {
-    "version": 1, "init_std": 0.02, "lr": 1e-3, "lr_warmup": 50, "betas": (0.9, 0.98), "clip": 1.0,
+    "version": 2, "init_std": 0.02, "lr": 1e-3, "lr_warmup": 50, "betas": (0.9, 0.98), "clip": 1.0,
     "batch": 64, "scratch_prob": 0.5, "seed_offset": 7,
 }  # fmt: skip
 
