@@ -336,12 +336,11 @@ def warmup_batches(
         for _ in range(r["batch"]):
             p = rng.choice(buckets[rng.choices(keys, weights)[0]])
             filler = rng.randint(0, MAX_FILLER)
-            text = make_completion(
-                p.bits,
-                filler=filler,
-                scratch=rng.random() < r["scratch_prob"],
-                scratch_of=scratch_of,
-            )
+            # direct_max_bits (not in bitcount's own recipe): longer strings always get
+            # scratch, so a direct answer must extrapolate to them (a bitcount_copy variant)
+            scratch = rng.random() < r["scratch_prob"]
+            scratch = scratch or p.difficulty > r.get("direct_max_bits", MAX_BITS)
+            text = make_completion(p.bits, filler=filler, scratch=scratch, scratch_of=scratch_of)
             batch.append((p.prompt, text))
         out.append(batch)
     return out
