@@ -78,3 +78,21 @@ def test_bucket_standardised_mean_weights_bit_counts_equally() -> None:
     }
     assert analysis.bucket_mean(buckets, "reasoning") == pytest.approx(5.5)
     assert analysis.pooled_mean(buckets, "reasoning") == pytest.approx(149 / 16)
+
+
+def test_t975_matches_the_t_table_and_approaches_the_normal() -> None:
+    assert analysis.t975(2) == 4.303 and analysis.t975(9) == 2.262
+    assert abs(analysis.t975(40) - 2.021) < 1e-3 and abs(analysis.t975(120) - 1.980) < 1e-3
+    assert analysis.t975(31) < analysis.t975(30)
+
+
+def test_power_of_the_rules_grows_with_seeds_and_is_low_without_an_effect() -> None:
+    import power
+
+    acc = power.ENDPOINTS["mean@k non-inferiority (3 points)"]
+    lo = power.power(acc[3], 0.0, 3.0, 4, log=False, sims=400)
+    hi = power.power(acc[3], 0.0, 3.0, 20, log=False, sims=400)
+    assert lo < hi and hi > 0.9
+    tok = power.ENDPOINTS["reasoning-token cut (ratio <= 0.8)"]
+    null = power.power(tok[3], 0.0, 0.4, 20, log=True, sims=400)  # no cut: rarely reproduced
+    assert null < 0.05
