@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gate import Curve
 from runner import load_policy
 
 from agpo_api.models import AGPOJob
@@ -40,9 +41,8 @@ from agpo_trainer.data import apply_template
 from agpo_trainer.prompts import PromptEncoder
 from agpo_trainer.rollout.inprocess import InProcessBackend, keeping
 from agpo_trainer.runtime import Runtime
-from agpo_trainer.stats import StepStats
 from agpo_trainer.tasks import bitcount_copy, chainsum
-from agpo_trainer.train import Callbacks, train
+from agpo_trainer.train import train
 
 # ------------------------------------------------------------------ decision rules (fixed)
 # The easiest and the hardest difficulty buckets of each task, fixed before its first figure:
@@ -285,22 +285,6 @@ def greedy_accuracy(v: Variant, model: Any, tok: Any, j: AGPOJob) -> float:
     return statistics.fmean(g.correct for _, g, _ in sample(task, model, tok, j, probs, "", 1, 0))
 
 
-class Curve(Callbacks):
-    def __init__(self) -> None:
-        self.curve: list[dict[str, float]] = []
-
-    def on_step(self, stats: StepStats, batch: Any) -> None:
-        r = stats.rollout
-        self.curve.append({"step": stats.step, "reward": r.reward_mean,
-                           "zero_var": r.zero_variance_fraction,
-                           "tokens": r.completion_tokens_mean})  # fmt: skip
-        if stats.step % 10 == 0:
-            last = self.curve[-10:]
-            print(f"grpo step {stats.step}: reward(last 10) "
-                  f"{statistics.fmean(x['reward'] for x in last):.3f}, tokens "
-                  f"{statistics.fmean(x['tokens'] for x in last):.1f}", flush=True)  # fmt: skip
-
-
 # ------------------------------------------------------------------ verdicts
 def verdicts(f: dict[str, Any], gain: float | None, task: str) -> list[tuple[str, str, str, bool]]:
     def inside(x: float, lo_hi: tuple[float, float]) -> bool:
@@ -396,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_grpo:
             before = greedy_accuracy(v, model, tok, j)
             servers: list[InProcessBackend] = []
-            c = Curve()
+            c = Curve([])
             train(j, Runtime.single(work, Path(os.environ.get("AGPO_CACHE_DIR", Path.home()
                   / ".cache" / "agpo"))), backend=keeping(servers), callbacks=c)  # fmt: skip
             curve = c.curve

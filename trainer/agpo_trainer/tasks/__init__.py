@@ -3,7 +3,7 @@ name (:func:`register_task`; :func:`get_task` looks one up). See :mod:`agpo_trai
 for what a task provides, ``arithmetic``, ``bitcount``, ``bitcount_copy``, ``chainsum`` and ``wordmath`` for the shipped ones.
 """
 
-from agpo_trainer.tasks import arithmetic, bitcount, bitcount_copy, chainsum, wordmath
+from agpo_trainer.tasks import arithmetic, bitcount, bitcount_copy, chainsum, grammar, wordmath
 from agpo_trainer.tasks.base import (
     TASKS,
     OwnOptimizer,
@@ -30,6 +30,7 @@ __all__ = [
     "bitcount_copy",
     "chainsum",
     "get_task",
+    "grammar",
     "register_task",
     "stable_hash",
     "wordmath",

@@ -33,6 +33,29 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
+def hash_splits(
+    splits: Sequence[tuple[str, float]],
+) -> tuple[tuple[str, ...], Callable[[str], str]]:
+    """The split names and the ``split_of(prompt)`` of a task whose problem space is cut by
+    :func:`stable_hash` of the prompt: ``splits`` are (name, fraction) in hash order, so
+    every process, machine and Python version puts a prompt in the same split and the splits
+    are disjoint by construction."""
+    space = 1 << 64  # the hash prefix read as an integer in [0, 2**64)
+    bounds = tuple(
+        (name, round(sum(f for _, f in splits[: i + 1]) * space))
+        for i, (name, _) in enumerate(splits)
+    )
+
+    def split_of(prompt: str) -> str:
+        h = stable_hash(prompt)
+        for name, bound in bounds:
+            if h < bound:
+                return name
+        return splits[-1][0]  # float rounding at the very top of the range
+
+    return tuple(name for name, _ in splits), split_of
+
+
 @dataclass(frozen=True)
 class WarmupInput:
     """What a task's warm-up batches may depend on."""
@@ -89,6 +112,38 @@ class Task:
     difficulty: Callable[[str], int]
     eval_rows: Callable[[int], list[Row]] | None = None
     warmup: WarmupRecipe | None = None
+
+
+#: A task's warm-up batches of bare prompts: (steps, training.seed) -> batches.
+BareBatches = Callable[[int, int], list[WarmupBatch]]
+
+
+def templated(batches: BareBatches) -> Callable[[WarmupInput], list[WarmupBatch]]:
+    """``batches`` with the job's ``dataset.promptTemplate`` applied to every prompt."""
+
+    def make(inp: WarmupInput) -> list[WarmupBatch]:
+        return [
+            [(inp.template.format(prompt=p), c) for p, c in batch]
+            for batch in batches(inp.steps, inp.seed)
+        ]
+
+    return make
+
+
+def own_recipe(batches: BareBatches, recipe: Mapping[str, Any]) -> WarmupRecipe:
+    """The :class:`WarmupRecipe` of a task's recipe dict: its own AdamW (``lr``, ``betas``,
+    ``clip``, ``lr_warmup``), ``init_std`` when the dict has one, cached under the dict."""
+    return WarmupRecipe(
+        batches=templated(batches),
+        optimizer=OwnOptimizer(
+            lr=recipe["lr"],
+            betas=recipe["betas"],
+            clip=recipe["clip"],
+            lr_warmup=recipe["lr_warmup"],
+        ),
+        init_std=recipe.get("init_std"),
+        cache_key=recipe,
+    )
 
 
 TASKS: Registry[Task, TaskTraits] = Registry("builtin task", CATALOG)

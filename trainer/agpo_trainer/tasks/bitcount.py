@@ -33,16 +33,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from agpo_trainer.tasks import base
+from agpo_trainer.tasks import base, grammar
 from agpo_trainer.tasks.base import Row, stable_hash
 
 NAME = "bitcount"
 TAGS = "abcdefghijklmn"  # one tag per bit position: at most 14 bits
 MIN_BITS = 2
 MAX_BITS = len(TAGS)
-MAX_FILLER = 6
-FILLER_CHAR = "."
-ANSWER_PREFIX = "Answer:"
+MAX_FILLER = grammar.MAX_FILLER
+FILLER_CHAR = grammar.FILLER_CHAR
+ANSWER_PREFIX = grammar.ANSWER_PREFIX
+Grade = grammar.Grade
 PROMPT_SUFFIX = "="
 
 # Fractions of the problem space, in hash order (cumulative bounds below). Warm-up (the
@@ -54,14 +55,7 @@ SPLITS: tuple[tuple[str, float], ...] = (
     ("eval", 0.1),
     ("test", 0.1),
 )
-SPLIT_NAMES: tuple[str, ...] = tuple(name for name, _ in SPLITS)
-
-# The hash prefix read as an integer in [0, 2**64) is compared with these bounds.
-_HASH_SPACE = 1 << 64
-_BOUNDS: tuple[tuple[str, int], ...] = tuple(
-    (name, round(sum(f for _, f in SPLITS[: i + 1]) * _HASH_SPACE))
-    for i, (name, _) in enumerate(SPLITS)
-)
+SPLIT_NAMES, split_of = base.hash_splits(SPLITS)  # split_of(prompt): by its stable hash
 
 
 @dataclass(frozen=True)
@@ -116,15 +110,6 @@ def answer_of(prompt: str) -> str:
 
 def difficulty_of(prompt: str) -> int:
     return len(parse_prompt(prompt))
-
-
-def split_of(prompt: str) -> str:
-    """``warmup`` | ``train`` | ``eval`` | ``test``, by :func:`stable_hash` of the prompt."""
-    h = stable_hash(prompt)
-    for name, bound in _BOUNDS:
-        if h < bound:
-            return name
-    return SPLITS[-1][0]  # float rounding at the very top of the range
 
 
 def all_problems() -> Iterator[Problem]:
@@ -193,11 +178,10 @@ def make_completion(
 ) -> str:
     """A completion in the task's grammar (without EOS). ``answer`` overrides the right one;
     ``scratch_of`` is the scratch format (``bitcount_copy`` has its own)."""
-    if not 0 <= filler <= MAX_FILLER:
-        raise ValueError(f"filler must be 0..{MAX_FILLER}, got {filler}")
     ans = str(bits.count("1")) if answer is None else answer
-    body = FILLER_CHAR * filler + (scratch_of(bits) + "\n" if scratch else "")
-    return f"{body}{ANSWER_PREFIX}{ans}"
+    return grammar.make_completion(
+        ans, scratch=scratch_of(bits) if scratch else None, filler=filler
+    )
 
 
 def all_formats(bits: str) -> list[str]:
@@ -209,23 +193,6 @@ def all_formats(bits: str) -> list[str]:
     ]
 
 
-@dataclass(frozen=True)
-class Grade:
-    """The grader's verdict on one completion."""
-
-    correct: bool
-    answer: str | None  # the parsed answer, None when there is none
-    reasoning_tokens: int  # characters (= tokens) before "Answer:" (all when there is none)
-    filler_tokens: int  # leading filler characters
-    scratch_tokens: int  # the rest of the reasoning (scratch, its newline, anything else)
-    used_scratch: bool  # a non-empty reasoning part other than filler
-    scratch_correct: bool | None  # the scratch equals the right running count (None: no scratch)
-    well_formed: bool  # the whole completion is in the task's grammar
-
-
-_ANSWER_RE = re.compile(r"Answer:(\d+)\s*$")
-
-
 def grade(
     prompt: str,
     completion: str,
@@ -233,39 +200,12 @@ def grade(
     finished: bool = True,
     scratch_of: Callable[[str], str] = scratch_for,
 ) -> Grade:
-    """Grade ``completion`` (decoded text, EOS stripped) for ``prompt``.
-
-    Correct iff the completion finished (EOS before the token limit: pass ``finished=False``
-    for a truncated one) and ends with ``Answer:<n>`` where ``n`` is the count of 1s.
-    Anything before ``Answer:`` is reasoning: leading ``.`` are filler, the rest scratch.
+    """Grade ``completion`` (decoded text, EOS stripped) for ``prompt``
+    (:func:`agpo_trainer.tasks.grammar.grade`): correct iff it finished (pass
+    ``finished=False`` for a truncated one) and ends with ``Answer:<n>``, ``n`` the count of 1s.
     """
     bits = parse_prompt(prompt)
-    m = _ANSWER_RE.search(completion)
-    head = completion[: m.start()] if m else completion
-    filler = len(head) - len(head.lstrip(FILLER_CHAR))
-    scratch_text = head[filler:]
-    scratch_core = scratch_text[:-1] if scratch_text.endswith("\n") else scratch_text
-    used = bool(scratch_text)
-    ans = m.group(1) if m else None
-    right = str(bits.count("1"))
-    scratch_ok = (scratch_core == scratch_of(bits)) if used else None
-    well_formed = (
-        m is not None
-        and finished
-        and filler <= MAX_FILLER
-        and completion == completion.rstrip()
-        and (not used or (scratch_text.endswith("\n") and bool(scratch_ok)))
-    )
-    return Grade(
-        correct=bool(finished and ans is not None and ans == right),
-        answer=ans,
-        reasoning_tokens=len(head),
-        filler_tokens=filler,
-        scratch_tokens=len(scratch_text),
-        used_scratch=used,
-        scratch_correct=scratch_ok,
-        well_formed=well_formed,
-    )
+    return grammar.grade(completion, str(bits.count("1")), scratch_of(bits), finished=finished)
 
 
 def reward(prompt: str, completion: str, *, finished: bool = True) -> float:
@@ -346,14 +286,6 @@ def warmup_batches(
     return out
 
 
-def _warmup(inp: base.WarmupInput) -> list[base.WarmupBatch]:
-    """The warm-up batches with the job's prompt template applied (validated on the rows)."""
-    return [
-        [(inp.template.format(prompt=p), c) for p, c in batch]
-        for batch in warmup_batches(inp.steps, inp.seed)
-    ]
-
-
 TASK = base.register_task(
     base.Task(
         name=NAME,
@@ -363,16 +295,6 @@ TASK = base.register_task(
         ),
         difficulty=difficulty_of,
         eval_rows=eval_rows,
-        warmup=base.WarmupRecipe(
-            batches=_warmup,
-            optimizer=base.OwnOptimizer(
-                lr=WARMUP_RECIPE["lr"],
-                betas=WARMUP_RECIPE["betas"],
-                clip=WARMUP_RECIPE["clip"],
-                lr_warmup=WARMUP_RECIPE["lr_warmup"],
-            ),
-            init_std=WARMUP_RECIPE["init_std"],
-            cache_key=WARMUP_RECIPE,
-        ),
+        warmup=base.own_recipe(warmup_batches, WARMUP_RECIPE),
     )
 )

@@ -75,13 +75,6 @@ def warmup_batches(steps: int, seed: int) -> list[list[tuple[str, str]]]:
     return bitcount.warmup_batches(steps, seed, WARMUP_RECIPE, scratch_for)
 
 
-def _warmup(inp: base.WarmupInput) -> list[base.WarmupBatch]:
-    return [
-        [(inp.template.format(prompt=p), c) for p, c in batch]
-        for batch in warmup_batches(inp.steps, inp.seed)
-    ]
-
-
 TASK = base.register_task(
     base.Task(
         name=NAME,
@@ -91,16 +84,6 @@ TASK = base.register_task(
         ),
         difficulty=difficulty_of,
         eval_rows=eval_rows,
-        warmup=base.WarmupRecipe(
-            batches=_warmup,
-            optimizer=base.OwnOptimizer(
-                lr=WARMUP_RECIPE["lr"],
-                betas=WARMUP_RECIPE["betas"],
-                clip=WARMUP_RECIPE["clip"],
-                lr_warmup=WARMUP_RECIPE["lr_warmup"],
-            ),
-            init_std=WARMUP_RECIPE["init_std"],
-            cache_key=WARMUP_RECIPE,
-        ),
+        warmup=base.own_recipe(warmup_batches, WARMUP_RECIPE),
     )
 )

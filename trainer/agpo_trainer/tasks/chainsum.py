@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from agpo_trainer.tasks import base
+from agpo_trainer.tasks import base, grammar
 from agpo_trainer.tasks.base import Row, stable_hash
 
 NAME = "chainsum"
@@ -47,9 +47,10 @@ TAGS = "abcdefgh"  # one tag per operand: at most 8
 MIN_OPS = 2
 MAX_OPS = len(TAGS)
 MODULUS = 10
-MAX_FILLER = 6
-FILLER_CHAR = "."
-ANSWER_PREFIX = "Answer:"
+MAX_FILLER = grammar.MAX_FILLER
+FILLER_CHAR = grammar.FILLER_CHAR
+ANSWER_PREFIX = grammar.ANSWER_PREFIX
+Grade = grammar.Grade
 PROMPT_SUFFIX = "="
 ENUMERATE_UP_TO = 4  # operand counts whose 10**n prompts are listed in full (10,000 at most)
 CANDIDATES = 20_000  # prompts drawn per longer operand count for stratified sets
@@ -63,12 +64,7 @@ SPLITS: tuple[tuple[str, float], ...] = (
     ("eval", 0.1),
     ("test", 0.1),
 )
-SPLIT_NAMES: tuple[str, ...] = tuple(name for name, _ in SPLITS)
-_HASH_SPACE = 1 << 64
-_BOUNDS: tuple[tuple[str, int], ...] = tuple(
-    (name, round(sum(f for _, f in SPLITS[: i + 1]) * _HASH_SPACE))
-    for i, (name, _) in enumerate(SPLITS)
-)
+SPLIT_NAMES, split_of = base.hash_splits(SPLITS)  # split_of(prompt): by its stable hash
 
 
 @dataclass(frozen=True)
@@ -123,15 +119,6 @@ def answer_of(prompt: str) -> str:
 
 def difficulty_of(prompt: str) -> int:
     return len(parse_prompt(prompt))
-
-
-def split_of(prompt: str) -> str:
-    """``warmup`` | ``train`` | ``eval`` | ``test``, by :func:`stable_hash` of the prompt."""
-    h = stable_hash(prompt)
-    for name, bound in _BOUNDS:
-        if h < bound:
-            return name
-    return SPLITS[-1][0]
 
 
 @cache
@@ -197,60 +184,18 @@ def make_completion(
     digits: str, *, filler: int = 0, scratch: bool = False, answer: str | None = None
 ) -> str:
     """A completion in the task's grammar (without EOS). ``answer`` overrides the right one."""
-    if not 0 <= filler <= MAX_FILLER:
-        raise ValueError(f"filler must be 0..{MAX_FILLER}, got {filler}")
     ans = Problem(digits).answer if answer is None else answer
-    body = FILLER_CHAR * filler + (scratch_for(digits) + "\n" if scratch else "")
-    return f"{body}{ANSWER_PREFIX}{ans}"
-
-
-@dataclass(frozen=True)
-class Grade:
-    """The grader's verdict on one completion (the same fields as ``bitcount.Grade``)."""
-
-    correct: bool
-    answer: str | None
-    reasoning_tokens: int  # characters (= tokens) before "Answer:" (all when there is none)
-    filler_tokens: int
-    scratch_tokens: int
-    used_scratch: bool
-    scratch_correct: bool | None  # the scratch equals the right running sum (None: none)
-    well_formed: bool
-
-
-_ANSWER_RE = re.compile(r"Answer:(\d+)\s*$")
+    return grammar.make_completion(
+        ans, scratch=scratch_for(digits) if scratch else None, filler=filler
+    )
 
 
 def grade(prompt: str, completion: str, *, finished: bool = True) -> Grade:
-    """Grade ``completion`` (decoded text, EOS stripped) for ``prompt``: correct iff it
-    finished and ends with ``Answer:<d>``, ``d`` the sum mod 10. Leading ``.`` are filler,
-    the rest of what precedes ``Answer:`` is scratch."""
+    """Grade ``completion`` (decoded text, EOS stripped) for ``prompt``
+    (:func:`agpo_trainer.tasks.grammar.grade`): correct iff it finished and ends with
+    ``Answer:<d>``, ``d`` the sum mod 10."""
     digits = parse_prompt(prompt)
-    m = _ANSWER_RE.search(completion)
-    head = completion[: m.start()] if m else completion
-    filler = len(head) - len(head.lstrip(FILLER_CHAR))
-    scratch_text = head[filler:]
-    scratch_core = scratch_text[:-1] if scratch_text.endswith("\n") else scratch_text
-    used = bool(scratch_text)
-    ans = m.group(1) if m else None
-    scratch_ok = (scratch_core == scratch_for(digits)) if used else None
-    well_formed = (
-        m is not None
-        and finished
-        and filler <= MAX_FILLER
-        and completion == completion.rstrip()
-        and (not used or (scratch_text.endswith("\n") and bool(scratch_ok)))
-    )
-    return Grade(
-        correct=bool(finished and ans is not None and ans == Problem(digits).answer),
-        answer=ans,
-        reasoning_tokens=len(head),
-        filler_tokens=filler,
-        scratch_tokens=len(scratch_text),
-        used_scratch=used,
-        scratch_correct=scratch_ok,
-        well_formed=well_formed,
-    )
+    return grammar.grade(completion, Problem(digits).answer, scratch_for(digits), finished=finished)
 
 
 def _row(p: Problem) -> Row:
@@ -304,13 +249,6 @@ def warmup_batches(steps: int, seed: int) -> list[list[tuple[str, str]]]:
     return out
 
 
-def _warmup(inp: base.WarmupInput) -> list[base.WarmupBatch]:
-    return [
-        [(inp.template.format(prompt=p), c) for p, c in batch]
-        for batch in warmup_batches(inp.steps, inp.seed)
-    ]
-
-
 TASK = base.register_task(
     base.Task(
         name=NAME,
@@ -320,16 +258,6 @@ TASK = base.register_task(
         ),
         difficulty=difficulty_of,
         eval_rows=eval_rows,
-        warmup=base.WarmupRecipe(
-            batches=_warmup,
-            optimizer=base.OwnOptimizer(
-                lr=WARMUP_RECIPE["lr"],
-                betas=WARMUP_RECIPE["betas"],
-                clip=WARMUP_RECIPE["clip"],
-                lr_warmup=WARMUP_RECIPE["lr_warmup"],
-            ),
-            init_std=WARMUP_RECIPE["init_std"],
-            cache_key=WARMUP_RECIPE,
-        ),
+        warmup=base.own_recipe(warmup_batches, WARMUP_RECIPE),
     )
 )

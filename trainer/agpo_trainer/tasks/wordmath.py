@@ -65,12 +65,7 @@ SPLITS: tuple[tuple[str, float], ...] = (
     ("eval", 0.15),
     ("test", 0.15),
 )
-SPLIT_NAMES: tuple[str, ...] = tuple(name for name, _ in SPLITS)
-_HASH_SPACE = 1 << 64
-_BOUNDS: tuple[tuple[str, int], ...] = tuple(
-    (name, round(sum(f for _, f in SPLITS[: i + 1]) * _HASH_SPACE))
-    for i, (name, _) in enumerate(SPLITS)
-)
+SPLIT_NAMES, split_of = base.hash_splits(SPLITS)  # split_of(prompt): by its stable hash
 
 # --------------------------------------------------------------------------- surface words
 NAMES = (
@@ -369,15 +364,6 @@ def difficulty_of(prompt: str) -> int:
     return problem(prompt).difficulty
 
 
-def split_of(prompt: str) -> str:
-    """``warmup`` | ``train`` | ``eval`` | ``test``, by :func:`stable_hash` of the prompt."""
-    h = stable_hash(prompt)
-    for name, bound in _BOUNDS:
-        if h < bound:
-            return name
-    return SPLITS[-1][0]
-
-
 @lru_cache(maxsize=1)
 def _by_split() -> dict[str, dict[int, tuple[Problem, ...]]]:
     out: dict[str, dict[int, list[Problem]]] = {
@@ -546,14 +532,6 @@ def warmup_batches(steps: int, seed: int) -> list[list[tuple[str, str]]]:
     ]
 
 
-def _warmup(inp: base.WarmupInput) -> list[base.WarmupBatch]:
-    """The warm-up batches with the job's prompt template applied."""
-    return [
-        [(inp.template.format(prompt=p), c) for p, c in batch]
-        for batch in warmup_batches(inp.steps, inp.seed)
-    ]
-
-
 TASK = base.register_task(
     base.Task(
         name=NAME,
@@ -563,15 +541,6 @@ TASK = base.register_task(
         ),
         difficulty=difficulty_of,
         eval_rows=eval_rows,
-        warmup=base.WarmupRecipe(
-            batches=_warmup,
-            optimizer=base.OwnOptimizer(
-                lr=WARMUP_RECIPE["lr"],
-                betas=WARMUP_RECIPE["betas"],
-                clip=WARMUP_RECIPE["clip"],
-                lr_warmup=WARMUP_RECIPE["lr_warmup"],
-            ),
-            cache_key=WARMUP_RECIPE,
-        ),
+        warmup=base.own_recipe(warmup_batches, WARMUP_RECIPE),
     )
 )
