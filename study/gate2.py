@@ -34,13 +34,12 @@ from typing import Any
 
 import torch
 from gate import Curve
-from runner import load_policy
+from runner import load_policy, runtime
 
 from agpo_api.models import AGPOJob
 from agpo_trainer.data import apply_template
 from agpo_trainer.prompts import PromptEncoder
 from agpo_trainer.rollout.inprocess import InProcessBackend, keeping
-from agpo_trainer.runtime import Runtime
 from agpo_trainer.tasks import bitcount_copy, chainsum
 from agpo_trainer.train import train
 
@@ -100,6 +99,11 @@ class Variant:
     grpo_lr: float = 1e-4
 
 
+def bc_copy(steps: int, recipe: dict[str, Any] | None = None) -> Variant:
+    """A bitcount-copy variant: warm-up steps and recipe overrides."""
+    return Variant(task="bitcount-copy", warmup_steps=steps, recipe=recipe or {})
+
+
 VARIANTS: dict[str, Variant] = {
     "tiny-300": Variant(warmup_steps=300),
     "tiny-600": Variant(warmup_steps=600),
@@ -108,65 +112,41 @@ VARIANTS: dict[str, Variant] = {
     # from here on the scratch copies each operand before adding it (WARMUP_RECIPE version 2)
     "tiny-1500": Variant(warmup_steps=1500),
     # bitcount with the copy-then-count scratch: bitcount's warm-up recipe (long strings rarely)
-    "bc-copy-400": Variant(task="bitcount-copy", warmup_steps=400),
-    "bc-copy-800": Variant(task="bitcount-copy", warmup_steps=800),
-    "bc-copy-1500": Variant(task="bitcount-copy", warmup_steps=1500),
+    "bc-copy-400": bc_copy(400),
+    "bc-copy-800": bc_copy(800),
+    "bc-copy-1500": bc_copy(1500),
     # long strings rarer still (weight 0.3 ** (n - 6) above 6 bits): a direct count must
     # extrapolate to them, the running count does not
-    "bc-copy-1500-d3": Variant(task="bitcount-copy", warmup_steps=1500, recipe={"decay": 0.3}),
+    "bc-copy-1500-d3": bc_copy(1500, {"decay": 0.3}),
     # direct answers shown only up to 12 bits (13-14: always the running count), so a direct
     # answer must extrapolate there; with long strings as rare as before, and less rare
-    "bc-copy-1500-dmax12": Variant(
-        task="bitcount-copy", warmup_steps=1500, recipe={"direct_max_bits": 12}
-    ),
-    "bc-copy-1500-dmax12-d7": Variant(
-        task="bitcount-copy", warmup_steps=1500, recipe={"direct_max_bits": 12, "decay": 0.7}
-    ),
+    "bc-copy-1500-dmax12": bc_copy(1500, {"direct_max_bits": 12}),
+    "bc-copy-1500-dmax12-d7": bc_copy(1500, {"direct_max_bits": 12, "decay": 0.7}),
     # between the two (the first: scratch not learned on 13-14 bits; the second: too good)
-    "bc-copy-1500-dmax12-d6": Variant(
-        task="bitcount-copy", warmup_steps=1500, recipe={"direct_max_bits": 12, "decay": 0.6}
-    ),
-    "bc-copy-1000-dmax12-d7": Variant(
-        task="bitcount-copy", warmup_steps=1000, recipe={"direct_max_bits": 12, "decay": 0.7}
-    ),
+    "bc-copy-1500-dmax12-d6": bc_copy(1500, {"direct_max_bits": 12, "decay": 0.6}),
+    "bc-copy-1000-dmax12-d7": bc_copy(1000, {"direct_max_bits": 12, "decay": 0.7}),
     # shorter warm-ups of the last: a mediocre start with the running count already useful
-    "bc-copy-600-dmax12-d7": Variant(
-        task="bitcount-copy", warmup_steps=600, recipe={"direct_max_bits": 12, "decay": 0.7}
-    ),
-    "bc-copy-750-dmax12-d7": Variant(
-        task="bitcount-copy", warmup_steps=750, recipe={"direct_max_bits": 12, "decay": 0.7}
-    ),
+    "bc-copy-600-dmax12-d7": bc_copy(600, {"direct_max_bits": 12, "decay": 0.7}),
+    "bc-copy-750-dmax12-d7": bc_copy(750, {"direct_max_bits": 12, "decay": 0.7}),
     # direct answers only up to 10 bits: every hard bucket (11-14) is extrapolation for them
-    "bc-copy-600-dmax10-d7": Variant(
-        task="bitcount-copy", warmup_steps=600, recipe={"direct_max_bits": 10, "decay": 0.7}
-    ),
-    "bc-copy-600-dmax10-d7-s35": Variant(
-        task="bitcount-copy",
-        warmup_steps=600,
-        recipe={"direct_max_bits": 10, "decay": 0.7, "scratch_prob": 0.35},
+    "bc-copy-600-dmax10-d7": bc_copy(600, {"direct_max_bits": 10, "decay": 0.7}),
+    "bc-copy-600-dmax10-d7-s35": bc_copy(
+        600, {"direct_max_bits": 10, "decay": 0.7, "scratch_prob": 0.35}
     ),
     # the same, shorter (accuracy was above 0.65, all-wrong groups below 5%)
-    "bc-copy-400-dmax10-d7-s35": Variant(
-        task="bitcount-copy",
-        warmup_steps=400,
-        recipe={"direct_max_bits": 10, "decay": 0.7, "scratch_prob": 0.35},
+    "bc-copy-400-dmax10-d7-s35": bc_copy(
+        400, {"direct_max_bits": 10, "decay": 0.7, "scratch_prob": 0.35}
     ),
-    "bc-copy-500-dmax10-d7-s35": Variant(
-        task="bitcount-copy",
-        warmup_steps=500,
-        recipe={"direct_max_bits": 10, "decay": 0.7, "scratch_prob": 0.35},
+    "bc-copy-500-dmax10-d7-s35": bc_copy(
+        500, {"direct_max_bits": 10, "decay": 0.7, "scratch_prob": 0.35}
     ),
     # around the last (accuracy 0.671, all-wrong 4.6%, scratch use 0.688): less scratch, or
     # long strings a little rarer
-    "bc-copy-500-dmax10-d7-s30": Variant(
-        task="bitcount-copy",
-        warmup_steps=500,
-        recipe={"direct_max_bits": 10, "decay": 0.7, "scratch_prob": 0.3},
+    "bc-copy-500-dmax10-d7-s30": bc_copy(
+        500, {"direct_max_bits": 10, "decay": 0.7, "scratch_prob": 0.3}
     ),
-    "bc-copy-500-dmax10-d6-s35": Variant(
-        task="bitcount-copy",
-        warmup_steps=500,
-        recipe={"direct_max_bits": 10, "decay": 0.6, "scratch_prob": 0.35},
+    "bc-copy-500-dmax10-d6-s35": bc_copy(
+        500, {"direct_max_bits": 10, "decay": 0.6, "scratch_prob": 0.35}
     ),
     # 4 layers, hidden 128, head_dim 64 (1.05M): room for lookup, then add
     "small-1500": Variant(
@@ -189,13 +169,13 @@ def model_name(v: Variant) -> str:
     return str(build_once(cache / "gate2" / f"model-{key}", lambda d: build_tiny_model(d, **args)))
 
 
-def job(v: Variant, seed: int, *, steps: int, work: str = "gate2") -> AGPOJob:
+def job(v: Variant, seed: int, *, steps: int) -> AGPOJob:
     """Plain GRPO on the warm base (the first study's base: grpo advantages, zero-variance
     groups kept, no length reward, token-mean, no KL)."""
     return AGPOJob.model_validate({
         "apiVersion": "agpo.dev/v1alpha1",
         "kind": "AGPOJob",
-        "metadata": {"name": f"{work}-s{seed}"},
+        "metadata": {"name": f"gate2-s{seed}"},
         "spec": {
             "model": {"name": model_name(v), "dtype": "float32"},
             "dataset": {
@@ -393,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             before = greedy_accuracy(v, model, tok, j)
             servers: list[InProcessBackend] = []
             c = Curve([])
-            train(j, Runtime.single(work, Path(os.environ.get("AGPO_CACHE_DIR", Path.home()
-                  / ".cache" / "agpo"))), backend=keeping(servers), callbacks=c)  # fmt: skip
+            train(j, runtime(work), backend=keeping(servers), callbacks=c)
             curve = c.curve
             after = greedy_accuracy(v, servers[0].model, tok, j)
             gain = after - before
@@ -415,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:22} {figs[k]}")
     print(f"forced scratch right {figs['scratch_right']:.3f}, well-formed "
           f"{figs['well_formed']:.3f}, correct length mean {figs['correct_len_mean']:.1f}")  # fmt: skip
-    runtime = time.time() - t0
-    print(f"GATE {'PASS' if passed else 'FAIL'}; runtime {runtime:.0f} s; torch "
+    seconds = time.time() - t0
+    print(f"GATE {'PASS' if passed else 'FAIL'}; runtime {seconds:.0f} s; torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}, load "
           f"{os.getloadavg()[0]:.2f}")  # fmt: skip
     if not args.no_log:
@@ -426,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             "figures": figs, "greedy_before": before,
             "greedy_after": after, "gain": gain,
             "verdicts": {r[0].strip(): r[3] for r in rows}, "pass": passed,
-            "runtime_s": round(runtime, 1), "torch": torch.__version__,
+            "runtime_s": round(seconds, 1), "torch": torch.__version__,
             "python": platform.python_version(), "load": os.getloadavg(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "grpo_curve": curve,
         }  # fmt: skip
