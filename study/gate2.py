@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"variant {args.variant}: only {sorted(LIVE_RECIPE_KEYS)} can be overridden"
         )
+    if v.task == "bitcount-copy":  # variants start from the first recipe (the gate's runs did)
+        task.WARMUP_RECIPE.clear()
+        task.WARMUP_RECIPE.update(bitcount_copy.RECIPE_V1)
     task.WARMUP_RECIPE.update(v.recipe)  # part of the warm-up cache key: no stale weights
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="agpo-gate2-"))

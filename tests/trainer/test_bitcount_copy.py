@@ -32,3 +32,18 @@ def test_same_problems_and_splits_as_bitcount_and_registered() -> None:
         g = bcc.grade(prompt, text)
         assert g.correct and g.well_formed and bitcount.split_of(prompt) == "warmup"
     assert bcc.WARMUP_RECIPE["task"] == "bitcount-copy"  # its own warm-up cache key
+
+
+def test_registered_warmup_shows_direct_answers_only_up_to_10_bits() -> None:
+    """The recipe that passed the second-edition gate: longer strings always get scratch, and
+    about 35% of the shorter ones do."""
+    pairs = [pair for b in bcc.warmup_batches(40, seed=3) for pair in b]
+    long = [t for p, t in pairs if bitcount.difficulty_of(p) > 10]
+    short = [bcc.grade(p, t).used_scratch for p, t in pairs if bitcount.difficulty_of(p) <= 10]
+    assert long and all(bcc.grade(p, t).used_scratch for p, t in pairs
+                        if bitcount.difficulty_of(p) > 10)  # fmt: skip
+    assert 0.30 < sum(short) / len(short) < 0.40
+    v1 = {k: v for k, v in bcc.RECIPE_V1.items() if k != "version"}
+    v2 = {k: v for k, v in bcc.WARMUP_RECIPE.items() if k != "version"}
+    assert v2 == v1 | {"direct_max_bits": 10, "scratch_prob": 0.35}
+    assert bcc.WARMUP_RECIPE["version"] != bcc.RECIPE_V1["version"]  # its own cache key

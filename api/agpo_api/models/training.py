@@ -165,8 +165,9 @@ class TrainingSpec(ApiModel):
         "arithmetic: the answer format (a digit, then end of text) with random answers, so "
         "that RL alone teaches the arithmetic. bitcount: the task's mixed formats (filler, "
         "scratch) with right answers on its warmup split only, long strings rarely (a "
-        "mediocre start RL can improve; about 200 steps), cached per settings; bitcount-copy the "
-        "same with its scratch. chainsum: the same mixed formats, chain lengths uniform. Only for "
+        "mediocre start RL can improve; about 200 steps), cached per settings; bitcount-copy: "
+        "the same with its scratch, direct answers only up to 10 bits (about 1000 steps: a "
+        "start where the scratch pays on long strings only). chainsum: the same mixed formats, chain lengths uniform. Only for "
         "dataset.source.builtin.",
     )
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")

@@ -11,7 +11,8 @@ length). On bit counting a direct answer stays good on short strings, so scratch
 there: the overthinking AGPO's length reward is about.
 
 Everything but the scratch format is :mod:`bitcount`'s (the same problems in the same splits);
-the warm-up is bitcount's recipe (long strings rarely) with this scratch.
+the warm-up is bitcount's recipe (long strings rarely) with this scratch, direct answers only up
+to 10 bits and scratch on 35% of the shorter strings: the gate's passing variant (1000 steps).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from agpo_trainer.tasks.bitcount import (
 NAME = "bitcount-copy"
 
 __all__ = [
-    "ANSWER_PREFIX", "MAX_BITS", "MAX_FILLER", "MIN_BITS", "NAME", "TAGS", "WARMUP_RECIPE",
+    "ANSWER_PREFIX", "MAX_BITS", "MAX_FILLER", "MIN_BITS", "NAME", "RECIPE_V1", "TAGS",
+    "WARMUP_RECIPE",
     "Grade", "Problem", "difficulty_of", "eval_rows", "grade", "make_completion", "problems",
     "sampled_rows", "scratch_for", "split_of", "stratified", "warmup_batches",
 ]  # fmt: skip
@@ -67,8 +69,16 @@ def grade(prompt: str, completion: str, *, finished: bool = True) -> Grade:
     return bitcount.grade(prompt, completion, finished=finished, scratch_of=scratch_for)
 
 
-#: bitcount's warm-up recipe with this scratch (its own cache key: ``task``, ``version``)
-WARMUP_RECIPE: dict[str, Any] = {**bitcount.WARMUP_RECIPE, "task": NAME, "version": 1}
+#: the first recipe: bitcount's (long strings rarely, scratch on half the strings) with this
+#: scratch; its own cache key (``task``, ``version``). The gate's variants start from it.
+RECIPE_V1: dict[str, Any] = {**bitcount.WARMUP_RECIPE, "task": NAME, "version": 1}
+#: the recipe that passed the second edition's gate with 1000 warm-up steps (docs/results.md,
+#: rule set 2, variant ``bc-copy-1000-dmax10-s35``: three seeds): direct answers shown only up
+#: to 10 bits, so a direct count on 11-14 bits must extrapolate and the running count pays
+#: there, and scratch on 35% of the shorter strings, so easy prompts still get some of it
+WARMUP_RECIPE: dict[str, Any] = {
+    **RECIPE_V1, "version": 2, "direct_max_bits": 10, "scratch_prob": 0.35,
+}  # fmt: skip
 
 
 def warmup_batches(steps: int, seed: int) -> list[list[tuple[str, str]]]:
