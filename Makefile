@@ -113,14 +113,15 @@ bench: setup
 	$(PY) benchmarks/bench_algorithms.py
 	$(PY) benchmarks/bench_operator.py
 
-# The AGPO-vs-GRPO study (docs/results.md "AGPO vs GRPO study"): 6 arms x 3 seeds through the
-# trainer's own loop with in-process generation, ~40 min on 2 cores; results under
-# study/results/<run-id>/, plots in docs/images/study-*.png. study-smoke is CI's version
-# (1 seed, 3 arms, 4 steps, about a minute; tests/study/test_study_smoke.py runs it).
+# The AGPO-vs-GRPO study, second edition (docs/results.md, issue #19): 8 arms on bitcount-copy
+# through the trainer's own loop with in-process generation, the seed count of the power
+# analysis (study/arms.py SEEDS_V2); results under study/results/<run-id>/, plots in
+# docs/images/study2-*.png. The first edition: `study/study.py run --config full`.
+# study-smoke is CI's version (1 seed, 4 arms, 4 steps; tests/study/test_study_smoke.py runs it).
 STUDY := OMP_NUM_THREADS=1 nice -n 10 $(PY) study/study.py run --workers 2
 .PHONY: study study-smoke
 study: setup
-	$(STUDY) --config full --images docs/images
+	$(STUDY) --config v2 --images docs/images
 
 study-smoke: setup
 	$(STUDY) --config smoke --out runs/study-smoke --images runs/study-smoke/images

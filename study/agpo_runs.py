@@ -2,9 +2,10 @@
 
     flock /tmp/agpo-heavy.lock nice -n 10 .venv/bin/python study/agpo_runs.py --arm grpo
     flock /tmp/agpo-heavy.lock nice -n 10 .venv/bin/python study/agpo_runs.py --arm agpo-len
-    .venv/bin/python study/agpo_runs.py --compare study/results/<full run>
+    .venv/bin/python study/agpo_runs.py --compare study/results/<v2 run>
 
-The job is the study's own manifest (:func:`arms.manifest`, seed 0: the same warm-up cache
+The job is the study's own manifest (:func:`arms.manifest` of ``--config``, default the
+second edition's ``v2``; ``full``: the first edition's, results in ``agpo-run/``; seed 0: the same warm-up cache
 key, so the same warm base, the same eval prompts and evaluation settings), with
 ``training.steps`` cut to ``--steps`` and the CPU trainer/rollout sections of
 ``manifests/samples/tiny-cpu.yaml``. Its ``eval`` and ``step`` lines are read from the
@@ -28,7 +29,14 @@ from analysis import read_jsonl
 from arms import CONFIGS, manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "study" / "results" / "agpo-run"
+RESULTS = ROOT / "study" / "results"
+
+
+def out_dir(config: str) -> Path:
+    """``agpo-run/`` for the first edition (history), ``agpo-run-<config>/`` otherwise."""
+    return RESULTS / ("agpo-run" if config == "full" else f"agpo-run-{config}")
+
+
 CPU_SECTIONS: dict[str, Any] = {
     "trainer": {"procsPerNode": 1, "gpusPerNode": 0},
     "rollout": {
@@ -40,8 +48,8 @@ CPU_SECTIONS: dict[str, Any] = {
 }
 
 
-def job(arm: str, steps: int) -> dict[str, Any]:
-    m = manifest(arm, 0, CONFIGS["full"])
+def job(arm: str, steps: int, config: str) -> dict[str, Any]:
+    m = manifest(arm, 0, CONFIGS[config])
     m["metadata"]["name"] = f"study-run-{arm}"
     m["spec"]["training"]["steps"] = steps
     m["spec"]["training"]["checkpoint"] = {"everySteps": steps, "keep": 1}
@@ -61,10 +69,11 @@ def parse_log(text: str) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def run(arm: str, steps: int) -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{arm}.yaml"
-    path.write_text(yaml.safe_dump(job(arm, steps), sort_keys=False))
+def run(arm: str, steps: int, config: str) -> int:
+    out = out_dir(config)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{arm}.yaml"
+    path.write_text(yaml.safe_dump(job(arm, steps, config), sort_keys=False))
     workdir = ROOT / "runs" / f"study-agpo-{arm}"
     t0 = time.time()
     proc = subprocess.run(
@@ -77,7 +86,7 @@ def run(arm: str, steps: int) -> int:
     parsed = parse_log(log)
     rec = {"arm": arm, "steps": steps, "rc": proc.returncode, "seconds": round(seconds, 1),
            "summary": proc.stdout[-2000:], "stderr": proc.stderr[-2000:]} | parsed  # fmt: skip
-    (OUT / f"{arm}.json").write_text(json.dumps(rec, indent=1))
+    (out / f"{arm}.json").write_text(json.dumps(rec, indent=1))
     print(proc.stdout[-1500:])
     print(f"agpo run {arm}: rc {proc.returncode}, {seconds:.0f} s, {len(parsed['eval'])} evals")
     for e in parsed["eval"]:
@@ -86,10 +95,10 @@ def run(arm: str, steps: int) -> int:
     return proc.returncode
 
 
-def compare(study_run: Path) -> int:
+def compare(study_run: Path, config: str) -> int:
     print("| arm | step | agpo run: eval acc | in-process: eval acc | agpo run: reasoning "
           "tokens | in-process: reasoning tokens |\n| --- | --- | --- | --- | --- | --- |")  # fmt: skip
-    for f in sorted(OUT.glob("*.json")):
+    for f in sorted(out_dir(config).glob("*.json")):
         rec = json.loads(f.read_text())
         ours = {e["step"]: e for e in read_jsonl(study_run / f"{rec['arm']}-s0" / "eval.jsonl")}
         for e in rec["eval"]:
@@ -109,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arm", choices=("grpo", "agpo-len"))
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--compare", type=Path, default=None)
+    ap.add_argument("--config", default="v2", choices=sorted(CONFIGS))
     args = ap.parse_args(argv)
     if args.compare is not None:
-        return compare(args.compare)
+        return compare(args.compare, args.config)
     if args.arm is None:
         ap.error("--arm or --compare")
-    return run(args.arm, args.steps)
+    return run(args.arm, args.steps, args.config)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def endpoints(test: dict[str, Any]) -> dict[str, float | None]:
     return {
         "greedy_acc": 100 * g["accuracy"],
         "mean_at_k": 100 * s["accuracy"],
+        "mean_at_k_se": 100 * s["se"] if "se" in s else None,  # second edition on
         "pass_at_k": 100 * s["pass_at_k"],
         "reasoning_std": bucket_mean(sb, "reasoning"),
         "filler_std": bucket_mean(sb, "filler"),
@@ -195,8 +196,10 @@ def rule_stability(p: dict[str, Any] | None) -> str:
     return "inconclusive"
 
 
-#: (claim, arm, reference, endpoint key, view, log ratio, rule)
-CLAIMS: tuple[tuple[str, str, str, str, str, bool, Any], ...] = (
+Claim = tuple[str, str, str, str, str, bool, Any]
+
+#: (claim, arm, reference, endpoint key, view, log ratio, rule): the first edition's (issue #10)
+CLAIMS_V1: tuple[Claim, ...] = (
     ("accuracy comparable: agpo vs grpo", "agpo", "grpo", "greedy_acc", "budget", False, rule_accuracy),
     ("accuracy comparable: agpo-len vs grpo", "agpo-len", "grpo", "greedy_acc", "budget", False, rule_accuracy),
     ("token cut >= 20%: agpo-len vs grpo", "agpo-len", "grpo", "reasoning_std", "budget", True, rule_tokens),
@@ -212,9 +215,38 @@ CLAIMS: tuple[tuple[str, str, str, str, str, bool, Any], ...] = (
 )  # fmt: skip
 
 
-def verdict_rows(summaries: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+#: the second edition's (issue #19), written in docs/results.md before it ran. Primary: the
+#: paper's two claims for its AGPO (agpo-len) against grpo, on the lower-variance endpoints
+#: (mean@k on 1,113 test prompts x k; bucket-standardised reasoning tokens of correct answers);
+#: the seed count was sized for these two. The rest are secondary.
+CLAIMS_V2: tuple[Claim, ...] = (
+    ("(primary) accuracy comparable: agpo-len vs grpo", "agpo-len", "grpo", "mean_at_k", "budget", False, rule_accuracy),
+    ("(primary) token cut >= 20%: agpo-len vs grpo", "agpo-len", "grpo", "reasoning_std", "budget", True, rule_tokens),
+    ("accuracy comparable: agpo-len-all vs grpo", "agpo-len-all", "grpo", "mean_at_k", "budget", False, rule_accuracy),
+    ("token cut >= 20%: agpo-len-all vs grpo", "agpo-len-all", "grpo", "reasoning_std", "budget", True, rule_tokens),
+    ("accuracy comparable: agpo vs grpo", "agpo", "grpo", "mean_at_k", "budget", False, rule_accuracy),
+    ("stability (drawdown): agpo vs grpo", "agpo", "grpo", "drawdown", "budget", False, rule_stability),
+    ("attribution: length reward under agpo (agpo-len vs agpo)", "agpo-len", "agpo", "reasoning_std", "budget", True, rule_tokens),
+    ("attribution: length reward under grpo (grpo-len vs grpo)", "grpo-len", "grpo", "reasoning_std", "budget", True, rule_tokens),
+    ("attribution: +-1 alone (agpo vs grpo)", "agpo", "grpo", "reasoning_std", "budget", True, rule_tokens),
+    ("attribution: scope all (agpo-len-all vs agpo-len)", "agpo-len-all", "agpo-len", "reasoning_std", "budget", True, rule_tokens),
+    ("accuracy comparable: mask vs grpo", "mask", "grpo", "mean_at_k", "budget", False, rule_accuracy),
+    ("accuracy comparable: resample vs grpo (equal completions)", "resample", "grpo", "mean_at_k", "budget", False, rule_accuracy),
+    ("accuracy comparable: resample vs grpo (equal steps)", "resample", "grpo", "mean_at_k", "steps", False, rule_accuracy),
+    ("accuracy comparable: grpo-len vs grpo", "grpo-len", "grpo", "mean_at_k", "budget", False, rule_accuracy),
+    ("greedy accuracy comparable: agpo-len vs grpo", "agpo-len", "grpo", "greedy_acc", "budget", False, rule_accuracy),
+    ("preset: accuracy comparable: agpo-len vs grpo-preset", "agpo-len", "grpo-preset", "mean_at_k", "budget", False, rule_accuracy),
+    ("preset: token cut >= 20%: agpo-len vs grpo-preset", "agpo-len", "grpo-preset", "reasoning_std", "budget", True, rule_tokens),
+    ("preset: accuracy comparable: grpo (agpo base) vs grpo-preset", "grpo", "grpo-preset", "mean_at_k", "budget", False, rule_accuracy),
+)  # fmt: skip
+CLAIMS: dict[int, tuple[Claim, ...]] = {1: CLAIMS_V1, 2: CLAIMS_V2}
+
+
+def verdict_rows(
+    summaries: dict[str, dict[int, dict[str, Any]]], edition: int = 1
+) -> list[dict[str, Any]]:
     rows = []
-    for claim, arm, ref, key, view, log, rule in CLAIMS:
+    for claim, arm, ref, key, view, log, rule in CLAIMS[edition]:
         if arm not in summaries or ref not in summaries:
             continue
         p = paired(summaries, arm, ref, key, view, log=log)
@@ -252,6 +284,10 @@ PER_SEED_KEYS = ("greedy_acc", "mean_at_k", "pass_at_k", "reasoning_std", "fille
                  "scratch_std", "tokens_std")  # fmt: skip
 
 
+def _pm(se: float | None) -> str:
+    return "" if se is None else f" ± {se:.1f}"
+
+
 def per_seed_table(summaries: dict[str, dict[int, dict[str, Any]]], view: str) -> str:
     head = (
         "| arm | seed | step | completions | greedy acc | mean@k | pass@k | reasoning (std) "
@@ -264,7 +300,7 @@ def per_seed_table(summaries: dict[str, dict[int, dict[str, Any]]], view: str) -
             v = s[view]
             lines.append(
                 f"| {arm} | {seed} | {v['step']} | {v['completions']} | {fmt(v['greedy_acc'], 1)} "
-                f"| {fmt(v['mean_at_k'], 1)} | {fmt(v['pass_at_k'], 1)} | {fmt(v['reasoning_std'])} "
+                f"| {fmt(v['mean_at_k'], 1)}{_pm(v.get('mean_at_k_se'))} | {fmt(v['pass_at_k'], 1)} | {fmt(v['reasoning_std'])} "
                 f"| {fmt(v['filler_std'])} | {fmt(v['scratch_std'])} | {fmt(v['tokens_std'])} "
                 f"| {fmt(s['drawdown'], 1)} | {fmt(s['noise_ratio'])} | {fmt(s['all_correct'])} "
                 f"| {fmt(s['all_wrong'])} |"

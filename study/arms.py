@@ -1,8 +1,8 @@
 """The study's arms and budgets as AGPOJob manifests (the same objects `agpo run` takes).
 
-Every arm is the ``agpo`` preset's base (grpo advantages, clipped loss 0.2/0.28, token-mean,
-no KL: the gate's GRPO run) with the two AGPO ingredients set explicitly, so arms differ only
-in ``zeroVariance`` and ``lengthReward``:
+Every arm but ``grpo-preset`` is the ``agpo`` preset's base (grpo advantages, clipped loss
+0.2/0.28, token-mean, no KL: the gate's GRPO run) with the two AGPO ingredients set
+explicitly, so those arms differ only in ``zeroVariance`` and ``lengthReward``:
 
 | arm | zeroVariance | lengthReward |
 | --- | --- | --- |
@@ -12,37 +12,68 @@ in ``zeroVariance`` and ``lengthReward``:
 | resample | resample (DAPO dynamic sampling, maxResampleRounds rounds) | none |
 | agpo-len | agpo (+-1) | agpo, coefficient 0.1 (the paper's AGPO) |
 | grpo-len | keep | agpo, coefficient 0.1 |
+| agpo-len-all (second edition) | agpo (+-1) | agpo, coefficient 0.1, scope all |
+
+``grpo-preset`` (second edition) is exactly ``preset: grpo`` (KL 0.04 to the warm base,
+per-sequence token mean, clip 0.2): what a user gets, as a secondary comparison.
+
+The first edition (issue #10: ``full``, ``long``, ``pilot``) ran the first six arms on
+``bitcount``; the second (issue #19: ``v2``, ``v2-pilot``, ``smoke``) runs all eight on
+``bitcount-copy``, the task that passed the second-edition gate, with its 1000-step warm-up.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 NONE_LENGTH = {"type": "none", "coefficient": 0.0}
 AGPO_LENGTH = {"type": "agpo", "coefficient": 0.1}
 
-#: arm -> (zeroVariance, lengthReward)
-ARMS: dict[str, tuple[str, dict[str, Any]]] = {
-    "grpo": ("keep", NONE_LENGTH),
-    "agpo": ("agpo", NONE_LENGTH),
-    "mask": ("mask", NONE_LENGTH),
-    "resample": ("resample", NONE_LENGTH),
-    "agpo-len": ("agpo", AGPO_LENGTH),
-    "grpo-len": ("keep", AGPO_LENGTH),
+
+def explicit(zero_variance: str, length: dict[str, Any]) -> dict[str, Any]:
+    """The agpo preset's base, every field set, with these two ingredients."""
+    return {
+        "preset": "agpo",
+        "advantage": "grpo",
+        "zeroVariance": zero_variance,
+        "lengthReward": dict(length),
+        "policyLoss": "clipped",
+        "lossAggregation": "token-mean",
+        "clip": {"low": 0.2, "high": 0.28},
+        "klCoefficient": 0.0,
+    }
+
+
+#: arm -> its spec.algorithm (groupSize and maxResampleRounds come from the budget)
+ARMS: dict[str, dict[str, Any]] = {
+    "grpo": explicit("keep", NONE_LENGTH),
+    "agpo": explicit("agpo", NONE_LENGTH),
+    "mask": explicit("mask", NONE_LENGTH),
+    "resample": explicit("resample", NONE_LENGTH),
+    "agpo-len": explicit("agpo", AGPO_LENGTH),
+    "grpo-len": explicit("keep", AGPO_LENGTH),
+    "agpo-len-all": explicit("agpo", AGPO_LENGTH | {"scope": "all"}),
+    "grpo-preset": {"preset": "grpo"},
 }
+FIRST_EDITION = ("grpo", "agpo", "mask", "resample", "agpo-len", "grpo-len")
+#: the second edition's seed count: the power analysis's (docs/results.md), at least 10
+SEEDS_V2 = 15
 
 
 @dataclass(frozen=True)
 class Budget:
-    """One study configuration (``full`` is ``make study``, ``smoke`` is CI's)."""
+    """One study configuration (``v2`` is ``make study``, ``smoke`` is CI's). The defaults
+    are the first edition's."""
 
     steps: int = 80  # RL steps of the fixed-cost arms; budget = steps x prompts x group
     prompts: int = 16  # prompts per step
     group: int = 8  # G
     seeds: tuple[int, ...] = (0, 1, 2)
-    arms: tuple[str, ...] = tuple(ARMS)
-    warmup_steps: int = 200  # training.formatWarmupSteps: the trainer's bitcount warm-up
+    arms: tuple[str, ...] = FIRST_EDITION
+    task: str = "bitcount"  # the builtin task
+    edition: int = 1  # which pre-registered claims (analysis.CLAIMS) and plot names
+    warmup_steps: int = 200  # training.formatWarmupSteps: the task's registered warm-up
     lr: float = 1e-4  # tuned on the gate's GRPO run only, frozen for every arm
     max_resample_rounds: int = 2  # resample: at most 3x the completions of a step
     max_tokens: int = 64  # maxCompletionTokens (longest grammatical completion: 51)
@@ -60,15 +91,44 @@ class Budget:
         return self.steps * self.prompts * self.group
 
 
+#: the second edition (issue #19): bitcount-copy with the recipe and warm-up length that passed
+#: the gate; every arm; test sets of 1,113 prompts (stratified("test", 225): 9-14 bits hold
+#: 225 each, shorter strings what the split has), so the standard error of mean@k is at most
+#: sqrt(0.25 / 1113) = 1.5 points per arm and seed even if the k samples of a prompt agree
+V2 = Budget(
+    task="bitcount-copy",
+    edition=2,
+    arms=tuple(ARMS),
+    seeds=tuple(range(SEEDS_V2)),
+    warmup_steps=1000,
+    max_tokens=72,  # bitcount-copy's longest grammatical completion: 63 tokens
+    test_greedy_per_bits=225,
+    test_sampled_per_bits=225,
+)
+
 CONFIGS: dict[str, Budget] = {
+    # ---- the first edition (issue #10, docs/results.md "AGPO vs GRPO study"), kept as history
     "full": Budget(),
-    # CI: 1 seed, 3 arms (resample exercises the budget checkpoint), a few steps, a short
-    # warm-up (cached after the first run), small eval/test sets.
-    "smoke": Budget(
+    # a second, longer budget, fixed after the full run's timings (its grpo arms took ~50 s
+    # instead of the pilot's ~4 min: the pilot ran under load 5) and before any of its
+    # outcomes were read; same arms, seeds and rules
+    "long": Budget(steps=160),
+    # the pilot that sized the full budget (timing only)
+    "pilot": Budget(steps=10, seeds=(0,), arms=("grpo", "resample"), eval_every=5),
+    # ---- the second edition (issue #19): `make study`
+    "v2": V2,
+    # the pilot that sized it (seeds outside the study's): timings, and the seed-to-seed SD of
+    # the paired differences on the new task for study/power.py
+    "v2-pilot": replace(V2, seeds=(100, 101, 102), arms=("grpo", "agpo-len")),
+    # CI: the second edition's set-up, 1 seed, 4 arms (resample exercises the budget
+    # checkpoint, grpo-preset the KL reference), a few steps, a short warm-up (cached after
+    # the first run), small eval/test sets.
+    "smoke": replace(
+        V2,
         steps=4,
         prompts=4,
         seeds=(0,),
-        arms=("grpo", "resample", "agpo-len"),
+        arms=("grpo", "resample", "agpo-len-all", "grpo-preset"),
         warmup_steps=40,
         eval_every=2,
         eval_prompts=26,
@@ -77,18 +137,11 @@ CONFIGS: dict[str, Budget] = {
         k=2,
         dataset_size=256,
     ),
-    # a second, longer budget, fixed after the full run's timings (its grpo arms took ~50 s
-    # instead of the pilot's ~4 min: the pilot ran under load 5) and before any of its
-    # outcomes were read; same arms, seeds and rules
-    "long": Budget(steps=160),
-    # the pilot that sized the full budget (timing only)
-    "pilot": Budget(steps=10, seeds=(0,), arms=("grpo", "resample"), eval_every=5),
 }
 
 
 def manifest(arm: str, seed: int, b: Budget) -> dict[str, Any]:
     """The AGPOJob of one arm and seed (resolved by the API model; saved with every run)."""
-    zero_variance, length = ARMS[arm]
     return {
         "apiVersion": "agpo.dev/v1alpha1",
         "kind": "AGPOJob",
@@ -96,21 +149,11 @@ def manifest(arm: str, seed: int, b: Budget) -> dict[str, Any]:
         "spec": {
             "model": {"name": "builtin:tiny", "dtype": "float32"},
             "dataset": {
-                "source": {"builtin": {"task": "bitcount", "size": b.dataset_size, "seed": seed}},
+                "source": {"builtin": {"task": b.task, "size": b.dataset_size, "seed": seed}},
                 "promptTemplate": "{prompt}",
             },
-            "algorithm": {
-                "preset": "agpo",
-                "advantage": "grpo",
-                "zeroVariance": zero_variance,
-                "lengthReward": dict(length),
-                "policyLoss": "clipped",
-                "lossAggregation": "token-mean",
-                "clip": {"low": 0.2, "high": 0.28},
-                "klCoefficient": 0.0,
-                "groupSize": b.group,
-                "maxResampleRounds": b.max_resample_rounds,
-            },
+            "algorithm": ARMS[arm]
+            | {"groupSize": b.group, "maxResampleRounds": b.max_resample_rounds},
             "training": {
                 "steps": b.steps,
                 "promptsPerStep": b.prompts,

@@ -1,4 +1,5 @@
-"""The study's PNG plots (matplotlib, Agg): one figure per question, every seed shown.
+"""The study's PNG plots (matplotlib, Agg): one figure per question, every seed shown
+(``study-*`` for the first edition, ``study2-*`` for the second).
 
 * ``study-accuracy.png``: greedy eval accuracy (eval split) against generated completions;
 * ``study-reasoning.png``: reasoning tokens of correct training completions against steps;
@@ -26,7 +27,11 @@ COLOURS = {
     "resample": "tab:purple",
     "agpo-len": "tab:orange",
     "grpo-len": "tab:cyan",
+    "agpo-len-all": "tab:brown",
+    "grpo-preset": "tab:gray",
 }
+#: file-name prefix per edition (the first edition's plots stay in docs/images as history)
+PREFIX = {1: "study", 2: "study2"}
 
 
 def smooth(xs: list[float], w: int = 9) -> list[float]:
@@ -146,9 +151,10 @@ def scratch_plot(runs: dict[str, dict[int, Path]], b: Budget, path: Path) -> Pat
 def all_plots(out: Path, b: Budget, images: Path) -> list[Path]:
     images.mkdir(parents=True, exist_ok=True)
     runs = _runs(out, b)
+    pre = PREFIX[b.edition]
     return [
-        accuracy_plot(runs, b, images / "study-accuracy.png"),
-        reasoning_plot(runs, b, images / "study-reasoning.png"),
-        zero_variance_plot(runs, b, images / "study-zero-variance.png"),
-        scratch_plot(runs, b, images / "study-scratch.png"),
+        accuracy_plot(runs, b, images / f"{pre}-accuracy.png"),
+        reasoning_plot(runs, b, images / f"{pre}-reasoning.png"),
+        zero_variance_plot(runs, b, images / f"{pre}-zero-variance.png"),
+        scratch_plot(runs, b, images / f"{pre}-scratch.png"),
     ]

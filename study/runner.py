@@ -1,7 +1,7 @@
 """One arm x seed of the study through the product's own loop, with in-process generation.
 
 What runs is ``agpo_trainer.train.train`` itself (the job's data, ``Policy.load``, the cached
-bitcount warm-up shared with `agpo run`, ``Experience.collect``, ``train_step``, the weight
+task's warm-up shared with `agpo run`, ``Experience.collect``, ``train_step``, the weight
 push, checkpoints, the ``Evaluator``) with :class:`InProcessBackend` as its rollout backend
 instead of the vLLM servers; the study's figures are recorded through the loop's
 :class:`Callbacks`.
@@ -35,11 +35,13 @@ from agpo_trainer.prompts import PromptEncoder
 from agpo_trainer.rollout.inprocess import InProcessBackend, keeping
 from agpo_trainer.runtime import Runtime
 from agpo_trainer.stats import EvalStats, StepStats
-from agpo_trainer.tasks import bitcount as task
+from agpo_trainer.tasks import bitcount, bitcount_copy
 from agpo_trainer.train import Callbacks, train
 from agpo_trainer.warmup import format_warmup
 
 TEST_SEED = 31_337  # sampling seed of the mean@k set (per seed, the same in every arm)
+#: the budget's task -> its module (problems, splits, grader: the same interface)
+TASKS: dict[str, Any] = {"bitcount": bitcount, "bitcount-copy": bitcount_copy}
 
 
 def cache_dir() -> Path:
@@ -64,7 +66,7 @@ def load_policy(job: AGPOJob, workdir: Path) -> Policy:
 
 
 # --------------------------------------------------------------------------- grading
-def graded(prompt: str, text: str, finished: bool) -> dict[str, Any]:
+def graded(task: Any, prompt: str, text: str, finished: bool) -> dict[str, Any]:
     g = task.grade(prompt, text, finished=finished)
     return {
         "correct": g.correct,
@@ -98,10 +100,10 @@ def bucket_table(rows: list[tuple[int, dict[str, Any], int]]) -> dict[str, dict[
 def test_endpoints(model: Any, tok: Any, job: AGPOJob, b: Budget) -> dict[str, Any]:
     """Greedy accuracy on ``stratified("test", ...)`` and ``k`` samples at T=1 on a smaller
     stratified test set (mean@k, pass@k, tokens of correct answers), per bit count."""
-    spec = job.spec
+    spec, task = job.spec, TASKS[b.task]
     client = InProcessBackend(model, tok)
 
-    def ids(ps: list[task.Problem]) -> list[list[int]]:
+    def ids(ps: list[Any]) -> list[list[int]]:
         encode = PromptEncoder(tok, spec.dataset)
         return [encode(apply_template(spec.dataset.prompt_template, p.prompt)) for p in ps]
 
@@ -118,20 +120,25 @@ def test_endpoints(model: Any, tok: Any, job: AGPOJob, b: Budget) -> dict[str, A
         rows = []
         for i, c in enumerate(comps):
             p = probs[i // n]
-            rows.append((p.difficulty, graded(p.prompt, c.text, not c.truncated), len(c.token_ids)))
+            g = graded(task, p.prompt, c.text, not c.truncated)
+            rows.append((p.difficulty, g, len(c.token_ids)))
         correct = [r[1]["correct"] for r in rows]
         groups = [correct[i : i + n] for i in range(0, len(correct), n)]
+        per_prompt = [statistics.fmean(g) for g in groups]
         out[name] = {
             "prompts": len(probs),
             "samples": n,
             "accuracy": statistics.fmean(correct),
+            # standard error of the accuracy over prompts (the k samples of a prompt are not
+            # independent draws of the test set)
+            "se": statistics.stdev(per_prompt) / len(per_prompt) ** 0.5 if len(groups) > 1 else 0.0,
             "pass_at_k": statistics.fmean(any(g) for g in groups),
             "buckets": bucket_table(rows),
         }
     return out
 
 
-def batch_figures(batch: Batch, tok: Any, group: int) -> dict[str, Any]:
+def batch_figures(batch: Batch, tok: Any, group: int, task: Any) -> dict[str, Any]:
     """The step's batch graded by the task: all-correct / all-wrong groups, and the tokens
     of its correct completions (filler, scratch)."""
     eos = tok.eos_token_id
@@ -139,7 +146,7 @@ def batch_figures(batch: Batch, tok: Any, group: int) -> dict[str, Any]:
     for p_ids, c_ids in zip(batch.prompt_ids, batch.completion_ids, strict=True):
         prompt = tok.decode(p_ids, skip_special_tokens=True)
         text = tok.decode(c_ids, skip_special_tokens=True)
-        gs.append(graded(prompt, text, bool(c_ids) and c_ids[-1] == eos))
+        gs.append(graded(task, prompt, text, bool(c_ids) and c_ids[-1] == eos))
     correct = [g["correct"] for g in gs]
     groups = [correct[i : i + group] for i in range(0, len(correct), group)]
     right = [g for g in gs if g["correct"]]
@@ -213,7 +220,8 @@ class Recorder(Callbacks):
             "entropy": u.entropy,
             "grad_norm": u.grad_norm,
             "seconds": stats.step_seconds,
-        } | batch_figures(batch, self.servers[0].tokenizer, self.job.spec.algorithm.group_size)
+        } | batch_figures(batch, self.servers[0].tokenizer, self.job.spec.algorithm.group_size,
+                          TASKS[self.b.task])  # fmt: skip
         write(self.d / "steps.jsonl", rec)
 
     def on_eval(self, result: EvalStats) -> None:

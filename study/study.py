@@ -1,10 +1,11 @@
-"""The AGPO-vs-GRPO study (issue #10): every arm x seed, the endpoints, the verdicts.
+"""The AGPO-vs-GRPO study (issues #10 and #19): every arm x seed, the endpoints, the verdicts.
 
-    make study          # = OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python study/study.py run --config full
-    make study-smoke    # 1 seed, 3 arms, 4 steps (CI: tests/study/test_study_smoke.py)
+    make study          # = OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python study/study.py run --config v2
+    make study-smoke    # 1 seed, 4 arms, 4 steps (CI: tests/study/test_study_smoke.py)
+    .venv/bin/python study/study.py run --config full   # the first edition (bitcount, 6 arms)
     .venv/bin/python study/study.py analyse study/results/<run-id>   # tables, verdicts, plots again
 
-``run`` 1. builds (or loads from the cache) each seed's warm base with the trainer's bitcount
+``run`` 1. builds (or loads from the cache) each seed's warm base with the task's registered
 warm-up and measures its test endpoints, 2. runs every arm x seed (:mod:`runner`, through
 the trainer's own Experience / train_step / Evaluator; 2 worker processes), 3. computes the
 endpoints, the paired differences and the pre-registered verdicts (:mod:`analysis`), prints
@@ -134,10 +135,11 @@ def analyse(out: Path, images: Path | None) -> int:
         f = out / f"base-s{seed}" / "test.jsonl"
         if f.exists():
             bases[seed] = analysis.endpoints(analysis.read_jsonl(f)[0])
-    rows = analysis.verdict_rows(summaries)
+    rows = analysis.verdict_rows(summaries, b.edition)
     table = analysis.verdict_table(rows)
     md = [
-        f"# Study {meta['config']}: verdicts (printed by study/study.py)\n",
+        f"# Study {meta['config']} (edition {b.edition}, task {b.task}): verdicts (printed by "
+        "study/study.py)\n",
         f"Budget: {b.completions} generated completions per arm ({b.steps} steps x {b.prompts} "
         f"prompts x G={b.group}); seeds {list(b.seeds)}; git {meta['machine']['git']}; "
         f"{meta.get('seconds', '?')} s with {meta['workers']} workers.\n",

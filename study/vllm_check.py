@@ -1,8 +1,9 @@
 """Distribution check: the study's in-process sampler against vLLM on the same warm model.
 
-    flock /tmp/agpo-heavy.lock nice -n 10 .venv/bin/python study/vllm_check.py [--seed 0]
+    flock /tmp/agpo-heavy.lock nice -n 10 .venv/bin/python study/vllm_check.py [--seed 0] [--config v2]
 
-Takes the warm base of a seed (the trainer's bitcount warm-up, as the study loads it), saves
+Takes the warm base of a seed (the task's registered warm-up, as the study loads it; ``--config``
+picks the study's edition: ``v2``, the default, ``full`` the first), saves
 it as a model directory (``save_pretrained`` weights + the builtin tokenizer), loads it
 into vLLM on CPU (offline ``LLM``, float32, eager, the rollout servers' settings, chunked
 prefill off), and draws one T=1 completion per prompt for every prompt of the ``eval``
@@ -14,7 +15,8 @@ at alpha = 0.01 (PASS when p >= 0.01):
   (asymptotic p; conservative for integer lengths);
 
 and greedy agreement (the fraction of eval prompts whose greedy completions are identical).
-Prints the table and writes ``study/results/vllm-check-s<seed>.json``.
+Prints the table and writes ``study/results/vllm-check-<config>-s<seed>.json`` (the first
+edition's: ``vllm-check-s<seed>.json``).
 """
 
 from __future__ import annotations
@@ -75,19 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", default="v2", help="the study configuration (arms.CONFIGS)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     from arms import CONFIGS, manifest
-    from runner import graded, load_policy
+    from runner import TASKS, graded, load_policy
 
     from agpo_api.models import AGPOJob
     from agpo_trainer.rollout.inprocess import InProcessBackend
-    from agpo_trainer.tasks import bitcount as task
 
+    if args.config not in CONFIGS:
+        ap.error(f"--config: one of {', '.join(sorted(CONFIGS))}")
     t0 = time.time()
-    b = CONFIGS["full"]
+    b = CONFIGS[args.config]
+    task = TASKS[b.task]
     job = AGPOJob.model_validate(manifest("grpo", args.seed, b))
     work = Path(tempfile.mkdtemp(prefix="agpo-vllm-check-"))
     policy = load_policy(job, work)
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         out = []
         for p, t, f in zip(probs, token_lists, finished, strict=True):
             body = [x for x in t if x != eos]
-            g = graded(p.prompt, tok.decode(body), f)
+            g = graded(task, p.prompt, tok.decode(body), f)
             out.append(g | {"tokens": len(body), "finished": f})
         return out
 
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rec = {
         "seed": args.seed,
+        "config": args.config,
+        "task": b.task,
         "prompts": n1,
         "ours": describe(ours_rows),
         "vllm": describe(vllm_rows),
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg": os.getloadavg(),
     }
     print(
-        f"distribution check, seed {args.seed}: {n1} eval prompts x 1 sample, T=1, max {b.max_tokens} tokens"
+        f"distribution check, {b.task} ({args.config}), seed {args.seed}: {n1} eval prompts x 1 sample, T=1, max {b.max_tokens} tokens"
     )
     print(f"{'test':32} {'ours':>8} {'vLLM':>8} {'stat':>8} {'p':>8}  verdict")
     for t in tests:
@@ -179,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DISTRIBUTION CHECK {'PASS' if rec['pass'] else 'FAIL'} (alpha {ALPHA}); "
           f"in-process {t_local:.1f} s, vLLM {t_vllm:.1f} s; load {os.getloadavg()[0]:.2f}")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"vllm-check-s{args.seed}.json").write_text(json.dumps(rec, indent=1))
+    name = "" if args.config == "full" else f"{args.config}-"
+    (RESULTS / f"vllm-check-{name}s{args.seed}.json").write_text(json.dumps(rec, indent=1))
     return 0 if rec["pass"] else 1
 
 

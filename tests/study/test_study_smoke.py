@@ -1,4 +1,5 @@
-"""CI's smoke run of the AGPO-vs-GRPO study (`make study-smoke`): 1 seed, 3 arms, 4 steps.
+"""CI's smoke run of the AGPO-vs-GRPO study (`make study-smoke`): the second edition's set-up
+(bitcount-copy), 1 seed, 4 arms, 4 steps.
 
 It runs the real command (warm-up, the trainer's loop with in-process generation, test
 endpoints, analysis, plots) and checks that every record, the verdict table and the plots
@@ -41,10 +42,12 @@ def test_study_smoke_produces_records_and_verdicts(tmp_path: Path) -> None:
     budget = meta["budget"]["completions"]
     assert budget == 4 * 4 * 8
 
-    for arm in ("grpo", "resample", "agpo-len"):
+    assert meta["budget"]["task"] == "bitcount-copy" and meta["budget"]["edition"] == 2
+    for arm in ("grpo", "resample", "agpo-len-all", "grpo-preset"):
         d = out / f"{arm}-s0"
-        spec = json.loads((d / "spec.json").read_text())["spec"]["algorithm"]
-        assert spec["lengthReward"]["type"] in {"none", "agpo"}  # resolved, explicit
+        spec = json.loads((d / "spec.json").read_text())["spec"]
+        assert spec["dataset"]["source"]["builtin"]["task"] == "bitcount-copy"
+        assert spec["algorithm"]["lengthReward"]["type"] in {"none", "agpo"}  # resolved
         steps = lines(d / "steps.jsonl")
         assert [s["step"] for s in steps] == [1, 2, 3, 4]
         assert set(steps[0]) >= STEP_KEYS
@@ -58,7 +61,13 @@ def test_study_smoke_produces_records_and_verdicts(tmp_path: Path) -> None:
             assert t["completions"] <= budget or "budget" not in t["view"]
             for kind in ("greedy", "sampled"):
                 assert 0 <= t[kind]["accuracy"] <= 1
+                assert t[kind]["se"] >= 0
                 assert sum(b["n"] for b in t[kind]["buckets"].values()) > 0
+    algo = {a: json.loads((out / f"{a}-s0" / "spec.json").read_text())["spec"]["algorithm"]
+            for a in ("grpo-preset", "agpo-len-all")}  # fmt: skip
+    assert algo["grpo-preset"]["klCoefficient"] == 0.04  # exactly `preset: grpo`
+    assert algo["grpo-preset"]["lossAggregation"] == "seq-mean-token-mean"
+    assert algo["agpo-len-all"]["lengthReward"]["scope"] == "all"
     # resample spends more per step; its budget checkpoint is earlier than its last step
     resample = lines(out / "resample-s0" / "steps.jsonl")
     assert resample[-1]["completions"] > budget
@@ -68,6 +77,8 @@ def test_study_smoke_produces_records_and_verdicts(tmp_path: Path) -> None:
     assert {r["verdict"] for r in summary["verdicts"]} <= VERDICTS
     table = (out / "verdicts.md").read_text()
     assert "| claim | endpoint (view) |" in table and "## Per seed" in table
+    claims = {r["claim"] for r in summary["verdicts"]}
+    assert "token cut >= 20%: agpo-len-all vs grpo" in claims  # the second edition's claims
     for name in ("accuracy", "reasoning", "zero-variance", "scratch"):
-        png = images / f"study-{name}.png"
+        png = images / f"study2-{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
