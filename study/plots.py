@@ -42,7 +42,7 @@ def smooth(xs: list[float], w: int = 9) -> list[float]:
 def _runs(out: Path, b: Budget) -> dict[str, dict[int, Path]]:
     found: dict[str, dict[int, Path]] = {}
     for arm in ARMS:
-        for s in b.seeds:
+        for s in b.all_seeds:
             d = out / f"{arm}-s{s}"
             if (d / "steps.jsonl").exists():
                 found.setdefault(arm, {})[s] = d

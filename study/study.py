@@ -94,17 +94,18 @@ def run(config: str, out: Path, workers: int, images: Path | None) -> int:
         "machine": machine(),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    print(f"study {config}: {len(b.arms)} arms x {len(b.seeds)} seeds, budget {b.completions} "
+    more = (
+        f" + {len(b.more_seeds_arms)} arms x {len(b.more_seeds)} more seeds" if b.more_seeds else ""
+    )
+    print(f"study {config}: {len(b.arms)} arms x {len(b.seeds)} seeds{more}, budget {b.completions} "
           f"completions ({b.steps} steps x {b.prompts} x G={b.group}), {workers} workers, "
           f"out {out}", flush=True)  # fmt: skip
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for r in pool.map(_prepare, [(s, b, out) for s in b.seeds]):
+        for r in pool.map(_prepare, [(s, b, out) for s in b.all_seeds]):
             print(f"base seed {r['seed']}: {r['seconds']} s", flush=True)
         # resample first: the longest runs start early, so the workers end together
-        jobs = sorted(
-            [(a, s, b, out) for a in b.arms for s in b.seeds], key=lambda j: j[0] != "resample"
-        )
+        jobs = sorted([(a, s, b, out) for a, s in b.runs()], key=lambda j: j[0] != "resample")
         runs = []
         for r in pool.map(_arm, jobs):
             runs.append(r)
@@ -126,22 +127,24 @@ def analyse(out: Path, images: Path | None) -> int:
                   if k != "completions"})  # fmt: skip
     summaries: dict[str, dict[int, dict[str, Any]]] = {}
     for arm in ARMS:
-        for seed in b.seeds:
+        for seed in b.all_seeds:
             d = out / f"{arm}-s{seed}"
             if (d / "test.jsonl").exists():
                 summaries.setdefault(arm, {})[seed] = analysis.run_summary(d, b.group, b.prompts)
     bases = {}
-    for seed in b.seeds:
+    for seed in b.all_seeds:
         f = out / f"base-s{seed}" / "test.jsonl"
         if f.exists():
             bases[seed] = analysis.endpoints(analysis.read_jsonl(f)[0])
     rows = analysis.verdict_rows(summaries, b.edition)
+    more = (f" (and {list(b.more_seeds)} for {', '.join(b.more_seeds_arms)})"
+            if b.more_seeds else "")  # fmt: skip
     table = analysis.verdict_table(rows)
     md = [
         f"# Study {meta['config']} (edition {b.edition}, task {b.task}): verdicts (printed by "
         "study/study.py)\n",
         f"Budget: {b.completions} generated completions per arm ({b.steps} steps x {b.prompts} "
-        f"prompts x G={b.group}); seeds {list(b.seeds)}; git {meta['machine']['git']}; "
+        f"prompts x G={b.group}); seeds {list(b.seeds)}{more}; git {meta['machine']['git']}; "
         f"{meta.get('seconds', '?')} s with {meta['workers']} workers.\n",
         table,
         "\n## Per seed, at the budget checkpoint\n",
