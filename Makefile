@@ -114,9 +114,9 @@ bench: setup
 	$(PY) benchmarks/bench_operator.py
 
 # The AGPO-vs-GRPO study, second edition (docs/results.md, issue #19): 8 arms on bitcount-copy
-# through the trainer's own loop with in-process generation, the seed count of the power
-# analysis (study/arms.py SEEDS_V2); results under study/results/<run-id>/, plots in
-# docs/images/study2-*.png. The first edition: `study/study.py run --config full`.
+# through the trainer's own loop with in-process generation, the seed counts of the power
+# analysis (study/arms.py: SEEDS_ALL_ARMS, SEEDS_PRIMARY, MORE_SEEDS_ARMS); results under
+# study/results/<run-id>/, plots in docs/images/study2-*.png. The first edition: `study/study.py run --config full`.
 # study-smoke is CI's version (1 seed, 4 arms, 4 steps; tests/study/test_study_smoke.py runs it).
 STUDY := OMP_NUM_THREADS=1 nice -n 10 $(PY) study/study.py run --workers 2
 .PHONY: study study-smoke

@@ -152,7 +152,10 @@ def paired(
     if log:
         per = {s: math.exp(v) for s, v in per.items()}
         m, lo, hi = math.exp(m), math.exp(lo), math.exp(hi)
-    return {"per_seed": per, "mean": m, "lo": lo, "hi": hi, "n": len(per)}
+    # seeds both arms ran whose endpoint is missing (or, for a ratio, not positive): shown in
+    # the table, never silently
+    dropped = [s for s in seeds if s not in per]
+    return {"per_seed": per, "mean": m, "lo": lo, "hi": hi, "n": len(per), "dropped": dropped}
 
 
 def _value(summary: dict[str, Any], key: str, view: str) -> float | None:
@@ -272,7 +275,9 @@ def verdict_table(rows: list[dict[str, Any]]) -> str:
             per, ci = "-", "-"
         else:
             per = ", ".join(f"s{s}: {fmt(v)}" for s, v in sorted(p["per_seed"].items()))
-            ci = f"{fmt(p['mean'])} [{fmt(p['lo'])}, {fmt(p['hi'])}]"
+            ci = f"{fmt(p['mean'])} [{fmt(p['lo'])}, {fmt(p['hi'])}], n={p['n']}"
+            if p.get("dropped"):
+                ci += " (dropped: " + ", ".join(f"s{s}" for s in p["dropped"]) + ")"
         lines.append(
             f"| {r['claim']} | {r['endpoint']} {kind} ({r['view']}) | {per} | {ci} "
             f"| **{r['verdict']}** |"
@@ -309,16 +314,40 @@ def per_seed_table(summaries: dict[str, dict[int, dict[str, Any]]], view: str) -
 
 
 def spread_table(summaries: dict[str, dict[int, dict[str, Any]]]) -> str:
-    """Seed spread (std over seeds) of greedy test accuracy and mean drawdown per arm."""
-    head = "| arm | greedy acc mean | seed std | drawdown mean | noise ratio mean |\n| --- | --- | --- | --- | --- |\n"
+    """Per arm, over its own seeds (arms with more seeds are not paired here: the verdicts
+    are): mean and seed std of greedy test accuracy and of mean@k, mean drawdown."""
+    head = ("| arm | seeds | greedy acc mean | seed std | mean@k mean | seed std | drawdown mean "
+            "| noise ratio mean |\n" + "| --- " * 8 + "|\n")  # fmt: skip
     lines = []
+
+    def mean_sd(xs: list[float]) -> str:
+        sd = statistics.stdev(xs) if len(xs) > 1 else math.nan
+        return f"{fmt(statistics.fmean(xs), 1)} | {fmt(sd, 1)}"
+
     for arm, by_seed in summaries.items():
         accs = [s["budget"]["greedy_acc"] for s in by_seed.values()]
+        mk = [s["budget"]["mean_at_k"] for s in by_seed.values()]
         dd = [s["drawdown"] for s in by_seed.values()]
         nr = [s["noise_ratio"] for s in by_seed.values() if not math.isnan(s["noise_ratio"])]
-        sd = statistics.stdev(accs) if len(accs) > 1 else math.nan
         lines.append(
-            f"| {arm} | {fmt(statistics.fmean(accs), 1)} | {fmt(sd, 1)} | {fmt(statistics.fmean(dd), 1)} "
-            f"| {fmt(statistics.fmean(nr)) if nr else '-'} |"
+            f"| {arm} | {len(by_seed)} | {mean_sd(accs)} | {mean_sd(mk)} "
+            f"| {fmt(statistics.fmean(dd), 1)} | {fmt(statistics.fmean(nr)) if nr else '-'} |"
         )
     return head + "\n".join(lines) + "\n"
+
+
+SE_MAX = 1.5  # points: the second edition's bound on mean@k's standard error per run
+
+
+def se_check(summaries: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """The runs whose mean@k standard error (either view) is above SE_MAX, or that none is."""
+    ses = [(arm, seed, view, s[view]["mean_at_k_se"])
+           for arm, by_seed in summaries.items() for seed, s in sorted(by_seed.items())
+           for view in ("budget", "steps") if s[view].get("mean_at_k_se") is not None]  # fmt: skip
+    if not ses:
+        return "mean@k standard error: not recorded (first edition)\n"
+    over = [f"{a} s{seed} ({v}): {se:.2f}" for a, seed, v, se in ses if se > SE_MAX]
+    top = max(se for *_, se in ses)
+    if over:
+        return f"mean@k standard error above {SE_MAX} points: " + "; ".join(over) + "\n"
+    return f"mean@k standard error <= {SE_MAX} points in every run (largest {top:.2f})\n"

@@ -112,8 +112,8 @@ class Budget:
 
 
 #: the second edition (issue #19): bitcount-copy with the recipe and warm-up length that passed
-#: the gate; every arm; test sets of 1,113 prompts (stratified("test", 225): 9-14 bits hold
-#: 225 each, shorter strings what the split has), so the standard error of mean@k is at most
+#: the gate; every arm; test sets of 1,113 prompts (stratified("test", 225): 225 each of
+#: 11-14 bits, the 213 shorter strings the split has), so the standard error of mean@k is at most
 #: sqrt(0.25 / 1113) = 1.5 points per arm and seed even if the k samples of a prompt agree
 V2 = Budget(
     task="bitcount-copy",

@@ -153,6 +153,7 @@ def analyse(out: Path, images: Path | None) -> int:
         analysis.per_seed_table(summaries, "steps"),
         "\n## Seed spread\n",
         analysis.spread_table(summaries),
+        "\n" + analysis.se_check(summaries),
         "\n## Warm bases (step 0)\n",
         "| seed | greedy acc | mean@k | pass@k | reasoning (std) | filler | scratch |\n"
         "| --- | --- | --- | --- | --- | --- | --- |\n"
@@ -168,7 +169,7 @@ def analyse(out: Path, images: Path | None) -> int:
     (out / "summary.json").write_text(
         json.dumps({"summaries": summaries, "bases": bases, "verdicts": rows}, indent=1)
     )
-    print("\n" + table, flush=True)
+    print("\n" + table + "\n" + analysis.se_check(summaries), flush=True)
     if images is not None:
         import plots
 

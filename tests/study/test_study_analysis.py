@@ -96,3 +96,22 @@ def test_power_of_the_rules_grows_with_seeds_and_is_low_without_an_effect() -> N
     tok = power.ENDPOINTS["reasoning-token cut (ratio <= 0.8)"]
     null = power.power(tok[3], 0.0, 0.4, 20, log=True, sims=400)  # no cut: rarely reproduced
     assert null < 0.05
+
+
+def test_a_seed_without_a_positive_token_count_is_dropped_and_shown() -> None:
+    s = summaries([10.0, 20.0, 40.0, 30.0], [5.0, 0.0, 20.0, 15.0], "reasoning_std")
+    p = analysis.paired(s, "arm", "ref", "reasoning_std", "budget", log=True)
+    assert p is not None and p["n"] == 3 and p["dropped"] == [1]
+    rows = [{"claim": "c", "endpoint": "reasoning_std", "view": "budget", "ratio": True,
+             "stats": p, "verdict": analysis.rule_tokens(p)}]  # fmt: skip
+    assert "n=3 (dropped: s1)" in analysis.verdict_table(rows)
+
+
+def test_se_check_names_the_runs_above_the_bound() -> None:
+    def run(se: float) -> dict:
+        return {"budget": {"mean_at_k_se": se}, "steps": {"mean_at_k_se": se}}
+
+    ok = {"grpo": {0: run(0.9), 1: run(1.2)}}
+    assert "<= 1.5 points in every run (largest 1.20)" in analysis.se_check(ok)
+    bad = {"grpo": {0: run(0.9)}, "agpo": {3: run(1.7)}}
+    assert "agpo s3 (budget): 1.70" in analysis.se_check(bad)
