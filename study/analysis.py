@@ -336,6 +336,20 @@ def spread_table(summaries: dict[str, dict[int, dict[str, Any]]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def seed_matrix(summaries: dict[str, dict[int, dict[str, Any]]], key: str, view: str,
+                digits: int = 1) -> str:  # fmt: skip
+    """One endpoint, a row per seed and a column per arm ("-": the arm did not run that seed)."""
+    arms = list(summaries)
+    seeds = sorted({s for by_seed in summaries.values() for s in by_seed})
+    head = "| seed | " + " | ".join(arms) + " |\n" + "| --- " * (len(arms) + 1) + "|\n"
+    lines = []
+    for seed in seeds:
+        cells = [fmt(_value(summaries[a][seed], key, view), digits) if seed in summaries[a]
+                 else "-" for a in arms]  # fmt: skip
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
 SE_MAX = 1.5  # points: the second edition's bound on mean@k's standard error per run
 
 

@@ -147,6 +147,11 @@ def analyse(out: Path, images: Path | None) -> int:
         f"prompts x G={b.group}); seeds {list(b.seeds)}{more}; git {meta['machine']['git']}; "
         f"{meta.get('seconds', '?')} s with {meta['workers']} workers.\n",
         table,
+        "\n## mean@k (%) per seed and arm, budget checkpoint\n",
+        analysis.seed_matrix(summaries, "mean_at_k", "budget"),
+        "\n## Reasoning tokens of correct answers (bucket-standardised) per seed and arm, budget "
+        "checkpoint\n",
+        analysis.seed_matrix(summaries, "reasoning_std", "budget", 2),
         "\n## Per seed, at the budget checkpoint\n",
         analysis.per_seed_table(summaries, "budget"),
         "\n## Per seed, at equal steps\n",

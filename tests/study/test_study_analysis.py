@@ -115,3 +115,10 @@ def test_se_check_names_the_runs_above_the_bound() -> None:
     assert "<= 1.5 points in every run (largest 1.20)" in analysis.se_check(ok)
     bad = {"grpo": {0: run(0.9)}, "agpo": {3: run(1.7)}}
     assert "agpo s3 (budget): 1.70" in analysis.se_check(bad)
+
+
+def test_seed_matrix_has_a_row_per_seed_and_a_dash_where_an_arm_did_not_run() -> None:
+    s = summaries([10.0, 20.0], [5.0], "mean_at_k")
+    m = analysis.seed_matrix(s, "mean_at_k", "budget")
+    assert m.splitlines()[0] == "| seed | ref | arm |"
+    assert "| 1 | 20.0 | - |" in m
